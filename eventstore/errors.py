@@ -1,0 +1,39 @@
+"""The library's exceptions: one root, children named for what went wrong."""
+
+from __future__ import annotations
+
+
+class EventStoreError(Exception):
+    """Root of every error this library raises on purpose."""
+
+
+class ValidationError(EventStoreError, ValueError):
+    """Input was refused before anything was written; nothing stored has changed."""
+
+
+class ConcurrencyError(EventStoreError):
+    """The stream's version did not match the expected version.
+
+    Carries the stream's actual version so a caller can reload and retry.
+    """
+
+    def __init__(self, stream_id: str, expected: object, actual: int) -> None:
+        self.stream_id = stream_id
+        self.expected = expected
+        self.actual_version = actual
+        super().__init__(
+            f"stream {stream_id!r}: expected version {expected}, but the stream is at "
+            f"version {actual}. Reload the aggregate and retry the command."
+        )
+
+
+class StoreUnavailable(EventStoreError):
+    """The backend could not be reached or failed transiently; safe to retry."""
+
+
+class SchemaError(EventStoreError):
+    """The database schema is missing or older than this code; run `eventstore migrate`."""
+
+
+class UpcastError(EventStoreError):
+    """A stored event could not be brought to the current schema version."""

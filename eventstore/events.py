@@ -1,0 +1,105 @@
+"""Event value types shared by every backend: what is appended and what is read back."""
+
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+from uuid import UUID, uuid4
+
+from eventstore.errors import ValidationError
+
+JSONObject = dict[str, Any]
+
+#: Stream ids: letters, digits and a few separators; no whitespace, quotes or slashes,
+#: so that an id is safe in a URL path, a log line and a metric label.
+STREAM_ID_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:@+=~-]{0,199}$")
+#: Event types look like class names, optionally dotted or namespaced ("bank.Deposited").
+EVENT_TYPE_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:-]{0,199}$")
+
+
+class ExpectedVersion(enum.Enum):
+    """Symbolic expectations for `append`; an int means 'the stream is at exactly n'."""
+
+    ANY = "any"
+    NO_STREAM = "no_stream"
+    STREAM_EXISTS = "stream_exists"
+
+
+Expected = int | ExpectedVersion
+
+
+@dataclass(frozen=True, slots=True)
+class NewEvent:
+    """An event to append. `id` makes a re-sent append idempotent."""
+
+    type: str
+    payload: JSONObject
+    metadata: JSONObject = field(default_factory=dict)
+    id: UUID = field(default_factory=uuid4)
+    schema_version: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class RecordedEvent:
+    """An event as stored: its place in its stream (`version`) and in the log (`position`).
+
+    Positions increase in the order readers of the global log see events; they are not
+    dense (see the PostgreSQL backend for why).
+    """
+
+    id: UUID
+    type: str
+    aggregate_id: str
+    version: int
+    payload: JSONObject
+    metadata: JSONObject
+    timestamp: datetime
+    position: int
+    schema_version: int = 1
+
+    @property
+    def stream_id(self) -> str:
+        return self.aggregate_id
+
+
+@dataclass(frozen=True, slots=True)
+class AppendResult:
+    """What an append stored: the stream's new version and each event's position."""
+
+    stream_id: str
+    first_version: int
+    next_expected_version: int
+    positions: tuple[int, ...]
+    #: True when every event id was already stored by an earlier identical append.
+    idempotent: bool = False
+
+
+def validate_stream_id(stream_id: object) -> str:
+    if not isinstance(stream_id, str) or not stream_id:
+        raise ValidationError("stream id must be a non-empty string")
+    if len(stream_id) > 200:
+        raise ValidationError(f"stream id is {len(stream_id)} characters long; the limit is 200")
+    if not STREAM_ID_PATTERN.match(stream_id):
+        raise ValidationError(
+            f"stream id {stream_id[:60]!r} has characters that are not allowed: use letters, "
+            "digits and _ . : @ + = ~ - (and start with a letter, digit or _)"
+        )
+    return stream_id
+
+
+def validate_expected(expected: object) -> Expected:
+    if isinstance(expected, ExpectedVersion):
+        return expected
+    if isinstance(expected, bool) or not isinstance(expected, int):
+        raise ValidationError(
+            f"expected_version must be an int >= 0 or an ExpectedVersion, not {expected!r}"
+        )
+    if expected < 0:
+        raise ValidationError(
+            f"expected_version {expected} is negative: use 0 or ExpectedVersion.NO_STREAM for "
+            "a new stream, ExpectedVersion.ANY to skip the check"
+        )
+    return expected

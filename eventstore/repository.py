@@ -1,0 +1,220 @@
+"""Loading and saving aggregates: optimistic concurrency, snapshots and temporal loads."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Generic, TypeVar
+
+from eventstore import metrics
+from eventstore.aggregate import Aggregate
+from eventstore.errors import ConcurrencyError, EventStoreError, ValidationError
+from eventstore.events import AppendResult, ExpectedVersion
+from eventstore.store.base import EventStore
+from eventstore.upcasting import NO_UPCASTERS, UpcasterRegistry
+
+if TYPE_CHECKING:
+    from eventstore.snapshots.base import Snapshot, SnapshotStore
+
+log = logging.getLogger(__name__)
+
+A = TypeVar("A", bound=Aggregate)
+
+
+class AggregateNotFound(EventStoreError, LookupError):
+    """No events exist for this aggregate (at the requested version or time)."""
+
+
+@dataclass(frozen=True, slots=True)
+class LoadInfo:
+    """How a load was done: from which snapshot, and how many events it replayed."""
+
+    snapshot_version: int | None
+    events_replayed: int
+    snapshot_ignored: str | None = None
+
+
+class Repository(Generic[A]):
+    """Loads aggregates from their events (starting at the newest usable snapshot) and saves
+    their new events with the loaded version as the expected version.
+
+    Snapshots are taken after a successful save whenever the aggregate passes a multiple of
+    `snapshot_frequency`, or when more than `max_events_per_aggregate` events would have to
+    be replayed after the newest snapshot. A failed snapshot never fails the save.
+    """
+
+    def __init__(
+        self,
+        store: EventStore,
+        aggregate_cls: type[A],
+        snapshots: SnapshotStore | None = None,
+        snapshot_frequency: int = 100,
+        max_events_per_aggregate: int | None = None,
+        upcasters: UpcasterRegistry = NO_UPCASTERS,
+    ) -> None:
+        if snapshot_frequency < 1:
+            raise ValidationError(f"snapshot_frequency must be >= 1, not {snapshot_frequency}")
+        self.store = store
+        self.aggregate_cls = aggregate_cls
+        self.snapshots = snapshots
+        self.snapshot_frequency = snapshot_frequency
+        self.max_events_per_aggregate = max_events_per_aggregate
+        self.upcasters = upcasters
+
+    # -- loading -----------------------------------------------------------------------
+
+    def load(self, aggregate_id: str, at_version: int | None = None,
+             as_of: datetime | None = None) -> A:
+        return self.load_with_info(aggregate_id, at_version=at_version, as_of=as_of)[0]
+
+    def load_with_info(self, aggregate_id: str, at_version: int | None = None,
+                       as_of: datetime | None = None) -> tuple[A, LoadInfo]:
+        started = time.perf_counter()
+        if at_version is not None and (isinstance(at_version, bool) or at_version < 1):
+            raise ValidationError(f"at_version must be >= 1, not {at_version!r}")
+        target = at_version
+        if as_of is not None:
+            # Resolve the time to a version with the store's own clock, so that snapshot
+            # choice never depends on clock skew between this process and the database.
+            last = self.store.read_stream(aggregate_id, as_of=as_of, backwards=True, limit=1)
+            if not last:
+                raise AggregateNotFound(
+                    f"{self.aggregate_cls.__name__} {aggregate_id!r} has no events at or "
+                    f"before {as_of.isoformat()}")
+            version_then = last[0].version
+            target = version_then if target is None else min(target, version_then)
+
+        aggregate = self.aggregate_cls(aggregate_id)
+        snapshot, ignored = self._usable_snapshot(aggregate_id, target)
+        if snapshot is not None:
+            aggregate.restore_state(snapshot.state)
+            aggregate.version = snapshot.version
+            aggregate._snapshot_version = snapshot.version  # type: ignore[attr-defined]
+        events = self.store.read_stream(aggregate_id, from_version=aggregate.version + 1,
+                                        to_version=target)
+        aggregate.load_from_history(self.upcasters.upcast_all(events))
+        if aggregate.version == 0 or (target is not None and aggregate.version < target
+                                      and at_version is not None and as_of is None):
+            raise AggregateNotFound(
+                f"{self.aggregate_cls.__name__} {aggregate_id!r} has no events"
+                + (f" up to version {target}" if target is not None else "")
+                + (f" (it is at version {aggregate.version})" if aggregate.version else ""))
+        metrics.REPLAY_DURATION.observe(time.perf_counter() - started)
+        metrics.EVENTS_REPLAYED.observe(len(events))
+        return aggregate, LoadInfo(snapshot.version if snapshot else None, len(events), ignored)
+
+    def _usable_snapshot(self, aggregate_id: str,
+                         target: int | None) -> tuple[Snapshot | None, str | None]:
+        if self.snapshots is None:
+            return None, None
+        from eventstore.snapshots.base import SnapshotUnavailable
+
+        kind = self.aggregate_cls.aggregate_type
+        try:
+            snapshot = self.snapshots.latest(kind, aggregate_id, at_or_below_version=target)
+        except SnapshotUnavailable as exc:
+            log.warning("snapshot store unavailable, replaying %s %s from events: %s",
+                        kind, aggregate_id, exc)
+            metrics.SNAPSHOTS_IGNORED.labels("unavailable").inc()
+            return None, "unavailable"
+        if snapshot is None:
+            return None, None
+        wanted = self.aggregate_cls.state_schema_version
+        if snapshot.state_schema_version != wanted:
+            converted = None
+            if snapshot.state_schema_version < wanted:
+                converted = self.aggregate_cls.upcast_state(dict(snapshot.state),
+                                                            snapshot.state_schema_version)
+            if converted is None:
+                log.warning(
+                    "ignoring snapshot of %s %s at version %d: state schema v%d, the class "
+                    "wants v%d; replaying from events", kind, aggregate_id, snapshot.version,
+                    snapshot.state_schema_version, wanted)
+                metrics.SNAPSHOTS_IGNORED.labels("schema").inc()
+                return None, "schema"
+            from dataclasses import replace
+
+            snapshot = replace(snapshot, state=converted, state_schema_version=wanted)
+        return snapshot, None
+
+    # -- saving ------------------------------------------------------------------------
+
+    def save(self, aggregate: A) -> AppendResult | None:
+        """Append the aggregate's new events; ConcurrencyError if someone saved first."""
+        changes = aggregate.get_uncommitted_changes()
+        if not changes:
+            return None
+        loaded_version = aggregate.version - len(changes)
+        expected = loaded_version if loaded_version > 0 else ExpectedVersion.NO_STREAM
+        started = time.perf_counter()
+        try:
+            result = self.store.append(aggregate.id, changes, expected_version=expected)
+        except ConcurrencyError:
+            metrics.APPEND_CONFLICTS.inc()
+            raise
+        metrics.APPEND_LATENCY.observe(time.perf_counter() - started)
+        metrics.EVENTS_APPENDED.inc(len(changes))
+        aggregate.mark_changes_committed()
+        self._maybe_snapshot(aggregate, loaded_version)
+        return result
+
+    def _maybe_snapshot(self, aggregate: A, loaded_version: int) -> None:
+        if self.snapshots is None:
+            return
+        new_version = aggregate.version
+        crossed = loaded_version // self.snapshot_frequency < new_version // self.snapshot_frequency
+        last_snapshot = getattr(aggregate, "_snapshot_version", 0) or 0
+        overdue = (self.max_events_per_aggregate is not None
+                   and new_version - last_snapshot > self.max_events_per_aggregate)
+        if crossed or overdue:
+            self.take_snapshot(aggregate)
+
+    def take_snapshot(self, aggregate: A) -> bool:
+        """Store the aggregate's current state; logs and counts a failure instead of raising."""
+        from eventstore.snapshots.base import Snapshot
+
+        assert self.snapshots is not None
+        started = time.perf_counter()
+        try:
+            self.snapshots.save(Snapshot(
+                aggregate_type=self.aggregate_cls.aggregate_type, aggregate_id=aggregate.id,
+                version=aggregate.version, state=aggregate.snapshot_state(),
+                state_schema_version=self.aggregate_cls.state_schema_version,
+                taken_at=datetime.now(UTC)))
+        except Exception as exc:  # noqa: BLE001 - the events are safe; a snapshot is optional
+            metrics.SNAPSHOT_FAILURES.inc()
+            log.warning("snapshot of %s %s at version %d failed (the save succeeded): %s",
+                        self.aggregate_cls.aggregate_type, aggregate.id, aggregate.version, exc)
+            return False
+        aggregate._snapshot_version = aggregate.version  # type: ignore[attr-defined]
+        metrics.SNAPSHOT_DURATION.observe(time.perf_counter() - started)
+        return True
+
+    # -- commands ----------------------------------------------------------------------
+
+    def execute(self, aggregate_id: str, command: Callable[[A], object], *,
+                create: bool = False, attempts: int = 5) -> A:
+        """Load, run `command`, save; on ConcurrencyError reload and run it again.
+
+        The command must be a pure function of the aggregate's state (it may run more than
+        once). With create=True a missing aggregate starts new instead of raising.
+        """
+        for attempt in range(1, attempts + 1):
+            try:
+                aggregate = self.load(aggregate_id)
+            except AggregateNotFound:
+                if not create:
+                    raise
+                aggregate = self.aggregate_cls(aggregate_id)
+            command(aggregate)
+            try:
+                self.save(aggregate)
+                return aggregate
+            except ConcurrencyError:
+                if attempt == attempts:
+                    raise
+                time.sleep(min(0.001 * 2 ** attempt, 0.05))
+        raise AssertionError("unreachable")

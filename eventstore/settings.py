@@ -1,0 +1,334 @@
+"""Tuning settings of the store: parse and validate the two files of the ConfigMap.
+
+The store pods (`eventstore serve`), `eventstore check-config` and the operator all
+validate with this one module, so an edit the operator accepts is exactly an edit the
+pods will start with. The models here are also the single source of the defaults:
+`render_defaults()` writes them (with a comment per key) and `config/*.yaml` are
+copies that a unit test keeps byte-identical.
+
+Everything but `load_settings` is pure: no file or network access.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import textwrap
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any
+
+import yaml
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import ValidationError as PydanticValidationError
+
+from eventstore.errors import EventStoreError
+
+EVENT_STORE_FILE = "event-store.yaml"
+PROJECTIONS_FILE = "projections.yaml"
+CONFIG_FILES = (EVENT_STORE_FILE, PROJECTIONS_FILE)
+DEFAULT_CONFIG_DIR = Path("/etc/eventstore")
+CONFIG_DIR_ENV = "EVENTSTORE_CONFIG_DIR"
+
+#: Pseudo-keys used in errors that concern a whole file or directory, not one key.
+DOCUMENT_KEY = "<document>"
+FILE_KEY = "<file>"
+DIRECTORY_KEY = "<directory>"
+
+_PROJECTION_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+_DOTTED = r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*"
+_PROJECTION_TARGET = re.compile(rf"^{_DOTTED}:{_DOTTED}$")
+
+
+class SettingsError(EventStoreError, ValueError):
+    """A settings file was refused; the message names the file, the key and the reason."""
+
+    def __init__(self, file: str, key: str, reason: str) -> None:
+        self.file = file
+        self.key = key
+        self.reason = reason
+        super().__init__(f"{file}: {key}: {reason}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.file, self.key, self.reason))
+
+
+def _check_projection_name(name: str) -> str:
+    if not _PROJECTION_NAME.match(name):
+        raise ValueError(
+            f"projection name {name!r} must be a DNS label: lower-case letters, digits and "
+            "'-', at most 63 characters, starting and ending with a letter or digit"
+        )
+    return name
+
+
+def _check_projection_target(target: str) -> str:
+    if not _PROJECTION_TARGET.match(target):
+        raise ValueError(
+            f"{target!r} must be 'module:object', for example 'myapp.projections:Balances'"
+        )
+    return target
+
+
+ProjectionName = Annotated[str, AfterValidator(_check_projection_name)]
+ProjectionTarget = Annotated[str, AfterValidator(_check_projection_target)]
+
+_STRICT = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class StoreSettings(BaseModel):
+    """`event-store.yaml`: how the store snapshots, archives and replays aggregates."""
+
+    model_config = _STRICT
+
+    snapshot_frequency: Annotated[
+        int,
+        Field(
+            ge=1,
+            le=1_000_000,
+            description="Take a snapshot of an aggregate every N events it records.",
+        ),
+    ] = 100
+    retention_days: Annotated[
+        int,
+        Field(
+            ge=1,
+            le=36_500,
+            description=(
+                "Events older than this many days that a snapshot already covers are archived."
+            ),
+        ),
+    ] = 365
+    max_events_per_aggregate: Annotated[
+        int,
+        Field(
+            ge=1,
+            le=10_000_000,
+            description=(
+                "Most events a load may replay after the newest snapshot; past it a snapshot "
+                "is forced."
+            ),
+        ),
+    ] = 1000
+
+
+class ProjectionSettings(BaseModel):
+    """`projections.yaml`: how the projection runner consumes the global log."""
+
+    model_config = _STRICT
+
+    workers: Annotated[
+        int,
+        Field(ge=1, le=64, description="Projections processed concurrently."),
+    ] = 5
+    batch_size: Annotated[
+        int,
+        Field(
+            ge=1,
+            le=10_000,
+            description="Events a projection reads and handles per batch (one checkpoint each).",
+        ),
+    ] = 100
+    retry_attempts: Annotated[
+        int,
+        Field(
+            ge=0,
+            le=100,
+            description="Retries of a failing batch before the projection is marked failed.",
+        ),
+    ] = 3
+    projections: Annotated[
+        dict[ProjectionName, ProjectionTarget],
+        Field(
+            description=(
+                'Projections to run: name (a DNS label) -> "module:object" '
+                '(for example balances: "myapp.projections:Balances").'
+            ),
+        ),
+    ] = Field(default_factory=dict)
+
+
+class Settings(BaseModel):
+    """Both files together, as the store pods load them at startup."""
+
+    model_config = _STRICT
+
+    store: StoreSettings = Field(default_factory=StoreSettings)
+    projections: ProjectionSettings = Field(default_factory=ProjectionSettings)
+
+
+_FILE_MODELS: dict[str, type[BaseModel]] = {
+    EVENT_STORE_FILE: StoreSettings,
+    PROJECTIONS_FILE: ProjectionSettings,
+}
+
+
+def _reason(error: Mapping[str, Any], model: type[BaseModel]) -> str:
+    """Turn one pydantic error into a sentence that says what to do."""
+    kind = error["type"]
+    value = error.get("input")
+    if kind == "extra_forbidden":
+        allowed = ", ".join(model.model_fields)
+        return f"unknown key; allowed keys are: {allowed}"
+    message = str(error["msg"])
+    if kind.startswith("value_error"):
+        message = message.removeprefix("Value error, ")
+        return message
+    got = f"{value!r} ({type(value).__name__})" if not isinstance(value, dict) else "a mapping"
+    return f"{message[0].lower()}{message[1:]}, got {got}"
+
+
+def _key(loc: tuple[int | str, ...]) -> str:
+    # pydantic marks a failing dict key with a trailing "[key]" part; the path is enough.
+    return ".".join(str(part) for part in loc if part != "[key]") or DOCUMENT_KEY
+
+
+def _parse(text: str, file: str, model: type[BaseModel]) -> Any:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise SettingsError(file, DOCUMENT_KEY, f"invalid YAML{where}: {problem}") from None
+    if data is None:  # an empty file (or only comments) means "all defaults"
+        data = {}
+    if not isinstance(data, dict):
+        raise SettingsError(
+            file,
+            DOCUMENT_KEY,
+            f"the top level must be a mapping of keys to values, got {type(data).__name__}",
+        )
+    for key in data:
+        if not isinstance(key, str):
+            raise SettingsError(file, str(key), "keys must be strings")
+    try:
+        return model.model_validate(data)
+    except PydanticValidationError as exc:
+        first = exc.errors()[0]
+        raise SettingsError(file, _key(first["loc"]), _reason(first, model)) from None
+
+
+def parse_store_settings(text: str, file: str = EVENT_STORE_FILE) -> StoreSettings:
+    """Parse the text of `event-store.yaml`; raise `SettingsError` if it is refused."""
+    result: StoreSettings = _parse(text, file, StoreSettings)
+    return result
+
+
+def parse_projection_settings(text: str, file: str = PROJECTIONS_FILE) -> ProjectionSettings:
+    """Parse the text of `projections.yaml`; raise `SettingsError` if it is refused."""
+    result: ProjectionSettings = _parse(text, file, ProjectionSettings)
+    return result
+
+
+def config_dir_from_env(environ: Mapping[str, str] | None = None) -> Path:
+    """The directory `eventstore serve` reads: $EVENTSTORE_CONFIG_DIR or /etc/eventstore."""
+    env = os.environ if environ is None else environ
+    value = env.get(CONFIG_DIR_ENV)
+    return Path(value) if value else DEFAULT_CONFIG_DIR
+
+
+def load_settings(directory: Path) -> Settings:
+    """Read both files from `directory` (a mounted ConfigMap).
+
+    A missing file means its defaults, so an empty ConfigMap is valid; a missing
+    directory is an error because it almost always means a wrong mount path.
+    Other files in the directory (the kubelet's `..data` links) are ignored.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise SettingsError(
+            str(directory),
+            DIRECTORY_KEY,
+            f"no such directory; mount the ConfigMap there or set {CONFIG_DIR_ENV}",
+        )
+    texts: dict[str, str] = {}
+    for name in CONFIG_FILES:
+        path = directory / name
+        if path.exists():
+            try:
+                texts[name] = path.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                raise SettingsError(str(path), FILE_KEY, f"cannot read the file: {exc}") from None
+    store = parse_store_settings(texts.get(EVENT_STORE_FILE, ""), str(directory / EVENT_STORE_FILE))
+    projections = parse_projection_settings(
+        texts.get(PROJECTIONS_FILE, ""), str(directory / PROJECTIONS_FILE)
+    )
+    return Settings(store=store, projections=projections)
+
+
+def validate_config_data(data: Mapping[str, str]) -> Settings:
+    """Validate a ConfigMap's `.data` (file name -> text) exactly as the pods will load it."""
+    for name in sorted(data):
+        if name not in _FILE_MODELS:
+            raise SettingsError(
+                name,
+                FILE_KEY,
+                "unknown file; the ConfigMap may hold only " + " and ".join(CONFIG_FILES),
+            )
+        if not isinstance(data[name], str):
+            raise SettingsError(name, FILE_KEY, "the file content must be text")
+    return Settings(
+        store=parse_store_settings(data.get(EVENT_STORE_FILE, ""), EVENT_STORE_FILE),
+        projections=parse_projection_settings(data.get(PROJECTIONS_FILE, ""), PROJECTIONS_FILE),
+    )
+
+
+def config_hash(data: Mapping[str, str]) -> str:
+    """A short, stable sha256 of ConfigMap data: the same files give the same hash."""
+    canonical = json.dumps(dict(sorted(data.items())), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
+
+
+_HEADERS = {
+    EVENT_STORE_FILE: (
+        "# event-store.yaml: tuning of the event store, read by `eventstore serve` at startup.\n"
+        "# On Kubernetes this is a key of the ConfigMap <name>-config: edit it there and the\n"
+        "# operator validates the change and rolls the store pods; an invalid edit is\n"
+        "# reported on the EventStore's status and the pods keep the last good settings.\n"
+    ),
+    PROJECTIONS_FILE: (
+        "# projections.yaml: the projection runner, read by `eventstore serve` at startup.\n"
+        "# Same rules as event-store.yaml: edit the ConfigMap, the operator validates it.\n"
+    ),
+}
+
+
+def _render(file: str, model: BaseModel) -> str:
+    lines = [_HEADERS[file].rstrip("\n")]
+    for name, field in type(model).model_fields.items():
+        lines.append("")
+        meta = {type(m).__name__: m for m in field.metadata}
+        bounds = ""
+        lower = getattr(meta.get("Ge"), "ge", None)
+        upper = getattr(meta.get("Le"), "le", None)
+        if lower is not None and upper is not None:
+            bounds = f" Range {lower}..{upper}."
+        comment = textwrap.wrap(f"{field.description}{bounds}", width=86)
+        lines.extend(f"# {line}" for line in comment)
+        value = getattr(model, name)
+        if isinstance(value, dict) and value:
+            lines.append(f"{name}:")
+            for key, item in sorted(value.items()):
+                lines.append(f"  {key}: {json.dumps(item)}")
+        else:
+            rendered = json.dumps(value) if not isinstance(value, dict) else "{}"
+            lines.append(f"{name}: {rendered}")
+    return "\n".join(lines) + "\n"
+
+
+def render_config_data(
+    store: StoreSettings | None = None, projections: ProjectionSettings | None = None
+) -> dict[str, str]:
+    """File name -> commented YAML for the given settings (the operator seeds its ConfigMap)."""
+    return {
+        EVENT_STORE_FILE: _render(EVENT_STORE_FILE, store or StoreSettings()),
+        PROJECTIONS_FILE: _render(PROJECTIONS_FILE, projections or ProjectionSettings()),
+    }
+
+
+def render_defaults() -> dict[str, str]:
+    """File name -> commented YAML of the defaults; `config/*.yaml` are copies of this."""
+    return render_config_data()

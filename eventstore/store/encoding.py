@@ -1,0 +1,99 @@
+"""JSON encoding of payloads and metadata, and the input checks every backend shares."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from eventstore.errors import ValidationError
+from eventstore.events import (
+    EVENT_TYPE_PATTERN,
+    NewEvent,
+    validate_stream_id,
+)
+
+
+def encode_json(value: Any, what: str) -> str:
+    """Encode a payload or metadata object, refusing anything JSON cannot carry faithfully."""
+    if not isinstance(value, dict):
+        raise ValidationError(f"{what} must be a JSON object (a dict), not {type(value).__name__}")
+    try:
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ValidationError(
+            f"{what} is not JSON-serializable ({exc}). Convert it to JSON types "
+            "(dict, list, str, int, float, bool, None) before appending."
+        ) from exc
+
+
+def decode_json(text: str | bytes | dict[str, Any]) -> dict[str, Any]:
+    if isinstance(text, dict):
+        return text
+    value = json.loads(text)
+    assert isinstance(value, dict)
+    return value
+
+
+def check_append(
+    stream_id: str, events: Sequence[NewEvent], max_payload_bytes: int, max_events: int
+) -> list[tuple[str, str]]:
+    """Validate an append's input and return each event's encoded (payload, metadata)."""
+    validate_stream_id(stream_id)
+    if isinstance(events, NewEvent) or not isinstance(events, Sequence):
+        raise ValidationError("events must be a list of NewEvent")
+    if not events:
+        raise ValidationError(f"append to {stream_id!r} has no events")
+    if len(events) > max_events:
+        raise ValidationError(
+            f"append to {stream_id!r} has {len(events)} events; the limit is {max_events} "
+            "per append: split it into several appends"
+        )
+    encoded: list[tuple[str, str]] = []
+    seen_ids = set()
+    for index, event in enumerate(events):
+        where = f"event {index} of the append to {stream_id!r}"
+        if not isinstance(event, NewEvent):
+            raise ValidationError(f"{where} is a {type(event).__name__}, not a NewEvent")
+        if not isinstance(event.type, str) or not event.type:
+            raise ValidationError(f"{where} has no type")
+        if not EVENT_TYPE_PATTERN.match(event.type):
+            raise ValidationError(
+                f"{where} has type {event.type[:60]!r}: a type is a name such as "
+                "'Deposited' or 'bank.Deposited' (letters, digits, _ . : -; at most 200)"
+            )
+        if isinstance(event.schema_version, bool) or not isinstance(event.schema_version, int) \
+                or event.schema_version < 1:
+            raise ValidationError(f"{where} has schema_version {event.schema_version!r}; use 1 or more")
+        if event.id in seen_ids:
+            raise ValidationError(f"{where} repeats event id {event.id} within one append")
+        seen_ids.add(event.id)
+        payload = encode_json(event.payload, f"payload of {where}")
+        metadata = encode_json(event.metadata, f"metadata of {where}")
+        size = len(payload.encode()) + len(metadata.encode())
+        if size > max_payload_bytes:
+            raise ValidationError(
+                f"{where} is {size} bytes of JSON; the limit is {max_payload_bytes} bytes. "
+                "Store large blobs elsewhere and put a reference in the event."
+            )
+        encoded.append((payload, metadata))
+    return encoded
+
+
+def check_read_stream(
+    stream_id: str, from_version: int, to_version: int | None, limit: int | None
+) -> None:
+    validate_stream_id(stream_id)
+    for name, value in (("from_version", from_version), ("to_version", to_version),
+                        ("limit", limit)):
+        if value is None and name != "from_version":
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < (0 if name != "limit" else 1):
+            raise ValidationError(f"{name} must be an int >= {0 if name != 'limit' else 1}, not {value!r}")
+
+
+def check_read_all(from_position: int, limit: int) -> None:
+    if isinstance(from_position, bool) or not isinstance(from_position, int) or from_position < 0:
+        raise ValidationError(f"from_position must be an int >= 0, not {from_position!r}")
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 100_000:
+        raise ValidationError(f"limit must be an int from 1 to 100000, not {limit!r}")

@@ -1,0 +1,402 @@
+"""The PostgreSQL event store: psycopg 3 with a connection pool, one round trip per append."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+import psycopg
+import psycopg.errors
+from psycopg.rows import TupleRow
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from eventstore.errors import (
+    ConcurrencyError,
+    EventStoreError,
+    SchemaError,
+    StoreUnavailable,
+    ValidationError,
+)
+from eventstore.events import (
+    AppendResult,
+    Expected,
+    ExpectedVersion,
+    NewEvent,
+    RecordedEvent,
+    validate_expected,
+    validate_stream_id,
+)
+from eventstore.store.base import MAX_EVENTS_PER_APPEND, EventStore, StoreStats
+from eventstore.store.encoding import check_append, check_read_all, check_read_stream
+from eventstore.store.postgres_schema import MIGRATIONS, SCHEMA_VERSION
+
+log = logging.getLogger(__name__)
+
+NOTIFY_CHANNEL = "eventstore_appended"
+_EXPECTED_CODES = {ExpectedVersion.NO_STREAM: -1, ExpectedVersion.ANY: -2,
+                   ExpectedVersion.STREAM_EXISTS: -4}
+_EVENT_COLUMNS = ("position, id, stream_id, version, type, schema_version, payload, metadata, "
+                  "recorded_at")
+#: Rows below this position are committed and will never be joined by an earlier one.
+_CUTOFF = "(pg_snapshot_xmin(pg_current_snapshot())::text::bigint << 20)"
+
+
+def _row_to_event(row: TupleRow) -> RecordedEvent:
+    position, id_, stream_id, version, type_, schema_version, payload, metadata, ts = row
+    return RecordedEvent(id=id_, type=type_, aggregate_id=stream_id, version=version,
+                         payload=payload, metadata=metadata, timestamp=ts, position=position,
+                         schema_version=schema_version)
+
+
+class PostgresEventStore(EventStore):
+    """Events in PostgreSQL. See postgres_schema.py for how the global order is kept."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        pool_min_size: int = 1,
+        pool_max_size: int = 16,
+        connect_timeout: float = 10.0,
+        max_payload_bytes: int | None = None,
+        max_events_per_append: int = 10_000,
+    ) -> None:
+        self.url = url
+        if max_payload_bytes is not None:
+            self.max_payload_bytes = max_payload_bytes
+        self.max_events_per_append = min(max_events_per_append, MAX_EVENTS_PER_APPEND)
+        self._pool: ConnectionPool[psycopg.Connection[TupleRow]] = ConnectionPool(
+            url,
+            min_size=pool_min_size,
+            max_size=pool_max_size,
+            kwargs={"autocommit": True},
+            open=False,
+            name="eventstore",
+        )
+        try:
+            self._pool.open(wait=True, timeout=connect_timeout)
+        except PoolTimeout as exc:
+            self._pool.close()
+            raise StoreUnavailable(
+                f"could not connect to PostgreSQL at {_safe_url(url)} within {connect_timeout}s"
+            ) from exc
+        self._closed = False
+        # Wake-ups: appends set _pending; one thread sends a coalesced NOTIFY outside the
+        # writers' transactions, because NOTIFY inside a transaction takes a database-wide
+        # lock at commit that would serialise all writers.
+        self._pending = threading.Event()
+        self._notifier: threading.Thread | None = None
+        self._listener: threading.Thread | None = None
+        self._wakeups = threading.Condition()
+        self._wakeup_count = 0
+        self._start_lock = threading.Lock()
+
+    # -- schema ------------------------------------------------------------------------
+
+    def migrate(self) -> int:
+        with self._connection() as conn, conn.transaction():
+            # Serialise concurrent migrations (several pods starting at once).
+            conn.execute("SELECT pg_advisory_xact_lock(7142001)")
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS es_schema_version ("
+                " version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            row = conn.execute("SELECT coalesce(max(version), 0) FROM es_schema_version").fetchone()
+            current = int(row[0]) if row else 0
+            if current > SCHEMA_VERSION:
+                raise SchemaError(
+                    f"the database schema is version {current}, newer than this code's "
+                    f"{SCHEMA_VERSION}: upgrade eventstore"
+                )
+            for number in range(current + 1, SCHEMA_VERSION + 1):
+                conn.execute(MIGRATIONS[number - 1].encode())
+                conn.execute("INSERT INTO es_schema_version (version) VALUES (%s)", (number,))
+                log.info("applied schema migration %d", number)
+        return SCHEMA_VERSION
+
+    def schema_version(self) -> int:
+        with self._connection() as conn:
+            row = conn.execute("SELECT to_regclass('es_schema_version') IS NOT NULL").fetchone()
+            if not row or not row[0]:
+                return 0
+            row = conn.execute("SELECT coalesce(max(version), 0) FROM es_schema_version").fetchone()
+            return int(row[0]) if row else 0
+
+    def schema_is_current(self) -> bool:
+        try:
+            return self.schema_version() == SCHEMA_VERSION
+        except EventStoreError:
+            return False
+
+    # -- writing -----------------------------------------------------------------------
+
+    def append(
+        self,
+        stream_id: str,
+        events: Sequence[NewEvent],
+        expected_version: Expected = ExpectedVersion.ANY,
+    ) -> AppendResult:
+        expected = validate_expected(expected_version)
+        encoded = check_append(stream_id, events, self.max_payload_bytes,
+                               self.max_events_per_append)
+        code = expected if isinstance(expected, int) else _EXPECTED_CODES[expected]
+        params = (
+            stream_id,
+            code,
+            [e.id for e in events],
+            [e.type for e in events],
+            [p for p, _ in encoded],
+            [m for _, m in encoded],
+            [e.schema_version for e in events],
+        )
+        try:
+            with self._connection() as conn:
+                row = conn.execute(
+                    "SELECT first_version, positions, idempotent FROM es_append("
+                    "%s, %s, %s::uuid[], %s::text[], %s::text[], %s::text[], %s::int[])",
+                    params,
+                ).fetchone()
+        except psycopg.errors.RaiseException as exc:  # pragma: no cover - not raised by us
+            raise EventStoreError(str(exc)) from exc
+        except psycopg.Error as exc:
+            if exc.sqlstate == "ESCON":
+                actual = int(exc.diag.message_detail or 0)
+                raise ConcurrencyError(stream_id, _show(expected), actual) from None
+            if exc.sqlstate == "ESDUP" or (
+                isinstance(exc, psycopg.errors.UniqueViolation)
+                and exc.diag.constraint_name == "es_events_id_key"
+            ):
+                raise ValidationError(
+                    f"append to {stream_id!r}: some of its event ids are already stored, but "
+                    "not as this exact append (different stream, order or companions). Give "
+                    "new events new ids; re-send an append only unchanged."
+                ) from None
+            if isinstance(exc, psycopg.errors.UniqueViolation):
+                # Defence in depth: the stream lock makes this unreachable.
+                raise ConcurrencyError(stream_id, _show(expected),
+                                       self.stream_version(stream_id)) from None
+            raise
+        assert row is not None
+        first_version, positions, idempotent = row
+        if not idempotent:
+            self._signal_append()
+        return AppendResult(
+            stream_id=stream_id,
+            first_version=int(first_version),
+            next_expected_version=int(first_version) + len(events) - 1,
+            positions=tuple(int(p) for p in positions),
+            idempotent=bool(idempotent),
+        )
+
+    # -- reading -----------------------------------------------------------------------
+
+    def read_stream(
+        self,
+        stream_id: str,
+        from_version: int = 1,
+        to_version: int | None = None,
+        as_of: datetime | None = None,
+        backwards: bool = False,
+        limit: int | None = None,
+    ) -> list[RecordedEvent]:
+        check_read_stream(stream_id, from_version, to_version, limit)
+        sql = [f"SELECT {_EVENT_COLUMNS} FROM es_events WHERE stream_id = %s AND version >= %s"]
+        params: list[Any] = [stream_id, from_version]
+        if to_version is not None:
+            sql.append("AND version <= %s")
+            params.append(to_version)
+        if as_of is not None:
+            sql.append("AND recorded_at <= %s")
+            params.append(_aware(as_of))
+        sql.append("ORDER BY version DESC" if backwards else "ORDER BY version")
+        if limit is not None:
+            sql.append("LIMIT %s")
+            params.append(limit)
+        with self._connection() as conn:
+            cur = conn.execute(" ".join(sql).encode(), params)
+            return [_row_to_event(r) for r in cur.fetchall()]
+
+    def read_archived_stream(self, stream_id: str) -> list[RecordedEvent]:
+        """Events of a stream that retention moved to the archive table."""
+        validate_stream_id(stream_id)
+        with self._connection() as conn:
+            cur = conn.execute(
+                f"SELECT {_EVENT_COLUMNS} FROM es_events_archive WHERE stream_id = %s "
+                "ORDER BY version",
+                (stream_id,),
+            )
+            return [_row_to_event(r) for r in cur.fetchall()]
+
+    def read_all(self, from_position: int = 0, limit: int = 1000) -> list[RecordedEvent]:
+        check_read_all(from_position, limit)
+        with self._connection() as conn:
+            cur = conn.execute(
+                f"SELECT {_EVENT_COLUMNS} FROM es_events WHERE position >= %s "
+                f"AND position < {_CUTOFF} ORDER BY position LIMIT %s",
+                (from_position, limit),
+            )
+            return [_row_to_event(r) for r in cur.fetchall()]
+
+    def stream_version(self, stream_id: str) -> int:
+        validate_stream_id(stream_id)
+        with self._connection() as conn:
+            row = conn.execute(
+                "SELECT version FROM es_streams WHERE stream_id = %s", (stream_id,)
+            ).fetchone()
+            return int(row[0]) if row else 0
+
+    def head_position(self) -> int:
+        """The highest position a reader may see now (0 for an empty log)."""
+        with self._connection() as conn:
+            row = conn.execute(
+                f"SELECT coalesce(max(position), 0) FROM es_events WHERE position < {_CUTOFF}"
+            ).fetchone()
+            return int(row[0]) if row else 0
+
+    def stats(self) -> StoreStats:
+        with self._connection() as conn:
+            row = conn.execute(
+                "SELECT (SELECT reltuples::bigint FROM pg_class WHERE oid = 'es_events'::regclass),"
+                " pg_total_relation_size('es_events') + pg_total_relation_size('es_events_archive')"
+                " + pg_total_relation_size('es_streams')"
+            ).fetchone()
+            assert row is not None
+            estimate, size = int(row[0]), int(row[1])
+            # Exact counts while they are cheap; planner estimates past a million rows.
+            if estimate < 1_000_000:
+                counted = conn.execute(
+                    "SELECT (SELECT count(*) FROM es_events), (SELECT count(*) FROM es_streams),"
+                    " (SELECT count(*) FROM es_events_archive)"
+                ).fetchone()
+                assert counted is not None
+                events, streams, archived = (int(v) for v in counted)
+            else:
+                est = conn.execute(
+                    "SELECT (SELECT reltuples::bigint FROM pg_class WHERE oid = 'es_streams'::regclass),"
+                    " (SELECT reltuples::bigint FROM pg_class"
+                    "  WHERE oid = 'es_events_archive'::regclass)"
+                ).fetchone()
+                assert est is not None
+                events, streams, archived = estimate, int(est[0]), int(est[1])
+        return StoreStats(events=events, streams=streams, archived_events=archived, bytes=size,
+                          head_position=self.head_position())
+
+    # -- live subscriptions ------------------------------------------------------------
+
+    def wait_for_events(self, after_position: int, timeout: float) -> bool:
+        self._ensure_listener()
+        with self._wakeups:
+            seen = self._wakeup_count
+            self._wakeups.wait_for(lambda: self._wakeup_count != seen or self._closed, timeout)
+            return self._wakeup_count != seen
+
+    def _signal_append(self) -> None:
+        if self._notifier is None:
+            with self._start_lock:
+                if self._notifier is None:
+                    self._notifier = threading.Thread(
+                        target=self._notify_loop, name="eventstore-notify", daemon=True)
+                    self._notifier.start()
+        self._pending.set()
+
+    def _notify_loop(self) -> None:
+        while not self._closed:
+            if not self._pending.wait(timeout=0.5):
+                continue
+            self._pending.clear()
+            try:
+                with self._connection() as conn:
+                    conn.execute("SET synchronous_commit = off")
+                    conn.execute(f"NOTIFY {NOTIFY_CHANNEL}")
+            except Exception:  # noqa: BLE001 - a lost wake-up only delays readers to the poll
+                log.debug("NOTIFY failed; subscribers will poll", exc_info=True)
+
+    def _ensure_listener(self) -> None:
+        if self._listener is not None:
+            return
+        with self._start_lock:
+            if self._listener is None:
+                self._listener = threading.Thread(
+                    target=self._listen_loop, name="eventstore-listen", daemon=True)
+                self._listener.start()
+
+    def _listen_loop(self) -> None:
+        while not self._closed:
+            try:
+                with psycopg.connect(self.url, autocommit=True) as conn:
+                    conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+                    self._wake()  # we may have missed a notification while reconnecting
+                    while not self._closed:
+                        for _ in conn.notifies(timeout=0.5, stop_after=1):
+                            self._wake()
+            except psycopg.Error:
+                log.warning("LISTEN connection lost; reconnecting", exc_info=True)
+                threading.Event().wait(1.0)
+
+    def _wake(self) -> None:
+        with self._wakeups:
+            self._wakeup_count += 1
+            self._wakeups.notify_all()
+
+    # -- plumbing ----------------------------------------------------------------------
+
+    @contextmanager
+    def _connection(self) -> Iterator[psycopg.Connection[TupleRow]]:
+        """A pooled connection, with driver errors translated in this one place."""
+        if self._closed:
+            raise StoreUnavailable("the event store is closed")
+        try:
+            with self._pool.connection() as conn:
+                yield conn
+        except PoolTimeout as exc:
+            raise StoreUnavailable(f"no PostgreSQL connection available: {exc}") from exc
+        except psycopg.errors.UndefinedTable as exc:
+            raise SchemaError(
+                "the event store schema is missing: run `eventstore migrate` first"
+            ) from exc
+        except psycopg.errors.UndefinedFunction as exc:
+            raise SchemaError(
+                "the event store schema is out of date: run `eventstore migrate`"
+            ) from exc
+        except psycopg.OperationalError as exc:
+            raise StoreUnavailable(f"PostgreSQL is unavailable: {exc}") from exc
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._pending.set()
+        self._wake()
+        for thread in (self._notifier, self._listener):
+            if thread is not None:
+                thread.join(timeout=2)
+        self._pool.close()
+
+
+def _show(expected: Expected) -> object:
+    return expected.value if isinstance(expected, ExpectedVersion) else expected
+
+
+def _aware(moment: datetime) -> datetime:
+    if moment.tzinfo is None:
+        raise ValidationError(
+            f"as_of {moment.isoformat()} has no time zone: pass an aware datetime (UTC)"
+        )
+    return moment
+
+
+def _safe_url(url: str) -> str:
+    """The URL without its password, for messages and logs."""
+    try:
+        info = psycopg.conninfo.conninfo_to_dict(url)
+    except psycopg.ProgrammingError:
+        return "<unparseable URL>"
+    return f"{info.get('host', 'localhost')}:{info.get('port', 5432)}/{info.get('dbname', '')}"
+
+
+__all__ = ["PostgresEventStore", "UUID"]

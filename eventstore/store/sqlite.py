@@ -1,0 +1,313 @@
+"""The embedded event store: one SQLite file, for laptops, demos and tests without servers."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+from eventstore.errors import ConcurrencyError, SchemaError, StoreUnavailable, ValidationError
+from eventstore.events import (
+    AppendResult,
+    Expected,
+    ExpectedVersion,
+    NewEvent,
+    RecordedEvent,
+    validate_expected,
+    validate_stream_id,
+)
+from eventstore.store.base import EventStore, StoreStats
+from eventstore.store.encoding import check_append, check_read_all, check_read_stream
+
+# SQLite lets one transaction write at a time (BEGIN IMMEDIATE takes the write lock), so a
+# position from AUTOINCREMENT is allocated and committed before the next writer starts:
+# commit order is position order and a reader of the global log can never skip an event.
+SCHEMA_VERSION = 1
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS es_streams (
+    stream_id TEXT PRIMARY KEY,
+    version   INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS es_events (
+    position       INTEGER PRIMARY KEY AUTOINCREMENT,
+    id             TEXT NOT NULL UNIQUE,
+    stream_id      TEXT NOT NULL,
+    version        INTEGER NOT NULL,
+    type           TEXT NOT NULL,
+    schema_version INTEGER NOT NULL,
+    payload        TEXT NOT NULL,
+    metadata       TEXT NOT NULL,
+    recorded_at    TEXT NOT NULL,
+    UNIQUE (stream_id, version)
+);
+CREATE TABLE IF NOT EXISTS es_events_archive (
+    position       INTEGER PRIMARY KEY,
+    id             TEXT NOT NULL UNIQUE,
+    stream_id      TEXT NOT NULL,
+    version        INTEGER NOT NULL,
+    type           TEXT NOT NULL,
+    schema_version INTEGER NOT NULL,
+    payload        TEXT NOT NULL,
+    metadata       TEXT NOT NULL,
+    recorded_at    TEXT NOT NULL,
+    archived_at    TEXT NOT NULL,
+    UNIQUE (stream_id, version)
+);
+"""
+_COLUMNS = "position, id, stream_id, version, type, schema_version, payload, metadata, recorded_at"
+
+
+def _row_to_event(row: tuple[Any, ...]) -> RecordedEvent:
+    position, id_, stream_id, version, type_, schema_version, payload, metadata, ts = row
+    return RecordedEvent(id=UUID(id_), type=type_, aggregate_id=stream_id, version=version,
+                         payload=json.loads(payload), metadata=json.loads(metadata),
+                         timestamp=datetime.fromisoformat(ts), position=position,
+                         schema_version=schema_version)
+
+
+class SQLiteEventStore(EventStore):
+    """Events in one SQLite file (or in memory). Thread-safe; one writer at a time."""
+
+    def __init__(self, path: str | Path, *, max_payload_bytes: int | None = None,
+                 max_events_per_append: int = 10_000) -> None:
+        self.path = str(path)
+        if max_payload_bytes is not None:
+            self.max_payload_bytes = max_payload_bytes
+        self.max_events_per_append = max_events_per_append
+        self._local = threading.local()
+        self._write_lock = threading.Lock()
+        self._appended = threading.Condition()
+        self._closed = False
+        self._connections: list[sqlite3.Connection] = []
+        self._memory = self.path == ":memory:"
+        if self._memory:
+            # One shared connection: every :memory: connection is a separate database.
+            self._shared = self._open()
+
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> SQLiteEventStore:
+        path = url.removeprefix("sqlite://")
+        if path in ("", "/:memory:", ":memory:"):
+            return cls(":memory:", **options)
+        if not path.startswith("/"):
+            raise ValidationError(f"SQLite URL {url!r} needs a path: sqlite:///relative.db or "
+                                  "sqlite:////absolute/path.db")
+        path = path[1:]
+        Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        return cls(path, **options)
+
+    def _open(self) -> sqlite3.Connection:
+        try:
+            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None,
+                                   check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"cannot open SQLite database {self.path}: {exc}") from exc
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        self._connections.append(conn)
+        return conn
+
+    @contextmanager
+    def _conn(self) -> Iterator[sqlite3.Connection]:
+        if self._closed:
+            raise StoreUnavailable("the event store is closed")
+        if self._memory:
+            with self._write_lock, _translated_errors():
+                yield self._shared
+            return
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = self._open()
+        with _translated_errors():
+            yield conn
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        if self._memory:
+            with self._conn() as conn:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield conn
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+                conn.execute("COMMIT")
+            return
+        with self._write_lock, self._conn() as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    def migrate(self) -> int:
+        with self._write() as conn:
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        return SCHEMA_VERSION
+
+    def schema_is_current(self) -> bool:
+        try:
+            with self._conn() as conn:
+                return int(conn.execute("PRAGMA user_version").fetchone()[0]) == SCHEMA_VERSION
+        except (sqlite3.Error, StoreUnavailable):
+            return False
+
+    def append(
+        self,
+        stream_id: str,
+        events: Sequence[NewEvent],
+        expected_version: Expected = ExpectedVersion.ANY,
+    ) -> AppendResult:
+        expected = validate_expected(expected_version)
+        encoded = check_append(stream_id, events, self.max_payload_bytes,
+                               self.max_events_per_append)
+        ids = [str(e.id) for e in events]
+        with self._write() as conn:
+            row = conn.execute("SELECT version FROM es_streams WHERE stream_id = ?",
+                               (stream_id,)).fetchone()
+            current = int(row[0]) if row else 0
+            stored = conn.execute(
+                f"SELECT id, stream_id, version, position FROM es_events WHERE id IN "
+                f"({','.join('?' * len(ids))}) ORDER BY version", ids
+            ).fetchall()
+            if stored:
+                if [r[0] for r in stored] == ids and all(r[1] == stream_id for r in stored):
+                    return AppendResult(stream_id, int(stored[0][2]),
+                                        int(stored[-1][2]), tuple(int(r[3]) for r in stored),
+                                        idempotent=True)
+                raise ValidationError(
+                    f"append to {stream_id!r}: some of its event ids are already stored, but "
+                    "not as this exact append (different stream, order or companions). Give "
+                    "new events new ids; re-send an append only unchanged."
+                )
+            if _conflicts(expected, current):
+                raise ConcurrencyError(
+                    stream_id, expected.value if isinstance(expected, ExpectedVersion) else
+                    expected, current)
+            now = datetime.now(UTC).isoformat()
+            positions = []
+            for n, (event, (payload, metadata)) in enumerate(zip(events, encoded, strict=True)):
+                cur = conn.execute(
+                    f"INSERT INTO es_events ({_COLUMNS.removeprefix('position, ')}) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (str(event.id), stream_id, current + n + 1, event.type, event.schema_version,
+                     payload, metadata, now),
+                )
+                positions.append(int(cur.lastrowid or 0))
+            conn.execute(
+                "INSERT INTO es_streams (stream_id, version) VALUES (?, ?) "
+                "ON CONFLICT (stream_id) DO UPDATE SET version = excluded.version",
+                (stream_id, current + len(events)),
+            )
+        with self._appended:
+            self._appended.notify_all()
+        return AppendResult(stream_id, current + 1, current + len(events), tuple(positions))
+
+    def read_stream(
+        self,
+        stream_id: str,
+        from_version: int = 1,
+        to_version: int | None = None,
+        as_of: datetime | None = None,
+        backwards: bool = False,
+        limit: int | None = None,
+    ) -> list[RecordedEvent]:
+        check_read_stream(stream_id, from_version, to_version, limit)
+        sql = f"SELECT {_COLUMNS} FROM es_events WHERE stream_id = ? AND version >= ?"
+        params: list[Any] = [stream_id, from_version]
+        if to_version is not None:
+            sql += " AND version <= ?"
+            params.append(to_version)
+        if as_of is not None:
+            if as_of.tzinfo is None:
+                raise ValidationError("as_of has no time zone: pass an aware datetime (UTC)")
+            sql += " AND recorded_at <= ?"
+            params.append(as_of.astimezone(UTC).isoformat())
+        sql += " ORDER BY version DESC" if backwards else " ORDER BY version"
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(limit)
+        with self._conn() as conn:
+            return [_row_to_event(r) for r in conn.execute(sql, params).fetchall()]
+
+    def read_archived_stream(self, stream_id: str) -> list[RecordedEvent]:
+        """Events of a stream that retention moved to the archive table."""
+        validate_stream_id(stream_id)
+        with self._conn() as conn:
+            rows = conn.execute(f"SELECT {_COLUMNS} FROM es_events_archive WHERE stream_id = ? "
+                                "ORDER BY version", (stream_id,)).fetchall()
+        return [_row_to_event(r) for r in rows]
+
+    def read_all(self, from_position: int = 0, limit: int = 1000) -> list[RecordedEvent]:
+        check_read_all(from_position, limit)
+        with self._conn() as conn:
+            rows = conn.execute(
+                f"SELECT {_COLUMNS} FROM es_events WHERE position >= ? ORDER BY position LIMIT ?",
+                (from_position, limit),
+            ).fetchall()
+        return [_row_to_event(r) for r in rows]
+
+    def wait_for_events(self, after_position: int, timeout: float) -> bool:
+        # Wakes at once for appends in this process; other processes are seen by polling.
+        with self._appended:
+            return self._appended.wait(timeout=min(timeout, 0.25) if not self._memory else timeout)
+
+    def stream_version(self, stream_id: str) -> int:
+        validate_stream_id(stream_id)
+        with self._conn() as conn:
+            row = conn.execute("SELECT version FROM es_streams WHERE stream_id = ?",
+                               (stream_id,)).fetchone()
+        return int(row[0]) if row else 0
+
+    def stats(self) -> StoreStats:
+        with self._conn() as conn:
+            events, head = conn.execute(
+                "SELECT count(*), coalesce(max(position), 0) FROM es_events").fetchone()
+            streams = conn.execute("SELECT count(*) FROM es_streams").fetchone()[0]
+            archived = conn.execute("SELECT count(*) FROM es_events_archive").fetchone()[0]
+            pages = conn.execute("PRAGMA page_count").fetchone()[0]
+            page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+        return StoreStats(events=int(events), streams=int(streams), archived_events=int(archived),
+                          bytes=int(pages) * int(page_size), head_position=int(head))
+
+    def close(self) -> None:
+        self._closed = True
+        for conn in self._connections:
+            conn.close()
+        self._connections.clear()
+        with self._appended:
+            self._appended.notify_all()
+
+
+@contextmanager
+def _translated_errors() -> Iterator[None]:
+    """sqlite3 errors as this library's errors, in one place."""
+    try:
+        yield
+    except sqlite3.OperationalError as exc:
+        if "no such table" in str(exc):
+            raise SchemaError(
+                "the event store schema is missing: run `eventstore migrate` first") from exc
+        raise StoreUnavailable(f"SQLite error: {exc}") from exc
+
+
+def _conflicts(expected: Expected, current: int) -> bool:
+    if expected is ExpectedVersion.ANY:
+        return False
+    if expected is ExpectedVersion.NO_STREAM:
+        return current > 0
+    if expected is ExpectedVersion.STREAM_EXISTS:
+        return current == 0
+    return expected != current

@@ -1,0 +1,262 @@
+"""The contract every EventStore backend must pass. Subclass `EventStoreContract` and
+provide a `store` fixture that yields a fresh, migrated, empty store."""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime, timedelta
+from uuid import uuid4
+
+import pytest
+
+from eventstore.errors import ConcurrencyError, SchemaError, ValidationError
+from eventstore.events import ExpectedVersion, NewEvent
+from eventstore.store.base import EventStore
+
+
+def ev(n: int = 0, type: str = "Happened", **payload: object) -> NewEvent:
+    return NewEvent(type=type, payload={"n": n, **payload})
+
+
+class EventStoreContract:
+    """Behaviour shared by all backends."""
+
+    # -- append ------------------------------------------------------------------------
+
+    def test_append_and_read_back(self, store: EventStore) -> None:
+        result = store.append("acc-1", [ev(1), ev(2)], expected_version=ExpectedVersion.NO_STREAM)
+        assert (result.first_version, result.next_expected_version) == (1, 2)
+        events = store.read_stream("acc-1")
+        assert [e.version for e in events] == [1, 2]
+        assert [e.payload["n"] for e in events] == [1, 2]
+        assert [e.position for e in events] == list(result.positions)
+        assert all(e.aggregate_id == "acc-1" and e.type == "Happened" for e in events)
+        assert all(e.timestamp.tzinfo is not None for e in events)
+        assert events[0].position < events[1].position
+        assert store.stream_version("acc-1") == 2
+        assert store.stream_version("missing") == 0
+
+    def test_metadata_schema_version_and_id_round_trip(self, store: EventStore) -> None:
+        event = NewEvent(type="bank.Deposited", payload={"amount": 5, "nested": {"a": [1, "x"]}},
+                         metadata={"correlation_id": "c-1"}, schema_version=3)
+        store.append("acc-1", [event])
+        (read,) = store.read_stream("acc-1")
+        assert read.id == event.id
+        assert read.payload == event.payload and read.metadata == event.metadata
+        assert read.schema_version == 3 and read.type == "bank.Deposited"
+
+    @pytest.mark.parametrize("expected", [0, ExpectedVersion.NO_STREAM, ExpectedVersion.ANY])
+    def test_new_stream_expectations_that_hold(self, store: EventStore, expected: object) -> None:
+        store.append("s", [ev()], expected_version=expected)  # type: ignore[arg-type]
+        assert store.stream_version("s") == 1
+
+    @pytest.mark.parametrize("expected", [1, 5, ExpectedVersion.STREAM_EXISTS])
+    def test_new_stream_expectations_that_fail(self, store: EventStore, expected: object) -> None:
+        with pytest.raises(ConcurrencyError) as info:
+            store.append("s", [ev()], expected_version=expected)  # type: ignore[arg-type]
+        assert info.value.actual_version == 0
+        assert store.read_stream("s") == []
+
+    @pytest.mark.parametrize("expected", [0, 1, 3, ExpectedVersion.NO_STREAM])
+    def test_existing_stream_conflicts_carry_actual_version(
+        self, store: EventStore, expected: object
+    ) -> None:
+        store.append("s", [ev(), ev()])
+        with pytest.raises(ConcurrencyError) as info:
+            store.append("s", [ev()], expected_version=expected)  # type: ignore[arg-type]
+        assert info.value.actual_version == 2
+        assert "version 2" in str(info.value)
+        assert store.stream_version("s") == 2
+
+    @pytest.mark.parametrize("expected", [2, ExpectedVersion.ANY, ExpectedVersion.STREAM_EXISTS])
+    def test_existing_stream_expectations_that_hold(self, store: EventStore,
+                                                    expected: object) -> None:
+        store.append("s", [ev(), ev()])
+        result = store.append("s", [ev()], expected_version=expected)  # type: ignore[arg-type]
+        assert result.first_version == 3
+
+    def test_resending_the_same_events_is_idempotent(self, store: EventStore) -> None:
+        batch = [ev(1), ev(2)]
+        first = store.append("s", batch, expected_version=0)
+        again = store.append("s", batch, expected_version=0)
+        assert again.idempotent and not first.idempotent
+        assert (again.first_version, again.next_expected_version, again.positions) == (
+            first.first_version, first.next_expected_version, first.positions)
+        assert len(store.read_stream("s")) == 2
+        # Even after the stream moved on, a late retry of the first append is recognised.
+        store.append("s", [ev(3)])
+        assert store.append("s", batch, expected_version=0).positions == first.positions
+        assert len(store.read_stream("s")) == 3
+
+    def test_reused_id_in_another_append_is_refused(self, store: EventStore) -> None:
+        event = ev(1)
+        store.append("s", [event])
+        with pytest.raises(ValidationError, match="already stored"):
+            store.append("other", [event])
+        with pytest.raises(ValidationError, match="already stored"):
+            store.append("s", [event, ev(2)])
+        assert store.read_stream("other") == [] and len(store.read_stream("s")) == 1
+
+    def test_append_is_atomic_when_one_event_is_bad(self, store: EventStore) -> None:
+        store.append("s", [ev(0)])
+        with pytest.raises(ValidationError):
+            store.append("s", [ev(1), NewEvent(type="Bad", payload={"x": object()})])
+        assert [e.payload["n"] for e in store.read_stream("s")] == [0]
+
+    # -- bad input ---------------------------------------------------------------------
+
+    @pytest.mark.parametrize("stream_id", ["", "x" * 10_000, "a b", "a/b", "x'; DROP TABLE es_events; --",
+                                           'a"b', "ß", None, 42])
+    def test_bad_stream_ids_are_refused(self, store: EventStore, stream_id: object) -> None:
+        store.append("kept", [ev()])
+        with pytest.raises(ValidationError, match="stream id"):
+            store.append(stream_id, [ev()])  # type: ignore[arg-type]
+        assert len(store.read_stream("kept")) == 1
+        assert [e.aggregate_id for e in store.read_all()] == ["kept"]
+
+    @pytest.mark.parametrize("event_type", ["", "Robert'); DROP TABLE es_events;--", "a b",
+                                            "x" * 500, "1abc"])
+    def test_bad_event_types_are_refused(self, store: EventStore, event_type: str) -> None:
+        store.append("kept", [ev()])
+        with pytest.raises(ValidationError, match="type"):
+            store.append("s", [NewEvent(type=event_type, payload={})])
+        assert len(store.read_all()) == 1
+
+    @pytest.mark.parametrize("payload", [{"x": object()}, {"x": float("nan")}, "not a dict",
+                                         [1, 2], {"x": {1, 2}}, b"bytes"])
+    def test_non_json_payloads_are_refused(self, store: EventStore, payload: object) -> None:
+        with pytest.raises(ValidationError, match="payload"):
+            store.append("s", [NewEvent(type="T", payload=payload)])  # type: ignore[arg-type]
+        assert store.read_all() == []
+
+    def test_non_json_metadata_is_refused(self, store: EventStore) -> None:
+        with pytest.raises(ValidationError, match="metadata"):
+            store.append("s", [NewEvent(type="T", payload={}, metadata={"t": datetime.now()})])
+
+    @pytest.mark.parametrize("expected", [-1, -5, "3", 1.5, True, None])
+    def test_bad_expected_versions_are_refused(self, store: EventStore, expected: object) -> None:
+        store.append("s", [ev()])
+        with pytest.raises(ValidationError, match="expected_version"):
+            store.append("s", [ev()], expected_version=expected)  # type: ignore[arg-type]
+        assert store.stream_version("s") == 1
+
+    def test_oversized_payload_is_refused(self, store: EventStore) -> None:
+        store.append("s", [ev()])
+        big = {"blob": "x" * (store.max_payload_bytes + 1)}
+        with pytest.raises(ValidationError, match="limit is"):
+            store.append("s", [NewEvent(type="Big", payload=big)])
+        assert store.stream_version("s") == 1
+
+    def test_empty_and_non_list_batches_are_refused(self, store: EventStore) -> None:
+        with pytest.raises(ValidationError, match="no events"):
+            store.append("s", [])
+        with pytest.raises(ValidationError):
+            store.append("s", ev())  # type: ignore[arg-type]
+        with pytest.raises(ValidationError):
+            store.append("s", [{"type": "T", "payload": {}}])  # type: ignore[list-item]
+
+    def test_duplicate_ids_within_one_append_are_refused(self, store: EventStore) -> None:
+        event = ev()
+        with pytest.raises(ValidationError, match="repeats event id"):
+            store.append("s", [event, event])
+
+    def test_unicode_and_sql_metacharacters_in_payloads_are_stored_verbatim(
+        self, store: EventStore
+    ) -> None:
+        payload = {"text": "'; DROP TABLE es_events; -- ünïcødé \u2603 \\ \" %s ?"}
+        store.append("s", [NewEvent(type="T", payload=payload)])
+        assert store.read_stream("s")[0].payload == payload
+
+    # -- reading -----------------------------------------------------------------------
+
+    def test_read_stream_ranges_and_direction(self, store: EventStore) -> None:
+        store.append("s", [ev(i) for i in range(1, 11)])
+        store.append("other", [ev(99)])
+        assert [e.version for e in store.read_stream("s", from_version=3, to_version=5)] == [3, 4, 5]
+        assert [e.version for e in store.read_stream("s", backwards=True, limit=3)] == [10, 9, 8]
+        assert [e.version for e in store.read_stream("s", to_version=4, backwards=True)] == [4, 3, 2, 1]
+        assert [e.version for e in store.read_stream("s", from_version=9)] == [9, 10]
+        assert store.read_stream("s", from_version=11) == []
+        assert store.read_stream("nothing") == []
+        with pytest.raises(ValidationError):
+            store.read_stream("s", from_version=-1)
+        with pytest.raises(ValidationError):
+            store.read_stream("s", limit=0)
+
+    def test_read_stream_as_of(self, store: EventStore) -> None:
+        store.append("s", [ev(1)])
+        (first,) = store.read_stream("s")
+        store.append("s", [ev(2)])
+        (second,) = store.read_stream("s", from_version=2)
+        assert second.timestamp >= first.timestamp
+        assert [e.version for e in store.read_stream("s", as_of=first.timestamp)] == (
+            [1] if second.timestamp > first.timestamp else [1, 2])
+        assert store.read_stream("s", as_of=first.timestamp - timedelta(seconds=1)) == []
+        assert len(store.read_stream("s", as_of=datetime.now(UTC) + timedelta(days=1))) == 2
+        with pytest.raises(ValidationError, match="time zone"):
+            store.read_stream("s", as_of=datetime.now())
+
+    def test_read_all_pages_in_global_order(self, store: EventStore) -> None:
+        for i in range(25):
+            store.append(f"s-{i % 3}", [ev(i)])
+        seen = []
+        position = 0
+        while page := store.read_all(from_position=position, limit=7):
+            assert len(page) <= 7
+            seen.extend(page)
+            position = page[-1].position + 1
+        assert [e.payload["n"] for e in seen] == list(range(25))
+        assert [e.position for e in seen] == sorted(e.position for e in seen)
+        assert store.read_all(from_position=seen[10].position, limit=1)[0].id == seen[10].id
+        with pytest.raises(ValidationError):
+            store.read_all(from_position=-1)
+        with pytest.raises(ValidationError):
+            store.read_all(limit=0)
+
+    def test_subscribe_follows_live_appends(self, store: EventStore) -> None:
+        store.append("s", [ev(0)])
+        received: list[int] = []
+        done = threading.Event()
+
+        def follow() -> None:
+            for event in store.subscribe(from_position=0, idle_timeout=20, poll_interval=30):
+                received.append(event.payload["n"])
+                if len(received) == 3:
+                    break
+            done.set()
+
+        thread = threading.Thread(target=follow, daemon=True)
+        thread.start()
+        store.append("s", [ev(1)])
+        store.append("t", [ev(2)])
+        # The poll interval is 30 s: arriving sooner proves the subscriber was woken.
+        assert done.wait(15), f"subscriber saw only {received}"
+        assert received == [0, 1, 2]
+
+    def test_stats_count_events_and_streams(self, store: EventStore) -> None:
+        store.append("a", [ev(), ev()])
+        store.append("b", [ev()])
+        stats = store.stats()
+        assert (stats.events, stats.streams, stats.archived_events) == (3, 2, 0)
+        assert stats.bytes > 0 and stats.head_position == store.read_all()[-1].position
+
+    def test_migrate_is_idempotent(self, store: EventStore) -> None:
+        store.append("s", [ev()])
+        version = store.migrate()
+        assert store.migrate() == version and store.schema_is_current()
+        assert len(store.read_stream("s")) == 1
+
+    def test_many_events_in_one_append(self, store: EventStore) -> None:
+        events = [NewEvent(type="T", payload={"i": i}, id=uuid4()) for i in range(2000)]
+        result = store.append("big", events)
+        assert result.next_expected_version == 2000
+        assert [e.payload["i"] for e in store.read_stream("big")] == list(range(2000))
+
+
+class UnmigratedContract:
+    """A store whose schema was never created says what to do."""
+
+    def test_unmigrated_store_says_run_migrate(self, unmigrated: EventStore) -> None:
+        assert not unmigrated.schema_is_current()
+        with pytest.raises(SchemaError, match="migrate"):
+            unmigrated.append("s", [ev()])

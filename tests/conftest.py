@@ -1,0 +1,36 @@
+"""Session-wide servers for the tests: each started once, on a loopback port, always stopped."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from itertools import count
+
+import pytest
+
+from tests.harness.postgres import PostgresServer
+
+_databases = count()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """The throwaway PostgreSQL server (or the one named by EVENTSTORE_TEST_POSTGRES_URL's
+    harness, when a developer keeps one running with `make pg-up`)."""
+    server = PostgresServer()
+    try:
+        server.start()
+    except Exception as exc:
+        if os.environ.get("CI") or os.environ.get("EVENTSTORE_REQUIRE_POSTGRES"):
+            raise
+        pytest.skip(f"PostgreSQL could not be started here: {exc}")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer) -> str:
+    """A fresh, empty database on the shared server for one test."""
+    return postgres_server.create_database(f"t{os.getpid()}_{next(_databases)}")

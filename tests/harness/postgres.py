@@ -1,0 +1,164 @@
+"""A throwaway PostgreSQL server for tests and benchmarks: Debian's binaries, a temp data
+dir, a free loopback port. Installs the `postgresql` package when the binaries are missing.
+
+`python -m tests.harness.postgres` runs one in the foreground and prints its URL.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psycopg
+
+
+def find_bin_dir() -> Path | None:
+    candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin"),
+                        key=lambda p: int(Path(p).parent.name), reverse=True)
+    for candidate in candidates:
+        if (Path(candidate) / "postgres").exists() and (Path(candidate) / "initdb").exists():
+            return Path(candidate)
+    return None
+
+
+def ensure_installed() -> Path:
+    """Return PostgreSQL's bin dir, installing Debian's package if it is not there."""
+    found = find_bin_dir()
+    if found:
+        return found
+    if os.geteuid() != 0:
+        raise RuntimeError("PostgreSQL is not installed and we are not root: "
+                           "apt-get install postgresql")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    subprocess.run(["apt-get", "update", "-q"], check=True, env=env)
+    subprocess.run(["apt-get", "install", "-y", "-q", "--no-install-recommends", "postgresql"],
+                   check=True, env=env)
+    found = find_bin_dir()
+    if not found:
+        raise RuntimeError("apt-get install postgresql did not provide initdb/postgres")
+    return found
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class PostgresServer:
+    """Start with `start()`, always `stop()`. `url` is a libpq URL for the `eventstore` db."""
+
+    def __init__(self, *, durable: bool = False, port: int | None = None,
+                 max_connections: int = 200) -> None:
+        self.durable = durable
+        self.port = port or free_port()
+        self.max_connections = max_connections
+        self.tmp = Path(tempfile.mkdtemp(prefix="eventstore-pg-"))
+        self.data = self.tmp / "data"
+        self.process: subprocess.Popen[bytes] | None = None
+        self.user = "eventstore"
+        self.database = "eventstore"
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://{self.user}@127.0.0.1:{self.port}/{self.database}"
+
+    def admin_url(self, database: str = "postgres") -> str:
+        return f"postgresql://{self.user}@127.0.0.1:{self.port}/{database}"
+
+    def _as_db_user(self, argv: list[str]) -> list[str]:
+        # postgres refuses to run as root; run it as the package's `postgres` user.
+        if os.geteuid() != 0:
+            return argv
+        try:
+            pwd.getpwnam("postgres")
+        except KeyError:
+            subprocess.run(["useradd", "--system", "--no-create-home", "postgres"], check=True)
+        return ["runuser", "-u", "postgres", "--", *argv]
+
+    def start(self) -> PostgresServer:
+        bin_dir = ensure_installed()
+        if os.geteuid() == 0:
+            self._as_db_user(["true"])
+            shutil.chown(self.tmp, "postgres")
+        if not self.data.exists():
+            subprocess.run(
+                self._as_db_user([str(bin_dir / "initdb"), "-D", str(self.data), "-U", self.user,
+                                  "--auth=trust", "--encoding=UTF8", "--no-sync"]),
+                check=True, stdout=subprocess.DEVNULL)
+        options = [
+            "-c", f"port={self.port}", "-c", "listen_addresses=127.0.0.1",
+            "-c", f"unix_socket_directories={self.tmp}",
+            "-c", f"max_connections={self.max_connections}",
+            "-c", "shared_buffers=256MB",
+        ]
+        if not self.durable:
+            options += ["-c", "fsync=off", "-c", "synchronous_commit=off",
+                        "-c", "full_page_writes=off"]
+        log = open(self.tmp / "postgres.log", "ab")  # noqa: SIM115 - closed with the process
+        self.process = subprocess.Popen(
+            self._as_db_user([str(bin_dir / "postgres"), "-D", str(self.data), *options]),
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with psycopg.connect(self.admin_url(), autocommit=True, connect_timeout=2) as conn:
+                    exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s",
+                                          (self.database,)).fetchone()
+                    if not exists:
+                        conn.execute(f'CREATE DATABASE "{self.database}"')
+                break
+            except psycopg.OperationalError:
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    tail = (self.tmp / "postgres.log").read_text(errors="replace")[-2000:]
+                    self.stop()
+                    raise RuntimeError(f"PostgreSQL did not start:\n{tail}") from None
+                time.sleep(0.1)
+        return self
+
+    def kill(self) -> None:
+        """Stop the server abruptly (SIGKILL), keeping its data for a restart."""
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+    def stop(self, remove: bool = True) -> None:
+        if self.process and self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGINT)  # fast shutdown
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        if remove:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def create_database(self, name: str) -> str:
+        with psycopg.connect(self.admin_url(), autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            conn.execute(f'CREATE DATABASE "{name}"')
+        return f"postgresql://{self.user}@127.0.0.1:{self.port}/{name}"
+
+
+def main() -> None:
+    server = PostgresServer(durable="--durable" in sys.argv).start()
+    print(f"export EVENTSTORE_TEST_POSTGRES_URL={server.url}", flush=True)
+    try:
+        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+    finally:
+        server.stop()
+
+
+if __name__ == "__main__":
+    main()
