@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Generic, TypeVar
 from eventstore import metrics
 from eventstore.aggregate import Aggregate
 from eventstore.errors import ConcurrencyError, EventStoreError, ValidationError
-from eventstore.events import AppendResult, ExpectedVersion
+from eventstore.events import AppendResult, ExpectedVersion, RecordedEvent
 from eventstore.store.base import EventStore
 from eventstore.upcasting import NO_UPCASTERS, UpcasterRegistry
 
@@ -80,6 +80,9 @@ class Repository(Generic[A]):
             # Resolve the time to a version with the store's own clock, so that snapshot
             # choice never depends on clock skew between this process and the database.
             last = self.store.read_stream(aggregate_id, as_of=as_of, backwards=True, limit=1)
+            if not last:  # perhaps retention archived the events of that time
+                last = [e for e in self.store.read_archived_stream(aggregate_id)
+                        if e.timestamp <= as_of][-1:]
             if not last:
                 raise AggregateNotFound(
                     f"{self.aggregate_cls.__name__} {aggregate_id!r} has no events at or "
@@ -93,8 +96,7 @@ class Repository(Generic[A]):
             aggregate.restore_state(snapshot.state)
             aggregate.version = snapshot.version
             aggregate._snapshot_version = snapshot.version  # type: ignore[attr-defined]
-        events = self.store.read_stream(aggregate_id, from_version=aggregate.version + 1,
-                                        to_version=target)
+        events = self._history(aggregate_id, aggregate.version + 1, target)
         aggregate.load_from_history(self.upcasters.upcast_all(events))
         if aggregate.version == 0 or (target is not None and aggregate.version < target
                                       and at_version is not None and as_of is None):
@@ -105,6 +107,22 @@ class Repository(Generic[A]):
         metrics.REPLAY_DURATION.observe(time.perf_counter() - started)
         metrics.EVENTS_REPLAYED.observe(len(events))
         return aggregate, LoadInfo(snapshot.version if snapshot else None, len(events), ignored)
+
+    def _history(self, aggregate_id: str, from_version: int,
+                 to_version: int | None) -> list[RecordedEvent]:
+        """Events from_version..to_version, reaching into the archive when retention has
+        moved the start of the stream there (a load without a usable snapshot)."""
+        events = self.store.read_stream(aggregate_id, from_version=from_version,
+                                        to_version=to_version)
+        first_hot = events[0].version if events else None
+        if first_hot == from_version:
+            return events
+        if first_hot is None and self.store.stream_version(aggregate_id) < from_version:
+            return events
+        archived = [e for e in self.store.read_archived_stream(aggregate_id)
+                    if e.version >= from_version and (to_version is None or e.version <= to_version)
+                    and (first_hot is None or e.version < first_hot)]
+        return archived + events
 
     def _usable_snapshot(self, aggregate_id: str,
                          target: int | None) -> tuple[Snapshot | None, str | None]:
@@ -184,7 +202,7 @@ class Repository(Generic[A]):
                 version=aggregate.version, state=aggregate.snapshot_state(),
                 state_schema_version=self.aggregate_cls.state_schema_version,
                 taken_at=datetime.now(UTC)))
-        except Exception as exc:  # noqa: BLE001 - the events are safe; a snapshot is optional
+        except Exception as exc:
             metrics.SNAPSHOT_FAILURES.inc()
             log.warning("snapshot of %s %s at version %d failed (the save succeeded): %s",
                         self.aggregate_cls.aggregate_type, aggregate.id, aggregate.version, exc)

@@ -44,7 +44,7 @@ class EventStore(abc.ABC):
         if url.startswith("sqlite://"):
             from eventstore.store.sqlite import SQLiteEventStore
 
-            return SQLiteEventStore.from_url(url, **options)  # type: ignore[arg-type]
+            return SQLiteEventStore.from_url(url, **options)
         from eventstore.errors import ValidationError
 
         raise ValidationError(
@@ -92,6 +92,20 @@ class EventStore(abc.ABC):
 
         Never skips: an event not yet returned always has a position greater than every
         position already returned. Continue with `from_position = page[-1].position + 1`.
+        """
+
+    @abc.abstractmethod
+    def read_archived_stream(self, stream_id: str) -> list[RecordedEvent]:
+        """Events of a stream that retention moved to the archive, in version order."""
+
+    @abc.abstractmethod
+    def archive_stream(self, stream_id: str, up_to_version: int, older_than: datetime) -> int:
+        """Move the stream's events with version <= up_to_version recorded before
+        `older_than` from the log to the archive, in one transaction. Returns how many.
+
+        Only call it for versions a snapshot covers (see eventstore.retention): archived
+        events leave `read_stream` and `read_all`, and stay readable through
+        `read_archived_stream`.
         """
 
     @abc.abstractmethod

@@ -64,7 +64,13 @@ CREATE FUNCTION es_append(
     p_stream text, p_expected bigint, p_ids uuid[], p_types text[],
     p_payloads text[], p_metadata text[], p_schema_versions integer[]
 ) RETURNS TABLE (first_version bigint, positions bigint[], idempotent boolean)
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+-- PL/pgSQL caches each statement's plan per session. Planned while es_events was still
+-- empty, the idempotency probe became a sequential scan and stayed one as the table grew
+-- (measured: 6 ms per append at 30,000 rows). Every statement here is an index lookup;
+-- say so.
+SET enable_seqscan = off
+AS $$
 DECLARE
     v_current bigint;
     v_count integer := cardinality(p_ids);
@@ -83,10 +89,10 @@ BEGIN
 
     -- Idempotency, checked under the stream lock so that a concurrent identical append
     -- has either committed (and is seen here) or not started its insert.
-    SELECT e.stream_id, array_agg(e.id ORDER BY e.version),  min(e.version)
-      INTO v_existing_stream, v_existing, v_first
-      FROM es_events e WHERE e.id = ANY (p_ids) GROUP BY e.stream_id LIMIT 1;
-    IF v_existing IS NOT NULL THEN
+    IF EXISTS (SELECT 1 FROM es_events e WHERE e.id = ANY (p_ids)) THEN
+        SELECT e.stream_id, array_agg(e.id ORDER BY e.version), min(e.version)
+          INTO v_existing_stream, v_existing, v_first
+          FROM es_events e WHERE e.id = ANY (p_ids) GROUP BY e.stream_id LIMIT 1;
         IF v_existing_stream = p_stream AND v_existing = p_ids
            AND NOT EXISTS (SELECT 1 FROM es_events e WHERE e.id = ANY (p_ids)
                            AND e.stream_id <> p_stream) THEN

@@ -250,6 +250,20 @@ class SQLiteEventStore(EventStore):
                                 "ORDER BY version", (stream_id,)).fetchall()
         return [_row_to_event(r) for r in rows]
 
+    def archive_stream(self, stream_id: str, up_to_version: int, older_than: datetime) -> int:
+        validate_stream_id(stream_id)
+        if older_than.tzinfo is None:
+            raise ValidationError("older_than has no time zone: pass an aware datetime (UTC)")
+        cutoff = older_than.astimezone(UTC).isoformat()
+        with self._write() as conn:
+            where = "stream_id = ? AND version <= ? AND recorded_at < ?"
+            conn.execute(
+                f"INSERT INTO es_events_archive ({_COLUMNS}, archived_at) SELECT {_COLUMNS}, ? "
+                f"FROM es_events WHERE {where}",
+                (datetime.now(UTC).isoformat(), stream_id, up_to_version, cutoff))
+            return conn.execute(f"DELETE FROM es_events WHERE {where}",
+                                (stream_id, up_to_version, cutoff)).rowcount
+
     def read_all(self, from_position: int = 0, limit: int = 1000) -> list[RecordedEvent]:
         check_read_all(from_position, limit)
         with self._conn() as conn:

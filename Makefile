@@ -1,0 +1,44 @@
+# Everything a developer or CI runs, from one place.
+PYTHON ?= python3
+PYTEST_ARGS ?=
+
+.PHONY: install demo test test-unit test-integration lint bench pg-up mongo-up k8s-build \
+        ferretdb-build k8s-up deps e2e-kind image
+
+install:  ## the library, the operator and the dev tools, pinned
+	$(PYTHON) -m pip install -q -e '.[operator,dev]'
+
+demo: install  ## the main job on the embedded default (SQLite): no servers needed
+	$(PYTHON) -m eventstore.cli demo
+
+deps:  ## build or reuse the cached test servers (FerretDB, kube-apiserver, etcd, kubectl, helm)
+	bash scripts/ferretdb/build.sh
+	bash scripts/k8s/build.sh
+
+test: install deps  ## every suite; starts PostgreSQL, FerretDB and the control plane itself
+	$(PYTHON) -m pytest $(PYTEST_ARGS)
+
+test-unit:
+	$(PYTHON) -m pytest tests/unit $(PYTEST_ARGS)
+
+lint:
+	$(PYTHON) -m ruff check eventstore operator tests bench
+	$(PYTHON) -m mypy
+
+bench: install  ## prints a table and writes bench-results/results.json
+	$(PYTHON) -m bench.run
+
+pg-up:  ## a throwaway PostgreSQL in the foreground
+	$(PYTHON) -m tests.harness.postgres
+
+mongo-up:  ## a throwaway MongoDB wire server (FerretDB) in the foreground
+	$(PYTHON) -m tests.harness.ferretdb
+
+ferretdb-build:
+	bash scripts/ferretdb/build.sh
+
+k8s-build:
+	bash scripts/k8s/build.sh
+
+k8s-up: k8s-build  ## kube-apiserver + etcd + kube-controller-manager in the foreground
+	$(PYTHON) -m tests.harness.controlplane up

@@ -1,0 +1,164 @@
+"""Library-level event store benchmarks, each next to a raw psycopg floor on the same server."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+
+from eventstore import EventStore, NewEvent
+from eventstore.store.postgres import _PLANNER_OPTIONS, PostgresEventStore
+
+Row = dict[str, Any]
+
+PAYLOAD = {"amount": 1250, "currency": "EUR", "note": "benchmark deposit"}
+RAW_TABLE = """
+CREATE TABLE IF NOT EXISTS raw_events (
+    position bigserial PRIMARY KEY, id uuid NOT NULL, stream_id text NOT NULL,
+    version bigint NOT NULL, type text NOT NULL, schema_version integer NOT NULL,
+    payload jsonb NOT NULL, metadata jsonb NOT NULL, recorded_at timestamptz NOT NULL)
+"""
+RAW_INSERT = ("INSERT INTO raw_events (id, stream_id, version, type, schema_version, payload, "
+              "metadata, recorded_at) VALUES ")
+RAW_ROW = "(%s, %s, %s, 'Deposited', 1, %s::jsonb, '{}'::jsonb, clock_timestamp())"
+
+
+def timed(count: int, work: Callable[[], None]) -> float:
+    """Operations per second of `work`, which performs `count` operations."""
+    started = time.perf_counter()
+    work()
+    return count / (time.perf_counter() - started)
+
+
+def threaded(threads: int, per_thread: int, work: Callable[[int], None]) -> float:
+    workers = [threading.Thread(target=work, args=(n,)) for n in range(threads)]
+    started = time.perf_counter()
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    return threads * per_thread / (time.perf_counter() - started)
+
+
+def run(url: str, scale: float = 1.0) -> list[Row]:
+    """Returns rows of {name, unit, value, floor_name, floor, ratio, goal}."""
+    n_single = int(2000 * scale)
+    n_batch = int(500 * scale)
+    n_threaded = int(400 * scale)
+    payload_text = json.dumps(PAYLOAD)
+    store = EventStore.connect(url, pool_max_size=16)
+    assert isinstance(store, PostgresEventStore)
+    store.migrate()
+    # The floor gets the same planner settings as the store's own connections, so that a
+    # plan chosen on stale statistics does not flatter the ratio.
+    raw = psycopg.connect(url, autocommit=True, options=_PLANNER_OPTIONS)
+    raw.execute(RAW_TABLE)
+    results: list[Row] = []
+
+    def add(name: str, value: float, floor_name: str, floor: float, goal: float) -> None:
+        results.append({"name": name, "unit": "events/s", "value": round(value, 1),
+                        "floor_name": floor_name, "floor": round(floor, 1),
+                        "ratio": round(value / floor, 3), "goal": goal})
+
+    # -- warm up both paths (prepared statements, pool) --------------------------------
+    for i in range(50):
+        store.append(f"warm-{i}", [NewEvent("Deposited", PAYLOAD)])
+        raw.execute(RAW_INSERT + RAW_ROW, (uuid.uuid4(), f"warm-{i}", 1, payload_text))
+
+    # -- one event per transaction -----------------------------------------------------
+    def lib_single() -> None:
+        for i in range(n_single):
+            store.append(f"single-{i % 100}", [NewEvent("Deposited", PAYLOAD)])
+
+    def raw_single() -> None:
+        for i in range(n_single):
+            raw.execute(RAW_INSERT + RAW_ROW, (uuid.uuid4(), f"single-{i % 100}", i, payload_text))
+
+    floor = timed(n_single, raw_single)
+    value = timed(n_single, lib_single)
+    add("append, 1 event per transaction", value, "raw single-row INSERT", floor, 0.6)
+
+    # -- ten events per transaction ----------------------------------------------------
+    def lib_batch() -> None:
+        for i in range(n_batch):
+            store.append(f"batch-{i % 100}", [NewEvent("Deposited", PAYLOAD) for _ in range(10)])
+
+    ten_rows = RAW_INSERT + ", ".join([RAW_ROW] * 10)
+
+    def raw_batch() -> None:
+        for i in range(n_batch):
+            params: list[Any] = []
+            for j in range(10):
+                params += [uuid.uuid4(), f"batch-{i % 100}", j, payload_text]
+            raw.execute(ten_rows, params)
+
+    floor = timed(n_batch * 10, raw_batch)
+    value = timed(n_batch * 10, lib_batch)
+    add("append, 10-event batches", value, "raw 10-row INSERT", floor, 0.6)
+
+    # -- eight concurrent writers on distinct streams ----------------------------------
+    def lib_writer(n: int) -> None:
+        for i in range(n_threaded):
+            store.append(f"writer-{n}-{i % 20}", [NewEvent("Deposited", PAYLOAD)])
+
+    def raw_writer(n: int) -> None:
+        with psycopg.connect(url, autocommit=True, options=_PLANNER_OPTIONS) as conn:
+            for i in range(n_threaded):
+                conn.execute(RAW_INSERT + RAW_ROW, (uuid.uuid4(), f"writer-{n}", i, payload_text))
+
+    floor = threaded(8, n_threaded, raw_writer)
+    value = threaded(8, n_threaded, lib_writer)
+    add("append, 8 concurrent writers", value, "8 threads of raw single-row INSERT", floor, 0.6)
+
+    # -- reads -------------------------------------------------------------------------
+    for _ in range(10):
+        store.append("long-stream", [NewEvent("Deposited", PAYLOAD) for _ in range(1000)])
+    rows_read = 0
+
+    def lib_stream() -> None:
+        nonlocal rows_read
+        rows_read = len(store.read_stream("long-stream"))
+
+    def raw_stream() -> None:
+        with raw.cursor() as cur:
+            cur.execute("SELECT position, id, stream_id, version, type, schema_version, payload,"
+                        " metadata, recorded_at FROM es_events WHERE stream_id = 'long-stream'"
+                        " ORDER BY version")
+            cur.fetchall()
+
+    floor = max(timed(10_000, raw_stream) for _ in range(3))
+    value = max(timed(10_000, lib_stream) for _ in range(3))
+    assert rows_read == 10_000
+    add("read_stream of 10,000 events", value, "raw SELECT of the stream", floor, 0.75)
+
+    total = store.stats().events
+
+    def lib_all() -> None:
+        position = 0
+        while page := store.read_all(from_position=position, limit=1000):
+            position = page[-1].position + 1
+
+    def raw_all() -> None:
+        position = -1
+        with raw.cursor() as cur:
+            while True:
+                cur.execute("SELECT position, id, stream_id, version, type, schema_version,"
+                            " payload, metadata, recorded_at FROM es_events WHERE position > %s"
+                            " ORDER BY position LIMIT 1000", (position,))
+                rows = cur.fetchall()
+                if not rows:
+                    return
+                position = rows[-1][0]
+
+    floor = max(timed(total, raw_all) for _ in range(3))
+    value = max(timed(total, lib_all) for _ in range(3))
+    add(f"read_all, {total:,} events in pages of 1,000", value, "raw keyset-paged SELECT",
+        floor, 0.75)
+    raw.close()
+    store.close()
+    return results
