@@ -43,6 +43,31 @@ _NOTIFY_COALESCE_SECONDS = 0.003
 _PLANNER_OPTIONS = "-c enable_bitmapscan=off -c enable_seqscan=off -c enable_sort=off"
 _EXPECTED_CODES = {ExpectedVersion.NO_STREAM: -1, ExpectedVersion.ANY: -2,
                    ExpectedVersion.STREAM_EXISTS: -4}
+_RACE_RETRIES = 100
+#: The stream's version now, including events retention moved to the archive (COALESCE
+#: only looks there when the log holds none of the stream's events).
+_CURRENT_VERSION = ("coalesce((SELECT max(version) FROM es_events WHERE stream_id = {s}),"
+                    " (SELECT max(version) FROM es_events_archive WHERE stream_id = {s}), 0)")
+# One statement, so that an autocommit append is atomic and one round trip. It inserts
+# only when the expectation holds on the version it read; a concurrent append that read
+# the same version collides on UNIQUE (stream_id, version) and gets UniqueViolation.
+# Expectation codes: n >= 0 exact (0: no stream), -1 NO_STREAM, -2 ANY, -4 STREAM_EXISTS.
+_APPEND_SQL = f"""
+WITH cur AS (SELECT {_CURRENT_VERSION.format(s="%(stream)s")} AS v),
+ins AS (
+    INSERT INTO es_events (position, id, stream_id, version, type, schema_version,
+                           payload, metadata, recorded_at, tx_id)
+    SELECT (pg_current_xact_id()::text::bigint << 20) | (u.n - 1), u.id, %(stream)s,
+           cur.v + u.n, u.type, u.sv, u.payload::jsonb, u.metadata::jsonb,
+           clock_timestamp(), pg_current_xact_id()
+      FROM cur, unnest(%(ids)b::uuid[], %(types)b::text[], %(payloads)b::text[],
+                       %(metadata)b::text[], %(schema_versions)b::int[])
+                WITH ORDINALITY AS u(id, type, payload, metadata, sv, n)
+     WHERE %(expected)s = -2 OR (%(expected)s = -4 AND cur.v > 0)
+        OR (%(expected)s = -1 AND cur.v = 0) OR %(expected)s = cur.v
+    RETURNING position)
+SELECT (SELECT v FROM cur), (SELECT array_agg(position ORDER BY position) FROM ins)
+""".encode()
 _EVENT_COLUMNS = ("position, id, stream_id, version, type, schema_version, payload, metadata, "
                   "recorded_at")
 #: Rows below this position are committed and will never be joined by an earlier one.
@@ -155,52 +180,68 @@ class PostgresEventStore(EventStore):
         encoded = check_append(stream_id, events, self.max_payload_bytes,
                                self.max_events_per_append)
         code = expected if isinstance(expected, int) else _EXPECTED_CODES[expected]
-        params = (
-            stream_id,
-            code,
-            [e.id for e in events],
-            [e.type for e in events],
-            [p for p, _ in encoded],
-            [m for _, m in encoded],
-            [e.schema_version for e in events],
-        )
-        try:
-            with self._connection() as conn:
-                row = conn.execute(
-                    "SELECT first_version, positions, idempotent FROM es_append("
-                    "%s, %s, %b::uuid[], %b::text[], %b::text[], %b::text[], %b::int[])",
-                    params,
-                ).fetchone()
-        except psycopg.errors.RaiseException as exc:  # pragma: no cover - not raised by us
-            raise EventStoreError(str(exc)) from exc
-        except psycopg.Error as exc:
-            if exc.sqlstate == "ESCON":
-                actual = int(exc.diag.message_detail or 0)
-                raise ConcurrencyError(stream_id, _show(expected), actual) from None
-            if exc.sqlstate == "ESDUP" or (
-                isinstance(exc, psycopg.errors.UniqueViolation)
-                and exc.diag.constraint_name == "es_events_id_key"
-            ):
-                raise ValidationError(
-                    f"append to {stream_id!r}: some of its event ids are already stored, but "
-                    "not as this exact append (different stream, order or companions). Give "
-                    "new events new ids; re-send an append only unchanged."
-                ) from None
-            if isinstance(exc, psycopg.errors.UniqueViolation):
-                # Defence in depth: the stream lock makes this unreachable.
+        params = {
+            "stream": stream_id,
+            "expected": code,
+            "ids": [e.id for e in events],
+            "types": [e.type for e in events],
+            "payloads": [p for p, _ in encoded],
+            "metadata": [m for _, m in encoded],
+            "schema_versions": [e.schema_version for e in events],
+        }
+        ids = params["ids"]
+        # ANY and STREAM_EXISTS do not care which version they land on: when a concurrent
+        # append takes the version we read, read again and retry.
+        retry_races = expected in (ExpectedVersion.ANY, ExpectedVersion.STREAM_EXISTS)
+        for _ in range(_RACE_RETRIES):
+            try:
+                with self._connection() as conn:
+                    row = conn.execute(_APPEND_SQL, params).fetchone()
+            except psycopg.errors.UniqueViolation:
+                stored = self._stored_append(stream_id, ids)  # type: ignore[arg-type]
+                if stored is not None:
+                    return stored
+                if retry_races:
+                    continue
                 raise ConcurrencyError(stream_id, _show(expected),
                                        self.stream_version(stream_id)) from None
-            raise
-        assert row is not None
-        first_version, positions, idempotent = row
-        if not idempotent:
+            assert row is not None
+            current, positions = int(row[0]), row[1]
+            if positions is None:  # the expectation did not hold; nothing was written
+                stored = self._stored_append(stream_id, ids)  # type: ignore[arg-type]
+                if stored is not None:
+                    return stored
+                raise ConcurrencyError(stream_id, _show(expected), current)
             self._signal_append()
-        return AppendResult(
-            stream_id=stream_id,
-            first_version=int(first_version),
-            next_expected_version=int(first_version) + len(events) - 1,
-            positions=tuple(int(p) for p in positions),
-            idempotent=bool(idempotent),
+            return AppendResult(
+                stream_id=stream_id,
+                first_version=current + 1,
+                next_expected_version=current + len(events),
+                positions=tuple(positions),
+            )
+        raise StoreUnavailable(f"append to {stream_id!r} lost {_RACE_RETRIES} races in a row; "
+                               "retry later")
+
+    def _stored_append(self, stream_id: str, ids: list[UUID]) -> AppendResult | None:
+        """The earlier result when exactly these events are stored already (a re-send);
+        None when none of them is. Raises when only some are, or elsewhere."""
+        with self._connection() as conn:
+            rows = conn.execute(
+                "SELECT id, stream_id, version, position FROM es_events WHERE id = ANY(%b::uuid[])"
+                " UNION ALL SELECT id, stream_id, version, position FROM es_events_archive"
+                " WHERE id = ANY(%b::uuid[]) ORDER BY version",
+                (ids, ids),
+            ).fetchall()
+        if not rows:
+            return None
+        if [r[0] for r in rows] == ids and all(r[1] == stream_id for r in rows):
+            return AppendResult(stream_id=stream_id, first_version=int(rows[0][2]),
+                                next_expected_version=int(rows[-1][2]),
+                                positions=tuple(int(r[3]) for r in rows), idempotent=True)
+        raise ValidationError(
+            f"append to {stream_id!r}: some of its event ids are already stored, but "
+            "not as this exact append (different stream, order or companions). Give "
+            "new events new ids; re-send an append only unchanged."
         )
 
     # -- reading -----------------------------------------------------------------------
@@ -267,9 +308,8 @@ class PostgresEventStore(EventStore):
     def stream_version(self, stream_id: str) -> int:
         validate_stream_id(stream_id)
         with self._connection() as conn:
-            row = conn.execute(
-                "SELECT version FROM es_streams WHERE stream_id = %s", (stream_id,)
-            ).fetchone()
+            row = conn.execute(f"SELECT {_CURRENT_VERSION.format(s='%s')}".encode(),
+                               (stream_id, stream_id)).fetchone()
             return int(row[0]) if row else 0
 
     def head_position(self) -> int:
@@ -285,26 +325,29 @@ class PostgresEventStore(EventStore):
             row = conn.execute(
                 "SELECT (SELECT reltuples::bigint FROM pg_class WHERE oid = 'es_events'::regclass),"
                 " pg_total_relation_size('es_events') + pg_total_relation_size('es_events_archive')"
-                " + pg_total_relation_size('es_streams')"
             ).fetchone()
             assert row is not None
             estimate, size = int(row[0]), int(row[1])
-            # Exact counts while they are cheap; planner estimates past a million rows.
+            # Exact counts while they are cheap; planner statistics past a million rows.
             if estimate < 1_000_000:
                 counted = conn.execute(
-                    "SELECT (SELECT count(*) FROM es_events), (SELECT count(*) FROM es_streams),"
+                    "SELECT (SELECT count(*) FROM es_events),"
+                    " (SELECT count(*) FROM (SELECT stream_id FROM es_events"
+                    "  UNION SELECT stream_id FROM es_events_archive) AS s),"
                     " (SELECT count(*) FROM es_events_archive)"
                 ).fetchone()
                 assert counted is not None
                 events, streams, archived = (int(v) for v in counted)
             else:
                 est = conn.execute(
-                    "SELECT (SELECT reltuples::bigint FROM pg_class WHERE oid = 'es_streams'::regclass),"
+                    "SELECT (SELECT CASE WHEN n_distinct < 0 THEN -n_distinct * %s"
+                    "  ELSE n_distinct END FROM pg_stats WHERE tablename = 'es_events'"
+                    "  AND attname = 'stream_id'),"
                     " (SELECT reltuples::bigint FROM pg_class"
-                    "  WHERE oid = 'es_events_archive'::regclass)"
+                    "  WHERE oid = 'es_events_archive'::regclass)", (estimate,)
                 ).fetchone()
                 assert est is not None
-                events, streams, archived = estimate, int(est[0]), int(est[1])
+                events, streams, archived = estimate, int(est[0] or 0), max(0, int(est[1]))
         return StoreStats(events=events, streams=streams, archived_events=archived, bytes=size,
                           head_position=self.head_position())
 

@@ -28,7 +28,7 @@ from eventstore.store.encoding import check_append, check_read_all, check_read_s
 # SQLite lets one transaction write at a time (BEGIN IMMEDIATE takes the write lock), so a
 # position from AUTOINCREMENT is allocated and committed before the next writer starts:
 # commit order is position order and a reader of the global log can never skip an event.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS es_streams (
     stream_id TEXT PRIMARY KEY,
@@ -58,6 +58,28 @@ CREATE TABLE IF NOT EXISTS es_events_archive (
     recorded_at    TEXT NOT NULL,
     archived_at    TEXT NOT NULL,
     UNIQUE (stream_id, version)
+);
+CREATE TABLE IF NOT EXISTS es_projection_checkpoints (
+    projection     TEXT NOT NULL,
+    partition      INTEGER NOT NULL,
+    position       INTEGER NOT NULL DEFAULT 0,
+    events_handled INTEGER NOT NULL DEFAULT 0,
+    updated_at     TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP,
+    PRIMARY KEY (projection, partition)
+);
+CREATE TABLE IF NOT EXISTS es_projection_dead_letters (
+    id         INTEGER PRIMARY KEY AUTOINCREMENT,
+    projection TEXT NOT NULL,
+    partition  INTEGER NOT NULL,
+    event_id   TEXT NOT NULL,
+    stream_id  TEXT NOT NULL,
+    version    INTEGER NOT NULL,
+    position   INTEGER NOT NULL,
+    event_type TEXT NOT NULL,
+    error      TEXT NOT NULL,
+    attempts   INTEGER NOT NULL,
+    parked_at  TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP,
+    UNIQUE (projection, event_id)
 );
 """
 _COLUMNS = "position, id, stream_id, version, type, schema_version, payload, metadata, recorded_at"

@@ -84,7 +84,8 @@ class PostgresServer:
             pwd.getpwnam("postgres")
         except KeyError:
             subprocess.run(["useradd", "--system", "--no-create-home", "postgres"], check=True)
-        return ["runuser", "-u", "postgres", "--", *argv]
+        # setpriv execs (runuser forks), so our child *is* postgres and signals reach it.
+        return ["setpriv", "--reuid=postgres", "--regid=postgres", "--init-groups", "--", *argv]
 
     def start(self) -> PostgresServer:
         bin_dir = ensure_installed()

@@ -16,8 +16,15 @@ import psycopg
 import pytest
 
 from eventstore import ConcurrencyError, EventStore, NewEvent, RecordedEvent
+from eventstore.store.postgres import _APPEND_SQL
 
 pytestmark = pytest.mark.postgres
+
+
+def append_params(stream: str, event_type: str) -> dict[str, object]:
+    """Parameters for the store's own append statement, run in a transaction we control."""
+    return {"stream": stream, "expected": -2, "ids": [uuid4()], "types": [event_type],
+            "payloads": ['{"slow": true}'], "metadata": ["{}"], "schema_versions": [1]}
 
 
 @pytest.fixture
@@ -115,10 +122,7 @@ def test_subscriber_never_skips_events_committed_out_of_order(
         with psycopg.connect(postgres_url) as conn:
             conn.execute("SELECT pg_current_xact_id()")
             time.sleep(0.5)
-            conn.execute(
-                "SELECT * FROM es_append(%s, -2, %s::uuid[], %s::text[], %s::text[], %s::text[],"
-                " %s::int[])",
-                ("slow", [uuid4()], ["Slow"], ['{"slow": true}'], ["{}"], [1]))
+            conn.execute(_APPEND_SQL, append_params("slow", "Slow"))
             time.sleep(0.3)
             conn.commit()
 
@@ -150,9 +154,7 @@ def test_a_naive_sequence_order_would_skip(store: EventStore, postgres_url: str)
         slow.execute("SELECT pg_current_xact_id()")  # an older transaction, still open
         store.append("fast", [NewEvent("E", {})])
         assert store.read_all() == [], "a committed row past an open older transaction was handed out"
-        slow.execute(
-            "SELECT * FROM es_append('slow', -2, %s::uuid[], '{S}'::text[], '{\"{}\"}'::text[],"
-            " '{\"{}\"}'::text[], '{1}'::int[])", ([uuid4()],))
+        slow.execute(_APPEND_SQL, append_params("slow", "S"))
         slow.commit()
     assert [e.aggregate_id for e in store.read_all()] == ["slow", "fast"]
 
@@ -183,9 +185,9 @@ def test_sigkill_mid_append_leaves_all_or_nothing(store: EventStore, postgres_ur
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             with psycopg.connect(postgres_url, autocommit=True) as conn:
-                busy = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE query LIKE "
-                                    "'%es_append%' AND pid <> pg_backend_pid() AND state = 'active'"
-                                    ).fetchone()
+                busy = conn.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%INSERT INTO es_events%'"
+                    " AND pid <> pg_backend_pid() AND state = 'active'").fetchone()
             if busy and busy[0] == 0:
                 break
             time.sleep(0.05)
