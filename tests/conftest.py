@@ -34,3 +34,7 @@ def postgres_server() -> Iterator[PostgresServer]:
 def postgres_url(postgres_server: PostgresServer) -> str:
     """A fresh, empty database on the shared server for one test."""
     return postgres_server.create_database(f"t{os.getpid()}_{next(_databases)}")
+
+
+# The MongoDB wire server (FerretDB): `ferretdb_server` per session, `mongo_url` per test.
+from tests.integration.conftest_mongo import ferretdb_server, mongo_url  # noqa: E402, F401
