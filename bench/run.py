@@ -20,16 +20,17 @@ from tests.harness.postgres import PostgresServer
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
-    print(f"\n{'benchmark':<44} {'value':>12} {'floor':>12} {'ratio':>7} {'goal':>6}")
-    print("-" * 86)
+    width = max([44, *(len(row["name"]) for row in rows)])
+    print(f"\n{'benchmark':<{width}} {'value':>12} {'floor':>12} {'ratio':>7} {'goal':>6}")
+    print("-" * (width + 42))
     for row in rows:
         floor = f"{row['floor']:,.0f}" if row.get("floor") else "-"
         ratio = f"{row['ratio']:.0%}" if row.get("ratio") is not None else "-"
         goal = f"{row['goal']:.0%}" if isinstance(row.get("goal"), float) else str(row.get("goal", ""))
-        mark = ""
+        mark = f"  {row['verdict']}" if row.get("verdict") else ""
         if isinstance(row.get("goal"), float) and row.get("ratio") is not None:
             mark = "  ok" if row["ratio"] >= row["goal"] else "  BELOW GOAL"
-        print(f"{row['name']:<44} {row['value']:>12,.1f} {floor:>12} {ratio:>7} {goal:>6}{mark}")
+        print(f"{row['name']:<{width}} {row['value']:>12,.1f} {floor:>12} {ratio:>7} {goal:>6}{mark}")
         if row.get("floor_name"):
             print(f"{'':<4}{row['unit']}; floor: {row['floor_name']}")
         elif row.get("unit"):
