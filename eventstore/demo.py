@@ -17,7 +17,7 @@ from eventstore.repository import Repository
 from eventstore.store.base import EventStore
 
 
-def run_demo(url: str, out: TextIO, snapshot_url: str | None = None) -> None:
+def run_demo(url: str, out: TextIO, snapshot_url: str | None = "sqlite://:memory:") -> None:
     store = EventStore.connect(url)
     try:
         _run(store, out, snapshot_url)
@@ -35,7 +35,7 @@ def _run(store: EventStore, out: TextIO, snapshot_url: str | None) -> None:
         from eventstore.snapshots.base import SnapshotStore
 
         snapshots = SnapshotStore.connect(snapshot_url)
-    repo = Repository(store, Account, snapshots=snapshots, snapshot_frequency=5)
+    repo = Repository(store, Account, snapshots=snapshots, snapshot_frequency=25)
     suffix = datetime.now(UTC).strftime("%H%M%S%f")
     alice, bob = f"acc-alice-{suffix}", f"acc-bob-{suffix}"
 
@@ -82,7 +82,21 @@ def _run(store: EventStore, out: TextIO, snapshot_url: str | None) -> None:
     say(f"   clerk 2 retried on fresh state: balance {_money(retried.balance)}, "
         f"version {retried.version}")
 
-    say("\n== 5. Replay: rebuild a balances read model from the global log")
+    if snapshots is not None:
+        say("\n== 5. Snapshots: a long-lived account loads without replaying its history")
+        busy = f"acc-busy-{suffix}"
+        account = Account(busy)
+        account.open("Busy Bee")
+        for batch in (30, 30, 30, 30, 3):
+            for _ in range(batch):
+                account.deposit(1_00)
+            repo.save(account)
+        loaded, info = repo.load_with_info(busy)
+        say(f"   {busy}: {loaded.version} events, snapshot every {repo.snapshot_frequency}; "
+            f"loaded from the snapshot at version {info.snapshot_version} + "
+            f"{info.events_replayed} events -> balance {_money(loaded.balance)}")
+
+    say("\n== 6. Replay: rebuild a balances read model from the global log")
     balances: dict[str, int] = {}
     replayed = 0
     for event in store.subscribe(from_position=0, idle_timeout=0.0):
