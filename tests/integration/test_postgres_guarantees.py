@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -23,8 +24,9 @@ pytestmark = pytest.mark.postgres
 
 def append_params(stream: str, event_type: str) -> dict[str, object]:
     """Parameters for the store's own append statement, run in a transaction we control."""
-    return {"stream": stream, "expected": -2, "ids": [uuid4()], "types": [event_type],
-            "payloads": ['{"slow": true}'], "metadata": ["{}"], "schema_versions": [1]}
+    events = [{"id": str(uuid4()), "type": event_type, "payload": {"slow": True},
+               "metadata": {}, "sv": 1}]
+    return {"stream": stream, "expected": -2, "events": json.dumps(events)}
 
 
 @pytest.fixture
