@@ -9,6 +9,7 @@ from typing import Any
 from eventstore.errors import ValidationError
 from eventstore.events import (
     EVENT_TYPE_PATTERN,
+    AppendResult,
     NewEvent,
     validate_stream_id,
 )
@@ -97,3 +98,24 @@ def check_read_all(from_position: int, limit: int) -> None:
         raise ValidationError(f"from_position must be an int >= 0, not {from_position!r}")
     if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 100_000:
         raise ValidationError(f"limit must be an int from 1 to 100000, not {limit!r}")
+
+
+def earlier_append(stream_id: str, ids: Sequence[str],
+                   stored: Sequence[tuple[str, str, int, int]]) -> AppendResult | None:
+    """Decide what a re-sent append gets, from the rows (id, stream, version, position) in
+    version order already stored under its event ids.
+
+    None when none is stored (a new append); the first result when exactly these events
+    are (an idempotent re-send); ValidationError when only some are, or elsewhere.
+    """
+    if not stored:
+        return None
+    if [str(r[0]) for r in stored] == list(ids) and all(r[1] == stream_id for r in stored):
+        return AppendResult(stream_id=stream_id, first_version=int(stored[0][2]),
+                            next_expected_version=int(stored[-1][2]),
+                            positions=tuple(int(r[3]) for r in stored), idempotent=True)
+    raise ValidationError(
+        f"append to {stream_id!r}: some of its event ids are already stored, but not as this "
+        "exact append (different stream, order or companions). Give new events new ids; "
+        "re-send an append only unchanged."
+    )

@@ -33,7 +33,12 @@ from eventstore.events import (
     validate_stream_id,
 )
 from eventstore.store.base import MAX_EVENTS_PER_APPEND, EventStore, StoreStats
-from eventstore.store.encoding import check_append, check_read_all, check_read_stream
+from eventstore.store.encoding import (
+    check_append,
+    check_read_all,
+    check_read_stream,
+    earlier_append,
+)
 from eventstore.store.postgres_schema import MIGRATIONS, SCHEMA_VERSION
 
 log = logging.getLogger(__name__)
@@ -230,17 +235,7 @@ class PostgresEventStore(EventStore):
                 " WHERE id = ANY(%b::uuid[]) ORDER BY version",
                 (ids, ids),
             ).fetchall()
-        if not rows:
-            return None
-        if [r[0] for r in rows] == ids and all(r[1] == stream_id for r in rows):
-            return AppendResult(stream_id=stream_id, first_version=int(rows[0][2]),
-                                next_expected_version=int(rows[-1][2]),
-                                positions=tuple(int(r[3]) for r in rows), idempotent=True)
-        raise ValidationError(
-            f"append to {stream_id!r}: some of its event ids are already stored, but "
-            "not as this exact append (different stream, order or companions). Give "
-            "new events new ids; re-send an append only unchanged."
-        )
+        return earlier_append(stream_id, [str(i) for i in ids], rows)
 
     # -- reading -----------------------------------------------------------------------
 

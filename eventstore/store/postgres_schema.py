@@ -56,9 +56,9 @@ CREATE TABLE es_events_archive (
 CREATE INDEX es_events_recorded_at ON es_events (recorded_at);
 """,
     # 2: projection checkpoints and dead letters; the log split in partitions by stream.
-    # NOTE (lead, 00:20): the lead's rewrite of migration 1 accidentally dropped the first
-    # version of this migration; it was reconstructed from the SQLite tables. Whoever owns
-    # the projection runner: check it against your code.
+    # A stream's partition is (hashtext(stream_id) & 15): every event of a stream is in one
+    # partition, so one projection worker at a time handles that stream, in order. Queries
+    # must spell the expression exactly so that the expression indexes serve them.
     r"""
 CREATE TABLE es_projection_checkpoints (
     projection      text NOT NULL,
@@ -85,6 +85,9 @@ CREATE TABLE es_projection_dead_letters (
 );
 
 CREATE INDEX es_events_partition_position ON es_events ((hashtext(stream_id) & 15), position);
+-- Projection rebuilds read the archive too (retention must not shrink a read model).
+CREATE INDEX es_events_archive_partition_position
+    ON es_events_archive ((hashtext(stream_id) & 15), position);
 """,
 ]
 

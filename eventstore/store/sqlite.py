@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import threading
@@ -23,7 +24,12 @@ from eventstore.events import (
     validate_stream_id,
 )
 from eventstore.store.base import EventStore, StoreStats
-from eventstore.store.encoding import check_append, check_read_all, check_read_stream
+from eventstore.store.encoding import (
+    check_append,
+    check_read_all,
+    check_read_stream,
+    earlier_append,
+)
 
 # SQLite lets one transaction write at a time (BEGIN IMMEDIATE takes the write lock), so a
 # position from AUTOINCREMENT is allocated and committed before the next writer starts:
@@ -152,17 +158,10 @@ class SQLiteEventStore(EventStore):
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
-        if self._memory:
-            with self._conn() as conn:
-                conn.execute("BEGIN IMMEDIATE")
-                try:
-                    yield conn
-                except BaseException:
-                    conn.execute("ROLLBACK")
-                    raise
-                conn.execute("COMMIT")
-            return
-        with self._write_lock, self._conn() as conn:
+        """One write transaction. BEGIN IMMEDIATE takes SQLite's write lock up front; the
+        process lock keeps this process's threads from queueing inside SQLite."""
+        lock = contextlib.nullcontext() if self._memory else self._write_lock
+        with lock, self._conn() as conn:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 yield conn
@@ -204,16 +203,9 @@ class SQLiteEventStore(EventStore):
                 f"SELECT id, stream_id, version, position FROM es_events WHERE id IN "
                 f"({','.join('?' * len(ids))}) ORDER BY version", ids
             ).fetchall()
-            if stored:
-                if [r[0] for r in stored] == ids and all(r[1] == stream_id for r in stored):
-                    return AppendResult(stream_id, int(stored[0][2]),
-                                        int(stored[-1][2]), tuple(int(r[3]) for r in stored),
-                                        idempotent=True)
-                raise ValidationError(
-                    f"append to {stream_id!r}: some of its event ids are already stored, but "
-                    "not as this exact append (different stream, order or companions). Give "
-                    "new events new ids; re-send an append only unchanged."
-                )
+            earlier = earlier_append(stream_id, ids, stored)
+            if earlier is not None:
+                return earlier
             if _conflicts(expected, current):
                 raise ConcurrencyError(
                     stream_id, expected.value if isinstance(expected, ExpectedVersion) else

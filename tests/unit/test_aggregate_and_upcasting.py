@@ -16,8 +16,8 @@ from eventstore import (
     EventStore,
     NewEvent,
     Repository,
-    UpcastError,
     UpcasterRegistry,
+    UpcastError,
     ValidationError,
 )
 from eventstore.examples.bank import Account, InsufficientFunds
