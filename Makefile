@@ -2,8 +2,8 @@
 PYTHON ?= python3
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-unit test-integration lint bench pg-up mongo-up k8s-build \
-        ferretdb-build k8s-up deps e2e-kind image
+.PHONY: install demo test test-unit lint bench pg-up mongo-up k8s-build \
+        ferretdb-build k8s-up deps e2e-kind image chart-lint
 
 install:  ## the library, the operator and the dev tools, pinned
 	$(PYTHON) -m pip install -q -e '.[operator,dev]'
@@ -42,3 +42,16 @@ k8s-build:
 
 k8s-up: k8s-build  ## kube-apiserver + etcd + kube-controller-manager in the foreground
 	$(PYTHON) -m tests.harness.controlplane up
+
+IMAGE ?= ghcr.io/eventstore-py/eventstore:0.1.0
+
+image:  ## the store server + operator image (needs a Docker engine with BuildKit)
+	docker build -t $(IMAGE) .
+
+e2e-kind: install  ## kind cluster + image + chart + workload; skipped with the reason without Docker/kind
+	$(PYTHON) -m pytest tests/e2e_kind -rs $(PYTEST_ARGS)
+
+chart-lint:  ## helm lint --strict of the chart with every test values file
+	HELM=$$(bash scripts/k8s/build.sh | tail -n1)/helm; \
+	$$HELM lint --strict charts/eventstore && \
+	for f in tests/k8s/chart_values/*.yaml; do $$HELM lint --strict charts/eventstore -f $$f || exit 1; done
