@@ -66,9 +66,7 @@ def _check_projection_name(name: str) -> str:
 
 def _check_projection_target(target: str) -> str:
     if not _PROJECTION_TARGET.match(target):
-        raise ValueError(
-            f"{target!r} must be 'module:object', for example 'myapp.projections:Balances'"
-        )
+        raise ValueError(f"{target!r} must be 'module:object', for example 'myapp.projections:Balances'")
     return target
 
 
@@ -96,9 +94,7 @@ class StoreSettings(BaseModel):
         Field(
             ge=1,
             le=36_500,
-            description=(
-                "Events older than this many days that a snapshot already covers are archived."
-            ),
+            description=("Events older than this many days that a snapshot already covers are archived."),
         ),
     ] = 365
     max_events_per_aggregate: Annotated[
@@ -107,8 +103,7 @@ class StoreSettings(BaseModel):
             ge=1,
             le=10_000_000,
             description=(
-                "Most events a load may replay after the newest snapshot; past it a snapshot "
-                "is forced."
+                "Most events a load may replay after the newest snapshot; past it a snapshot is forced."
             ),
         ),
     ] = 1000

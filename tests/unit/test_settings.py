@@ -132,7 +132,7 @@ def test_valid_values_parse() -> None:
 def test_models_are_frozen_and_strict() -> None:
     store = StoreSettings()
     with pytest.raises(ValueError):
-        store.snapshot_frequency = 5  # type: ignore[misc]
+        store.snapshot_frequency = 5
     with pytest.raises(ValueError):
         StoreSettings(snapshot_frequency=True)
     with pytest.raises(ValueError):

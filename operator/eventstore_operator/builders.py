@@ -1,0 +1,667 @@
+"""Pure functions from an EventStore spec to the Kubernetes objects it needs (as dicts).
+
+No API calls and no randomness here: handlers read the cluster, call these, and
+apply the results. Every object carries the recommended labels and a controller
+owner reference to the EventStore, so the garbage collector removes it with its
+owner.
+
+How the settings reach the pods: the user edits the ConfigMap `<name>-config`
+(created once from the spec or the defaults). The operator validates each edit and
+copies a valid one into an immutable ConfigMap `<name>-config-<hash>`, which is what
+the pod template mounts at /etc/eventstore, with the hash also in the pod template's
+`eventstore.io/config-hash` annotation. So a valid edit changes the template (the
+StatefulSet rolls), and an invalid edit changes nothing the pods can see: even a pod
+that restarts later still starts with the last good settings.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from eventstore.settings import (
+    CONFIG_DIR_ENV,
+    CONFIG_FILES,
+    ProjectionSettings,
+    StoreSettings,
+    render_config_data,
+)
+from eventstore_operator import names
+from eventstore_operator.crd import SETTINGS_FIELDS, spec_schema
+
+Obj = dict[str, Any]
+
+RUN_AS_USER = 10001  # the store image's non-root user
+DB_RUN_AS_USER = 999  # the postgres and mongo images' own users
+
+
+@dataclass(frozen=True)
+class Owner:
+    """The EventStore that owns the children: enough for owner references and names."""
+
+    name: str
+    namespace: str
+    uid: str
+    api_version: str = names.API_VERSION
+    kind: str = names.KIND
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> Owner:
+        meta = body["metadata"]
+        return cls(name=meta["name"], namespace=meta["namespace"], uid=meta["uid"])
+
+    def reference(self) -> Obj:
+        return {
+            "apiVersion": self.api_version,
+            "kind": self.kind,
+            "name": self.name,
+            "uid": self.uid,
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+
+
+# --- spec -------------------------------------------------------------------------
+
+
+def _apply_defaults(schema: Mapping[str, Any], value: Any) -> Any:
+    """Fill in schema defaults the way the API server does (for objects it never saw)."""
+    if value is None and "default" in schema:
+        value = copy.deepcopy(schema["default"])
+    if isinstance(value, dict) and "properties" in schema:
+        out = dict(value)
+        for key, sub in schema["properties"].items():
+            filled = _apply_defaults(sub, out.get(key))
+            if filled is not None:
+                out[key] = filled
+        return out
+    return value
+
+
+def normalize_spec(spec: Mapping[str, Any] | None) -> Obj:
+    """The spec with every CRD default applied; the CRD schema is the one source."""
+    result: Obj = _apply_defaults(spec_schema(), dict(spec or {}))
+    return result
+
+
+def labels(owner: Owner, component: str) -> dict[str, str]:
+    return {
+        **selector_labels(owner, component),
+        names.LABEL_MANAGED_BY: names.MANAGED_BY,
+        names.LABEL_PART_OF: names.APP_NAME,
+    }
+
+
+def selector_labels(owner: Owner, component: str) -> dict[str, str]:
+    return {
+        names.LABEL_NAME: names.APP_NAME,
+        names.LABEL_INSTANCE: owner.name,
+        names.LABEL_COMPONENT: component,
+    }
+
+
+def _meta(owner: Owner, name: str, component: str, **extra: Any) -> Obj:
+    meta: Obj = {
+        "name": name,
+        "namespace": owner.namespace,
+        "labels": labels(owner, component),
+        "ownerReferences": [owner.reference()],
+    }
+    meta.update(extra)
+    return meta
+
+
+def _secret_env(env_name: str, secret: str, key: str) -> Obj:
+    return {"name": env_name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
+
+
+def _value_env(env_name: str, value: str) -> Obj:
+    return {"name": env_name, "value": value}
+
+
+def _restricted_container_security() -> Obj:
+    return {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def _pod_security(uid: int) -> Obj:
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": uid,
+        "runAsGroup": uid,
+        "fsGroup": uid,
+        "fsGroupChangePolicy": "OnRootMismatch",
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def _resources(spec_resources: Mapping[str, Any]) -> Obj:
+    out: Obj = {}
+    for section in ("requests", "limits"):
+        values = {k: str(v) for k, v in (spec_resources.get(section) or {}).items()}
+        if values:
+            out[section] = values
+    return out
+
+
+def _claim_template(owner: Owner, component: str, storage: Mapping[str, Any]) -> Obj:
+    claim_spec: Obj = {
+        "accessModes": ["ReadWriteOnce"],
+        "resources": {"requests": {"storage": storage["size"]}},
+    }
+    if storage.get("storageClassName"):
+        claim_spec["storageClassName"] = storage["storageClassName"]
+    return {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {"name": names.data_volume(), "labels": labels(owner, component)},
+        "spec": claim_spec,
+    }
+
+
+# --- configuration ------------------------------------------------------------------
+
+
+def seed_settings(spec: Mapping[str, Any]) -> tuple[StoreSettings, ProjectionSettings]:
+    """Settings for the first ConfigMap: the defaults, overridden by spec.settings."""
+    given = normalize_spec(spec).get("settings") or {}
+    store: dict[str, Any] = {}
+    projections: dict[str, Any] = {}
+    for key, (model, field) in SETTINGS_FIELDS.items():
+        if key in given:
+            (store if model is StoreSettings else projections)[field] = given[key]
+    return StoreSettings(**store), ProjectionSettings(**projections)
+
+
+def user_config_map(owner: Owner, spec: Mapping[str, Any]) -> Obj:
+    """The tuning ConfigMap, created once and then owned by the user's edits."""
+    store, projections = seed_settings(spec)
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _meta(
+            owner,
+            names.config(owner.name),
+            names.COMPONENT_CONFIG,
+            annotations={
+                f"{names.GROUP}/usage": (
+                    "Tuning settings of this EventStore. Edit freely: the operator validates "
+                    "each edit, rolls the store pods on a valid one and reports an invalid "
+                    "one on the EventStore's status (kubectl describe eventstore)."
+                )
+            },
+        ),
+        "data": render_config_data(store, projections),
+    }
+
+
+def config_snapshot(owner: Owner, data: Mapping[str, str], digest: str) -> Obj:
+    """An immutable copy of validated ConfigMap data; what the store pods mount.
+
+    A file missing from the user's ConfigMap means "defaults"; the copy holds an empty
+    (comment-only) file for it so the pod's mount has both keys.
+    """
+    full = {file: data.get(file, "# not set in the ConfigMap: the defaults apply\n") for file in CONFIG_FILES}
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _meta(
+            owner,
+            names.config_snapshot(owner.name, digest),
+            names.COMPONENT_CONFIG_SNAPSHOT,
+            annotations={names.ANNOTATION_CONFIG_HASH: digest},
+        ),
+        "immutable": True,
+        "data": full,
+    }
+
+
+# --- secrets ------------------------------------------------------------------------
+
+
+def credentials_secret(owner: Owner, db_name: str, component: str, password: str) -> Obj:
+    """Generated database credentials (the password comes from the caller, once)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": _meta(owner, names.credentials(db_name), component),
+        "type": "Opaque",
+        "stringData": {names.USERNAME_KEY: "eventstore", names.PASSWORD_KEY: password},
+    }
+
+
+def api_token_secret(owner: Owner, token: str) -> Obj:
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": _meta(owner, names.api_token(owner.name), names.COMPONENT_API_TOKEN),
+        "type": "Opaque",
+        "stringData": {names.TOKEN_KEY: token},
+    }
+
+
+# --- the store ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Backend:
+    """Where the store pods find one database: host, port, name, credentials Secret."""
+
+    host: str
+    port: int
+    database: str
+    secret: str
+    username_key: str
+    password_key: str
+
+
+def backend(owner: Owner, db_spec: Mapping[str, Any], in_cluster_name: str) -> Backend:
+    if db_spec["mode"] == "External":
+        ref = db_spec["credentialsSecret"]
+        return Backend(
+            host=db_spec["host"],
+            port=int(db_spec["port"]),
+            database=db_spec["database"],
+            secret=ref["name"],
+            username_key=ref.get("usernameKey", names.USERNAME_KEY),
+            password_key=ref.get("passwordKey", names.PASSWORD_KEY),
+        )
+    return Backend(
+        host=in_cluster_name,
+        port=int(db_spec["port"]),
+        database=db_spec["database"],
+        secret=names.credentials(in_cluster_name),
+        username_key=names.USERNAME_KEY,
+        password_key=names.PASSWORD_KEY,
+    )
+
+
+def _backend_env(prefix: str, b: Backend) -> list[Obj]:
+    return [
+        _value_env(f"{prefix}_HOST", b.host),
+        _value_env(f"{prefix}_PORT", str(b.port)),
+        _value_env(f"{prefix}_NAME", b.database),
+        _secret_env(f"{prefix}_USER", b.secret, b.username_key),
+        _secret_env(f"{prefix}_PASSWORD", b.secret, b.password_key),
+    ]
+
+
+def store_env(owner: Owner, spec: Mapping[str, Any]) -> list[Obj]:
+    """The store container's environment (the contract with `eventstore serve`)."""
+    spec = normalize_spec(spec)
+    return [
+        _value_env(CONFIG_DIR_ENV, names.CONFIG_DIR),
+        _value_env("EVENTSTORE_API_TOKEN_FILE", names.TOKEN_FILE),
+        *_backend_env("EVENT_DB", backend(owner, spec["postgres"], names.postgres(owner.name))),
+        *_backend_env("SNAPSHOT_DB", backend(owner, spec["mongodb"], names.mongodb(owner.name))),
+        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+    ]
+
+
+def store_statefulset(owner: Owner, spec: Mapping[str, Any], config_hash: str, config_map: str) -> Obj:
+    """The store pods: `eventstore serve`, settings from `config_map`, data on a PVC."""
+    spec = normalize_spec(spec)
+    component = names.COMPONENT_STORE
+    selector = selector_labels(owner, component)
+    container: Obj = {
+        "name": "eventstore",
+        "image": spec["image"],
+        "imagePullPolicy": spec["imagePullPolicy"],
+        "command": ["eventstore"],
+        "args": ["serve"],
+        "ports": [{"name": names.HTTP_PORT_NAME, "containerPort": names.HTTP_PORT, "protocol": "TCP"}],
+        "env": store_env(owner, spec),
+        "resources": _resources(spec["resources"]),
+        "volumeMounts": [
+            {"name": names.data_volume(), "mountPath": names.DATA_DIR},
+            {"name": "config", "mountPath": names.CONFIG_DIR, "readOnly": True},
+            {"name": "api-token", "mountPath": names.TOKEN_DIR, "readOnly": True},
+            {"name": "tmp", "mountPath": "/tmp"},
+        ],
+        "startupProbe": {
+            "httpGet": {"path": "/healthz", "port": names.HTTP_PORT_NAME},
+            "periodSeconds": 2,
+            "failureThreshold": 60,
+        },
+        "livenessProbe": {
+            "httpGet": {"path": "/healthz", "port": names.HTTP_PORT_NAME},
+            "periodSeconds": 10,
+            "timeoutSeconds": 2,
+            "failureThreshold": 3,
+        },
+        "readinessProbe": {
+            "httpGet": {"path": "/readyz", "port": names.HTTP_PORT_NAME},
+            "periodSeconds": 5,
+            "timeoutSeconds": 2,
+            "failureThreshold": 2,
+        },
+        "securityContext": _restricted_container_security(),
+    }
+    pod_spec: Obj = {
+        "automountServiceAccountToken": False,  # the store never calls the Kubernetes API
+        "enableServiceLinks": False,
+        "terminationGracePeriodSeconds": 30,
+        "securityContext": _pod_security(RUN_AS_USER),
+        "affinity": {
+            "podAntiAffinity": {
+                "preferredDuringSchedulingIgnoredDuringExecution": [
+                    {
+                        "weight": 100,
+                        "podAffinityTerm": {
+                            "topologyKey": "kubernetes.io/hostname",
+                            "labelSelector": {"matchLabels": selector},
+                        },
+                    }
+                ]
+            }
+        },
+        "containers": [container],
+        "volumes": [
+            {
+                "name": "config",
+                "configMap": {
+                    "name": config_map,
+                    "items": [{"key": f, "path": f} for f in CONFIG_FILES],
+                    "defaultMode": 0o444,
+                },
+            },
+            {
+                "name": "api-token",
+                "secret": {
+                    "secretName": names.api_token(owner.name),
+                    "items": [{"key": names.TOKEN_KEY, "path": names.TOKEN_KEY}],
+                    "defaultMode": 0o440,
+                },
+            },
+            {"name": "tmp", "emptyDir": {"sizeLimit": "256Mi"}},
+        ],
+    }
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "metadata": _meta(owner, names.store(owner.name), component),
+        "spec": {
+            "replicas": int(spec["replicas"]),
+            "serviceName": names.headless(owner.name),
+            "podManagementPolicy": "Parallel",
+            "updateStrategy": {"type": "RollingUpdate"},
+            "revisionHistoryLimit": 5,
+            "selector": {"matchLabels": selector},
+            "template": {
+                "metadata": {
+                    "labels": labels(owner, component),
+                    "annotations": {names.ANNOTATION_CONFIG_HASH: config_hash},
+                },
+                "spec": pod_spec,
+            },
+            "volumeClaimTemplates": [_claim_template(owner, component, spec["storage"])],
+        },
+    }
+
+
+def _service(owner: Owner, name: str, component: str, port: int, port_name: str, headless: bool) -> Obj:
+    svc_spec: Obj = {
+        "selector": selector_labels(owner, component),
+        "ports": [{"name": port_name, "port": port, "targetPort": port_name, "protocol": "TCP"}],
+    }
+    if headless:
+        svc_spec["clusterIP"] = "None"
+        # Peers and StatefulSet DNS need every pod's record, ready or not.
+        svc_spec["publishNotReadyAddresses"] = True
+    else:
+        svc_spec["type"] = "ClusterIP"
+    meta = _meta(owner, name, component)
+    # Lets a ServiceMonitor pick one of the two store Services (no double scrapes).
+    meta["labels"][names.LABEL_SERVICE_ROLE] = "headless" if headless else "client"
+    return {"apiVersion": "v1", "kind": "Service", "metadata": meta, "spec": svc_spec}
+
+
+def headless_service(owner: Owner) -> Obj:
+    return _service(
+        owner,
+        names.headless(owner.name),
+        names.COMPONENT_STORE,
+        names.HTTP_PORT,
+        names.HTTP_PORT_NAME,
+        headless=True,
+    )
+
+
+def client_service(owner: Owner) -> Obj:
+    return _service(
+        owner,
+        names.store(owner.name),
+        names.COMPONENT_STORE,
+        names.HTTP_PORT,
+        names.HTTP_PORT_NAME,
+        headless=False,
+    )
+
+
+def pod_disruption_budget(owner: Owner) -> Obj:
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": _meta(owner, names.store(owner.name), names.COMPONENT_STORE),
+        "spec": {
+            "maxUnavailable": 1,
+            "selector": {"matchLabels": selector_labels(owner, names.COMPONENT_STORE)},
+        },
+    }
+
+
+# --- in-cluster databases -------------------------------------------------------------
+
+
+def _database_statefulset(
+    owner: Owner,
+    name: str,
+    component: str,
+    db_spec: Mapping[str, Any],
+    container: Obj,
+    extra_volumes: list[Obj],
+    data_path: str,
+) -> Obj:
+    selector = selector_labels(owner, component)
+    container = {
+        **container,
+        "image": db_spec["image"],
+        "imagePullPolicy": "IfNotPresent",
+        "resources": _resources(db_spec["resources"]),
+        "securityContext": _restricted_container_security(),
+        "volumeMounts": [
+            {"name": names.data_volume(), "mountPath": data_path},
+            *({"name": v["name"], "mountPath": v["mountPath"]} for v in extra_volumes),
+        ],
+    }
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "metadata": _meta(owner, name, component),
+        "spec": {
+            "replicas": 1,
+            "serviceName": name,
+            "podManagementPolicy": "OrderedReady",
+            "updateStrategy": {"type": "RollingUpdate"},
+            "selector": {"matchLabels": selector},
+            "template": {
+                "metadata": {"labels": labels(owner, component)},
+                "spec": {
+                    "automountServiceAccountToken": False,
+                    "enableServiceLinks": False,
+                    "terminationGracePeriodSeconds": 60,
+                    "securityContext": _pod_security(DB_RUN_AS_USER),
+                    "containers": [container],
+                    "volumes": [{"name": v["name"], "emptyDir": {}} for v in extra_volumes],
+                },
+            },
+            "volumeClaimTemplates": [_claim_template(owner, component, db_spec["storage"])],
+        },
+    }
+
+
+def postgres_statefulset(owner: Owner, spec: Mapping[str, Any]) -> Obj:
+    db = normalize_spec(spec)["postgres"]
+    name = names.postgres(owner.name)
+    secret = names.credentials(name)
+    ready = 'pg_isready -h 127.0.0.1 -U "$POSTGRES_USER" -d "$POSTGRES_DB"'
+    container: Obj = {
+        "name": "postgres",
+        "ports": [{"name": "postgres", "containerPort": names.POSTGRES_PORT, "protocol": "TCP"}],
+        "env": [
+            _secret_env("POSTGRES_USER", secret, names.USERNAME_KEY),
+            _secret_env("POSTGRES_PASSWORD", secret, names.PASSWORD_KEY),
+            _value_env("POSTGRES_DB", db["database"]),
+            _value_env("PGDATA", "/var/lib/postgresql/data/pgdata"),
+        ],
+        "readinessProbe": {"exec": {"command": ["sh", "-c", ready]}, "periodSeconds": 5},
+        "livenessProbe": {
+            "exec": {"command": ["sh", "-c", ready]},
+            "periodSeconds": 10,
+            "failureThreshold": 6,
+            "initialDelaySeconds": 30,
+        },
+    }
+    extra = [
+        {"name": "run", "mountPath": "/var/run/postgresql"},
+        {"name": "tmp", "mountPath": "/tmp"},
+    ]
+    return _database_statefulset(
+        owner,
+        name,
+        names.COMPONENT_POSTGRES,
+        db,
+        container,
+        extra,
+        "/var/lib/postgresql/data",
+    )
+
+
+def mongodb_statefulset(owner: Owner, spec: Mapping[str, Any]) -> Obj:
+    db = normalize_spec(spec)["mongodb"]
+    name = names.mongodb(owner.name)
+    secret = names.credentials(name)
+    container: Obj = {
+        "name": "mongodb",
+        "ports": [{"name": "mongodb", "containerPort": names.MONGODB_PORT, "protocol": "TCP"}],
+        "env": [
+            _secret_env("MONGO_INITDB_ROOT_USERNAME", secret, names.USERNAME_KEY),
+            _secret_env("MONGO_INITDB_ROOT_PASSWORD", secret, names.PASSWORD_KEY),
+            _value_env("MONGO_INITDB_DATABASE", db["database"]),
+        ],
+        # tcpSocket, not mongosh: the shell needs a writable home and costs ~100 MB RSS.
+        "readinessProbe": {"tcpSocket": {"port": "mongodb"}, "periodSeconds": 5},
+        "livenessProbe": {
+            "tcpSocket": {"port": "mongodb"},
+            "periodSeconds": 10,
+            "failureThreshold": 6,
+            "initialDelaySeconds": 30,
+        },
+    }
+    extra = [
+        {"name": "configdb", "mountPath": "/data/configdb"},
+        {"name": "tmp", "mountPath": "/tmp"},
+    ]
+    return _database_statefulset(owner, name, names.COMPONENT_MONGODB, db, container, extra, "/data/db")
+
+
+def postgres_service(owner: Owner) -> Obj:
+    return _service(
+        owner,
+        names.postgres(owner.name),
+        names.COMPONENT_POSTGRES,
+        names.POSTGRES_PORT,
+        "postgres",
+        headless=False,
+    )
+
+
+def mongodb_service(owner: Owner) -> Obj:
+    return _service(
+        owner,
+        names.mongodb(owner.name),
+        names.COMPONENT_MONGODB,
+        names.MONGODB_PORT,
+        "mongodb",
+        headless=False,
+    )
+
+
+def database_network_policy(owner: Owner, component: str, name: str, port: int) -> Obj:
+    """Only the store pods of this EventStore may open connections to the database."""
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": _meta(owner, name, component),
+        "spec": {
+            "podSelector": {"matchLabels": selector_labels(owner, component)},
+            "policyTypes": ["Ingress"],
+            "ingress": [
+                {
+                    "from": [{"podSelector": {"matchLabels": selector_labels(owner, names.COMPONENT_STORE)}}],
+                    "ports": [{"protocol": "TCP", "port": port}],
+                }
+            ],
+        },
+    }
+
+
+def in_cluster_databases(owner: Owner, spec: Mapping[str, Any]) -> list[Obj]:
+    """StatefulSet, Service and NetworkPolicy of each database the spec runs in-cluster."""
+    spec = normalize_spec(spec)
+    out: list[Obj] = []
+    if spec["postgres"]["mode"] == "InCluster":
+        out += [
+            postgres_service(owner),
+            database_network_policy(
+                owner, names.COMPONENT_POSTGRES, names.postgres(owner.name), names.POSTGRES_PORT
+            ),
+            postgres_statefulset(owner, spec),
+        ]
+    if spec["mongodb"]["mode"] == "InCluster":
+        out += [
+            mongodb_service(owner),
+            database_network_policy(
+                owner, names.COMPONENT_MONGODB, names.mongodb(owner.name), names.MONGODB_PORT
+            ),
+            mongodb_statefulset(owner, spec),
+        ]
+    return out
+
+
+def generated_secret_names(owner: Owner, spec: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(Secret name, component) of every Secret whose content the operator generates."""
+    spec = normalize_spec(spec)
+    out = [(names.api_token(owner.name), names.COMPONENT_API_TOKEN)]
+    if spec["postgres"]["mode"] == "InCluster":
+        out.append((names.credentials(names.postgres(owner.name)), names.COMPONENT_POSTGRES))
+    if spec["mongodb"]["mode"] == "InCluster":
+        out.append((names.credentials(names.mongodb(owner.name)), names.COMPONENT_MONGODB))
+    return out
+
+
+def store_objects(owner: Owner, spec: Mapping[str, Any], config_hash: str, config_map: str) -> list[Obj]:
+    """The store's Services, PodDisruptionBudget and StatefulSet, in apply order."""
+    return [
+        headless_service(owner),
+        client_service(owner),
+        pod_disruption_budget(owner),
+        store_statefulset(owner, spec, config_hash, config_map),
+    ]
+
+
+def claim_size(statefulset: Mapping[str, Any]) -> tuple[str | None, str | None]:
+    """(size, storageClassName) of a StatefulSet's data volume claim template."""
+    for tpl in statefulset.get("spec", {}).get("volumeClaimTemplates") or []:
+        if tpl.get("metadata", {}).get("name") == names.data_volume():
+            spec = tpl.get("spec", {})
+            size = spec.get("resources", {}).get("requests", {}).get("storage")
+            return size, spec.get("storageClassName")
+    return None, None

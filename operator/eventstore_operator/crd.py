@@ -1,0 +1,566 @@
+"""The EventStore CustomResourceDefinition: the one source of its schema.
+
+`python -m eventstore_operator.crd --write` renders it into every copy listed in
+`CRD_COPIES` (manifests/ and the chart's crds/), and the chart's values.schema.json
+(whose eventstore.spec is this spec schema); `--check` (and a unit test) fails when
+a generated file drifts. The settings bounds come from `eventstore.settings`, so the API
+server refuses exactly what the store pods would refuse.
+
+Validation choices, written down because they are contracts:
+- `replicas` is 1 (a single, unreplicated store for trials) or 3 or more (one pod
+  can be disrupted while the others serve); 2 is refused by a CEL rule.
+- Storage sizes only grow: a transition rule compares `quantity()` values (the CEL
+  Kubernetes quantity library, available in every Kubernetes >= 1.29 API server,
+  so "100Gi" -> "1Ti" passes and "1Ti" -> "500Gi" does not, which a string
+  comparison would get wrong). Volume claim templates cannot shrink a volume.
+- `storageClassName` is immutable once set (and cannot be added later): moving data
+  between classes is a migration, not an edit.
+- No `x-kubernetes-preserve-unknown-fields` in spec: with kubectl's default
+  `--validate=strict`, unknown fields are refused, not silently pruned.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from eventstore.settings import ProjectionSettings, StoreSettings
+from eventstore_operator import names
+
+#: spec.settings key -> (settings model, field): the seed values of the ConfigMap.
+SETTINGS_FIELDS: dict[str, tuple[type[StoreSettings] | type[ProjectionSettings], str]] = {
+    "snapshotFrequency": (StoreSettings, "snapshot_frequency"),
+    "retentionDays": (StoreSettings, "retention_days"),
+    "maxEventsPerAggregate": (StoreSettings, "max_events_per_aggregate"),
+    "projectionWorkers": (ProjectionSettings, "workers"),
+    "projectionBatchSize": (ProjectionSettings, "batch_size"),
+    "projectionRetryAttempts": (ProjectionSettings, "retry_attempts"),
+}
+
+#: Files (relative to the repository root) that hold a rendered copy of the CRD.
+CRD_COPIES = (Path("manifests/crd.yaml"), Path("charts/eventstore/crds/eventstore.yaml"))
+
+QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$"
+RESOURCE_PATTERN = r"^[0-9]+(\.[0-9]+)?(m|Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$"
+DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+SECRET_KEY_PATTERN = r"^[-._a-zA-Z0-9]+$"
+
+
+def _bounds(model: type[StoreSettings] | type[ProjectionSettings], field: str) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for meta in model.model_fields[field].metadata:
+        if hasattr(meta, "ge"):
+            out["minimum"] = meta.ge
+        if hasattr(meta, "le"):
+            out["maximum"] = meta.le
+    return out
+
+
+def _settings_schema() -> dict[str, Any]:
+    props: dict[str, Any] = {}
+    for key, (model, field) in SETTINGS_FIELDS.items():
+        info = model.model_fields[field]
+        props[key] = {
+            "type": "integer",
+            "description": (
+                f"Seed value of {field} in the ConfigMap (default {info.default}). "
+                f"{info.description} Used only when the ConfigMap is first created; "
+                "afterwards edit the ConfigMap."
+            ),
+            **_bounds(model, field),
+        }
+    return {
+        "type": "object",
+        "description": (
+            "Initial tuning settings written into the ConfigMap <name>-config when it is "
+            "created. Later changes are made by editing that ConfigMap."
+        ),
+        "properties": props,
+    }
+
+
+def _quantity(default: str, description: str) -> dict[str, Any]:
+    return {
+        "type": "string",
+        "description": description,
+        "default": default,
+        "maxLength": 32,
+        "pattern": QUANTITY_PATTERN,
+    }
+
+
+def _storage_schema(default_size: str, what: str) -> dict[str, Any]:
+    return {
+        "type": "object",
+        # A complete default: the API server checks defaults against the CEL rules
+        # without applying the nested defaults first.
+        "default": {"size": default_size},
+        "description": f"Persistent volume of each {what} pod.",
+        "properties": {
+            "size": _quantity(default_size, "Requested size per pod (can only grow), e.g. 100Gi."),
+            "storageClassName": {
+                "type": "string",
+                "maxLength": 253,
+                "description": "StorageClass of the volumes (immutable); cluster default if unset.",
+            },
+        },
+        "x-kubernetes-validations": [
+            {
+                "rule": "quantity(self.size).compareTo(quantity(oldSelf.size)) >= 0",
+                "message": "storage.size can only grow: volumes cannot be shrunk",
+                "reason": "FieldValueForbidden",
+            },
+            {
+                "rule": (
+                    "has(self.storageClassName) == has(oldSelf.storageClassName) && "
+                    "(!has(self.storageClassName) || "
+                    "self.storageClassName == oldSelf.storageClassName)"
+                ),
+                "message": "storage.storageClassName is immutable",
+                "reason": "FieldValueForbidden",
+            },
+        ],
+    }
+
+
+def _resources_schema(requests: dict[str, str], limits: dict[str, str]) -> dict[str, Any]:
+    def amounts(default: dict[str, str]) -> dict[str, Any]:
+        return {
+            "type": "object",
+            "default": default,
+            "properties": {
+                key: {"type": "string", "maxLength": 32, "pattern": RESOURCE_PATTERN}
+                for key in ("cpu", "memory", "ephemeral-storage")
+            },
+        }
+
+    return {
+        "type": "object",
+        "default": {},
+        "description": "Container resource requests and limits.",
+        "properties": {"requests": amounts(requests), "limits": amounts(limits)},
+    }
+
+
+def _database_schema(
+    what: str, image: str, port: int, storage: str, requests: dict[str, str]
+) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "default": {"mode": "InCluster"},
+        "description": (
+            f"The {what} backend: InCluster (a single-pod StatefulSet managed by the "
+            "operator, credentials generated once) or External (host plus an existing "
+            "Secret with the credentials)."
+        ),
+        "properties": {
+            "mode": {"type": "string", "enum": ["InCluster", "External"], "default": "InCluster"},
+            "image": {
+                "type": "string",
+                "default": image,
+                "minLength": 1,
+                "maxLength": 512,
+                "description": "Image of the in-cluster database.",
+            },
+            "storage": _storage_schema(storage, f"in-cluster {what}"),
+            "resources": _resources_schema(requests, {"memory": "1Gi"}),
+            "host": {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": 253,
+                "description": "External mode: the database host name.",
+            },
+            "port": {"type": "integer", "minimum": 1, "maximum": 65535, "default": port},
+            "database": {
+                "type": "string",
+                "default": "eventstore",
+                "minLength": 1,
+                "maxLength": 63,
+                "pattern": r"^[A-Za-z_][A-Za-z0-9_]*$",
+                "description": "Database name.",
+            },
+            "credentialsSecret": {
+                "type": "object",
+                "description": "External mode: an existing Secret with the credentials.",
+                "required": ["name"],
+                "properties": {
+                    "name": {"type": "string", "maxLength": 253, "pattern": DNS_LABEL_PATTERN},
+                    "usernameKey": {
+                        "type": "string",
+                        "default": names.USERNAME_KEY,
+                        "pattern": SECRET_KEY_PATTERN,
+                    },
+                    "passwordKey": {
+                        "type": "string",
+                        "default": names.PASSWORD_KEY,
+                        "pattern": SECRET_KEY_PATTERN,
+                    },
+                },
+            },
+        },
+        "x-kubernetes-validations": [
+            {
+                "rule": "self.mode != 'External' || (has(self.host) && has(self.credentialsSecret))",
+                "message": "mode External needs host and credentialsSecret",
+            },
+            {
+                "rule": "self.mode != 'InCluster' || (!has(self.host) && !has(self.credentialsSecret))",
+                "message": "host and credentialsSecret are only for mode External",
+            },
+        ],
+    }
+
+
+def _condition_schema() -> dict[str, Any]:
+    return {
+        "type": "object",
+        "required": ["type", "status"],
+        "properties": {
+            "type": {"type": "string"},
+            "status": {"type": "string", "enum": ["True", "False", "Unknown"]},
+            "reason": {"type": "string"},
+            "message": {"type": "string"},
+            "lastTransitionTime": {"type": "string", "format": "date-time"},
+            "observedGeneration": {"type": "integer", "format": "int64", "minimum": 0},
+        },
+    }
+
+
+def spec_schema() -> dict[str, Any]:
+    """The OpenAPI schema of `.spec`."""
+    return {
+        "type": "object",
+        "description": "Desired state of an event store deployment.",
+        "properties": {
+            "image": {
+                "type": "string",
+                "default": names.DEFAULT_IMAGE,
+                "minLength": 1,
+                "maxLength": 512,
+                "description": "Image of the store pods (runs `eventstore serve`).",
+            },
+            "imagePullPolicy": {
+                "type": "string",
+                "enum": ["Always", "IfNotPresent", "Never"],
+                "default": "IfNotPresent",
+            },
+            "replicas": {
+                "type": "integer",
+                "format": "int32",
+                "default": 3,
+                "minimum": 1,
+                "maximum": 99,
+                "description": "Store pods: 1, or 3 and more.",
+                "x-kubernetes-validations": [
+                    {
+                        "rule": "self == 1 || self >= 3",
+                        "message": (
+                            "replicas must be 1 (a single store) or at least 3 "
+                            "(so one pod can be disrupted while the others serve)"
+                        ),
+                    }
+                ],
+            },
+            "storage": _storage_schema("100Gi", "store"),
+            "resources": _resources_schema({"cpu": "250m", "memory": "256Mi"}, {"memory": "1Gi"}),
+            "settings": _settings_schema(),
+            "postgres": _database_schema(
+                "PostgreSQL (events)",
+                names.DEFAULT_POSTGRES_IMAGE,
+                names.POSTGRES_PORT,
+                "10Gi",
+                {"cpu": "250m", "memory": "256Mi"},
+            ),
+            "mongodb": _database_schema(
+                "MongoDB (snapshots)",
+                names.DEFAULT_MONGODB_IMAGE,
+                names.MONGODB_PORT,
+                "10Gi",
+                {"cpu": "250m", "memory": "512Mi"},
+            ),
+        },
+    }
+
+
+def status_schema() -> dict[str, Any]:
+    return {
+        "type": "object",
+        "properties": {
+            "observedGeneration": {"type": "integer", "format": "int64"},
+            "replicas": {"type": "integer", "format": "int32"},
+            "readyReplicas": {"type": "integer", "format": "int32"},
+            "configHash": {
+                "type": "string",
+                "description": "Hash of the last valid ConfigMap data, on the pod template.",
+            },
+            "configMapName": {
+                "type": "string",
+                "description": "The immutable ConfigMap the store pods mount.",
+            },
+            "conditions": {
+                "type": "array",
+                "items": _condition_schema(),
+                "x-kubernetes-list-type": "map",
+                "x-kubernetes-list-map-keys": ["type"],
+            },
+        },
+    }
+
+
+def build_crd() -> dict[str, Any]:
+    """The CRD as a dict (apiextensions.k8s.io/v1)."""
+    ready = '.status.conditions[?(@.type=="Ready")].status'
+    config_valid = '.status.conditions[?(@.type=="ConfigValid")].status'
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {
+            "name": names.CRD_NAME,
+            "labels": {names.LABEL_NAME: names.APP_NAME, names.LABEL_PART_OF: names.APP_NAME},
+        },
+        "spec": {
+            "group": names.GROUP,
+            "scope": "Namespaced",
+            "names": {
+                "kind": names.KIND,
+                "listKind": f"{names.KIND}List",
+                "plural": names.PLURAL,
+                "singular": names.SINGULAR,
+                "shortNames": list(names.SHORT_NAMES),
+                "categories": ["all"],
+            },
+            "versions": [
+                {
+                    "name": names.VERSION,
+                    "served": True,
+                    "storage": True,
+                    "subresources": {"status": {}},
+                    "additionalPrinterColumns": [
+                        {"name": "Ready", "type": "string", "jsonPath": ready},
+                        {"name": "Replicas", "type": "integer", "jsonPath": ".spec.replicas"},
+                        {
+                            "name": "Ready-Replicas",
+                            "type": "integer",
+                            "jsonPath": ".status.readyReplicas",
+                        },
+                        {"name": "Config-Valid", "type": "string", "jsonPath": config_valid},
+                        {"name": "Config-Hash", "type": "string", "jsonPath": ".status.configHash"},
+                        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+                    ],
+                    "schema": {
+                        "openAPIV3Schema": {
+                            "type": "object",
+                            "description": (
+                                "An event store: store pods (StatefulSet), PostgreSQL for "
+                                "events, MongoDB for snapshots and a ConfigMap of settings."
+                            ),
+                            "required": ["spec"],
+                            "properties": {
+                                "apiVersion": {"type": "string"},
+                                "kind": {"type": "string"},
+                                "metadata": {"type": "object"},
+                                "spec": spec_schema(),
+                                "status": status_schema(),
+                            },
+                            "x-kubernetes-validations": [
+                                {
+                                    "rule": f"size(self.metadata.name) <= {names.MAX_NAME_LENGTH}",
+                                    "message": (
+                                        f"metadata.name must be at most {names.MAX_NAME_LENGTH} "
+                                        "characters (child objects and pods add suffixes)"
+                                    ),
+                                }
+                            ],
+                        }
+                    },
+                }
+            ],
+        },
+    }
+
+
+HEADER = (
+    "# Generated by `python -m eventstore_operator.crd --write` from\n"
+    "# operator/eventstore_operator/crd.py. Do not edit: edit crd.py and regenerate.\n"
+)
+
+
+def render_crd() -> str:
+    """The CRD as YAML text, exactly as written into every copy."""
+    return HEADER + yaml.safe_dump(build_crd(), sort_keys=False, width=100)
+
+
+_JSON_SCHEMA_KEYS = (
+    "type",
+    "description",
+    "enum",
+    "minimum",
+    "maximum",
+    "pattern",
+    "minLength",
+    "maxLength",
+    "required",
+)
+
+
+def _to_json_schema(node: dict[str, Any]) -> dict[str, Any]:
+    """An OpenAPI (CRD) schema node as JSON Schema for Helm: closed objects, no CEL.
+
+    The CEL rules stay with the API server (it still refuses what they forbid).
+    """
+    out = {k: node[k] for k in _JSON_SCHEMA_KEYS if k in node}
+    if "properties" in node:
+        out["properties"] = {k: _to_json_schema(v) for k, v in node["properties"].items()}
+        out["additionalProperties"] = False
+    if "items" in node:
+        out["items"] = _to_json_schema(node["items"])
+    return out
+
+
+VALUES_SCHEMA_PATH = Path("charts/eventstore/values.schema.json")
+
+
+def _strings(description: str) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "description": description,
+        "additionalProperties": {"type": "string"},
+    }
+
+
+def _closed(description: str, **properties: Any) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "description": description,
+        "additionalProperties": False,
+        "properties": properties,
+    }
+
+
+def values_schema() -> dict[str, Any]:
+    """values.schema.json of the chart; eventstore.spec is the CRD's spec schema."""
+    boolean = {"type": "boolean"}
+    string = {"type": "string"}
+    quantity = {"type": ["string", "number"]}
+    amounts = {"type": "object", "additionalProperties": quantity}
+    dns_label = {"type": "string", "pattern": DNS_LABEL_PATTERN, "maxLength": 63}
+    return {
+        "$schema": "https://json-schema.org/draft-07/schema#",
+        "title": "Values of the eventstore chart",
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "global": {"type": "object", "description": "Helm globals (unused)."},
+            "nameOverride": string,
+            "fullnameOverride": string,
+            "image": _closed(
+                "Image of the operator (the store pods use the EventStore's spec.image).",
+                repository={"type": "string", "minLength": 1},
+                tag=string,
+                pullPolicy={"type": "string", "enum": ["Always", "IfNotPresent", "Never"]},
+            ),
+            "imagePullSecrets": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["name"],
+                    "additionalProperties": False,
+                    "properties": {"name": string},
+                },
+            },
+            "rbac": _closed("RBAC objects.", create=boolean),
+            "serviceAccount": _closed(
+                "The operator's ServiceAccount.",
+                create=boolean,
+                name=string,
+                annotations=_strings("Annotations."),
+            ),
+            "operator": _closed(
+                "Operator behaviour.",
+                watchNamespaces={"type": "array", "uniqueItems": True, "items": dns_label},
+                resyncSeconds={"type": "integer", "minimum": 1, "maximum": 3600},
+                verbose=boolean,
+            ),
+            "replicaCount": {
+                "type": "integer",
+                "minimum": 0,
+                "maximum": 1,
+                "description": "The operator runs standalone: 1 (or 0 to pause it).",
+            },
+            "resources": _closed("Operator resources.", requests=amounts, limits=amounts),
+            "podSecurityContext": {"type": "object"},
+            "securityContext": {"type": "object"},
+            "podAnnotations": _strings("Pod annotations."),
+            "podLabels": _strings("Pod labels."),
+            "nodeSelector": _strings("Node selector."),
+            "tolerations": {"type": "array", "items": {"type": "object"}},
+            "affinity": {"type": "object"},
+            "priorityClassName": string,
+            "eventstore": _closed(
+                "An optional EventStore in the release namespace.",
+                create=boolean,
+                name={
+                    "type": "string",
+                    "pattern": DNS_LABEL_PATTERN,
+                    "maxLength": names.MAX_NAME_LENGTH,
+                },
+                spec=_to_json_schema(spec_schema()),
+            ),
+            "metrics": _closed(
+                "Monitoring.",
+                serviceMonitor=_closed(
+                    "Prometheus Operator ServiceMonitor.",
+                    enabled=boolean,
+                    interval={"type": "string", "pattern": r"^[0-9]+(ms|s|m|h)$"},
+                    labels=_strings("Extra labels."),
+                ),
+                grafanaDashboard=_closed(
+                    "Grafana dashboard ConfigMap.", enabled=boolean, labels=_strings("Labels.")
+                ),
+            ),
+        },
+    }
+
+
+def render_values_schema() -> str:
+    return json.dumps(values_schema(), indent=2) + "\n"
+
+
+def generated_files() -> dict[Path, str]:
+    """Every file rendered from this module (relative to the repository root)."""
+    files = dict.fromkeys(CRD_COPIES, render_crd())
+    files[VALUES_SCHEMA_PATH] = render_values_schema()
+    return files
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--root", type=Path, default=Path.cwd(), help="repository root")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--write", action="store_true", help="write every copy")
+    mode.add_argument("--check", action="store_true", help="fail if a copy differs")
+    args = parser.parse_args(argv)
+    if not (args.write or args.check):
+        sys.stdout.write(render_crd())
+        return 0
+    stale = []
+    for rel, text in generated_files().items():
+        path = args.root / rel
+        if args.write:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text, encoding="utf-8")
+        elif not path.exists() or path.read_text(encoding="utf-8") != text:
+            stale.append(str(rel))
+    if stale:
+        print(f"generated files out of date: {', '.join(stale)}; run with --write", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

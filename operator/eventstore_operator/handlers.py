@@ -1,0 +1,595 @@
+"""kopf handlers: turn each EventStore into its children and keep them that way.
+
+Every trigger runs the same idempotent `reconcile`: create/update/resume of the
+EventStore, a periodic resync thread (drift repair for edits and for kinds the
+operator does not watch, such as Secrets), an edit of the user's ConfigMap, and the
+deletion of any owned child (which is re-created at once). No handler needs a
+finalizer, so deleting an EventStore never waits for the operator. A restart
+mid-reconcile is harmless: the resume handler runs `reconcile` again and every step
+converges.
+
+Drift repair, precisely: a deleted Service, ConfigMap (the user's or a snapshot),
+StatefulSet, PodDisruptionBudget or NetworkPolicy comes back at once (watch events on
+the operator's label); an edited field the operator owns, or a deleted Secret, is
+repaired by the next resync (EVENTSTORE_OPERATOR_RESYNC_SECONDS, default 30).
+
+Children are written with server-side apply (field manager `eventstore-operator`,
+forced), so an edited field the operator owns is put back, and a no-op apply costs
+no write. Generated Secrets and the user's ConfigMap are created once (409 is
+tolerated) and never overwritten.
+
+Handlers are registered in an explicit `registry` (not kopf's global one) so that
+importing this module twice, or running it in tests, never doubles handlers.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import threading
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import kopf
+from kubernetes.utils import parse_quantity
+
+from eventstore.settings import SettingsError, config_hash, validate_config_data
+from eventstore_operator import builders, kube, names
+from eventstore_operator.builders import Obj, Owner
+
+registry = kopf.OperatorRegistry()
+
+#: Seconds between drift-repair passes over each EventStore.
+RESYNC_SECONDS = float(os.environ.get("EVENTSTORE_OPERATOR_RESYNC_SECONDS", "30"))
+#: Older config snapshots kept besides the one in use, for rollbacks of the StatefulSet.
+KEEP_CONFIG_SNAPSHOTS = 2
+
+_EVENTSTORES = (names.GROUP, names.VERSION, names.PLURAL)
+_OWNED = {names.LABEL_MANAGED_BY: names.MANAGED_BY}
+
+log = logging.getLogger(__name__)
+
+_locks: dict[tuple[str, str], threading.Lock] = {}
+_locks_guard = threading.Lock()
+
+
+def _lock(namespace: str, name: str) -> threading.Lock:
+    """One reconcile at a time per EventStore (resync, events and handlers overlap)."""
+    with _locks_guard:
+        return _locks.setdefault((namespace, name), threading.Lock())
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def condition(
+    previous: list[Obj], kind: str, status: bool, reason: str, message: str, generation: int
+) -> Obj:
+    """A status condition; lastTransitionTime only moves when the status changes."""
+    value = "True" if status else "False"
+    old = next((c for c in previous if c.get("type") == kind), None)
+    since = old["lastTransitionTime"] if old and old.get("status") == value else _now()
+    return {
+        "type": kind,
+        "status": value,
+        "reason": reason,
+        "message": message,
+        "lastTransitionTime": since,
+        "observedGeneration": generation,
+    }
+
+
+def _merge_conditions(previous: list[Obj], updates: list[Obj]) -> list[Obj]:
+    by_type = {c["type"]: c for c in previous if "type" in c}
+    for c in updates:
+        by_type[c["type"]] = c
+    order = [names.CONDITION_READY, names.CONDITION_CONFIG_VALID, names.CONDITION_RECONCILED]
+    return sorted(by_type.values(), key=lambda c: order.index(c["type"]) if c["type"] in order else 9)
+
+
+def _patch_status(body: Obj, status: Obj) -> None:
+    meta = body["metadata"]
+    kube.merge_patch(names.KIND, meta["namespace"], meta["name"], {"status": status}, "status")
+
+
+def _quantity(text: str) -> Decimal:
+    value: Decimal = parse_quantity(text)  # type: ignore[no-untyped-call]
+    return value
+
+
+def _apply_statefulset(
+    obj: Obj, logger: logging.Logger | logging.LoggerAdapter[Any], owner_body: Obj | None = None
+) -> Obj:
+    """Apply a StatefulSet; grow its volumes first if the claim size changed.
+
+    volumeClaimTemplates are immutable, so growing storage means: patch each existing
+    PVC (the StorageClass must allow expansion), delete the StatefulSet with
+    propagation Orphan (the pods keep running), and create it again with the new
+    template on the next pass; the new StatefulSet adopts the running pods.
+    """
+    meta = obj["metadata"]
+    existing = kube.get("StatefulSet", meta["namespace"], meta["name"])
+    if existing is not None:
+        if existing["metadata"].get("deletionTimestamp"):
+            raise kopf.TemporaryError(f"waiting for StatefulSet {meta['name']} to go", delay=2)
+        old_size, _ = builders.claim_size(existing)
+        new_size, _ = builders.claim_size(obj)
+        if old_size and new_size and _quantity(old_size) != _quantity(new_size):
+            replicas = int(existing["spec"].get("replicas") or 0)
+            failed = []
+            for ordinal in range(replicas):
+                claim = names.pvc(meta["name"], ordinal)
+                try:
+                    kube.merge_patch(
+                        "PersistentVolumeClaim",
+                        meta["namespace"],
+                        claim,
+                        {"spec": {"resources": {"requests": {"storage": new_size}}}},
+                    )
+                except (kopf.TemporaryError, kopf.PermanentError) as exc:
+                    # 404: not created yet (it will be, at the new size). 403/422: the
+                    # StorageClass cannot expand, or the claim is not bound yet. The new
+                    # template still applies to every claim created from now on.
+                    logger.warning("volume claim %s not resized: %s", claim, exc)
+                    failed.append(f"{claim} ({exc})")
+            if failed and owner_body is not None:
+                kube.post_event(
+                    owner_body,
+                    "Warning",
+                    "VolumeResizeFailed",
+                    f"could not grow {len(failed)} volume claim(s) to {new_size}: " + "; ".join(failed)[:800],
+                )
+            kube.delete("StatefulSet", meta["namespace"], meta["name"], propagation="Orphan")
+            raise kopf.TemporaryError(
+                f"StatefulSet {meta['name']}: volumes resized {old_size} -> {new_size}; "
+                "re-creating the StatefulSet with the new claim template",
+                delay=2,
+            )
+    return kube.apply(obj)
+
+
+def _ensure_secrets(body: Obj, owner: Owner, spec: Obj, logger: Any) -> None:
+    for secret_name, component in builders.generated_secret_names(owner, spec):
+        db = ""
+        if component == names.COMPONENT_API_TOKEN:
+            obj = builders.api_token_secret(owner, secrets.token_urlsafe(32))
+        else:
+            db = secret_name.removesuffix("-credentials")
+            obj = builders.credentials_secret(owner, db, component, secrets.token_urlsafe(24))
+        # Create only: an existing Secret (409) keeps its generated value forever.
+        if kube.create(obj) is None:
+            continue
+        logger.info("created Secret %s", secret_name)
+        if db and kube.get("StatefulSet", owner.namespace, db) is not None:
+            # The database was initialised with the lost password; a new one cannot match.
+            kube.post_event(
+                body,
+                "Warning",
+                "CredentialsRegenerated",
+                f"Secret {secret_name} was missing and has been generated again, but the "
+                f"database {db} keeps the password it was initialised with: restore the "
+                f"Secret from a backup, or set the new password in the database",
+            )
+
+
+def _user_config(body: Obj, owner: Owner, spec: Obj) -> Obj:
+    found = kube.get("ConfigMap", owner.namespace, names.config(owner.name))
+    if found is not None:
+        return found
+    seed = builders.user_config_map(owner, spec)
+    created = kube.create(seed)
+    if created is None:  # created concurrently
+        return kube.get("ConfigMap", owner.namespace, names.config(owner.name)) or seed
+    kube.post_event(body, "Normal", "ConfigMapCreated", f"created ConfigMap {names.config(owner.name)}")
+    return created
+
+
+def _prune_snapshots(owner: Owner, in_use: str | None) -> None:
+    selector = builders.selector_labels(owner, names.COMPONENT_CONFIG_SNAPSHOT)
+    items = kube.list_objects("ConfigMap", owner.namespace, selector)
+    items.sort(key=lambda o: o["metadata"].get("creationTimestamp", ""), reverse=True)
+    kept = 0
+    for item in items:
+        name = item["metadata"]["name"]
+        if name == in_use:
+            continue
+        if kept < KEEP_CONFIG_SNAPSHOTS:
+            kept += 1
+            continue
+        kube.delete("ConfigMap", owner.namespace, name)
+
+
+def _ready_replicas(sts: Obj | None) -> int:
+    return int(((sts or {}).get("status") or {}).get("readyReplicas") or 0)
+
+
+def readiness(spec: Obj, store: Obj | None, databases: Mapping[str, Obj | None]) -> tuple[bool, str]:
+    """(ready, message): all store pods ready and every in-cluster database ready."""
+    want = int(spec["replicas"])
+    ready = _ready_replicas(store)
+    parts = [f"{ready}/{want} store pods ready"]
+    ok = store is not None and ready >= want
+    for label, sts in databases.items():
+        db_ready = _ready_replicas(sts)
+        parts.append(f"{label} {db_ready}/1 ready")
+        ok = ok and db_ready >= 1
+    return ok, "; ".join(parts)
+
+
+def _database_statefulsets(owner: Owner, spec: Obj) -> dict[str, Obj | None]:
+    out: dict[str, Obj | None] = {}
+    if spec["postgres"]["mode"] == "InCluster":
+        out["postgres"] = kube.get("StatefulSet", owner.namespace, names.postgres(owner.name))
+    if spec["mongodb"]["mode"] == "InCluster":
+        out["mongodb"] = kube.get("StatefulSet", owner.namespace, names.mongodb(owner.name))
+    return out
+
+
+def _reconcile(body: Obj, logger: Any) -> None:
+    owner = Owner.from_body(body)
+    spec = builders.normalize_spec(body.get("spec"))
+    generation = int(body["metadata"].get("generation") or 0)
+    status: Obj = body.get("status") or {}
+    previous: list[Obj] = status.get("conditions") or []
+
+    _ensure_secrets(body, owner, spec, logger)
+
+    # The tuning surface: validate the user's ConfigMap as the pods will load it.
+    user_cm = _user_config(body, owner, spec)
+    data = user_cm.get("data") or {}
+    applied_hash: str | None = status.get("configHash")
+    applied_cm: str | None = status.get("configMapName")
+    try:
+        validate_config_data(data)
+        error: SettingsError | None = None
+    except SettingsError as exc:
+        error = exc
+    if error is None:
+        digest = config_hash(data)
+        kube.create(builders.config_snapshot(owner, data, digest))  # 409: already there
+        if applied_hash and applied_hash != digest:
+            kube.post_event(
+                body,
+                "Normal",
+                "ConfigApplied",
+                f"{names.config(owner.name)} changed (hash {digest}); rolling the store pods",
+            )
+        applied_hash, applied_cm = digest, names.config_snapshot(owner.name, digest)
+        config_cond = condition(
+            previous,
+            names.CONDITION_CONFIG_VALID,
+            True,
+            "Valid",
+            f"{names.config(owner.name)} is valid (hash {digest})",
+            generation,
+        )
+    else:
+        keeping = (
+            f"the store pods keep the last valid settings (hash {applied_hash})"
+            if applied_hash
+            else "no valid settings yet: the store StatefulSet is not created"
+        )
+        message = f"{names.config(owner.name)}: {error}; {keeping}"
+        config_cond = condition(
+            previous, names.CONDITION_CONFIG_VALID, False, "InvalidConfig", message, generation
+        )
+        old = next((c for c in previous if c.get("type") == names.CONDITION_CONFIG_VALID), None)
+        if not old or old.get("status") != "False" or old.get("message") != message:
+            kube.post_event(body, "Warning", "InvalidConfig", message)
+            logger.warning("invalid ConfigMap: %s", message)
+
+    # Databases first (the store pods need them), then the store itself.
+    db_sts: dict[str, Obj | None] = {}
+    for obj in builders.in_cluster_databases(owner, spec):
+        if obj["kind"] == "StatefulSet":
+            db_sts[obj["metadata"]["labels"][names.LABEL_COMPONENT]] = _apply_statefulset(obj, logger, body)
+        else:
+            kube.apply(obj)
+
+    store: Obj | None = None
+    if applied_hash and applied_cm:
+        for obj in builders.store_objects(owner, spec, applied_hash, applied_cm):
+            if obj["kind"] == "StatefulSet":
+                store = _apply_statefulset(obj, logger, body)
+            else:
+                kube.apply(obj)
+        _prune_snapshots(owner, applied_cm)
+        reconciled = condition(
+            previous,
+            names.CONDITION_RECONCILED,
+            True,
+            "Applied",
+            "all child objects are up to date",
+            generation,
+        )
+    else:
+        reconciled = condition(
+            previous,
+            names.CONDITION_RECONCILED,
+            False,
+            "WaitingForValidConfig",
+            f"fix {names.config(owner.name)}: the store needs one valid configuration",
+            generation,
+        )
+
+    ok, ready_message = readiness(spec, store, db_sts)
+    ready = condition(
+        previous,
+        names.CONDITION_READY,
+        ok,
+        "AllReplicasReady" if ok else "Waiting",
+        ready_message,
+        generation,
+    )
+    new_status: Obj = {
+        "observedGeneration": generation,
+        "replicas": int(spec["replicas"]),
+        "readyReplicas": _ready_replicas(store),
+        "conditions": _merge_conditions(previous, [ready, config_cond, reconciled]),
+    }
+    if applied_hash:
+        new_status["configHash"] = applied_hash
+    if applied_cm:
+        new_status["configMapName"] = applied_cm
+    _patch_status(body, new_status)
+
+
+def reconcile(namespace: str, name: str, logger: Any = log) -> None:
+    """Bring every child of EventStore namespace/name to its desired state."""
+    with _lock(namespace, name):
+        body = kube.get(names.KIND, namespace, name)
+        if body is None or body["metadata"].get("deletionTimestamp"):
+            return  # gone or going: the garbage collector removes the children
+        try:
+            _reconcile(body, logger)
+        except (kopf.TemporaryError, kopf.PermanentError) as exc:
+            _report_failure(body, exc)
+            raise
+
+
+def _report_failure(body: Obj, exc: Exception) -> None:
+    status: Obj = body.get("status") or {}
+    previous: list[Obj] = status.get("conditions") or []
+    generation = int(body["metadata"].get("generation") or 0)
+    failed = condition(previous, names.CONDITION_RECONCILED, False, "ReconcileFailed", str(exc), generation)
+    try:
+        _patch_status(body, {"conditions": _merge_conditions(previous, [failed])})
+    except (kopf.TemporaryError, kopf.PermanentError) as patch_exc:
+        log.warning("could not report the failure on the status: %s", patch_exc)
+
+
+def refresh_status(namespace: str, name: str) -> None:
+    """Update only readyReplicas and the Ready condition (on StatefulSet status changes)."""
+    with _lock(namespace, name):
+        body = kube.get(names.KIND, namespace, name)
+        if body is None or body["metadata"].get("deletionTimestamp"):
+            return
+        owner = Owner.from_body(body)
+        spec = builders.normalize_spec(body.get("spec"))
+        status: Obj = body.get("status") or {}
+        previous: list[Obj] = status.get("conditions") or []
+        store = kube.get("StatefulSet", namespace, names.store(name))
+        ok, message = readiness(spec, store, _database_statefulsets(owner, spec))
+        generation = int(body["metadata"].get("generation") or 0)
+        ready = condition(
+            previous,
+            names.CONDITION_READY,
+            ok,
+            "AllReplicasReady" if ok else "Waiting",
+            message,
+            generation,
+        )
+        old = next((c for c in previous if c.get("type") == names.CONDITION_READY), None)
+        if (
+            old
+            and {k: old.get(k) for k in ready} == ready
+            and status.get("readyReplicas") == _ready_replicas(store)
+        ):
+            return
+        _patch_status(
+            body,
+            {
+                "readyReplicas": _ready_replicas(store),
+                "conditions": _merge_conditions(previous, [ready]),
+            },
+        )
+
+
+# --- kopf wiring ----------------------------------------------------------------------
+
+
+@kopf.on.startup(registry=registry)
+def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+    """Keep kopf's bookkeeping in annotations under our prefix, not in .status."""
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=names.GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=names.GROUP, key="last-handled-configuration"
+    )
+    settings.persistence.finalizer = f"{names.GROUP}/operator"
+    # No CRD/namespace observation: needs no cluster-wide read access (least privilege).
+    # The EventStore CRD must exist when the operator starts.
+    settings.scanning.disabled = True
+    settings.posting.level = logging.WARNING  # handler failures become Warning Events
+
+
+@kopf.on.login(registry=registry)
+def login(settings: kopf.OperatorSettings, **kwargs: Any) -> kopf.ConnectionInfo | None:
+    """In a pod: the ServiceAccount token; elsewhere: $KUBECONFIG / ~/.kube/config.
+
+    An explicit registry gets none of kopf's default login handlers, so name them here
+    (kopf's own, independent of the kubernetes client's version).
+    """
+    info: kopf.ConnectionInfo | None = kopf.login_with_service_account(
+        settings=settings, **kwargs
+    ) or kopf.login_with_kubeconfig(settings=settings, **kwargs)
+    return info
+
+
+@kopf.on.resume(*_EVENTSTORES, registry=registry)
+@kopf.on.create(*_EVENTSTORES, registry=registry)
+@kopf.on.update(*_EVENTSTORES, registry=registry)
+def reconcile_handler(name: str, namespace: str | None, logger: Any, **_: Any) -> None:
+    reconcile(namespace or "", name, logger)
+
+
+class Resync:
+    """Periodic drift repair: every interval, reconcile every watched EventStore.
+
+    Catches what no watch reports: edited fields of children, deleted Secrets (not
+    watched: the operator may not read Secrets), events missed while disconnected.
+    Not a kopf timer on purpose: kopf puts a finalizer on every object with a timer,
+    and a finalizer would block deleting an EventStore whenever the operator is down
+    (for example after `helm uninstall` removed it first).
+    """
+
+    def __init__(self, namespaces: list[str] | None, interval: float) -> None:
+        self.namespaces = namespaces  # None: every namespace
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="eventstore-resync", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=30)
+
+    def run_once(self) -> None:
+        scopes: list[str | None] = list(self.namespaces) if self.namespaces else [None]
+        for scope in scopes:
+            try:
+                items = kube.list_objects(names.KIND, scope)
+            except (kopf.TemporaryError, kopf.PermanentError) as exc:
+                log.warning("resync: cannot list EventStores: %s", exc)
+                continue
+            for item in items:
+                if self._stop.is_set():
+                    return
+                meta = item["metadata"]
+                try:
+                    reconcile(meta["namespace"], meta["name"])
+                except (kopf.TemporaryError, kopf.PermanentError) as exc:
+                    log.warning("resync of %s/%s: %s", meta["namespace"], meta["name"], exc)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.run_once()
+
+
+#: Namespaces the operator watches (set by __main__ before kopf starts; None: all).
+WATCH_NAMESPACES: list[str] | None = None
+_resync: Resync | None = None
+
+
+@kopf.on.startup(registry=registry)
+def start_resync(**_: Any) -> None:
+    global _resync
+    _resync = Resync(WATCH_NAMESPACES, RESYNC_SECONDS)
+    _resync.start()
+
+
+@kopf.on.cleanup(registry=registry)
+def stop_resync(**_: Any) -> None:
+    if _resync is not None:
+        _resync.stop()
+
+
+@kopf.on.delete(*_EVENTSTORES, optional=True, registry=registry)
+def deleted(name: str, namespace: str | None, logger: Any, **_: Any) -> None:
+    """Nothing to clean up: owner references let the garbage collector do it.
+
+    Optional, so no finalizer is added and deletion never waits for the operator. The
+    store's PersistentVolumeClaims stay (the StatefulSet's default Retain policy), so
+    the data survives an accidental delete; remove them with
+    `kubectl delete pvc -l app.kubernetes.io/instance=<name>`.
+    """
+    logger.info("EventStore %s/%s deleted; children are garbage-collected", namespace, name)
+
+
+def _owner_of(labels: Mapping[str, str], body: Mapping[str, Any]) -> str | None:
+    refs = body.get("metadata", {}).get("ownerReferences") or []
+    for ref in refs:
+        if ref.get("kind") == names.KIND and ref.get("apiVersion", "").startswith(names.GROUP):
+            return str(ref["name"])
+    return labels.get(names.LABEL_INSTANCE)
+
+
+@kopf.on.event(
+    "v1",
+    "configmaps",
+    labels={**_OWNED, names.LABEL_COMPONENT: names.COMPONENT_CONFIG},
+    registry=registry,
+)
+def config_map_event(
+    namespace: str | None, labels: Mapping[str, str], body: kopf.Body, logger: Any, **_: Any
+) -> None:
+    """An edit (or deletion) of the user's ConfigMap: validate and roll, or report."""
+    owner = _owner_of(labels, body)
+    if owner and namespace:
+        reconcile(namespace, owner, logger)
+
+
+def _on_child_deleted(
+    event: kopf.RawEvent,
+    namespace: str | None,
+    labels: Mapping[str, str],
+    body: kopf.Body,
+    logger: Any,
+) -> None:
+    if event.get("type") != "DELETED":
+        return
+    owner = _owner_of(labels, body)
+    if owner and namespace:
+        logger.info("owned %s deleted; repairing", body.get("kind", "object"))
+        reconcile(namespace, owner, logger)
+
+
+def _deleted(type: str | None, **_: Any) -> bool:
+    """Only deletions of these children need a reaction (edits: the resync)."""
+    return type == "DELETED"
+
+
+@kopf.on.event("v1", "services", labels=_OWNED, when=_deleted, registry=registry)
+@kopf.on.event("policy", "v1", "poddisruptionbudgets", labels=_OWNED, when=_deleted, registry=registry)
+@kopf.on.event("networking.k8s.io", "v1", "networkpolicies", labels=_OWNED, when=_deleted, registry=registry)
+@kopf.on.event(
+    "v1",
+    "configmaps",
+    labels={**_OWNED, names.LABEL_COMPONENT: names.COMPONENT_CONFIG_SNAPSHOT},
+    when=_deleted,
+    registry=registry,
+)
+def child_event(
+    event: kopf.RawEvent,
+    namespace: str | None,
+    labels: Mapping[str, str],
+    body: kopf.Body,
+    logger: Any,
+    **_: Any,
+) -> None:
+    """A deleted child comes back at once (edits are repaired by the timer)."""
+    _on_child_deleted(event, namespace, labels, body, logger)
+
+
+@kopf.on.event("apps", "v1", "statefulsets", labels=_OWNED, registry=registry)
+def statefulset_event(
+    event: kopf.RawEvent,
+    namespace: str | None,
+    labels: Mapping[str, str],
+    body: kopf.Body,
+    logger: Any,
+    **_: Any,
+) -> None:
+    """Deleted: re-create. Otherwise: its readiness feeds the EventStore's status."""
+    if event.get("type") == "DELETED":
+        _on_child_deleted(event, namespace, labels, body, logger)
+        return
+    owner = _owner_of(labels, body)
+    if owner and namespace:
+        refresh_status(namespace, owner)

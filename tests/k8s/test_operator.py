@@ -1,0 +1,608 @@
+"""The operator end to end against a real kube-apiserver, etcd and controller manager.
+
+The operator runs as a subprocess with its ServiceAccount's token (manifests/rbac.yaml
+is all it has). No kubelet or scheduler runs here, so pods stay Pending: the tests
+assert on the objects, the status and the Events.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from eventstore.settings import (
+    EVENT_STORE_FILE,
+    Settings,
+    config_hash,
+    load_settings,
+    render_defaults,
+)
+from eventstore_operator import names
+from tests.k8s.test_operator_support import (
+    MANIFESTS,
+    SERVICE_ACCOUNT,
+    Kubectl,
+    OperatorProcess,
+    condition,
+    install_crd,
+    manifest,
+    service_account_kubeconfig,
+    wait_for,
+)
+from tests.unit.operator.kubelet import kubelet_layout
+
+pytestmark = pytest.mark.k8s
+
+EXAMPLE = MANIFESTS / "examples" / "eventstore.yaml"
+NAME = "demo"
+CHILDREN = {
+    ("StatefulSet", "demo"),
+    ("StatefulSet", "demo-postgres"),
+    ("StatefulSet", "demo-mongodb"),
+    ("Service", "demo"),
+    ("Service", "demo-headless"),
+    ("Service", "demo-postgres"),
+    ("Service", "demo-mongodb"),
+    ("PodDisruptionBudget", "demo"),
+    ("ConfigMap", "demo-config"),
+    ("Secret", "demo-api-token"),
+    ("Secret", "demo-postgres-credentials"),
+    ("Secret", "demo-mongodb-credentials"),
+    ("NetworkPolicy", "demo-postgres"),
+    ("NetworkPolicy", "demo-mongodb"),
+}
+CHILD_KINDS = "statefulsets,services,poddisruptionbudgets,configmaps,secrets,networkpolicies"
+
+
+@pytest.fixture(scope="module")
+def kubectl(control_plane: Any) -> Kubectl:
+    k = Kubectl(control_plane.kubectl, control_plane.kubeconfig)
+    install_crd(k)
+    return k
+
+
+@pytest.fixture
+def operator(kubectl: Kubectl, namespace: str, tmp_path: Path) -> Iterator[OperatorProcess]:
+    kubectl.apply(manifest("rbac.yaml", namespace))
+    kubeconfig = service_account_kubeconfig(kubectl, namespace, tmp_path)
+    op = OperatorProcess(kubeconfig, namespace, tmp_path)
+    op.start()
+    try:
+        yield op
+    finally:
+        op.stop()
+    op.assert_clean_logs()
+
+
+def owned_children(kubectl: Kubectl, namespace: str) -> dict[tuple[str, str], dict[str, Any]]:
+    items = kubectl.list(CHILD_KINDS, namespace, f"{names.LABEL_INSTANCE}={NAME}")
+    return {(o["kind"], o["metadata"]["name"]): o for o in items}
+
+
+def eventstore(kubectl: Kubectl, namespace: str) -> dict[str, Any] | None:
+    return kubectl.get("eventstore", NAME, namespace)
+
+
+def converged(kubectl: Kubectl, namespace: str) -> dict[str, Any] | None:
+    """The EventStore once every child exists and the status says so, else None."""
+    body = eventstore(kubectl, namespace)
+    reconciled = condition(body, names.CONDITION_RECONCILED)
+    if not body or not reconciled or reconciled["status"] != "True":
+        return None
+    if not set(owned_children(kubectl, namespace)) >= CHILDREN:
+        return None
+    return body
+
+
+def wait_converged(
+    kubectl: Kubectl, namespace: str, op: OperatorProcess, timeout: float = 30
+) -> dict[str, Any]:
+    try:
+        return wait_for(lambda: converged(kubectl, namespace), timeout, "the EventStore to converge")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n--- operator log ---\n{op.logs()}") from None
+
+
+def template_hash(kubectl: Kubectl, namespace: str) -> str:
+    sts = kubectl.get("statefulset", NAME, namespace)
+    assert sts is not None
+    value: str = sts["spec"]["template"]["metadata"]["annotations"][names.ANNOTATION_CONFIG_HASH]
+    return value
+
+
+def patch_config(kubectl: Kubectl, namespace: str, text: str) -> None:
+    patch = json.dumps({"data": {EVENT_STORE_FILE: text}})
+    kubectl.run("patch", "configmap", f"{NAME}-config", "-n", namespace, "--type=merge", "-p", patch)
+
+
+def events(kubectl: Kubectl, namespace: str, reason: str) -> list[dict[str, Any]]:
+    proc = kubectl.run(
+        "get",
+        "events",
+        "-n",
+        namespace,
+        "--field-selector",
+        f"involvedObject.kind=EventStore,involvedObject.name={NAME},reason={reason}",
+        "-o",
+        "json",
+    )
+    items: list[dict[str, Any]] = json.loads(proc.stdout)["items"]
+    return items
+
+
+def test_example_converges_with_every_child(
+    kubectl: Kubectl, namespace: str, operator: OperatorProcess
+) -> None:
+    # Enforce the restricted Pod Security Standard: every pod the StatefulSets make must pass.
+    kubectl.run("label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted")
+    started = time.monotonic()
+    kubectl.run("apply", "-n", namespace, "-f", str(EXAMPLE))
+    body = wait_converged(kubectl, namespace, operator, timeout=30)
+    assert time.monotonic() - started < 30
+    uid = body["metadata"]["uid"]
+    children = owned_children(kubectl, namespace)
+    for key in CHILDREN:
+        refs = children[key]["metadata"]["ownerReferences"]
+        assert [(r["kind"], r["uid"], r["controller"]) for r in refs] == [("EventStore", uid, True)]
+
+    sts = children[("StatefulSet", "demo")]
+    assert sts["spec"]["replicas"] == 3
+    claim = sts["spec"]["volumeClaimTemplates"][0]
+    assert claim["spec"]["resources"]["requests"]["storage"] == "100Gi"
+    pod = sts["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    assert c["command"] + c["args"] == ["eventstore", "serve"]
+    assert {m["mountPath"] for m in c["volumeMounts"]} >= {
+        "/data",
+        "/etc/eventstore",
+        "/var/run/secrets/eventstore",
+    }
+    env = {e["name"]: e for e in c["env"]}
+    assert env["EVENT_DB_HOST"]["value"] == "demo-postgres"
+    assert env["SNAPSHOT_DB_HOST"]["value"] == "demo-mongodb"
+    assert env["EVENT_DB_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == ("demo-postgres-credentials")
+    assert c["securityContext"]["capabilities"]["drop"] == ["ALL"]
+    assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
+
+    user_data = children[("ConfigMap", "demo-config")]["data"]
+    assert user_data == render_defaults()
+    digest = config_hash(user_data)
+    assert sts["spec"]["template"]["metadata"]["annotations"][names.ANNOTATION_CONFIG_HASH] == digest
+    snapshot = kubectl.get("configmap", f"demo-config-{digest}", namespace)
+    assert snapshot is not None and snapshot["immutable"] is True
+
+    # Credentials are in Secrets (and not readable by the operator itself).
+    secret = children[("Secret", "demo-postgres-credentials")]
+    assert set(secret["data"]) == {"username", "password"}
+    assert "password" not in json.dumps(user_data).lower()
+
+    assert not body["metadata"].get("finalizers"), "deletion must not wait for the operator"
+    status = body["status"]
+    assert status["configHash"] == digest
+    assert status["observedGeneration"] == body["metadata"]["generation"]
+    for kind in (names.CONDITION_READY, names.CONDITION_CONFIG_VALID, names.CONDITION_RECONCILED):
+        cond = condition(body, kind)
+        assert cond is not None, kind
+        assert cond["observedGeneration"] == body["metadata"]["generation"]
+    ready = condition(body, names.CONDITION_READY)
+    assert ready and ready["status"] == "False" and ready["message"].startswith("0/3 store pods")
+
+    table = kubectl.run("get", "eventstores", "-n", namespace).stdout
+    header = table.splitlines()[0].split()
+    assert header == ["NAME", "READY", "REPLICAS", "READY-REPLICAS", "CONFIG-VALID", "CONFIG-HASH", "AGE"]
+    assert digest in table
+
+    # The controller manager's StatefulSet controller acts on what the operator wrote.
+    # (Admitted under the restricted profile: a refused pod would never appear.)
+    def pods() -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for pod in kubectl.list("pods", namespace, f"{names.LABEL_INSTANCE}={NAME}"):
+            component = pod["metadata"]["labels"][names.LABEL_COMPONENT]
+            counts[component] = counts.get(component, 0) + 1
+        return counts
+
+    wait_for(
+        lambda: pods() == {"store": 3, "postgres": 1, "mongodb": 1},
+        30,
+        "the StatefulSet controller to create 3 store pods and one pod per database",
+    )
+    claims = kubectl.list("pvc", namespace, "app.kubernetes.io/component=store")
+    assert {c["spec"]["resources"]["requests"]["storage"] for c in claims} == {"100Gi"}
+
+
+def test_spec_change_rolls_through(kubectl: Kubectl, namespace: str, operator: OperatorProcess) -> None:
+    kubectl.run("apply", "-n", namespace, "-f", str(EXAMPLE))
+    wait_converged(kubectl, namespace, operator)
+    patch = json.dumps({"spec": {"replicas": 5, "image": "registry.local/eventstore:9"}})
+    kubectl.run("patch", "eventstore", NAME, "-n", namespace, "--type=merge", "-p", patch)
+
+    def rolled() -> bool:
+        sts = kubectl.get("statefulset", NAME, namespace) or {}
+        body = eventstore(kubectl, namespace) or {}
+        cond = condition(body, names.CONDITION_RECONCILED) or {}
+        return bool(
+            sts.get("spec", {}).get("replicas") == 5
+            and sts["spec"]["template"]["spec"]["containers"][0]["image"] == "registry.local/eventstore:9"
+            and cond.get("observedGeneration") == body["metadata"]["generation"]
+        )
+
+    wait_for(rolled, 30, "the spec change to reach the StatefulSet and the status")
+
+
+def test_growing_storage_recreates_the_statefulset_and_keeps_the_pods(
+    kubectl: Kubectl, namespace: str, operator: OperatorProcess
+) -> None:
+    kubectl.run("apply", "-n", namespace, "-f", str(EXAMPLE))
+    wait_converged(kubectl, namespace, operator)
+    wait_for(
+        lambda: len(kubectl.list("pods", namespace, "app.kubernetes.io/component=store")) == 3,
+        30,
+        "the store pods",
+    )
+    old = kubectl.get("statefulset", NAME, namespace)
+    assert old is not None
+    patch = json.dumps({"spec": {"storage": {"size": "200Gi"}}})
+    kubectl.run("patch", "eventstore", NAME, "-n", namespace, "--type=merge", "-p", patch)
+
+    def regrown() -> dict[str, Any] | None:
+        sts = kubectl.get("statefulset", NAME, namespace)
+        if not sts or sts["metadata"]["uid"] == old["metadata"]["uid"]:
+            return None
+        size = sts["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"]
+        return sts if size == "200Gi" else None
+
+    new = wait_for(regrown, 30, "a StatefulSet with 200Gi claims")
+    # The pods were orphaned, not deleted, and the new StatefulSet adopted them.
+    pods = wait_for(
+        lambda: (
+            [
+                p
+                for p in kubectl.list("pods", namespace, "app.kubernetes.io/component=store")
+                if [r["uid"] for r in p["metadata"].get("ownerReferences", [])] == [new["metadata"]["uid"]]
+            ]
+            or None
+        ),
+        30,
+        "the new StatefulSet to adopt the running pods",
+    )
+    assert len(pods) == 3
+    # Unbound claims (no storage provisioner here) cannot be resized: said in an Event.
+    warnings = wait_for(lambda: events(kubectl, namespace, "VolumeResizeFailed"), 10, "an Event")
+    assert "to 200Gi" in warnings[0]["message"]
+    wait_converged(kubectl, namespace, operator)
+
+
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        ({"replicas": -1}, "should be greater than or equal to 1"),
+        ({"replicas": 2}, "replicas must be 1"),
+        ({"storage": {"size": "abc"}}, "spec.storage.size"),
+        ({"bogus": 1}, 'unknown field "spec.bogus"'),
+        ({"settings": {"snapshotFrequency": 0}}, "spec.settings.snapshotFrequency"),
+        ({"settings": {"snapshotFrequncy": 5}}, 'unknown field "spec.settings.snapshotFrequncy"'),
+        ({"postgres": {"mode": "External"}}, "mode External needs host and credentialsSecret"),
+        ({"mongodb": {"mode": "Elsewhere"}}, "supported values"),
+    ],
+    ids=[
+        "replicas-negative",
+        "replicas-two",
+        "storage-abc",
+        "unknown-field",
+        "snapshot-zero",
+        "settings-typo",
+        "external-without-host",
+        "bad-mode",
+    ],
+)
+def test_bad_specs_are_refused_by_the_api_server(
+    kubectl: Kubectl, namespace: str, spec: dict[str, Any], expected: str
+) -> None:
+    doc = {"apiVersion": names.API_VERSION, "kind": names.KIND, "metadata": {"name": "bad"}, "spec": spec}
+    proc = kubectl.run("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(doc), check=False)
+    assert proc.returncode != 0, f"accepted: {spec}"
+    assert expected in proc.stderr, proc.stderr
+    assert kubectl.get("eventstore", "bad", namespace) is None
+
+
+def test_storage_only_grows_and_class_is_immutable(kubectl: Kubectl, namespace: str) -> None:
+    def doc(size: str, storage_class: str | None = "standard") -> str:
+        storage: dict[str, Any] = {"size": size}
+        if storage_class:
+            storage["storageClassName"] = storage_class
+        return yaml.safe_dump(
+            {
+                "apiVersion": names.API_VERSION,
+                "kind": names.KIND,
+                "metadata": {"name": "grow"},
+                "spec": {"storage": storage},
+            }
+        )
+
+    kubectl.apply(doc("100Gi"), namespace)
+    shrink = kubectl.run("apply", "-n", namespace, "-f", "-", input=doc("50Gi"), check=False)
+    assert shrink.returncode != 0
+    assert "storage.size can only grow" in shrink.stderr
+    # quantity() compares values, not strings: 1Ti > 100Gi although "1Ti" < "100Gi".
+    kubectl.apply(doc("1Ti"), namespace)
+    back = kubectl.run("apply", "-n", namespace, "-f", "-", input=doc("1000Gi"), check=False)
+    assert back.returncode != 0 and "can only grow" in back.stderr
+    moved = kubectl.run("apply", "-n", namespace, "-f", "-", input=doc("1Ti", "fast"), check=False)
+    assert moved.returncode != 0 and "storageClassName is immutable" in moved.stderr
+    body = kubectl.get("eventstore", "grow", namespace)
+    assert body and body["spec"]["storage"] == {"size": "1Ti", "storageClassName": "standard"}
+
+
+def test_config_edits_roll_or_are_reported(
+    kubectl: Kubectl, namespace: str, operator: OperatorProcess, tmp_path: Path
+) -> None:
+    kubectl.run("apply", "-n", namespace, "-f", str(EXAMPLE))
+    wait_converged(kubectl, namespace, operator)
+    first = template_hash(kubectl, namespace)
+
+    # A valid edit: the pod template's hash changes, so the StatefulSet rolls.
+    patch_config(kubectl, namespace, "snapshot_frequency: 50\n")
+    cm = kubectl.get("configmap", f"{NAME}-config", namespace)
+    assert cm is not None
+    expected = config_hash(cm["data"])
+    assert expected != first
+    wait_for(
+        lambda: template_hash(kubectl, namespace) == expected,
+        20,
+        "the pod template hash to follow the valid edit",
+    )
+    sts = kubectl.get("statefulset", NAME, namespace)
+    assert sts is not None
+    settings = settings_from_pod_template(kubectl, namespace, sts, tmp_path / "valid")
+    assert settings.store.snapshot_frequency == 50
+    wait_for(lambda: events(kubectl, namespace, "ConfigApplied"), 10, "a ConfigApplied Event")
+
+    # An invalid edit: nothing the pods see changes; the status and an Event say why.
+    patch_config(kubectl, namespace, "snapshot_frequency: 0\n")
+
+    def invalid() -> dict[str, Any] | None:
+        cond = condition(eventstore(kubectl, namespace), names.CONDITION_CONFIG_VALID)
+        return cond if cond and cond["status"] == "False" else None
+
+    cond = wait_for(invalid, 20, "ConfigValid=False")
+    assert cond["reason"] == "InvalidConfig"
+    assert "event-store.yaml: snapshot_frequency: " in cond["message"]
+    assert "greater than or equal to 1" in cond["message"]
+    warnings = wait_for(lambda: events(kubectl, namespace, "InvalidConfig"), 10, "a Warning Event")
+    assert warnings[0]["type"] == "Warning"
+    assert "event-store.yaml: snapshot_frequency" in warnings[0]["message"]
+    time.sleep(7)  # two resync periods: the timer must not roll the pods either
+    assert template_hash(kubectl, namespace) == expected
+    body = eventstore(kubectl, namespace)
+    assert body and body["status"]["configHash"] == expected
+    assert len(events(kubectl, namespace, "InvalidConfig")) == 1  # reported once, not per pass
+
+    # An unknown key is named too; fixing the file clears the condition.
+    patch_config(kubectl, namespace, "snapshot_frequncy: 50\n")
+    wait_for(
+        lambda: (
+            "snapshot_frequncy: unknown key"
+            in (condition(eventstore(kubectl, namespace), names.CONDITION_CONFIG_VALID) or {}).get(
+                "message", ""
+            )
+        ),
+        20,
+        "the unknown key to be reported",
+    )
+    patch_config(kubectl, namespace, "snapshot_frequency: 50\n")
+    wait_for(
+        lambda: (
+            (condition(eventstore(kubectl, namespace), names.CONDITION_CONFIG_VALID) or {}).get("status")
+            == "True"
+        ),
+        20,
+        "ConfigValid=True again",
+    )
+    assert template_hash(kubectl, namespace) == expected
+
+
+def settings_from_pod_template(kubectl: Kubectl, namespace: str, sts: dict[str, Any], root: Path) -> Settings:
+    """Issue 5 item 6: the settings a store pod would load from this exact template.
+
+    The ConfigMap volumes are laid out under `root` as the kubelet would and the
+    container's EVENTSTORE_CONFIG_DIR (rebased under `root`) is loaded with the store's
+    own loader.
+    """
+    pod = sts["spec"]["template"]["spec"]
+    config_maps = {}
+    for volume in pod["volumes"]:
+        if "configMap" in volume:
+            name = volume["configMap"]["name"]
+            found = kubectl.get("configmap", name, namespace)
+            assert found is not None, f"the pod template mounts a missing ConfigMap {name}"
+            config_maps[name] = found
+    kubelet_layout(root, sts, config_maps)
+    env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+    config_dir = root / str(env["EVENTSTORE_CONFIG_DIR"]).lstrip("/")
+    # The store's own CLI check, then the loader `eventstore serve` calls.
+    eventstore_cli = Path(sys.executable).parent / "eventstore"
+    check = subprocess.run(
+        [str(eventstore_cli), "check-config", str(config_dir)], capture_output=True, text=True
+    )
+    assert check.returncode == 0 and "valid" in check.stdout, check.stderr
+    return load_settings(config_dir)
+
+
+def test_deleted_and_edited_children_are_repaired(
+    kubectl: Kubectl, namespace: str, operator: OperatorProcess
+) -> None:
+    kubectl.run("apply", "-n", namespace, "-f", str(EXAMPLE))
+    wait_converged(kubectl, namespace, operator)
+    before = owned_children(kubectl, namespace)
+
+    for kind, name in (
+        ("service", "demo"),
+        ("configmap", "demo-config"),
+        ("networkpolicy", "demo-postgres"),
+        ("statefulset", "demo-mongodb"),
+    ):
+        old_uid = before[(kubectl_kind(kind), name)]["metadata"]["uid"]
+        kubectl.run("delete", kind, name, "-n", namespace, "--wait=true")
+
+        def back(kind: str = kind, name: str = name, old_uid: str = old_uid) -> bool:
+            obj = kubectl.get(kind, name, namespace)
+            return bool(obj and obj["metadata"]["uid"] != old_uid)
+
+        wait_for(back, 15, f"{kind}/{name} to be re-created")
+    cm = kubectl.get("configmap", "demo-config", namespace)
+    assert cm is not None and cm["data"] == render_defaults()
+
+    # An edited field the operator owns is put back (server-side apply, by the timer).
+    kubectl.run("scale", "statefulset", NAME, "-n", namespace, "--replicas=1")
+    wait_for(
+        lambda: (kubectl.get("statefulset", NAME, namespace) or {})["spec"]["replicas"] == 3,
+        20,
+        "the edited replicas to be repaired",
+    )
+
+
+def kubectl_kind(resource: str) -> str:
+    return {
+        "service": "Service",
+        "configmap": "ConfigMap",
+        "networkpolicy": "NetworkPolicy",
+        "statefulset": "StatefulSet",
+    }[resource]
+
+
+def test_deleting_the_eventstore_garbage_collects_children(
+    kubectl: Kubectl, namespace: str, operator: OperatorProcess
+) -> None:
+    kubectl.run("apply", "-n", namespace, "-f", str(EXAMPLE))
+    wait_converged(kubectl, namespace, operator)
+    kubectl.run("delete", "eventstore", NAME, "-n", namespace, "--wait=true", timeout=60)
+
+    def gone() -> bool:
+        left = owned_children(kubectl, namespace)
+        return not left
+
+    try:
+        wait_for(gone, 60, "the garbage collector to delete every child")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}: left {sorted(owned_children(kubectl, namespace))}") from None
+    operator.assert_running()
+
+
+def test_eventstore_deleted_while_the_operator_is_down_is_collected(
+    kubectl: Kubectl, namespace: str, operator: OperatorProcess
+) -> None:
+    kubectl.run("apply", "-n", namespace, "-f", str(EXAMPLE))
+    wait_converged(kubectl, namespace, operator)
+    operator.stop()
+    kubectl.run("delete", "eventstore", NAME, "-n", namespace, "--wait=true", timeout=30)
+    wait_for(lambda: not owned_children(kubectl, namespace), 60, "children to be collected")
+
+
+def test_operator_restarted_mid_reconcile_converges(
+    kubectl: Kubectl, namespace: str, operator: OperatorProcess
+) -> None:
+    kubectl.run("apply", "-n", namespace, "-f", str(EXAMPLE))
+    # Kill the operator as soon as it has started creating children.
+    wait_for(lambda: owned_children(kubectl, namespace), 30, "the first child", interval=0.05)
+    operator.kill()
+    partial = set(owned_children(kubectl, namespace))
+    # While it is down, break something more.
+    if ("Service", "demo") in partial:
+        kubectl.run("delete", "service", "demo", "-n", namespace)
+    operator.start()
+    body = wait_converged(kubectl, namespace, operator, timeout=30)
+    assert condition(body, names.CONDITION_CONFIG_VALID)
+    # Exactly one generated value per Secret: the restart did not regenerate them.
+    assert len(kubectl.list("secrets", namespace, f"{names.LABEL_INSTANCE}={NAME}")) == 3
+    operator.assert_running()
+
+
+def test_operator_service_account_permissions(kubectl: Kubectl, namespace: str) -> None:
+    kubectl.apply(manifest("rbac.yaml", namespace))
+    who = f"system:serviceaccount:{namespace}:{SERVICE_ACCOUNT}"
+    allowed: list[tuple[str, ...]] = [
+        ("watch", "eventstores.eventstore.io", namespace),
+        ("patch", "eventstores.eventstore.io", namespace),
+        ("patch", "eventstores.eventstore.io", namespace, "status"),
+        ("create", "statefulsets.apps", namespace),
+        ("patch", "statefulsets.apps", namespace),
+        ("watch", "configmaps", namespace),
+        ("create", "secrets", namespace),
+        ("patch", "services", namespace),
+        ("create", "poddisruptionbudgets.policy", namespace),
+        ("patch", "networkpolicies.networking.k8s.io", namespace),
+        ("patch", "persistentvolumeclaims", namespace),
+        ("create", "events", namespace),
+    ]
+    denied: list[tuple[str, str, str | None]] = [
+        ("get", "secrets", namespace),  # it creates Secrets, never reads them
+        ("list", "secrets", namespace),
+        ("create", "secrets", "default"),
+        ("get", "secrets", "kube-system"),
+        ("list", "nodes", None),
+        ("create", "pods", namespace),
+        ("delete", "eventstores.eventstore.io", namespace),
+        ("create", "statefulsets.apps", "default"),
+        ("list", "eventstores.eventstore.io", "default"),
+        ("list", "customresourcedefinitions.apiextensions.k8s.io", None),
+        ("create", "roles.rbac.authorization.k8s.io", namespace),
+        ("create", "clusterrolebindings.rbac.authorization.k8s.io", None),
+        ("delete", "persistentvolumeclaims", namespace),
+    ]
+    wrong: list[tuple[str | None, ...]] = []
+    for verb, resource, ns, *sub in allowed:
+        if not kubectl.can_i(verb, resource, ns, as_user=who, subresource=sub[0] if sub else None):
+            wrong.append((verb, resource, ns, *sub))
+    for verb, resource, other_ns in denied:
+        if kubectl.can_i(verb, resource, other_ns, as_user=who):
+            wrong.append(("ALLOWED", verb, resource, other_ns))
+    assert not wrong, f"unexpected RBAC answers: {wrong}"
+
+
+def test_two_eventstores_in_one_namespace_stay_apart(
+    kubectl: Kubectl, namespace: str, operator: OperatorProcess
+) -> None:
+    kubectl.run("apply", "-n", namespace, "-f", str(EXAMPLE))
+    second = {
+        "apiVersion": names.API_VERSION,
+        "kind": names.KIND,
+        "metadata": {"name": "ledger"},
+        "spec": {
+            "replicas": 1,
+            "mongodb": {
+                "mode": "External",
+                "host": "mongo.example.com",
+                "credentialsSecret": {"name": "ledger-mongo"},
+            },
+        },
+    }
+    kubectl.apply(yaml.safe_dump(second), namespace)
+    wait_converged(kubectl, namespace, operator)
+
+    def ledger() -> dict[str, Any] | None:
+        items = kubectl.list(CHILD_KINDS, namespace, f"{names.LABEL_INSTANCE}=ledger")
+        found = {(o["kind"], o["metadata"]["name"]) for o in items}
+        return {o["metadata"]["name"]: o for o in items} if ("StatefulSet", "ledger") in found else None
+
+    objs = wait_for(ledger, 30, "the second EventStore's children")
+    sts = kubectl.get("statefulset", "ledger", namespace)
+    assert sts is not None and sts["spec"]["replicas"] == 1
+    assert "ledger-mongodb" not in objs  # external MongoDB: no in-cluster one
+    env = {e["name"]: e for e in sts["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["SNAPSHOT_DB_HOST"]["value"] == "mongo.example.com"
+    assert env["EVENT_DB_HOST"]["value"] == "ledger-postgres"
+
+    kubectl.run("delete", "eventstore", NAME, "-n", namespace, "--wait=true", timeout=60)
+    wait_for(lambda: not owned_children(kubectl, namespace), 60, "demo's children to go")
+    time.sleep(2)
+    assert ledger() is not None, "deleting one EventStore touched the other's children"
+    body = kubectl.get("eventstore", "ledger", namespace)
+    assert (condition(body, names.CONDITION_RECONCILED) or {}).get("status") == "True"

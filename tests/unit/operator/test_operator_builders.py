@@ -1,0 +1,309 @@
+"""The builders as pure functions: spec in, Kubernetes objects out, no cluster."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from eventstore.settings import (
+    EVENT_STORE_FILE,
+    PROJECTIONS_FILE,
+    config_hash,
+    load_settings,
+    render_defaults,
+    validate_config_data,
+)
+from eventstore_operator import builders, names
+from eventstore_operator.builders import Owner
+from tests.unit.operator.kubelet import kubelet_layout
+
+OWNER = Owner(name="demo", namespace="team-a", uid="0000-1111")
+REPO = Path(__file__).resolve().parents[3]
+
+
+def example_spec() -> dict[str, Any]:
+    doc = yaml.safe_load((REPO / "manifests/examples/eventstore.yaml").read_text())
+    spec: dict[str, Any] = doc["spec"]
+    return spec
+
+
+def container(sts: dict[str, Any]) -> dict[str, Any]:
+    c: dict[str, Any] = sts["spec"]["template"]["spec"]["containers"][0]
+    return c
+
+
+def env_of(c: dict[str, Any]) -> dict[str, Any]:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in c["env"]}
+
+
+def all_objects(spec: dict[str, Any]) -> list[dict[str, Any]]:
+    objs = [
+        *builders.store_objects(OWNER, spec, "h", "demo-config-h"),
+        *builders.in_cluster_databases(OWNER, spec),
+        builders.user_config_map(OWNER, spec),
+        builders.config_snapshot(OWNER, render_defaults(), "h"),
+        builders.api_token_secret(OWNER, "t"),
+        builders.credentials_secret(OWNER, "demo-postgres", names.COMPONENT_POSTGRES, "p"),
+    ]
+    return objs
+
+
+def test_store_statefulset_defaults() -> None:
+    sts = builders.store_statefulset(OWNER, {}, "abc123", "demo-config-abc123")
+    spec = sts["spec"]
+    assert spec["replicas"] == 3
+    assert spec["serviceName"] == "demo-headless"
+    (claim,) = spec["volumeClaimTemplates"]
+    assert claim["metadata"]["name"] == "data"
+    assert claim["spec"]["resources"]["requests"]["storage"] == "100Gi"
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+    assert "storageClassName" not in claim["spec"]
+    c = container(sts)
+    assert c["command"] + c["args"] == ["eventstore", "serve"]
+    assert c["image"] == names.DEFAULT_IMAGE
+    mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
+    assert mounts["data"] == "/data"
+    assert mounts["config"] == "/etc/eventstore"
+    assert mounts["api-token"] == "/var/run/secrets/eventstore"
+    assert c["ports"] == [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]
+    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    tpl = spec["template"]
+    assert tpl["metadata"]["annotations"][names.ANNOTATION_CONFIG_HASH] == "abc123"
+    assert set(spec["selector"]["matchLabels"].items()) <= set(tpl["metadata"]["labels"].items())
+
+
+def test_store_env_and_secrets() -> None:
+    env = env_of(container(builders.store_statefulset(OWNER, {}, "h", "cm")))
+    assert env["EVENTSTORE_CONFIG_DIR"] == "/etc/eventstore"
+    assert env["EVENTSTORE_API_TOKEN_FILE"] == "/var/run/secrets/eventstore/token"
+    assert env["EVENT_DB_HOST"] == "demo-postgres"
+    assert env["EVENT_DB_PORT"] == "5432"
+    assert env["EVENT_DB_NAME"] == "eventstore"
+    assert env["SNAPSHOT_DB_HOST"] == "demo-mongodb"
+    assert env["SNAPSHOT_DB_PORT"] == "27017"
+    for prefix, secret in (("EVENT_DB", "demo-postgres"), ("SNAPSHOT_DB", "demo-mongodb")):
+        for var, key in (("USER", "username"), ("PASSWORD", "password")):
+            ref = env[f"{prefix}_{var}"]["secretKeyRef"]
+            assert ref == {"name": f"{secret}-credentials", "key": key}
+
+
+def test_store_volumes_point_at_snapshot_and_token() -> None:
+    pod = builders.store_statefulset(OWNER, {}, "h", "demo-config-h")["spec"]["template"]["spec"]
+    vols = {v["name"]: v for v in pod["volumes"]}
+    assert vols["config"]["configMap"]["name"] == "demo-config-h"
+    keys = [i["key"] for i in vols["config"]["configMap"]["items"]]
+    assert keys == [EVENT_STORE_FILE, PROJECTIONS_FILE]
+    assert vols["api-token"]["secret"]["secretName"] == "demo-api-token"
+    assert vols["api-token"]["secret"]["items"] == [{"key": "token", "path": "token"}]
+
+
+def test_restricted_security_and_anti_affinity() -> None:
+    sts = builders.store_statefulset(OWNER, {}, "h", "cm")
+    pod = sts["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    sc = container(sts)["securityContext"]
+    assert sc["allowPrivilegeEscalation"] is False
+    assert sc["readOnlyRootFilesystem"] is True
+    assert sc["capabilities"] == {"drop": ["ALL"]}
+    (term,) = pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert term["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+    assert term["podAffinityTerm"]["labelSelector"]["matchLabels"] == sts["spec"]["selector"]["matchLabels"]
+    for db in builders.in_cluster_databases(OWNER, {}):
+        if db["kind"] == "StatefulSet":
+            dbc = db["spec"]["template"]["spec"]["containers"][0]
+            assert dbc["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+            assert db["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"] is True
+
+
+def test_spec_values_flow_through() -> None:
+    spec = {
+        "replicas": 5,
+        "image": "registry.local/es:1",
+        "storage": {"size": "1Ti", "storageClassName": "fast"},
+        "resources": {"requests": {"cpu": "1", "memory": "2Gi"}},
+    }
+    sts = builders.store_statefulset(OWNER, spec, "h", "cm")
+    assert sts["spec"]["replicas"] == 5
+    assert container(sts)["image"] == "registry.local/es:1"
+    claim = sts["spec"]["volumeClaimTemplates"][0]["spec"]
+    assert claim["resources"]["requests"]["storage"] == "1Ti"
+    assert claim["storageClassName"] == "fast"
+    # A given section replaces the schema default (as the API server does), limits keep theirs.
+    assert container(sts)["resources"] == {
+        "requests": {"cpu": "1", "memory": "2Gi"},
+        "limits": {"memory": "1Gi"},
+    }
+
+
+def test_external_databases() -> None:
+    spec = {
+        "postgres": {
+            "mode": "External",
+            "host": "pg.example.com",
+            "port": 6432,
+            "database": "events",
+            "credentialsSecret": {"name": "pg-creds", "usernameKey": "user", "passwordKey": "pw"},
+        },
+        "mongodb": {
+            "mode": "External",
+            "host": "mongo.example.com",
+            "credentialsSecret": {"name": "mongo-creds"},
+        },
+    }
+    env = env_of(container(builders.store_statefulset(OWNER, spec, "h", "cm")))
+    assert env["EVENT_DB_HOST"] == "pg.example.com"
+    assert env["EVENT_DB_PORT"] == "6432"
+    assert env["EVENT_DB_NAME"] == "events"
+    assert env["EVENT_DB_USER"]["secretKeyRef"] == {"name": "pg-creds", "key": "user"}
+    assert env["EVENT_DB_PASSWORD"]["secretKeyRef"] == {"name": "pg-creds", "key": "pw"}
+    assert env["SNAPSHOT_DB_HOST"] == "mongo.example.com"
+    assert env["SNAPSHOT_DB_PASSWORD"]["secretKeyRef"] == {"name": "mongo-creds", "key": "password"}
+    assert builders.in_cluster_databases(OWNER, spec) == []
+    assert builders.generated_secret_names(OWNER, spec) == [("demo-api-token", "api-token")]
+
+
+def test_in_cluster_databases() -> None:
+    objs = {(o["kind"], o["metadata"]["name"]): o for o in builders.in_cluster_databases(OWNER, {})}
+    pg = objs[("StatefulSet", "demo-postgres")]
+    assert container(pg)["image"] == "postgres:16"
+    assert pg["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"] == "10Gi"
+    pg_env = env_of(container(pg))
+    assert pg_env["POSTGRES_PASSWORD"]["secretKeyRef"]["name"] == "demo-postgres-credentials"
+    mongo = objs[("StatefulSet", "demo-mongodb")]
+    assert container(mongo)["image"] == "mongo:7"
+    assert env_of(container(mongo))["MONGO_INITDB_ROOT_PASSWORD"]["secretKeyRef"]["name"] == (
+        "demo-mongodb-credentials"
+    )
+    assert objs[("Service", "demo-postgres")]["spec"]["ports"][0]["port"] == 5432
+    assert objs[("Service", "demo-mongodb")]["spec"]["ports"][0]["port"] == 27017
+
+
+def test_network_policies_admit_only_store_pods() -> None:
+    store_labels = builders.selector_labels(OWNER, names.COMPONENT_STORE)
+    policies = [o for o in builders.in_cluster_databases(OWNER, {}) if o["kind"] == "NetworkPolicy"]
+    assert {p["metadata"]["name"] for p in policies} == {"demo-postgres", "demo-mongodb"}
+    for p in policies:
+        component = p["metadata"]["labels"][names.LABEL_COMPONENT]
+        assert p["spec"]["podSelector"]["matchLabels"][names.LABEL_COMPONENT] == component
+        assert p["spec"]["policyTypes"] == ["Ingress"]
+        (rule,) = p["spec"]["ingress"]
+        assert rule["from"] == [{"podSelector": {"matchLabels": store_labels}}]
+        assert rule["ports"][0]["port"] in (5432, 27017)
+
+
+def test_services_and_pdb() -> None:
+    headless, client, pdb, _ = builders.store_objects(OWNER, {}, "h", "cm")
+    assert headless["spec"]["clusterIP"] == "None"
+    assert headless["metadata"]["name"] == "demo-headless"
+    assert client["metadata"]["name"] == "demo"
+    assert client["spec"]["ports"][0] == {
+        "name": "http",
+        "port": 8080,
+        "targetPort": "http",
+        "protocol": "TCP",
+    }
+    assert pdb["spec"]["maxUnavailable"] == 1
+    assert pdb["spec"]["selector"]["matchLabels"] == builders.selector_labels(OWNER, "store")
+
+
+def test_every_object_is_owned_and_labelled() -> None:
+    for obj in all_objects({}):
+        meta = obj["metadata"]
+        assert meta["namespace"] == "team-a"
+        assert meta["ownerReferences"] == [
+            {
+                "apiVersion": "eventstore.io/v1alpha1",
+                "kind": "EventStore",
+                "name": "demo",
+                "uid": "0000-1111",
+                "controller": True,
+                "blockOwnerDeletion": True,
+            }
+        ]
+        assert meta["labels"][names.LABEL_MANAGED_BY] == "eventstore-operator"
+        assert meta["labels"][names.LABEL_INSTANCE] == "demo"
+        assert len(meta["name"]) <= 63
+
+
+def test_no_credentials_in_config_maps() -> None:
+    for obj in all_objects({}):
+        if obj["kind"] == "ConfigMap":
+            text = yaml.safe_dump(obj["data"]).lower()
+            assert "password" not in text and "token" not in text
+
+
+def test_seed_config_map_uses_spec_settings() -> None:
+    cm = builders.user_config_map(OWNER, {"settings": {"snapshotFrequency": 50, "projectionWorkers": 2}})
+    assert cm["metadata"]["name"] == "demo-config"
+    settings = validate_config_data(cm["data"])
+    assert settings.store.snapshot_frequency == 50
+    assert settings.store.retention_days == 365
+    assert settings.projections.workers == 2
+    assert builders.user_config_map(OWNER, {})["data"] == render_defaults()
+
+
+def test_config_snapshot_is_immutable_and_complete() -> None:
+    data = {EVENT_STORE_FILE: "snapshot_frequency: 50\n"}
+    snap = builders.config_snapshot(OWNER, data, config_hash(data))
+    assert snap["immutable"] is True
+    assert snap["metadata"]["name"] == f"demo-config-{config_hash(data)}"
+    assert set(snap["data"]) == {EVENT_STORE_FILE, PROJECTIONS_FILE}
+    settings = validate_config_data(snap["data"])
+    assert settings.store.snapshot_frequency == 50
+    assert settings.projections.workers == 5
+
+
+def test_generated_secrets() -> None:
+    secret = builders.credentials_secret(OWNER, "demo-postgres", "postgres", "pw")
+    assert secret["metadata"]["name"] == "demo-postgres-credentials"
+    assert secret["stringData"] == {"username": "eventstore", "password": "pw"}
+    token = builders.api_token_secret(OWNER, "tok")
+    assert token["stringData"] == {"token": "tok"}
+    assert [n for n, _ in builders.generated_secret_names(OWNER, {})] == [
+        "demo-api-token",
+        "demo-postgres-credentials",
+        "demo-mongodb-credentials",
+    ]
+
+
+def test_normalize_spec_applies_crd_defaults() -> None:
+    spec = builders.normalize_spec({"storage": {"storageClassName": "x"}})
+    assert spec["replicas"] == 3
+    assert spec["storage"] == {"size": "100Gi", "storageClassName": "x"}
+    assert spec["postgres"]["mode"] == "InCluster"
+    assert spec["postgres"]["port"] == 5432
+    assert spec["mongodb"]["image"] == "mongo:7"
+    assert "settings" not in spec or spec["settings"] == {}
+    assert builders.normalize_spec(example_spec())["replicas"] == 3
+
+
+def test_claim_size() -> None:
+    sts = builders.store_statefulset(OWNER, {"storage": {"size": "200Gi"}}, "h", "cm")
+    assert builders.claim_size(sts) == ("200Gi", None)
+    assert builders.claim_size({}) == (None, None)
+
+
+def test_pod_template_settings_as_the_kubelet_lays_them_out(tmp_path: Path) -> None:
+    """Issue 5 item 6, without a cluster: mount the snapshot where the template says."""
+    data = {EVENT_STORE_FILE: "snapshot_frequency: 50\n", PROJECTIONS_FILE: "workers: 2\n"}
+    digest = config_hash(data)
+    snap = builders.config_snapshot(OWNER, data, digest)
+    sts = builders.store_statefulset(OWNER, {}, digest, snap["metadata"]["name"])
+    root = kubelet_layout(tmp_path, sts, {snap["metadata"]["name"]: snap})
+    env = env_of(container(sts))
+    settings = load_settings(root / env["EVENTSTORE_CONFIG_DIR"].lstrip("/"))
+    assert settings.store.snapshot_frequency == 50
+    assert settings.projections.workers == 2
+
+
+@pytest.mark.parametrize("replicas", [1, 3, 7])
+def test_pdb_allows_one_disruption(replicas: int) -> None:
+    pdb = builders.pod_disruption_budget(OWNER)
+    sts = builders.store_statefulset(OWNER, {"replicas": replicas}, "h", "cm")
+    assert pdb["spec"]["maxUnavailable"] == 1
+    assert sts["spec"]["replicas"] == replicas

@@ -1,0 +1,334 @@
+"""reconcile() against an in-memory API (a fake `kube` module): the control flow only.
+
+The real API server behaviour is covered by tests/k8s; here the fake checks what the
+operator decides: create-once Secrets and ConfigMap, hash on valid edits, last good
+hash and one Warning Event on invalid ones, volume growth by orphan-recreate.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import kopf
+import pytest
+
+from eventstore.settings import EVENT_STORE_FILE, config_hash, render_defaults
+from eventstore_operator import handlers, kube, names
+
+
+class FakeKube:
+    def __init__(self) -> None:
+        self.objects: dict[tuple[str, str, str], dict[str, Any]] = {}
+        self.events: list[tuple[str, str, str]] = []
+        self.calls: list[tuple[str, str, str]] = []
+
+    def key(self, obj: dict[str, Any]) -> tuple[str, str, str]:
+        meta = obj["metadata"]
+        return obj["kind"], meta["namespace"], meta["name"]
+
+    def get(self, kind: str, ns: str, name: str) -> dict[str, Any] | None:
+        obj = self.objects.get((kind, ns, name))
+        return copy.deepcopy(obj) if obj else None
+
+    def create(self, obj: dict[str, Any]) -> dict[str, Any] | None:
+        self.calls.append(("create", *self.key(obj)[::2]))
+        if self.key(obj) in self.objects:
+            return None
+        stored = copy.deepcopy(obj)
+        stored["metadata"].setdefault("creationTimestamp", f"2026-01-01T00:00:{len(self.objects):02d}Z")
+        self.objects[self.key(obj)] = stored
+        return copy.deepcopy(stored)
+
+    def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
+        self.calls.append(("apply", *self.key(obj)[::2]))
+        old = self.objects.get(self.key(obj), {})
+        stored = copy.deepcopy(obj)
+        if "status" in old:
+            stored["status"] = old["status"]
+        self.objects[self.key(obj)] = stored
+        return copy.deepcopy(stored)
+
+    def merge_patch(
+        self, kind: str, ns: str, name: str, patch: dict[str, Any], sub: str | None = None
+    ) -> dict[str, Any]:
+        self.calls.append(("patch", kind, name))
+        if (kind, ns, name) not in self.objects:
+            raise kopf.TemporaryError("404", delay=2)
+        target = self.objects[(kind, ns, name)]
+        _merge(target, patch)
+        return copy.deepcopy(target)
+
+    def delete(self, kind: str, ns: str, name: str, propagation: str | None = None) -> None:
+        self.calls.append(("delete", kind, name))
+        self.objects.pop((kind, ns, name), None)
+
+    def list_objects(
+        self, kind: str, ns: str | None, selector: dict[str, str] | None = None
+    ) -> list[dict[str, Any]]:
+        return [
+            copy.deepcopy(o)
+            for (k, n, _), o in self.objects.items()
+            if k == kind
+            and ns in (None, n)
+            and all(o["metadata"].get("labels", {}).get(a) == b for a, b in (selector or {}).items())
+        ]
+
+    def post_event(self, involved: dict[str, Any], kind: str, reason: str, message: str) -> None:
+        self.events.append((kind, reason, message))
+
+
+def _merge(target: dict[str, Any], patch: dict[str, Any]) -> None:
+    for key, value in patch.items():
+        if value is None:
+            target.pop(key, None)
+        elif isinstance(value, dict) and isinstance(target.get(key), dict):
+            _merge(target[key], value)
+        else:
+            target[key] = copy.deepcopy(value)
+
+
+@pytest.fixture
+def fake(monkeypatch: pytest.MonkeyPatch) -> FakeKube:
+    f = FakeKube()
+    for name in ("get", "create", "apply", "merge_patch", "delete", "list_objects", "post_event"):
+        monkeypatch.setattr(kube, name, getattr(f, name))
+    f.objects[(names.KIND, "ns", "demo")] = {
+        "apiVersion": names.API_VERSION,
+        "kind": names.KIND,
+        "metadata": {"name": "demo", "namespace": "ns", "uid": "u1", "generation": 1},
+        "spec": {"settings": {"snapshotFrequency": 100}},
+    }
+    return f
+
+
+def es(fake: FakeKube) -> dict[str, Any]:
+    return fake.objects[(names.KIND, "ns", "demo")]
+
+
+def conditions(fake: FakeKube) -> dict[str, dict[str, Any]]:
+    return {c["type"]: c for c in es(fake)["status"]["conditions"]}
+
+
+def template_hash(fake: FakeKube) -> str:
+    sts = fake.objects[("StatefulSet", "ns", "demo")]
+    value: str = sts["spec"]["template"]["metadata"]["annotations"][names.ANNOTATION_CONFIG_HASH]
+    return value
+
+
+def edit_config(fake: FakeKube, text: str) -> None:
+    fake.objects[("ConfigMap", "ns", "demo-config")]["data"][EVENT_STORE_FILE] = text
+
+
+def test_first_reconcile_creates_everything(fake: FakeKube) -> None:
+    handlers.reconcile("ns", "demo")
+    kinds = {(k, n) for k, _, n in fake.objects}
+    assert {
+        ("StatefulSet", "demo"),
+        ("Service", "demo"),
+        ("Service", "demo-headless"),
+        ("PodDisruptionBudget", "demo"),
+        ("ConfigMap", "demo-config"),
+        ("Secret", "demo-api-token"),
+        ("Secret", "demo-postgres-credentials"),
+        ("Secret", "demo-mongodb-credentials"),
+        ("StatefulSet", "demo-postgres"),
+        ("StatefulSet", "demo-mongodb"),
+        ("Service", "demo-postgres"),
+        ("Service", "demo-mongodb"),
+        ("NetworkPolicy", "demo-postgres"),
+        ("NetworkPolicy", "demo-mongodb"),
+    } <= kinds
+    digest = config_hash(render_defaults())
+    assert template_hash(fake) == digest
+    assert ("ConfigMap", f"demo-config-{digest}") in kinds
+    conds = conditions(fake)
+    assert conds["ConfigValid"]["status"] == "True"
+    assert conds["Reconciled"]["status"] == "True"
+    assert conds["Ready"]["status"] == "False"
+    assert conds["Ready"]["message"].startswith("0/3 store pods ready")
+    assert all(c["observedGeneration"] == 1 for c in conds.values())
+    assert es(fake)["status"]["configHash"] == digest
+
+
+def test_secrets_and_config_map_are_created_once(fake: FakeKube) -> None:
+    handlers.reconcile("ns", "demo")
+    password = fake.objects[("Secret", "ns", "demo-postgres-credentials")]["stringData"]
+    edit_config(fake, "snapshot_frequency: 50\n")
+    handlers.reconcile("ns", "demo")
+    assert fake.objects[("Secret", "ns", "demo-postgres-credentials")]["stringData"] == password
+    cm = fake.objects[("ConfigMap", "ns", "demo-config")]
+    assert cm["data"][EVENT_STORE_FILE] == "snapshot_frequency: 50\n"
+
+
+def test_valid_edit_changes_hash_invalid_edit_keeps_last_good(fake: FakeKube) -> None:
+    handlers.reconcile("ns", "demo")
+    first = template_hash(fake)
+    edit_config(fake, "snapshot_frequency: 50\n")
+    handlers.reconcile("ns", "demo")
+    second = template_hash(fake)
+    assert second != first
+    assert ("Normal", "ConfigApplied") in [(k, r) for k, r, _ in fake.events]
+    mounted = fake.objects[("StatefulSet", "ns", "demo")]["spec"]["template"]["spec"]["volumes"][0]
+    assert mounted["configMap"]["name"] == f"demo-config-{second}"
+
+    edit_config(fake, "snapshot_frequency: 0\n")
+    handlers.reconcile("ns", "demo")
+    handlers.reconcile("ns", "demo")  # a second pass must not repeat the Event
+    assert template_hash(fake) == second
+    cond = conditions(fake)["ConfigValid"]
+    assert cond["status"] == "False" and cond["reason"] == "InvalidConfig"
+    assert "event-store.yaml: snapshot_frequency:" in cond["message"]
+    warnings = [m for k, r, m in fake.events if k == "Warning"]
+    assert len(warnings) == 1 and "snapshot_frequency" in warnings[0]
+    assert es(fake)["status"]["configHash"] == second
+
+    edit_config(fake, "snapshot_frequency: 50\n")
+    handlers.reconcile("ns", "demo")
+    assert conditions(fake)["ConfigValid"]["status"] == "True"
+    assert template_hash(fake) == second
+
+
+def test_old_snapshots_are_pruned(fake: FakeKube) -> None:
+    handlers.reconcile("ns", "demo")
+    for n in range(1, 6):
+        edit_config(fake, f"snapshot_frequency: {n}\n")
+        handlers.reconcile("ns", "demo")
+    snaps = [n for k, _, n in fake.objects if k == "ConfigMap" and n != "demo-config"]
+    assert len(snaps) == 1 + handlers.KEEP_CONFIG_SNAPSHOTS
+    assert f"demo-config-{template_hash(fake)}" in snaps
+
+
+def test_invalid_config_before_any_valid_one_creates_no_store(fake: FakeKube) -> None:
+    fake.create(
+        {
+            "kind": "ConfigMap",
+            "metadata": {"name": "demo-config", "namespace": "ns"},
+            "data": {"event-store.yaml": "bogus: 1"},
+        }
+    )
+    handlers.reconcile("ns", "demo")
+    assert ("StatefulSet", "ns", "demo") not in fake.objects
+    conds = conditions(fake)
+    assert conds["Reconciled"]["reason"] == "WaitingForValidConfig"
+    assert "bogus" in conds["ConfigValid"]["message"]
+
+
+def test_deleted_children_come_back(fake: FakeKube) -> None:
+    handlers.reconcile("ns", "demo")
+    fake.delete("Service", "ns", "demo")
+    fake.delete("ConfigMap", "ns", "demo-config")
+    handlers.reconcile("ns", "demo")
+    assert ("Service", "ns", "demo") in fake.objects
+    assert fake.objects[("ConfigMap", "ns", "demo-config")]["data"] == render_defaults()
+
+
+def test_storage_growth_resizes_claims_and_recreates_statefulset(fake: FakeKube) -> None:
+    handlers.reconcile("ns", "demo")
+    for i in range(3):
+        fake.create(
+            {
+                "kind": "PersistentVolumeClaim",
+                "metadata": {"name": f"data-demo-{i}", "namespace": "ns"},
+                "spec": {"resources": {"requests": {"storage": "100Gi"}}},
+            }
+        )
+    es(fake)["spec"]["storage"] = {"size": "200Gi"}
+    with pytest.raises(kopf.TemporaryError, match="100Gi -> 200Gi"):
+        handlers.reconcile("ns", "demo")
+    assert ("StatefulSet", "ns", "demo") not in fake.objects
+    for i in range(3):
+        claim = fake.objects[("PersistentVolumeClaim", "ns", f"data-demo-{i}")]
+        assert claim["spec"]["resources"]["requests"]["storage"] == "200Gi"
+    assert conditions(fake)["Reconciled"]["reason"] == "ReconcileFailed"
+    handlers.reconcile("ns", "demo")
+    sts = fake.objects[("StatefulSet", "ns", "demo")]
+    assert sts["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"] == "200Gi"
+
+
+def test_equal_quantities_in_other_units_do_not_recreate(fake: FakeKube) -> None:
+    handlers.reconcile("ns", "demo")
+    sts = fake.objects[("StatefulSet", "ns", "demo")]
+    sts["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"] = "102400Mi"
+    handlers.reconcile("ns", "demo")
+    assert ("delete", "StatefulSet", "demo") not in fake.calls
+
+
+def test_gone_eventstore_is_a_no_op(fake: FakeKube) -> None:
+    fake.objects.clear()
+    handlers.reconcile("ns", "demo")
+    assert fake.objects == {}
+    fake.objects[(names.KIND, "ns", "x")] = {
+        "kind": names.KIND,
+        "metadata": {"name": "x", "namespace": "ns", "uid": "u", "deletionTimestamp": "now"},
+    }
+    handlers.reconcile("ns", "x")
+    assert len(fake.objects) == 1
+
+
+def test_refresh_status_tracks_ready_replicas(fake: FakeKube) -> None:
+    handlers.reconcile("ns", "demo")
+    for name, ready in (("demo", 3), ("demo-postgres", 1), ("demo-mongodb", 1)):
+        fake.objects[("StatefulSet", "ns", name)]["status"] = {"readyReplicas": ready}
+    handlers.refresh_status("ns", "demo")
+    assert es(fake)["status"]["readyReplicas"] == 3
+    assert conditions(fake)["Ready"]["status"] == "True"
+    calls = len(fake.calls)
+    handlers.refresh_status("ns", "demo")
+    assert len(fake.calls) == calls  # unchanged status: no write
+
+
+def test_translate_maps_errors() -> None:
+    from kubernetes.client.exceptions import ApiException
+
+    def err(status: int) -> Exception:
+        return kube.translate(ApiException(status=status, reason="x"), "do")
+
+    assert isinstance(err(422), kopf.PermanentError)
+    assert isinstance(err(400), kopf.PermanentError)
+    forbidden = err(403)
+    assert isinstance(forbidden, kopf.TemporaryError) and forbidden.delay == 60
+    assert isinstance(err(409), kopf.TemporaryError)
+    assert isinstance(err(500), kopf.TemporaryError)
+    assert isinstance(kube.translate(ConnectionRefusedError(), "do"), kopf.TemporaryError)
+
+
+def test_resync_reconciles_every_watched_eventstore(fake: FakeKube) -> None:
+    fake.objects[(names.KIND, "other", "x")] = {
+        "kind": names.KIND,
+        "metadata": {"name": "x", "namespace": "other", "uid": "u2", "generation": 1},
+        "spec": {},
+    }
+    handlers.Resync(["ns"], 60).run_once()
+    assert ("StatefulSet", "ns", "demo") in fake.objects
+    assert ("StatefulSet", "other", "x") not in fake.objects
+    handlers.Resync(None, 60).run_once()  # --all-namespaces
+    assert ("StatefulSet", "other", "x") in fake.objects
+
+
+def test_no_handler_needs_a_finalizer() -> None:
+    """Deleting an EventStore must never wait for the operator (it may be gone)."""
+    resource = kopf.Resource(names.GROUP, names.VERSION, names.PLURAL)
+    for handler in handlers.registry._changing.get_all_handlers():
+        assert not handler.requires_finalizer, handler.id
+    for spawning in handlers.registry._spawning.get_all_handlers():
+        raise AssertionError(f"timers/daemons add finalizers: {spawning.id} ({resource})")
+
+
+def test_regenerated_database_credentials_are_reported(fake: FakeKube) -> None:
+    handlers.reconcile("ns", "demo")
+    fake.delete("Secret", "ns", "demo-postgres-credentials")
+    fake.delete("Secret", "ns", "demo-api-token")
+    handlers.reconcile("ns", "demo")
+    warnings = [(r, m) for k, r, m in fake.events if k == "Warning"]
+    assert [r for r, _ in warnings] == ["CredentialsRegenerated"]
+    assert "demo-postgres-credentials" in warnings[0][1]
+
+
+def test_claims_that_cannot_grow_are_reported(fake: FakeKube) -> None:
+    handlers.reconcile("ns", "demo")
+    es(fake)["spec"]["storage"] = {"size": "200Gi"}
+    with pytest.raises(kopf.TemporaryError):
+        handlers.reconcile("ns", "demo")  # no claim exists: every patch fails
+    (warning,) = [m for k, r, m in fake.events if r == "VolumeResizeFailed"]
+    assert "3 volume claim(s) to 200Gi" in warning
