@@ -3,7 +3,7 @@ PYTHON ?= python3
 PYTEST_ARGS ?=
 
 .PHONY: install demo test test-unit lint bench pg-up mongo-up k8s-build \
-        ferretdb-build k8s-up deps e2e-kind image chart-lint
+        ferretdb-build k8s-up deps e2e-kind image chart-lint crd test-k8s operator-run
 
 install:  ## the library, the operator and the dev tools, pinned
 	$(PYTHON) -m pip install -q -e '.[operator,dev]'
@@ -21,9 +21,19 @@ test: install deps  ## every suite; starts PostgreSQL, FerretDB and the control 
 test-unit:
 	$(PYTHON) -m pytest tests/unit $(PYTEST_ARGS)
 
-lint:
+lint:  ## ruff, mypy (strict), and the generated CRD copies up to date
 	$(PYTHON) -m ruff check eventstore operator tests bench
 	$(PYTHON) -m mypy
+	$(PYTHON) -m eventstore_operator.crd --check
+
+crd:  ## regenerate the CRD in manifests/, the chart's crds/ and values.schema.json
+	$(PYTHON) -m eventstore_operator.crd --write
+
+test-k8s: k8s-build  ## only the tests against the local control plane
+	$(PYTHON) -m pytest tests/k8s $(PYTEST_ARGS)
+
+operator-run:  ## the operator against your current kubeconfig, watching NS
+	$(PYTHON) -m eventstore_operator --namespace $(NS) --verbose
 
 bench: install  ## prints a table and writes bench-results/results.json
 	$(PYTHON) -m bench.run
