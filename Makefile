@@ -3,7 +3,7 @@ PYTHON ?= python3
 PYTEST_ARGS ?=
 
 .PHONY: install demo test test-unit lint bench pg-up mongo-up k8s-build \
-        ferretdb-build k8s-up deps e2e-kind image chart-lint crd test-k8s operator-run
+        ferretdb-build k8s-up deps e2e-kind image chart-lint crd test-k8s operator-run serve test-server
 
 install:  ## the library, the operator and the dev tools, pinned
 	$(PYTHON) -m pip install -q -e '.[operator,dev]'
@@ -37,6 +37,12 @@ operator-run:  ## the operator against your current kubeconfig, watching NS
 
 bench: install  ## prints a table and writes bench-results/results.json
 	$(PYTHON) -m bench.run
+
+serve:  ## the store server on the embedded default (SQLite under ./.eventstore-data)
+	EVENTSTORE_DATA_DIR=$${EVENTSTORE_DATA_DIR:-.eventstore-data} $(PYTHON) -m eventstore.cli serve --host 127.0.0.1
+
+test-server:  ## only the tests against running server processes
+	$(PYTHON) -m pytest tests/server $(PYTEST_ARGS)
 
 pg-up:  ## a throwaway PostgreSQL in the foreground
 	$(PYTHON) -m tests.harness.postgres

@@ -1,0 +1,235 @@
+"""The `eventstore` command. Only this module decides exit codes:
+
+0 success; 1 a command failed (e.g. check-config found a bad file, replay timed out);
+2 usage error (click); 3 the server could not start (bad settings, unreachable database,
+missing token), as uvicorn does for startup failures.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from eventstore.errors import EventStoreError
+
+STARTUP_FAILURE = 3
+log = logging.getLogger("eventstore.cli")
+
+
+def _store_url(url: str | None) -> str:
+    from eventstore.server.config import event_store_url_from_env
+
+    return url or event_store_url_from_env()
+
+
+def _fail(message: str, code: int = 1) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+@click.group()
+@click.version_option(package_name="eventstore")
+def main() -> None:
+    """Event store: serve the HTTP API, migrate the schema, check settings, run the demo."""
+
+
+@main.command()
+@click.option("--host", default="0.0.0.0", show_default=True, help="Address to bind.")
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--migrate/--no-migrate", default=True, show_default=True,
+              help="Apply schema migrations at startup (safe with several replicas).")
+@click.option("--log-level", default="info", show_default=True,
+              type=click.Choice(["debug", "info", "warning", "error"]))
+def serve(host: str, port: int, migrate: bool, log_level: str) -> None:
+    """Run the store server: HTTP API, projection workers, retention job, metrics.
+
+    Backends, token and TLS come from the environment (see eventstore.server.config);
+    settings from $EVENTSTORE_CONFIG_DIR (default /etc/eventstore). SIGTERM drains
+    in-flight requests and exits 0.
+    """
+    import uvicorn
+
+    from eventstore.server.app import build_services, create_app
+    from eventstore.server.config import ConfigError, ServerConfig, configure_logging
+    from eventstore.settings import Settings, SettingsError, load_settings
+
+    configure_logging(log_level)
+    try:
+        config = ServerConfig.from_env()
+        if config.config_dir.is_dir() or config.config_dir_explicit:
+            settings = load_settings(config.config_dir)
+        else:
+            log.info("no settings directory at %s; using the defaults", config.config_dir)
+            settings = Settings()
+        log.info("starting", extra={"config": config.describe(), "host": host, "port": port,
+                                    "settings": settings.model_dump()})
+        services = build_services(config, settings, migrate=migrate,
+                                  retention_aggregate_types=list(config.retention_aggregate_types))
+    except (ConfigError, SettingsError) as exc:
+        log.error("cannot start: %s", exc)
+        _fail(f"cannot start: {exc}", STARTUP_FAILURE)
+        return
+    except EventStoreError as exc:
+        log.error("cannot start: %s", exc)
+        _fail(f"cannot start: {type(exc).__name__}: {exc}", STARTUP_FAILURE)
+        return
+    app = create_app(services, token=config.api_token, max_body_bytes=config.max_body_bytes)
+    server = uvicorn.Server(uvicorn.Config(
+        app, host=host, port=port, log_config=None, lifespan="on",
+        ssl_certfile=str(config.tls_cert_file) if config.tls_cert_file else None,
+        ssl_keyfile=str(config.tls_key_file) if config.tls_key_file else None,
+        timeout_graceful_shutdown=25, server_header=False))
+    # uvicorn re-raises the signal that stopped it once it has drained; with these no-op
+    # handlers in place that re-raise is harmless and a drained SIGTERM exits 0.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: None)
+    server.run()
+    if not server.started:
+        _fail("the server did not start (see the log above)", STARTUP_FAILURE)
+    log.info("stopped")
+
+
+@main.command()
+@click.option("--url", help="Event store URL (default: from the environment, as `serve`).")
+def migrate(url: str | None) -> None:
+    """Create or upgrade the event store schema (idempotent)."""
+    from eventstore.store.base import EventStore
+
+    try:
+        with EventStore.connect(_store_url(url)) as store:
+            version = store.migrate()
+    except EventStoreError as exc:
+        _fail(f"{type(exc).__name__}: {exc}")
+        return
+    click.echo(f"schema is at version {version}")
+
+
+@main.command("check-config")
+@click.argument("directory", type=click.Path(path_type=Path))
+def check_config(directory: Path) -> None:
+    """Validate event-store.yaml and projections.yaml in DIRECTORY as the pods will."""
+    from eventstore.settings import SettingsError, load_settings
+
+    try:
+        settings = load_settings(directory)
+    except SettingsError as exc:
+        _fail(str(exc))
+        return
+    click.echo(f"{directory}: valid")
+    click.echo(json.dumps(settings.model_dump(), indent=2))
+
+
+@main.command()
+@click.argument("name")
+@click.option("--url", help="Event store URL (default: from the environment).")
+@click.option("--config-dir", type=click.Path(path_type=Path),
+              help="Settings directory (default: $EVENTSTORE_CONFIG_DIR or /etc/eventstore).")
+@click.option("--timeout", default=3600.0, show_default=True, help="Seconds to wait.")
+@click.option("--no-reset", is_flag=True, help="Catch up without emptying the read model.")
+def replay(name: str, url: str | None, config_dir: Path | None, timeout: float,
+           no_reset: bool) -> None:
+    """Rebuild projection NAME from the first event, with a progress bar.
+
+    Running servers keep working alongside: this process joins the partition split
+    for the duration of the replay.
+    """
+    from tqdm import tqdm
+
+    from eventstore.projections.base import load_projection
+    from eventstore.projections.runner import ProjectionRunner
+    from eventstore.settings import SettingsError, config_dir_from_env, load_settings
+    from eventstore.store.base import EventStore
+
+    try:
+        settings = load_settings(config_dir or config_dir_from_env())
+        target = settings.projections.projections.get(name)
+        if target is None:
+            _fail(f"no projection named {name!r} in projections.yaml (known: "
+                  f"{', '.join(sorted(settings.projections.projections)) or 'none'})")
+            return
+        store = EventStore.connect(_store_url(url))
+    except (SettingsError, EventStoreError) as exc:
+        _fail(str(exc))
+        return
+    runner = ProjectionRunner(store, {name: load_projection(target)}, settings.projections)
+    try:
+        runner.setup()
+        if not no_reset:
+            runner.rebuild(name)
+        total = store.stats().events
+        runner.start()
+        with tqdm(total=total, unit="ev", desc=f"replay {name}") as bar:
+            def progress(handled: int, behind: int) -> None:
+                bar.total = max(handled + behind, 1)
+                bar.n = handled
+                bar.refresh()
+
+            done = runner.wait_caught_up(name, timeout, progress)
+    except EventStoreError as exc:
+        _fail(str(exc))
+        return
+    finally:
+        runner.stop()
+        store.close()
+    if not done:
+        _fail(f"replay of {name} did not catch up within {timeout}s")
+    click.echo(f"{name}: caught up")
+
+
+@main.command()
+@click.option("--url", help="Event store URL (default: from the environment).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def stats(url: str | None, as_json: bool) -> None:
+    """Size of the store: events, streams, archived events, bytes."""
+    from eventstore.server.config import redact_url
+    from eventstore.store.base import EventStore
+
+    resolved = _store_url(url)
+    try:
+        with EventStore.connect(resolved) as store:
+            result = store.stats()
+    except EventStoreError as exc:
+        _fail(f"{type(exc).__name__}: {exc}")
+        return
+    data: dict[str, Any] = {"store": redact_url(resolved), "events": result.events,
+                            "streams": result.streams, "archived_events": result.archived_events,
+                            "bytes": result.bytes, "head_position": result.head_position}
+    if as_json:
+        click.echo(json.dumps(data))
+        return
+    for key, value in data.items():
+        click.echo(f"{key:>16}: {value}")
+
+
+@main.command()
+@click.option("--url", help="Event store URL. Default: sqlite:///<temp dir>/eventstore-demo.db "
+                            "(a fresh file each run).")
+@click.option("--snapshot-url", help="Snapshot store URL (mongodb://... or sqlite:///...).")
+def demo(url: str | None, snapshot_url: str | None) -> None:
+    """The bank-account demo on the embedded default: no servers needed."""
+    from eventstore.demo import run_demo
+
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="eventstore-demo-") as tmp:
+        resolved = url or f"sqlite:///{tmp}/eventstore-demo.db"
+        try:
+            if snapshot_url:
+                run_demo(resolved, sys.stdout, snapshot_url=snapshot_url)
+            else:
+                run_demo(resolved, sys.stdout)
+        except EventStoreError as exc:
+            _fail(f"{type(exc).__name__}: {exc}")
+            return
+    click.echo(f"\ndemo finished in {time.monotonic() - started:.2f}s")
+
+
+if __name__ == "__main__":
+    main()

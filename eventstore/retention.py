@@ -1,0 +1,162 @@
+"""Retention: move old events that a snapshot already covers from the log to the archive.
+
+An event is archived when (1) it was recorded more than `retention_days` ago and (2) the
+newest snapshot of its aggregate is at its version or later, so loading the aggregate
+never needs it: the load starts from that snapshot. Each stream moves in one transaction
+(`EventStore.archive_stream`); nothing is deleted. Archived events leave `read_stream`
+and `read_all` and stay readable with `read_archived_stream` (HTTP:
+`GET /streams/{id}/archive`); the repository reaches into the archive when a snapshot
+becomes unusable, and projection rebuilds read the archive too.
+
+`max_events_per_aggregate` is the other half of the bargain: it bounds how many events a
+load replays after the newest snapshot (the repository forces a snapshot past it), so a
+covered prefix keeps growing and retention keeps finding work.
+
+One replica at a time: on PostgreSQL the job holds an advisory lock for its run.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
+
+import psycopg
+
+from eventstore.errors import EventStoreError
+from eventstore.projections.backends import RETENTION_LOCK
+from eventstore.store.base import EventStore
+
+if TYPE_CHECKING:
+    from eventstore.snapshots.base import SnapshotStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RetentionReport:
+    """What one run did."""
+
+    ran: bool
+    streams_examined: int = 0
+    streams_archived: int = 0
+    events_archived: int = 0
+    streams_without_snapshot: int = 0
+
+
+def candidate_streams(store: EventStore, older_than: datetime, limit: int = 10_000) -> list[str]:
+    """Streams with events in the hot table recorded before `older_than`."""
+    from eventstore.store.postgres import PostgresEventStore
+    from eventstore.store.sqlite import SQLiteEventStore
+
+    if isinstance(store, PostgresEventStore):
+        with psycopg.connect(store.url, autocommit=True) as conn:
+            rows = conn.execute("SELECT DISTINCT stream_id FROM es_events WHERE recorded_at < %s "
+                                "LIMIT %s", (older_than, limit)).fetchall()
+        return sorted(str(r[0]) for r in rows)
+    if isinstance(store, SQLiteEventStore):
+        with sqlite3.connect(store.path) as conn:
+            rows = conn.execute("SELECT DISTINCT stream_id FROM es_events WHERE recorded_at < ? "
+                                "LIMIT ?", (older_than.astimezone(UTC).isoformat(),
+                                            limit)).fetchall()
+        return sorted(str(r[0]) for r in rows)
+    raise TypeError(f"retention does not know {type(store).__name__}")
+
+
+@contextmanager
+def _one_replica(store: EventStore) -> Iterator[bool]:
+    """True while this process holds the cluster-wide retention lock."""
+    from eventstore.store.postgres import PostgresEventStore
+
+    if not isinstance(store, PostgresEventStore):
+        yield True
+        return
+    with psycopg.connect(store.url, autocommit=True) as conn:
+        row = conn.execute("SELECT pg_try_advisory_lock(%s)", (RETENTION_LOCK,)).fetchone()
+        yield bool(row and row[0])  # the lock goes with the connection
+
+
+def run_retention(
+    store: EventStore,
+    snapshots: SnapshotStore,
+    retention_days: int,
+    aggregate_types: Sequence[str],
+    now: datetime | None = None,
+) -> RetentionReport:
+    """One pass; see the module docstring. `aggregate_types` are the snapshot kinds whose
+    snapshots count as covering a stream (the stream id is the aggregate id)."""
+    now = now or datetime.now(UTC)
+    cutoff = now - timedelta(days=retention_days)
+    with _one_replica(store) as mine:
+        if not mine:
+            log.info("retention skipped: another replica is running it")
+            return RetentionReport(ran=False)
+        streams = candidate_streams(store, cutoff)
+        archived_streams = archived_events = uncovered = 0
+        for stream_id in streams:
+            covered = _covered_version(snapshots, aggregate_types, stream_id)
+            if covered is None:
+                uncovered += 1
+                continue
+            moved = store.archive_stream(stream_id, covered, cutoff)
+            if moved:
+                archived_streams += 1
+                archived_events += moved
+        report = RetentionReport(True, len(streams), archived_streams, archived_events, uncovered)
+    log.info("retention run finished", extra={
+        "cutoff": cutoff.isoformat(), "streams_examined": report.streams_examined,
+        "streams_archived": report.streams_archived,
+        "events_archived": report.events_archived,
+        "streams_without_snapshot": report.streams_without_snapshot})
+    return report
+
+
+def _covered_version(snapshots: SnapshotStore, aggregate_types: Sequence[str],
+                     stream_id: str) -> int | None:
+    best: int | None = None
+    for kind in aggregate_types:
+        snapshot = snapshots.latest(kind, stream_id)
+        if snapshot is not None and (best is None or snapshot.version > best):
+            best = snapshot.version
+    return best
+
+
+class RetentionJob:
+    """Runs `run_retention` every `interval` seconds in a background thread."""
+
+    def __init__(self, store: EventStore, snapshots: SnapshotStore, retention_days: int,
+                 aggregate_types: Sequence[str], interval: float = 3600.0) -> None:
+        self.store = store
+        self.snapshots = snapshots
+        self.retention_days = retention_days
+        self.aggregate_types = list(aggregate_types)
+        self.interval = interval
+        self.last_report: RetentionReport | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if not self.aggregate_types:
+            log.info("retention is off: set EVENTSTORE_RETENTION_AGGREGATE_TYPES to the "
+                     "aggregate types whose snapshots may cover archived events")
+            return
+        self._thread = threading.Thread(target=self._loop, name="retention", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.last_report = run_retention(self.store, self.snapshots,
+                                                 self.retention_days, self.aggregate_types)
+            except (EventStoreError, psycopg.Error, sqlite3.Error, OSError) as exc:
+                log.warning("retention run failed; next try in %ss: %s", self.interval, exc)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)

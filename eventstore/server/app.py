@@ -1,0 +1,596 @@
+"""The store pods' HTTP API: a FastAPI app over an EventStore, a snapshot store and the
+projection runner. `create_app` takes ready objects (tests, embedding); `build_app` wires
+them from a ServerConfig and the settings files (what `eventstore serve` runs).
+
+Handlers are plain `def`s: the store is synchronous (psycopg pool), and Starlette runs
+them in its thread pool, so a slow database never blocks the event loop.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+from uuid import UUID
+
+import anyio
+import anyio.to_thread
+from fastapi import Body, FastAPI, Header, Path, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
+from pydantic import ValidationError as PydanticValidationError
+from sse_starlette.sse import EventSourceResponse
+
+from eventstore import metrics
+from eventstore.errors import (
+    ConcurrencyError,
+    EventStoreError,
+    SchemaError,
+    StoreUnavailable,
+    ValidationError,
+)
+from eventstore.events import (
+    EVENT_TYPE_PATTERN,
+    STREAM_ID_PATTERN,
+    ExpectedVersion,
+    NewEvent,
+    RecordedEvent,
+)
+from eventstore.server.auth import GuardMiddleware
+from eventstore.settings import Settings
+from eventstore.store.base import EventStore
+
+if TYPE_CHECKING:
+    from eventstore.projections.runner import ProjectionRunner
+    from eventstore.retention import RetentionJob
+    from eventstore.server.config import ServerConfig
+    from eventstore.snapshots.base import SnapshotStore
+
+log = logging.getLogger(__name__)
+
+#: Largest page a read may ask for, and the most events one HTTP append may carry.
+MAX_PAGE = 1000
+MAX_EVENTS_PER_REQUEST = 1000
+#: Deepest JSON nesting accepted in payloads, metadata and snapshot states.
+MAX_JSON_DEPTH = 64
+_BIGINT = 2**63 - 1
+_INT = 2**31 - 1
+
+StreamId = Annotated[str, Path(pattern=STREAM_ID_PATTERN.pattern, max_length=200,
+                               description="The stream (aggregate) id.")]
+
+
+# -- wire models ----------------------------------------------------------------------
+
+class EventIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: UUID | None = Field(None, description="Makes a re-sent append idempotent.")
+    type: str = Field(pattern=EVENT_TYPE_PATTERN.pattern, max_length=200)
+    payload: dict[str, Any]
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    schema_version: StrictInt = Field(1, ge=1, le=_INT)
+
+
+class AppendIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    expected_version: Annotated[StrictInt, Field(ge=0, le=_BIGINT)] | Literal[
+        "any", "no_stream", "stream_exists"] = Field(
+        "any", description="The stream's version the append expects (0: a new stream).")
+    events: list[EventIn] = Field(min_length=1, max_length=MAX_EVENTS_PER_REQUEST)
+
+
+class AppendOut(BaseModel):
+    stream_id: str
+    first_version: int
+    next_expected_version: int
+    positions: list[int]
+    idempotent: bool
+
+
+class EventOut(BaseModel):
+    id: UUID
+    type: str
+    stream_id: str
+    version: int
+    payload: dict[str, Any]
+    metadata: dict[str, Any]
+    timestamp: datetime
+    position: int
+    schema_version: int
+
+
+class StreamOut(BaseModel):
+    stream_id: str
+    events: list[EventOut]
+
+
+class PageOut(BaseModel):
+    events: list[EventOut]
+    next_position: int = Field(description="Pass as from_position to read on.")
+
+
+class SnapshotIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    aggregate_type: str = Field(pattern=EVENT_TYPE_PATTERN.pattern, max_length=200)
+    version: StrictInt = Field(ge=1, le=_BIGINT)
+    state: dict[str, Any]
+    state_schema_version: StrictInt = Field(1, ge=1, le=_INT)
+
+
+class SnapshotOut(BaseModel):
+    aggregate_type: str
+    aggregate_id: str
+    version: int
+    state: dict[str, Any]
+    state_schema_version: int
+    taken_at: datetime
+
+
+class ErrorOut(BaseModel):
+    error: str
+    message: str
+
+
+class ConflictOut(ErrorOut):
+    actual_version: int
+    expected_version: int | str
+
+
+class ProjectionsOut(BaseModel):
+    projections: list[dict[str, Any]]
+
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorOut, "description": "Refused input"},
+    401: {"model": ErrorOut, "description": "Missing or wrong bearer token"},
+    503: {"model": ErrorOut, "description": "The database is unavailable"},
+}
+
+
+# -- helpers --------------------------------------------------------------------------
+
+def event_to_dict(event: RecordedEvent) -> dict[str, Any]:
+    return {"id": str(event.id), "type": event.type, "stream_id": event.aggregate_id,
+            "version": event.version, "payload": event.payload, "metadata": event.metadata,
+            "timestamp": event.timestamp.isoformat(), "position": event.position,
+            "schema_version": event.schema_version}
+
+
+def check_json(value: Any, where: str, depth: int = 0) -> None:
+    """Refuse what PostgreSQL's jsonb cannot store (NUL characters, lone surrogates) and
+    absurd nesting, as a 400 instead of a database error."""
+    if depth > MAX_JSON_DEPTH:
+        raise ValidationError(f"{where} is nested deeper than {MAX_JSON_DEPTH} levels")
+    if isinstance(value, str):
+        _check_text(value, where)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_text(key, where)
+            check_json(item, where, depth + 1)
+    elif isinstance(value, list):
+        for item in value:
+            check_json(item, where, depth + 1)
+    elif isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10**300:
+        raise ValidationError(f"{where} has an integer too large to store")
+
+
+def _check_text(text: str, where: str) -> None:
+    if "\x00" in text:
+        raise ValidationError(f"{where} contains a NUL character (\\u0000), which cannot be "
+                              "stored; remove it or encode the value (e.g. base64)")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValidationError(f"{where} contains an unpaired UTF-16 surrogate; send valid "
+                              "Unicode") from None
+
+
+def _error(status: int, kind: str, message: str, **extra: Any) -> JSONResponse:
+    return JSONResponse({"error": kind, "message": message, **extra}, status_code=status)
+
+
+@dataclass
+class Services:
+    """What the app serves from; owned (and closed) by the app's lifespan when `owned`."""
+
+    store: EventStore
+    snapshots: SnapshotStore | None = None
+    runner: ProjectionRunner | None = None
+    retention: RetentionJob | None = None
+    settings: Settings = field(default_factory=Settings)
+    owned: bool = True
+    refresh_interval: float = 15.0
+    _stop: threading.Event = field(default_factory=threading.Event)
+
+    def start(self) -> None:
+        if self.runner is not None:
+            self.runner.start()
+        if self.retention is not None:
+            self.retention.start()
+        threading.Thread(target=self._refresh_loop, name="metrics-refresh", daemon=True).start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self.retention is not None:
+            self.retention.stop()
+        if self.runner is not None:
+            self.runner.stop()
+        if self.owned:
+            if self.snapshots is not None:
+                self.snapshots.close()
+            self.store.close()
+
+    def _refresh_loop(self) -> None:
+        """Store-size and projection-lag gauges, refreshed in the background so a scrape
+        never waits on a count."""
+        while not self._stop.is_set():
+            try:
+                stats = self.store.stats()
+                metrics.STORE_EVENTS.set(stats.events)
+                metrics.STORE_ARCHIVED_EVENTS.set(stats.archived_events)
+                metrics.STORE_STREAMS.set(stats.streams)
+                metrics.STORE_BYTES.set(stats.bytes)
+                if self.runner is not None:
+                    self.runner.status()
+            except Exception as exc:  # metrics must not take the server down
+                log.debug("metrics refresh failed: %s", exc)
+            self._stop.wait(self.refresh_interval)
+
+
+# -- the app --------------------------------------------------------------------------
+
+def create_app(services: Services, token: str, max_body_bytes: int = 4 * 1024 * 1024,
+               append_threads: int = 16) -> FastAPI:
+    """The API over ready services. Every path but /healthz and /readyz needs `token`."""
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await anyio.to_thread.run_sync(services.start)
+        try:
+            yield
+        finally:
+            await anyio.to_thread.run_sync(services.stop)
+
+    app = FastAPI(title="eventstore", version="0.1.0", lifespan=lifespan, docs_url=None,
+                  redoc_url=None,
+                  description="The event store's HTTP API. Send `Authorization: Bearer "
+                              "<token>` on every path except /healthz and /readyz.")
+    app.add_middleware(GuardMiddleware, token=token, max_body_bytes=max_body_bytes)
+    subscription_threads = anyio.CapacityLimiter(256)
+    # Appends in flight at once: enough for PostgreSQL to group commits, few enough that
+    # threads do not fight over the GIL.
+    append_limiter = anyio.CapacityLimiter(append_threads)
+    store = services.store
+
+    # -- errors -------------------------------------------------------------------------
+
+    @app.exception_handler(ValidationError)
+    async def _validation(_: Request, exc: ValidationError) -> JSONResponse:
+        return _error(400, "validation_error", str(exc))
+
+    @app.exception_handler(ConcurrencyError)
+    async def _conflict(_: Request, exc: ConcurrencyError) -> JSONResponse:
+        expected = exc.expected if isinstance(exc.expected, int | str) else str(exc.expected)
+        return _error(409, "conflict", str(exc), actual_version=exc.actual_version,
+                      expected_version=expected)
+
+    @app.exception_handler(StoreUnavailable)
+    async def _unavailable(_: Request, exc: StoreUnavailable) -> JSONResponse:
+        return _error(503, "unavailable", str(exc))
+
+    @app.exception_handler(SchemaError)
+    async def _schema(_: Request, exc: SchemaError) -> JSONResponse:
+        return _error(503, "schema", str(exc))
+
+    @app.exception_handler(EventStoreError)
+    async def _other(_: Request, exc: EventStoreError) -> JSONResponse:
+        name = type(exc).__name__
+        if name == "SnapshotUnavailable":
+            return _error(503, "snapshot_store_unavailable", str(exc))
+        if name == "CorruptSnapshot":
+            return _error(500, "corrupt_snapshot", str(exc))
+        log.error("unexpected store error", exc_info=exc)
+        return _error(500, "internal", f"{name}: {exc}")
+
+    # -- probes and metrics -------------------------------------------------------------
+
+    @app.get("/healthz", tags=["probes"], summary="Liveness: the process answers")
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["probes"], summary="Readiness: the database answers and the "
+             "schema is current", responses={503: {"model": ErrorOut}})
+    def readyz() -> Response:
+        if store.schema_is_current():
+            return JSONResponse({"status": "ready"})
+        return _error(503, "not_ready", "the event database does not answer or its schema is "
+                      "not current (run `eventstore migrate`)")
+
+    @app.get("/metrics", tags=["probes"], summary="Prometheus metrics",
+             response_class=Response, responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
+    def prometheus() -> Response:
+        return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
+    # -- streams --------------------------------------------------------------------------
+
+    # The append is the hot path: the body is parsed by pydantic-core straight from bytes,
+    # and validation, the append and the encoded reply run in one worker-thread hop. The
+    # OpenAPI document still describes AppendIn/AppendOut (see openapi() below).
+    @app.post("/streams/{stream_id}", status_code=201, tags=["streams"],
+              summary="Append events with optimistic concurrency", response_model=AppendOut,
+              responses={409: {"model": ConflictOut, "description": "Expected version did not "
+                                                                    "hold"}, **_ERRORS},
+              openapi_extra={"requestBody": {"required": True, "content": {
+                  "application/json": {"schema": {"$ref": "#/components/schemas/AppendIn"}}}}})
+    async def append(stream_id: StreamId, request: Request) -> Response:
+        raw = await request.body()
+        try:
+            body = AppendIn.model_validate_json(raw)
+        except PydanticValidationError as exc:
+            raise RequestValidationError(exc.errors(include_url=False, include_context=False,
+                                                    include_input=False)) from None
+        return await anyio.to_thread.run_sync(_append, stream_id, body, limiter=append_limiter)
+
+    def _append(stream_id: str, body: AppendIn) -> Response:
+        events = []
+        for index, item in enumerate(body.events):
+            where = f"event {index}"
+            check_json(item.payload, f"payload of {where}")
+            check_json(item.metadata, f"metadata of {where}")
+            events.append(NewEvent(type=item.type, payload=item.payload, metadata=item.metadata,
+                                   schema_version=item.schema_version,
+                                   **({"id": item.id} if item.id else {})))
+        expected: int | ExpectedVersion = (
+            body.expected_version if isinstance(body.expected_version, int)
+            else ExpectedVersion(body.expected_version))
+        started = time.perf_counter()
+        try:
+            result = store.append(stream_id, events, expected_version=expected)
+        except ConcurrencyError:
+            metrics.APPEND_CONFLICTS.inc()
+            raise
+        metrics.APPEND_LATENCY.observe(time.perf_counter() - started)
+        if not result.idempotent:
+            metrics.EVENTS_APPENDED.inc(len(events))
+        reply = {"stream_id": result.stream_id, "first_version": result.first_version,
+                 "next_expected_version": result.next_expected_version,
+                 "positions": list(result.positions), "idempotent": result.idempotent}
+        return Response(json.dumps(reply, separators=(",", ":")), status_code=201,
+                        media_type="application/json")
+
+    @app.get("/streams/{stream_id}", tags=["streams"], summary="Read a stream",
+             responses=_ERRORS)
+    def read_stream(
+        stream_id: StreamId,
+        from_version: Annotated[int, Query(ge=1, le=_BIGINT)] = 1,
+        to_version: Annotated[int | None, Query(ge=1, le=_BIGINT)] = None,
+        as_of: Annotated[datetime | None, Query(description="Events recorded at or before "
+                                                            "this time (ISO 8601, with zone)")]
+        = None,
+        backwards: bool = False,
+        limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
+    ) -> StreamOut:
+        if as_of is not None and as_of.tzinfo is None:
+            as_of = as_of.replace(tzinfo=UTC)
+        events = store.read_stream(stream_id, from_version=from_version, to_version=to_version,
+                                   as_of=as_of, backwards=backwards, limit=limit)
+        return StreamOut.model_validate({"stream_id": stream_id,
+                                         "events": [event_to_dict(e) for e in events]})
+
+    @app.get("/streams/{stream_id}/archive", tags=["streams"],
+             summary="Events of a stream that retention moved to the archive",
+             responses=_ERRORS)
+    def read_archive(
+        stream_id: StreamId,
+        from_version: Annotated[int, Query(ge=1, le=_BIGINT)] = 1,
+        limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
+    ) -> StreamOut:
+        # The store reads a stream's whole archive; the page bounds the reply.
+        events = [e for e in store.read_archived_stream(stream_id)
+                  if e.version >= from_version][:limit]
+        return StreamOut.model_validate({"stream_id": stream_id,
+                                         "events": [event_to_dict(e) for e in events]})
+
+    @app.get("/all", tags=["streams"], summary="A page of the global log", responses=_ERRORS)
+    def read_all(
+        from_position: Annotated[int, Query(ge=0, le=_BIGINT)] = 0,
+        limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
+    ) -> PageOut:
+        events = store.read_all(from_position=from_position, limit=limit)
+        next_position = events[-1].position + 1 if events else from_position
+        return PageOut.model_validate({"events": [event_to_dict(e) for e in events],
+                                       "next_position": next_position})
+
+    @app.get("/subscribe", tags=["streams"], response_class=EventSourceResponse,
+             summary="Live subscription to the global log (server-sent events)",
+             description="Each SSE message has `id` = the event's position and `data` = the "
+                         "event as JSON. Reconnect with Last-Event-ID to resume.",
+             responses={200: {"content": {"text/event-stream": {}}}, **_ERRORS})
+    async def subscribe(
+        request: Request,
+        from_position: Annotated[int, Query(ge=0, le=_BIGINT)] = 0,
+        idle_timeout: Annotated[float | None, Query(gt=0, le=3600, description="Close after "
+                                                    "this many seconds without events")] = None,
+        last_event_id: Annotated[str | None, Header()] = None,
+    ) -> EventSourceResponse:
+        start = from_position
+        if last_event_id and last_event_id.isdigit() and int(last_event_id) < _BIGINT:
+            start = max(start, int(last_event_id) + 1)
+
+        async def stream() -> AsyncIterator[dict[str, str]]:
+            position = start
+            idle_since = time.monotonic()
+            while not await request.is_disconnected():
+                page = await anyio.to_thread.run_sync(store.read_all, position, 500,
+                                                      limiter=subscription_threads)
+                if page:
+                    idle_since = time.monotonic()
+                    for event in page:
+                        yield {"id": str(event.position), "event": "event",
+                               "data": json.dumps(event_to_dict(event))}
+                    position = page[-1].position + 1
+                    continue
+                idle = time.monotonic() - idle_since
+                if idle_timeout is not None and idle >= idle_timeout:
+                    return
+                wait = 1.0 if idle_timeout is None else min(1.0, idle_timeout - idle)
+                await anyio.to_thread.run_sync(store.wait_for_events, position - 1, wait,
+                                               limiter=subscription_threads)
+
+        return EventSourceResponse(stream(), ping=15)
+
+    # -- snapshots ------------------------------------------------------------------------
+
+    def _snapshots() -> SnapshotStore:
+        if services.snapshots is None:
+            raise StoreUnavailable("this server has no snapshot store configured")
+        return services.snapshots
+
+    @app.get("/streams/{stream_id}/snapshot", tags=["snapshots"],
+             summary="The newest snapshot of an aggregate",
+             responses={404: {"model": ErrorOut}, **_ERRORS})
+    def get_snapshot(
+        stream_id: StreamId,
+        aggregate_type: Annotated[str, Query(pattern=EVENT_TYPE_PATTERN.pattern,
+                                             max_length=200)],
+        at_or_below_version: Annotated[int | None, Query(ge=1, le=_BIGINT)] = None,
+    ) -> Response:
+        snapshot = _snapshots().latest(aggregate_type, stream_id,
+                                       at_or_below_version=at_or_below_version)
+        if snapshot is None:
+            return _error(404, "not_found", f"no snapshot of {aggregate_type} {stream_id}")
+        return JSONResponse(SnapshotOut(
+            aggregate_type=snapshot.aggregate_type, aggregate_id=snapshot.aggregate_id,
+            version=snapshot.version, state=snapshot.state,
+            state_schema_version=snapshot.state_schema_version,
+            taken_at=snapshot.taken_at).model_dump(mode="json"))
+
+    @app.put("/streams/{stream_id}/snapshot", status_code=201, tags=["snapshots"],
+             summary="Store a snapshot of an aggregate", responses=_ERRORS)
+    def put_snapshot(stream_id: StreamId, body: Annotated[SnapshotIn, Body()]) -> SnapshotOut:
+        from eventstore.snapshots.base import Snapshot
+
+        check_json(body.state, "state")
+        current = store.stream_version(stream_id)
+        if body.version > current:
+            raise ValidationError(f"snapshot version {body.version} is past the stream's "
+                                  f"version {current}: a snapshot must describe stored events")
+        snapshot = Snapshot(aggregate_type=body.aggregate_type, aggregate_id=stream_id,
+                            version=body.version, state=body.state,
+                            state_schema_version=body.state_schema_version,
+                            taken_at=datetime.now(UTC))
+        started = time.perf_counter()
+        _snapshots().save(snapshot)
+        metrics.SNAPSHOT_DURATION.observe(time.perf_counter() - started)
+        return SnapshotOut(aggregate_type=snapshot.aggregate_type, aggregate_id=stream_id,
+                           version=snapshot.version, state=snapshot.state,
+                           state_schema_version=snapshot.state_schema_version,
+                           taken_at=snapshot.taken_at)
+
+    # -- projections ----------------------------------------------------------------------
+
+    @app.get("/projections", tags=["projections"], summary="Projection status",
+             responses=_ERRORS)
+    def projections() -> ProjectionsOut:
+        runner = services.runner
+        statuses = runner.status() if runner is not None else []
+        return ProjectionsOut(projections=[s.as_dict() for s in statuses])
+
+    @app.get("/projections/{name}/dead-letters", tags=["projections"],
+             summary="Events a projection parked", responses={404: {"model": ErrorOut},
+                                                              **_ERRORS})
+    def dead_letters(name: Annotated[str, Path(max_length=63)],
+                     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100) -> Response:
+        runner = services.runner
+        if runner is None or name not in runner.projections:
+            return _error(404, "not_found", f"no projection named {name!r}")
+        return JSONResponse({"dead_letters": runner.dead_letters(name, limit)})
+
+    @app.post("/projections/{name}/rebuild", status_code=202, tags=["projections"],
+              summary="Empty a projection's read model and replay it from the start",
+              responses={404: {"model": ErrorOut}, **_ERRORS})
+    def rebuild(name: Annotated[str, Path(max_length=63)]) -> Response:
+        runner = services.runner
+        if runner is None or name not in runner.projections:
+            return _error(404, "not_found", f"no projection named {name!r}")
+        runner.rebuild(name)
+        return JSONResponse({"name": name, "status": "rebuilding"}, status_code=202)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version,
+                                 description=app.description, routes=app.routes)
+            components = schema.setdefault("components", {})
+            components["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+            append_in = AppendIn.model_json_schema(ref_template="#/components/schemas/{model}")
+            models = components.setdefault("schemas", {})
+            models.update(append_in.pop("$defs", {}))
+            models["AppendIn"] = append_in
+            for path, operations in schema.get("paths", {}).items():
+                if path in ("/healthz", "/readyz"):
+                    continue
+                for operation in operations.values():
+                    operation["security"] = [{"bearer": []}]
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    return app
+
+
+# -- wiring for `eventstore serve` -----------------------------------------------------
+
+def build_services(config: ServerConfig, settings: Settings, *, migrate: bool = True,
+                   retention_aggregate_types: list[str] | None = None) -> Services:
+    """Connect the backends and load the projections; raises on any startup problem."""
+    from eventstore.projections.base import load_projection
+    from eventstore.projections.runner import ProjectionRunner
+    from eventstore.retention import RetentionJob
+
+    options: dict[str, object] = {}
+    if config.event_store_url.startswith(("postgresql://", "postgres://")):
+        options["pool_max_size"] = config.db_pool_size
+    store = EventStore.connect(config.event_store_url, **options)
+    snapshots = None
+    try:
+        if migrate:
+            store.migrate()
+        elif not store.schema_is_current():
+            raise SchemaError("the event store schema is not current: run `eventstore "
+                              "migrate` (or serve without --no-migrate)")
+        projections = {name: load_projection(target)
+                       for name, target in settings.projections.projections.items()}
+        if config.snapshot_store_url:
+            try:
+                from eventstore.snapshots.base import SnapshotStore
+            except ImportError:  # pragma: no cover - snapshots ship with the package
+                log.warning("snapshot support is not installed; snapshots are off")
+            else:
+                snapshots = SnapshotStore.connect(config.snapshot_store_url)
+        runner = ProjectionRunner(store, projections, settings.projections) if projections \
+            else None
+        retention = None
+        if snapshots is not None:
+            retention = RetentionJob(store, snapshots, settings.store.retention_days,
+                                     retention_aggregate_types or [],
+                                     interval=config.retention_interval_seconds)
+    except BaseException:
+        if snapshots is not None:
+            snapshots.close()
+        store.close()
+        raise
+    return Services(store=store, snapshots=snapshots, runner=runner, retention=retention,
+                    settings=settings)
+

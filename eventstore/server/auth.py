@@ -1,0 +1,109 @@
+"""Bearer-token authentication and request-body limits, as one pure ASGI middleware.
+
+A middleware rather than per-route dependencies, so nothing can be forgotten: every path
+(including /openapi.json, /metrics and unknown paths) needs the token except the probes.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+#: Paths served without a token: the kubelet's probes carry none.
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz"})
+
+
+def token_matches(expected: bytes, header: bytes | None) -> bool:
+    """Constant-time check of an `Authorization: Bearer <token>` header value."""
+    if header is None:
+        return False
+    scheme, _, presented = header.partition(b" ")
+    if scheme.lower() != b"bearer":
+        return False
+    # compare_digest takes time independent of where the values differ.
+    return hmac.compare_digest(presented.strip(), expected)
+
+
+class GuardMiddleware:
+    """Refuses requests without the token (401) and bodies over `max_body_bytes` (413)."""
+
+    def __init__(self, app: ASGIApp, token: str, max_body_bytes: int) -> None:
+        self.app = app
+        self.token = token.encode()
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if scope["path"] not in PUBLIC_PATHS:
+            header = dict(scope.get("headers") or []).get(b"authorization")
+            if not token_matches(self.token, header):
+                await _reply(send, 401, {
+                    "error": "unauthorized",
+                    "message": "missing or wrong bearer token: send 'Authorization: Bearer "
+                               "<token>' with the token from the eventstore Secret"},
+                    {b"www-authenticate": b'Bearer realm="eventstore"'})
+                return
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None:
+            try:
+                too_large = int(length) > self.max_body_bytes
+            except ValueError:
+                await _reply(send, 400, {"error": "bad_request",
+                                         "message": "Content-Length is not a number"})
+                return
+            if too_large:
+                await _reply(send, 413, self._too_large())
+                return
+            await self.app(scope, receive, send)
+            return
+        # No Content-Length (chunked): buffer up to the limit, then hand the body on. The
+        # buffer is bounded by the limit, and the app never sees an oversized body.
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client went away
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body_bytes:
+                await _reply(send, 413, self._too_large())
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    def _too_large(self) -> dict[str, str]:
+        return {"error": "body_too_large",
+                "message": f"the request body is larger than {self.max_body_bytes} bytes; split "
+                           "the append (EVENTSTORE_MAX_BODY_BYTES sets the limit)"}
+
+
+async def _reply(send: Send, status: int, body: dict[str, Any],
+                 headers: dict[bytes, bytes] | None = None) -> None:
+    data = json.dumps(body).encode()
+    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]
+    raw += list((headers or {}).items())
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": data})

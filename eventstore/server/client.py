@@ -1,0 +1,207 @@
+"""A small synchronous client for the store's HTTP API (httpx), raising the library's errors.
+
+    client = EventStoreClient("https://store:8080", token=open(token_file).read().strip())
+    result = client.append("acc-1", [NewEvent("Deposited", {"amount": 5})], expected_version=0)
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from datetime import datetime
+from types import TracebackType
+from typing import Any
+from uuid import UUID
+
+import httpx
+
+from eventstore.errors import (
+    ConcurrencyError,
+    EventStoreError,
+    SchemaError,
+    StoreUnavailable,
+    ValidationError,
+)
+from eventstore.events import AppendResult, Expected, ExpectedVersion, NewEvent, RecordedEvent
+
+
+class Unauthorized(EventStoreError):
+    """The server refused the bearer token (HTTP 401)."""
+
+
+def event_from_dict(data: dict[str, Any]) -> RecordedEvent:
+    return RecordedEvent(id=UUID(data["id"]), type=data["type"], aggregate_id=data["stream_id"],
+                         version=int(data["version"]), payload=data["payload"],
+                         metadata=data["metadata"],
+                         timestamp=datetime.fromisoformat(data["timestamp"]),
+                         position=int(data["position"]),
+                         schema_version=int(data.get("schema_version", 1)))
+
+
+def iter_sse(lines: Iterator[str]) -> Iterator[dict[str, str]]:
+    """Server-sent-event messages (id, event, data) from a stream of text lines."""
+    message: dict[str, str] = {}
+    for line in lines:
+        if not line:
+            if message:
+                yield message
+                message = {}
+            continue
+        if line.startswith(":"):
+            continue
+        key, _, value = line.partition(":")
+        value = value.removeprefix(" ")
+        message[key] = f"{message[key]}\n{value}" if key in message else value
+
+
+class EventStoreClient:
+    """Thread-safe (httpx.Client pools connections). Close it, or use it as a context."""
+
+    def __init__(self, base_url: str, token: str, *, timeout: float = 30.0,
+                 verify: bool | str = True, transport: httpx.BaseTransport | None = None) -> None:
+        self._http = httpx.Client(base_url=base_url.rstrip("/"), timeout=timeout, verify=verify,
+                                  headers={"Authorization": f"Bearer {token}"},
+                                  transport=transport)
+
+    # -- streams -------------------------------------------------------------------------
+
+    def append(self, stream_id: str, events: Sequence[NewEvent],
+               expected_version: Expected = ExpectedVersion.ANY) -> AppendResult:
+        expected = (expected_version.value if isinstance(expected_version, ExpectedVersion)
+                    else expected_version)
+        body = {"expected_version": expected, "events": [
+            {"id": str(e.id), "type": e.type, "payload": e.payload, "metadata": e.metadata,
+             "schema_version": e.schema_version} for e in events]}
+        data = self._call("POST", f"/streams/{stream_id}", json=body)
+        return AppendResult(stream_id=data["stream_id"], first_version=data["first_version"],
+                            next_expected_version=data["next_expected_version"],
+                            positions=tuple(data["positions"]), idempotent=data["idempotent"])
+
+    def read_stream(self, stream_id: str, from_version: int = 1, to_version: int | None = None,
+                    as_of: datetime | None = None, backwards: bool = False,
+                    limit: int = 1000) -> list[RecordedEvent]:
+        params: dict[str, Any] = {"from_version": from_version, "backwards": backwards,
+                                  "limit": limit}
+        if to_version is not None:
+            params["to_version"] = to_version
+        if as_of is not None:
+            params["as_of"] = as_of.isoformat()
+        data = self._call("GET", f"/streams/{stream_id}", params=params)
+        return [event_from_dict(e) for e in data["events"]]
+
+    def read_archived_stream(self, stream_id: str, from_version: int = 1,
+                             limit: int = 1000) -> list[RecordedEvent]:
+        data = self._call("GET", f"/streams/{stream_id}/archive",
+                          params={"from_version": from_version, "limit": limit})
+        return [event_from_dict(e) for e in data["events"]]
+
+    def read_all(self, from_position: int = 0, limit: int = 1000) -> list[RecordedEvent]:
+        data = self._call("GET", "/all", params={"from_position": from_position, "limit": limit})
+        return [event_from_dict(e) for e in data["events"]]
+
+    def subscribe(self, from_position: int = 0,
+                  idle_timeout: float | None = None) -> Iterator[RecordedEvent]:
+        """Follow the global log live (server-sent events); ends after `idle_timeout`."""
+        params: dict[str, Any] = {"from_position": from_position}
+        if idle_timeout is not None:
+            params["idle_timeout"] = idle_timeout
+        with self._http.stream("GET", "/subscribe", params=params,
+                               timeout=httpx.Timeout(self._http.timeout.connect, read=None)
+                               ) as response:
+            if response.status_code != 200:
+                response.read()
+                self._raise(response)
+            for message in iter_sse(response.iter_lines()):
+                if message.get("event") == "event":
+                    yield event_from_dict(json.loads(message["data"]))
+
+    # -- snapshots -----------------------------------------------------------------------
+
+    def get_snapshot(self, stream_id: str, aggregate_type: str,
+                     at_or_below_version: int | None = None) -> dict[str, Any] | None:
+        params: dict[str, Any] = {"aggregate_type": aggregate_type}
+        if at_or_below_version is not None:
+            params["at_or_below_version"] = at_or_below_version
+        response = self._http.get(f"/streams/{stream_id}/snapshot", params=params)
+        if response.status_code == 404:
+            return None
+        return self._json(response)
+
+    def put_snapshot(self, stream_id: str, aggregate_type: str, version: int,
+                     state: dict[str, Any], state_schema_version: int = 1) -> dict[str, Any]:
+        return self._call("PUT", f"/streams/{stream_id}/snapshot", json={
+            "aggregate_type": aggregate_type, "version": version, "state": state,
+            "state_schema_version": state_schema_version})
+
+    # -- projections, probes -------------------------------------------------------------
+
+    def projections(self) -> list[dict[str, Any]]:
+        return list(self._call("GET", "/projections")["projections"])
+
+    def rebuild(self, name: str) -> None:
+        self._call("POST", f"/projections/{name}/rebuild")
+
+    def dead_letters(self, name: str) -> list[dict[str, Any]]:
+        return list(self._call("GET", f"/projections/{name}/dead-letters")["dead_letters"])
+
+    def ready(self) -> bool:
+        try:
+            return self._http.get("/readyz").status_code == 200
+        except httpx.TransportError:
+            return False
+
+    def metrics(self) -> str:
+        response = self._http.get("/metrics")
+        self._check(response)
+        return response.text
+
+    # -- plumbing ------------------------------------------------------------------------
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            raise StoreUnavailable(f"the event store at {self._http.base_url} did not answer: "
+                                   f"{exc}") from exc
+        return self._json(response)
+
+    def _json(self, response: httpx.Response) -> dict[str, Any]:
+        self._check(response)
+        data: dict[str, Any] = response.json()
+        return data
+
+    def _check(self, response: httpx.Response) -> None:
+        if response.status_code < 400:
+            return
+        self._raise(response)
+
+    @staticmethod
+    def _raise(response: httpx.Response) -> None:
+        try:
+            body = response.json()
+        except ValueError:
+            body = {}
+        message = str(body.get("message") or body.get("detail") or response.text)
+        status = response.status_code
+        if status == 409:
+            raise ConcurrencyError(str(response.request.url.path).rsplit("/", 1)[-1],
+                                   body.get("expected_version"), int(body["actual_version"]))
+        if status == 401:
+            raise Unauthorized(message)
+        if status in (400, 413, 422):
+            raise ValidationError(message)
+        if status == 503:
+            if body.get("error") == "schema":
+                raise SchemaError(message)
+            raise StoreUnavailable(message)
+        raise EventStoreError(f"HTTP {status}: {message}")
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> EventStoreClient:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()

@@ -1,0 +1,299 @@
+"""Server configuration from the environment: backends, credentials, token, TLS, data dir.
+
+The operator sets exactly the variables documented on `ServerConfig.from_env`; laptops and
+tests may instead give full URLs in EVENTSTORE_URL / SNAPSHOT_STORE_URL. Secrets (database
+passwords, the API token) are kept out of `repr()` and every log line: `describe()` is the
+loggable view.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlsplit, urlunsplit
+
+from eventstore.errors import EventStoreError
+from eventstore.settings import CONFIG_DIR_ENV, DEFAULT_CONFIG_DIR
+
+DEFAULT_PORT = 8080
+DEFAULT_DATA_DIR = Path("/data")
+DEFAULT_TOKEN_FILE = Path("/var/run/secrets/eventstore/token")
+DEFAULT_TLS_CERT_FILE = Path("/var/run/secrets/eventstore/tls/tls.crt")
+DEFAULT_TLS_KEY_FILE = Path("/var/run/secrets/eventstore/tls/tls.key")
+DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
+#: The generated token of a laptop server (no EVENT_DB_HOST), under the data dir.
+GENERATED_TOKEN_FILE = "api-token"
+
+
+class ConfigError(EventStoreError):
+    """The environment does not describe a server we can start; names the variable."""
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Everything `eventstore serve` needs besides the settings files."""
+
+    event_store_url: str = field(repr=False)
+    snapshot_store_url: str | None = field(repr=False)
+    api_token: str = field(repr=False)
+    config_dir: Path = DEFAULT_CONFIG_DIR
+    config_dir_explicit: bool = False
+    data_dir: Path = DEFAULT_DATA_DIR
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    db_pool_size: int = 20
+    retention_interval_seconds: float = 3600.0
+    token_source: str = "env"
+    retention_aggregate_types: tuple[str, ...] = ()
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> ServerConfig:
+        """Read the pod's environment.
+
+        Events: EVENTSTORE_URL, else EVENT_DB_HOST, EVENT_DB_PORT (5432), EVENT_DB_NAME
+        (eventstore), EVENT_DB_USER, EVENT_DB_PASSWORD or EVENT_DB_PASSWORD_FILE; else the
+        embedded SQLite file <data dir>/events.db.
+        Snapshots: SNAPSHOT_STORE_URL, else SNAPSHOT_DB_HOST, SNAPSHOT_DB_PORT (27017),
+        SNAPSHOT_DB_NAME (eventstore), SNAPSHOT_DB_USER, SNAPSHOT_DB_PASSWORD(_FILE),
+        SNAPSHOT_DB_AUTH_SOURCE (admin); else <data dir>/snapshots.db.
+        Token: EVENTSTORE_API_TOKEN, else the file EVENTSTORE_API_TOKEN_FILE
+        (/var/run/secrets/eventstore/token). Without either, a server on PostgreSQL refuses
+        to start; a laptop server (no EVENT_DB_HOST) generates one in <data dir>/api-token.
+        TLS: served when the files EVENTSTORE_TLS_CERT_FILE and EVENTSTORE_TLS_KEY_FILE
+        (default /var/run/secrets/eventstore/tls/tls.crt and tls.key) exist.
+        Tuning: EVENTSTORE_MAX_BODY_BYTES (4 MiB), EVENTSTORE_DB_POOL_SIZE (20),
+        EVENTSTORE_RETENTION_INTERVAL_SECONDS (3600), EVENTSTORE_RETENTION_AGGREGATE_TYPES
+        (comma-separated snapshot aggregate types that may cover archived events; empty
+        turns retention off).
+        """
+        env = os.environ if environ is None else environ
+        data_dir = Path(env.get("EVENTSTORE_DATA_DIR") or DEFAULT_DATA_DIR)
+        config_dir_value = env.get(CONFIG_DIR_ENV)
+        config_dir = Path(config_dir_value) if config_dir_value else DEFAULT_CONFIG_DIR
+
+        events_url = event_store_url_from_env(env)
+        clustered = bool(env.get("EVENT_DB_HOST"))
+        snapshot_url = env.get("SNAPSHOT_STORE_URL") or None
+        if not snapshot_url:
+            if env.get("SNAPSHOT_DB_HOST"):
+                snapshot_url = _mongo_url(env)
+            else:
+                snapshot_url = f"sqlite:///{(data_dir / 'snapshots.db').resolve()}"
+
+        token, source = _token(env, data_dir, required=clustered)
+        cert = Path(env.get("EVENTSTORE_TLS_CERT_FILE") or DEFAULT_TLS_CERT_FILE)
+        key = Path(env.get("EVENTSTORE_TLS_KEY_FILE") or DEFAULT_TLS_KEY_FILE)
+        if cert.exists() != key.exists():
+            missing = "EVENTSTORE_TLS_KEY_FILE" if cert.exists() else "EVENTSTORE_TLS_CERT_FILE"
+            raise ConfigError(f"{missing}: TLS needs both a certificate and a key; "
+                              f"{(key if cert.exists() else cert)} does not exist")
+        return cls(
+            event_store_url=events_url,
+            snapshot_store_url=snapshot_url,
+            api_token=token,
+            config_dir=config_dir,
+            config_dir_explicit=bool(config_dir_value),
+            data_dir=data_dir,
+            tls_cert_file=cert if cert.exists() else None,
+            tls_key_file=key if key.exists() else None,
+            max_body_bytes=_int(env, "EVENTSTORE_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES, 1024,
+                                256 * 1024 * 1024),
+            db_pool_size=_int(env, "EVENTSTORE_DB_POOL_SIZE", 20, 2, 500),
+            retention_interval_seconds=float(_int(env, "EVENTSTORE_RETENTION_INTERVAL_SECONDS",
+                                                  3600, 1, 7 * 86400)),
+            token_source=source,
+            retention_aggregate_types=tuple(
+                t.strip() for t in env.get("EVENTSTORE_RETENTION_AGGREGATE_TYPES", "").split(",")
+                if t.strip()),
+        )
+
+    def describe(self) -> dict[str, Any]:
+        """A loggable view: URLs without credentials, no token."""
+        return {
+            "event_store": redact_url(self.event_store_url),
+            "snapshot_store": redact_url(self.snapshot_store_url) if self.snapshot_store_url
+            else None,
+            "config_dir": str(self.config_dir),
+            "data_dir": str(self.data_dir),
+            "tls": self.tls_cert_file is not None,
+            "token_source": self.token_source,
+        }
+
+
+def event_store_url_from_env(environ: Mapping[str, str] | None = None) -> str:
+    """EVENTSTORE_URL, else PostgreSQL from EVENT_DB_*, else SQLite under the data dir."""
+    env = os.environ if environ is None else environ
+    url = env.get("EVENTSTORE_URL")
+    if url:
+        return url
+    if env.get("EVENT_DB_HOST"):
+        return _postgres_url(env)
+    data_dir = Path(env.get("EVENTSTORE_DATA_DIR") or DEFAULT_DATA_DIR)
+    return f"sqlite:///{(data_dir / 'events.db').resolve()}"
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password (and user) replaced, for logs and messages."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable URL>"
+    if parts.password is None and parts.username is None:
+        return url
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, f"***@{host}", parts.path, "", ""))
+
+
+def _secret(env: Mapping[str, str], name: str) -> str | None:
+    """NAME, else the content of the file NAME_FILE (a mounted Secret), stripped."""
+    value = env.get(name)
+    if value:
+        return value
+    path = env.get(f"{name}_FILE")
+    if not path:
+        return None
+    try:
+        return Path(path).read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigError(f"{name}_FILE: cannot read {path}: {exc.strerror}") from None
+
+
+def _require(env: Mapping[str, str], name: str, default: str | None = None) -> str:
+    value = env.get(name) or default
+    if not value:
+        raise ConfigError(f"{name} is not set")
+    return value
+
+
+def _port(env: Mapping[str, str], name: str, default: int) -> int:
+    return _int(env, name, default, 1, 65535)
+
+
+def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+    raw = env.get(name)
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}: {raw!r} is not an integer") from None
+    if not low <= value <= high:
+        raise ConfigError(f"{name}: {value} is out of range {low}..{high}")
+    return value
+
+
+def _host(host: str) -> str:
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+def _postgres_url(env: Mapping[str, str]) -> str:
+    host = _require(env, "EVENT_DB_HOST")
+    port = _port(env, "EVENT_DB_PORT", 5432)
+    name = env.get("EVENT_DB_NAME") or "eventstore"
+    user = env.get("EVENT_DB_USER")
+    password = _secret(env, "EVENT_DB_PASSWORD")
+    auth = ""
+    if user:
+        auth = quote(user, safe="")
+        if password:
+            auth += ":" + quote(password, safe="")
+        auth += "@"
+    return f"postgresql://{auth}{_host(host)}:{port}/{quote(name, safe='')}"
+
+
+def _mongo_url(env: Mapping[str, str]) -> str:
+    host = _require(env, "SNAPSHOT_DB_HOST")
+    port = _port(env, "SNAPSHOT_DB_PORT", 27017)
+    name = env.get("SNAPSHOT_DB_NAME") or "eventstore"
+    user = env.get("SNAPSHOT_DB_USER")
+    password = _secret(env, "SNAPSHOT_DB_PASSWORD")
+    auth, query = "", ""
+    if user:
+        auth = quote(user, safe="")
+        if password:
+            auth += ":" + quote(password, safe="")
+        auth += "@"
+        query = "?authSource=" + quote(env.get("SNAPSHOT_DB_AUTH_SOURCE") or "admin", safe="")
+    return f"mongodb://{auth}{_host(host)}:{port}/{quote(name, safe='')}{query}"
+
+
+def _token(env: Mapping[str, str], data_dir: Path, *, required: bool) -> tuple[str, str]:
+    token = env.get("EVENTSTORE_API_TOKEN")
+    if token:
+        return token.strip(), "EVENTSTORE_API_TOKEN"
+    path = Path(env.get("EVENTSTORE_API_TOKEN_FILE") or DEFAULT_TOKEN_FILE)
+    if path.exists():
+        try:
+            token = path.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(f"EVENTSTORE_API_TOKEN_FILE: cannot read {path}: "
+                              f"{exc.strerror}") from None
+        if len(token) < 16:
+            raise ConfigError(f"EVENTSTORE_API_TOKEN_FILE: the token in {path} is shorter than "
+                              "16 characters; generate a long random one")
+        return token, str(path)
+    if required:
+        raise ConfigError(
+            f"EVENTSTORE_API_TOKEN_FILE: no API token: {path} does not exist and "
+            "EVENTSTORE_API_TOKEN is not set. Mount the token Secret there.")
+    generated = data_dir / GENERATED_TOKEN_FILE
+    if generated.exists():
+        return generated.read_text(encoding="utf-8").strip(), str(generated)
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(generated, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError as exc:
+        raise ConfigError(f"EVENTSTORE_DATA_DIR: cannot write a generated API token to "
+                          f"{generated}: {exc.strerror}; set EVENTSTORE_API_TOKEN") from None
+    token = secrets.token_urlsafe(32)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(token + "\n")
+    return token, f"generated:{generated}"
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, and any `extra` fields."""
+
+    _STANDARD = frozenset(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime",
+                                                                     "color_message"}
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for key, value in vars(record).items():
+            if key not in self._STANDARD and not key.startswith("_"):
+                entry[key] = value
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+def configure_logging(level: str = "info") -> None:
+    """JSON logs on stderr for this process and uvicorn's loggers."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        logger = logging.getLogger(name)
+        logger.handlers[:] = []
+        logger.propagate = True
+    logging.getLogger("psycopg.pool").setLevel(logging.WARNING)

@@ -1,0 +1,167 @@
+"""Start-up failures exit 3 with a clear message; SIGTERM drains and loses no acknowledged
+append; credentials never reach the log."""
+
+from __future__ import annotations
+
+import random
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from uuid import UUID, uuid4
+
+import httpx
+import psycopg
+import pytest
+
+from tests.harness.postgres import PostgresServer, free_port
+from tests.server.conftest import ServerProcess, write_settings
+
+pytestmark = pytest.mark.postgres
+
+SECRET = "s3cret-Passw0rd-that-must-not-leak"
+
+
+def _exit_code(server: ServerProcess, timeout: float = 60) -> int:
+    return server.process.wait(timeout=timeout)
+
+
+def test_bad_settings_file_exits_3_naming_the_key(
+        servers: Callable[..., ServerProcess], postgres_url: str, tmp_path: Path) -> None:
+    config = write_settings(tmp_path / "bad", store="snapshot_frequency: 0\n")
+    server = servers({"EVENTSTORE_URL": postgres_url, "EVENTSTORE_CONFIG_DIR": str(config)},
+                     wait=False)
+    assert _exit_code(server) == 3
+    assert "event-store.yaml: snapshot_frequency" in server.log()
+    assert "greater than or equal to 1" in server.log()
+
+    config = write_settings(tmp_path / "bad2", projections="workers: 5\nwrokers: 3\n")
+    server = servers({"EVENTSTORE_URL": postgres_url, "EVENTSTORE_CONFIG_DIR": str(config)},
+                     wait=False, name="s2")
+    assert _exit_code(server) == 3
+    assert "projections.yaml: wrokers: unknown key" in server.log()
+
+
+def test_unknown_projection_module_exits_3(
+        servers: Callable[..., ServerProcess], postgres_url: str, tmp_path: Path) -> None:
+    config = write_settings(tmp_path / "c", projections='projections:\n  x: "nosuch.mod:Thing"\n')
+    server = servers({"EVENTSTORE_URL": postgres_url, "EVENTSTORE_CONFIG_DIR": str(config)},
+                     wait=False)
+    assert _exit_code(server) == 3
+    assert "nosuch.mod" in server.log()
+
+
+def test_unreachable_database_exits_3_without_leaking_the_password(
+        servers: Callable[..., ServerProcess], tmp_path: Path) -> None:
+    secret_file = tmp_path / "pw"
+    secret_file.write_text(SECRET + "\n")
+    server = servers({"EVENT_DB_HOST": "127.0.0.1", "EVENT_DB_PORT": str(free_port()),
+                      "EVENT_DB_USER": "eventstore", "EVENT_DB_PASSWORD_FILE": str(secret_file)},
+                     wait=False)
+    assert _exit_code(server, timeout=120) == 3
+    log = server.log()
+    assert "cannot start" in log and "PostgreSQL" in log
+    assert SECRET not in log
+
+
+def test_missing_token_in_cluster_mode_exits_3(
+        servers: Callable[..., ServerProcess], postgres_server: PostgresServer,
+        tmp_path: Path) -> None:
+    server = servers({"EVENT_DB_HOST": "127.0.0.1", "EVENT_DB_PORT": str(postgres_server.port),
+                      "EVENT_DB_USER": "eventstore", "EVENTSTORE_API_TOKEN": "",
+                      "EVENTSTORE_API_TOKEN_FILE": str(tmp_path / "absent")}, wait=False)
+    assert _exit_code(server) == 3
+    assert "EVENTSTORE_API_TOKEN_FILE" in server.log()
+
+
+def test_env_backends_with_password_never_logged(
+        servers: Callable[..., ServerProcess], postgres_server: PostgresServer,
+        tmp_path: Path) -> None:
+    """EVENT_DB_* as the operator sets them (trust auth ignores the password here)."""
+    name = postgres_server.create_database(f"envdb_{uuid4().hex[:8]}").rsplit("/", 1)[1]
+    token_file = tmp_path / "token"
+    token_file.write_text("file-token-abcdefghijklmnop\n")
+    server = servers({"EVENT_DB_HOST": "127.0.0.1", "EVENT_DB_PORT": str(postgres_server.port),
+                      "EVENT_DB_NAME": name, "EVENT_DB_USER": "eventstore",
+                      "EVENT_DB_PASSWORD": SECRET, "EVENTSTORE_API_TOKEN": "",
+                      "EVENTSTORE_API_TOKEN_FILE": str(token_file)}, args=["--log-level", "debug"])
+    ok = httpx.post(f"{server.url}/streams/e-1", json={"events": [{"type": "A", "payload": {}}]},
+                    headers={"Authorization": "Bearer file-token-abcdefghijklmnop"})
+    assert ok.status_code == 201
+    assert server.stop() == 0
+    log = server.log()
+    assert '"event_store": "postgresql://***@127.0.0.1:' in log
+    assert SECRET not in log and "file-token-abcdefghijklmnop" not in log
+
+
+def test_sigterm_under_append_load_loses_no_acknowledged_append(
+        servers: Callable[..., ServerProcess], postgres_url: str) -> None:
+    server = servers({"EVENTSTORE_URL": postgres_url})
+    acknowledged: list[UUID] = []
+    lock = threading.Lock()
+    stop = threading.Event()
+    errors: list[str] = []
+
+    def client(index: int) -> None:
+        rng = random.Random(index)
+        with httpx.Client(base_url=server.url, timeout=30,
+                          headers={"Authorization": f"Bearer {server.token}"}) as http:
+            while not stop.is_set():
+                event_id = uuid4()
+                body = {"expected_version": "any", "events": [
+                    {"id": str(event_id), "type": "Deposited",
+                     "payload": {"amount": rng.randrange(1, 100)}}]}
+                try:
+                    response = http.post(f"/streams/load-{index % 8}", json=body)
+                except httpx.TransportError:
+                    return  # the server stopped accepting: fine, it was not acknowledged
+                if response.status_code == 201:
+                    with lock:
+                        acknowledged.append(event_id)
+                elif response.status_code != 503:
+                    errors.append(f"{response.status_code} {response.text}")
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(16)]
+    for thread in threads:
+        thread.start()
+    time.sleep(2.0)
+    assert server.stop(signal.SIGTERM) == 0
+    stop.set()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert not errors
+    assert len(acknowledged) > 50
+    with psycopg.connect(postgres_url) as conn:
+        stored = {r[0] for r in conn.execute("SELECT id FROM es_events").fetchall()}
+    missing = set(acknowledged) - stored
+    assert not missing, f"{len(missing)} acknowledged appends are not stored"
+    assert "Shutting down" in server.log() and "Application shutdown complete" in server.log()
+
+
+def test_tls_is_served_when_a_certificate_is_mounted(
+        servers: Callable[..., ServerProcess], postgres_url: str, tmp_path: Path) -> None:
+    cert, key = tmp_path / "tls.crt", tmp_path / "tls.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    server = servers({"EVENTSTORE_URL": postgres_url, "EVENTSTORE_TLS_CERT_FILE": str(cert),
+                      "EVENTSTORE_TLS_KEY_FILE": str(key)}, wait=False)
+    https = server.url.replace("http://", "https://")
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            response = httpx.get(f"{https}/readyz", verify=str(cert), timeout=2)
+            break
+        except httpx.TransportError:
+            assert server.process.poll() is None, server.log()
+            assert time.monotonic() < deadline, server.log()
+            time.sleep(0.2)
+    assert response.status_code == 200
+    authed = httpx.get(f"{https}/all", verify=str(cert),
+                       headers={"Authorization": f"Bearer {server.token}"})
+    assert authed.status_code == 200
+    with pytest.raises(httpx.TransportError):
+        httpx.get(f"{server.url}/healthz", timeout=2)   # plain HTTP is not served
+    assert '"tls": true' in server.log()
