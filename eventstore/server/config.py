@@ -199,18 +199,18 @@ def _host(host: str) -> str:
     return f"[{host}]" if ":" in host and not host.startswith("[") else host
 
 
+def _userinfo(user: str | None, password: str | None) -> str:
+    """`user:password@` for a URL, percent-encoded; empty without a user."""
+    if not user:
+        return ""
+    return quote(user, safe="") + (":" + quote(password, safe="") if password else "") + "@"
+
+
 def _postgres_url(env: Mapping[str, str]) -> str:
     host = _require(env, "EVENT_DB_HOST")
     port = _port(env, "EVENT_DB_PORT", 5432)
     name = env.get("EVENT_DB_NAME") or "eventstore"
-    user = env.get("EVENT_DB_USER")
-    password = _secret(env, "EVENT_DB_PASSWORD")
-    auth = ""
-    if user:
-        auth = quote(user, safe="")
-        if password:
-            auth += ":" + quote(password, safe="")
-        auth += "@"
+    auth = _userinfo(env.get("EVENT_DB_USER"), _secret(env, "EVENT_DB_PASSWORD"))
     return f"postgresql://{auth}{_host(host)}:{port}/{quote(name, safe='')}"
 
 
@@ -219,13 +219,9 @@ def _mongo_url(env: Mapping[str, str]) -> str:
     port = _port(env, "SNAPSHOT_DB_PORT", 27017)
     name = env.get("SNAPSHOT_DB_NAME") or "eventstore"
     user = env.get("SNAPSHOT_DB_USER")
-    password = _secret(env, "SNAPSHOT_DB_PASSWORD")
-    auth, query = "", ""
+    auth = _userinfo(user, _secret(env, "SNAPSHOT_DB_PASSWORD"))
+    query = ""
     if user:
-        auth = quote(user, safe="")
-        if password:
-            auth += ":" + quote(password, safe="")
-        auth += "@"
         query = "?authSource=" + quote(env.get("SNAPSHOT_DB_AUTH_SOURCE") or "admin", safe="")
     return f"mongodb://{auth}{_host(host)}:{port}/{quote(name, safe='')}{query}"
 

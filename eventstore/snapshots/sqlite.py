@@ -30,6 +30,7 @@ from eventstore.snapshots.base import (
     state_to_json,
     to_epoch_ms,
 )
+from eventstore.store.sqlite import immediate_transaction
 
 # Deliberately not a STRICT table: SQLite would then refuse the wrong-typed rows that
 # another tool or an old version might write, but we must read past them anyway, and the
@@ -119,14 +120,8 @@ class SQLiteSnapshotStore(SnapshotStore):
 
     @contextmanager
     def _transaction(self, what: str) -> Iterator[sqlite3.Connection]:
-        with self._connection(what) as conn:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
+        with self._connection(what) as conn, immediate_transaction(conn):
+            yield conn
 
     # -- the contract ------------------------------------------------------------------
 

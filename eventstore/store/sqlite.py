@@ -161,14 +161,8 @@ class SQLiteEventStore(EventStore):
         """One write transaction. BEGIN IMMEDIATE takes SQLite's write lock up front; the
         process lock keeps this process's threads from queueing inside SQLite."""
         lock = contextlib.nullcontext() if self._memory else self._write_lock
-        with lock, self._conn() as conn:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
+        with lock, self._conn() as conn, immediate_transaction(conn):
+            yield conn
 
     def migrate(self) -> int:
         with self._write() as conn:
@@ -317,6 +311,19 @@ class SQLiteEventStore(EventStore):
         self._connections.clear()
         with self._appended:
             self._appended.notify_all()
+
+
+@contextmanager
+def immediate_transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    """BEGIN IMMEDIATE (the write lock up front, so no upgrade deadlock), COMMIT on
+    success, ROLLBACK on any exception. For connections opened with isolation_level=None."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
 
 
 @contextmanager

@@ -35,6 +35,18 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 @pytest.fixture(scope="session")
+def helm_binary() -> Path:
+    """The helm binary alone (lint and template need no cluster). Skips with the reason
+    where it cannot be built, and fails instead when EVENTSTORE_REQUIRE_K8S is set."""
+    try:
+        return ensure_binaries() / "helm"
+    except BinariesUnavailable as exc:
+        if _required():
+            pytest.fail(f"EVENTSTORE_REQUIRE_K8S is set but helm is unavailable: {exc}")
+        pytest.skip(f"no helm binary: {exc}")
+
+
+@pytest.fixture(scope="session")
 def control_plane() -> Iterator[ControlPlane]:
     """etcd + kube-apiserver + kube-controller-manager for the whole test session."""
     try:

@@ -31,7 +31,7 @@ import pytest
 import yaml
 
 from eventstore_operator import names
-from tests.harness.controlplane import BinariesUnavailable, ControlPlane, ensure_binaries
+from tests.harness.controlplane import ControlPlane
 from tests.k8s import assertions
 
 REPO = Path(__file__).resolve().parents[2]
@@ -86,15 +86,9 @@ class Helm:
 
 
 @pytest.fixture(scope="module")
-def offline_helm(tmp_path_factory: pytest.TempPathFactory) -> Helm:
+def offline_helm(helm_binary: Path, tmp_path_factory: pytest.TempPathFactory) -> Helm:
     """helm for lint/template: needs the binary, not a running cluster."""
-    try:
-        binary = ensure_binaries() / "helm"
-    except BinariesUnavailable as exc:
-        if os.environ.get("EVENTSTORE_REQUIRE_K8S", "").lower() in {"1", "true", "yes"}:
-            pytest.fail(f"EVENTSTORE_REQUIRE_K8S is set but helm is unavailable: {exc}")
-        pytest.skip(f"no helm binary: {exc}")
-    return Helm(binary, tmp_path_factory.mktemp("helm-home"))
+    return Helm(helm_binary, tmp_path_factory.mktemp("helm-home"))
 
 
 @pytest.fixture(scope="module")

@@ -47,16 +47,6 @@ class Helm:
         return proc
 
 
-@pytest.fixture(scope="module")
-def helm_binary() -> Path:
-    from tests.harness.controlplane import BinariesUnavailable, ensure_binaries
-
-    try:
-        return ensure_binaries() / "helm"
-    except BinariesUnavailable as exc:
-        pytest.skip(f"no helm binary: {exc}")
-
-
 VALUE_SETS = {
     "defaults": [],
     "everything": [
