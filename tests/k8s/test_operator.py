@@ -260,19 +260,17 @@ def test_growing_storage_recreates_the_statefulset_and_keeps_the_pods(
         return sts if size == "200Gi" else None
 
     new = wait_for(regrown, 30, "a StatefulSet with 200Gi claims")
-    # The pods were orphaned, not deleted, and the new StatefulSet adopted them.
-    pods = wait_for(
-        lambda: (
-            [
-                p
-                for p in kubectl.list("pods", namespace, "app.kubernetes.io/component=store")
-                if [r["uid"] for r in p["metadata"].get("ownerReferences", [])] == [new["metadata"]["uid"]]
-            ]
-            or None
-        ),
-        30,
-        "the new StatefulSet to adopt the running pods",
-    )
+    # The pods were orphaned, not deleted, and the new StatefulSet adopted them. The
+    # controller adopts them one at a time: wait for all three, not the first.
+    def adopted() -> list[dict[str, Any]] | None:
+        pods = [
+            p
+            for p in kubectl.list("pods", namespace, "app.kubernetes.io/component=store")
+            if [r["uid"] for r in p["metadata"].get("ownerReferences", [])] == [new["metadata"]["uid"]]
+        ]
+        return pods if len(pods) == 3 else None
+
+    pods = wait_for(adopted, 30, "the new StatefulSet to adopt all three running pods")
     assert len(pods) == 3
     # Unbound claims (no storage provisioner here) cannot be resized: said in an Event.
     warnings = wait_for(lambda: events(kubectl, namespace, "VolumeResizeFailed"), 10, "an Event")
