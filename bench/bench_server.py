@@ -39,7 +39,7 @@ def _start_server(url: str, tmp: Path) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(REPO), "EVENTSTORE_URL": url,
            "EVENTSTORE_API_TOKEN": TOKEN, "EVENTSTORE_DATA_DIR": str(tmp / "data"),
-           "EVENTSTORE_CONFIG_DIR": str(tmp / "config"), "EVENTSTORE_DB_POOL_SIZE": "24"}
+           "EVENTSTORE_CONFIG_DIR": str(tmp / "config")}
     (tmp / "config").mkdir(exist_ok=True)
     log = open(tmp / "server.log", "wb")  # noqa: SIM115 - lives as long as the process
     process = subprocess.Popen(

@@ -12,7 +12,7 @@ from typing import Any
 import psycopg
 
 from eventstore import EventStore, NewEvent
-from eventstore.store.postgres import _PLANNER_OPTIONS, PostgresEventStore
+from eventstore.store.postgres import PLANNER_OPTIONS, PostgresEventStore
 
 Row = dict[str, Any]
 
@@ -66,7 +66,7 @@ def run(url: str, scale: float = 1.0, rounds: int = 3) -> list[Row]:
     store.migrate()
     # The floor gets the same planner settings as the store's own connections, so that a
     # plan chosen on stale statistics does not flatter the ratio.
-    raw = psycopg.connect(url, autocommit=True, options=_PLANNER_OPTIONS)
+    raw = psycopg.connect(url, autocommit=True, options=PLANNER_OPTIONS)
     raw.execute(RAW_TABLE)
     results: list[Row] = []
 
@@ -117,7 +117,7 @@ def run(url: str, scale: float = 1.0, rounds: int = 3) -> list[Row]:
             store.append(f"writer-{n}-{i % 20}", [NewEvent("Deposited", PAYLOAD)])
 
     def raw_writer(n: int) -> None:
-        with psycopg.connect(url, autocommit=True, options=_PLANNER_OPTIONS) as conn:
+        with psycopg.connect(url, autocommit=True, options=PLANNER_OPTIONS) as conn:
             for i in range(n_threaded):
                 conn.execute(RAW_INSERT + RAW_ROW, (uuid.uuid4(), f"writer-{n}", i, payload_text))
 

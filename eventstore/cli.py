@@ -85,12 +85,15 @@ def serve(host: str, port: int, migrate: bool, log_level: str, access_log: bool)
         log.error("cannot start: %s", exc)
         _fail(f"cannot start: {type(exc).__name__}: {exc}", STARTUP_FAILURE)
         return
-    app = create_app(services, token=config.api_token, max_body_bytes=config.max_body_bytes)
+    app = create_app(services, token=config.api_token, max_body_bytes=config.max_body_bytes,
+                     append_pool_size=config.db_append_pool_size)
     server = uvicorn.Server(uvicorn.Config(
         app, host=host, port=port, log_config=None, lifespan="on", access_log=access_log,
         ssl_certfile=str(config.tls_cert_file) if config.tls_cert_file else None,
         ssl_keyfile=str(config.tls_key_file) if config.tls_key_file else None,
-        timeout_graceful_shutdown=25, server_header=False))
+        timeout_graceful_shutdown=25, server_header=False,
+        # Clients reach the pods through a Service, not a proxy that sets X-Forwarded-*.
+        proxy_headers=False))
     # uvicorn re-raises the signal that stopped it once it has drained; with these no-op
     # handlers in place that re-raise is harmless and a drained SIGTERM exits 0.
     for sig in (signal.SIGTERM, signal.SIGINT):

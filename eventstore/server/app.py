@@ -1,9 +1,10 @@
 """The store pods' HTTP API: a FastAPI app over an EventStore, a snapshot store and the
-projection runner. `create_app` takes ready objects (tests, embedding); `build_app` wires
-them from a ServerConfig and the settings files (what `eventstore serve` runs).
+projection runner. `create_app` takes ready objects (tests, embedding); `build_services`
+wires them from a ServerConfig and the settings files (what `eventstore serve` runs).
 
 Handlers are plain `def`s: the store is synchronous (psycopg pool), and Starlette runs
-them in its thread pool, so a slow database never blocks the event loop.
+them in its thread pool, so a slow database never blocks the event loop. Appends, the hot
+path, are served by `AppendRoute` in front of the framework (see append_route.py).
 """
 
 from __future__ import annotations
@@ -16,8 +17,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Annotated, Any, Literal
-from uuid import UUID
+from typing import TYPE_CHECKING, Annotated, Any
 
 import anyio
 import anyio.to_thread
@@ -26,13 +26,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
-from pydantic import BaseModel, ConfigDict, Field, StrictInt
 from pydantic import ValidationError as PydanticValidationError
 from sse_starlette.sse import EventSourceResponse
 
 from eventstore import metrics
 from eventstore.errors import (
-    ConcurrencyError,
     EventStoreError,
     SchemaError,
     StoreUnavailable,
@@ -41,11 +39,27 @@ from eventstore.errors import (
 from eventstore.events import (
     EVENT_TYPE_PATTERN,
     STREAM_ID_PATTERN,
-    ExpectedVersion,
-    NewEvent,
-    RecordedEvent,
 )
+from eventstore.server.append_route import AppendRoute
+from eventstore.server.appends import Appends
+from eventstore.server.asgi import ASGIApp
 from eventstore.server.auth import GuardMiddleware
+from eventstore.server.wire import (
+    BIGINT,
+    MAX_PAGE,
+    AppendIn,
+    AppendOut,
+    ConflictOut,
+    ErrorOut,
+    PageOut,
+    ProjectionsOut,
+    SnapshotIn,
+    SnapshotOut,
+    StreamOut,
+    check_json,
+    error_reply,
+    event_to_dict,
+)
 from eventstore.settings import Settings
 from eventstore.store.base import EventStore
 
@@ -57,144 +71,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: Largest page a read may ask for, and the most events one HTTP append may carry.
-MAX_PAGE = 1000
-MAX_EVENTS_PER_REQUEST = 1000
-#: Deepest JSON nesting accepted in payloads, metadata and snapshot states.
-MAX_JSON_DEPTH = 64
-_BIGINT = 2**63 - 1
-_INT = 2**31 - 1
-
 StreamId = Annotated[str, Path(pattern=STREAM_ID_PATTERN.pattern, max_length=200,
                                description="The stream (aggregate) id.")]
-
-
-# -- wire models ----------------------------------------------------------------------
-
-class EventIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    id: UUID | None = Field(None, description="Makes a re-sent append idempotent.")
-    type: str = Field(pattern=EVENT_TYPE_PATTERN.pattern, max_length=200)
-    payload: dict[str, Any]
-    metadata: dict[str, Any] = Field(default_factory=dict)
-    schema_version: StrictInt = Field(1, ge=1, le=_INT)
-
-
-class AppendIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    expected_version: Annotated[StrictInt, Field(ge=0, le=_BIGINT)] | Literal[
-        "any", "no_stream", "stream_exists"] = Field(
-        "any", description="The stream's version the append expects (0: a new stream).")
-    events: list[EventIn] = Field(min_length=1, max_length=MAX_EVENTS_PER_REQUEST)
-
-
-class AppendOut(BaseModel):
-    stream_id: str
-    first_version: int
-    next_expected_version: int
-    positions: list[int]
-    idempotent: bool
-
-
-class EventOut(BaseModel):
-    id: UUID
-    type: str
-    stream_id: str
-    version: int
-    payload: dict[str, Any]
-    metadata: dict[str, Any]
-    timestamp: datetime
-    position: int
-    schema_version: int
-
-
-class StreamOut(BaseModel):
-    stream_id: str
-    events: list[EventOut]
-
-
-class PageOut(BaseModel):
-    events: list[EventOut]
-    next_position: int = Field(description="Pass as from_position to read on.")
-
-
-class SnapshotIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    aggregate_type: str = Field(pattern=EVENT_TYPE_PATTERN.pattern, max_length=200)
-    version: StrictInt = Field(ge=1, le=_BIGINT)
-    state: dict[str, Any]
-    state_schema_version: StrictInt = Field(1, ge=1, le=_INT)
-
-
-class SnapshotOut(BaseModel):
-    aggregate_type: str
-    aggregate_id: str
-    version: int
-    state: dict[str, Any]
-    state_schema_version: int
-    taken_at: datetime
-
-
-class ErrorOut(BaseModel):
-    error: str
-    message: str
-
-
-class ConflictOut(ErrorOut):
-    actual_version: int
-    expected_version: int | str
-
-
-class ProjectionsOut(BaseModel):
-    projections: list[dict[str, Any]]
-
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorOut, "description": "Refused input"},
     401: {"model": ErrorOut, "description": "Missing or wrong bearer token"},
     503: {"model": ErrorOut, "description": "The database is unavailable"},
 }
-
-
-# -- helpers --------------------------------------------------------------------------
-
-def event_to_dict(event: RecordedEvent) -> dict[str, Any]:
-    return {"id": str(event.id), "type": event.type, "stream_id": event.aggregate_id,
-            "version": event.version, "payload": event.payload, "metadata": event.metadata,
-            "timestamp": event.timestamp.isoformat(), "position": event.position,
-            "schema_version": event.schema_version}
-
-
-def check_json(value: Any, where: str, depth: int = 0) -> None:
-    """Refuse what PostgreSQL's jsonb cannot store (NUL characters, lone surrogates) and
-    absurd nesting, as a 400 instead of a database error."""
-    if depth > MAX_JSON_DEPTH:
-        raise ValidationError(f"{where} is nested deeper than {MAX_JSON_DEPTH} levels")
-    if isinstance(value, str):
-        _check_text(value, where)
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            _check_text(key, where)
-            check_json(item, where, depth + 1)
-    elif isinstance(value, list):
-        for item in value:
-            check_json(item, where, depth + 1)
-    elif isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10**300:
-        raise ValidationError(f"{where} has an integer too large to store")
-
-
-def _check_text(text: str, where: str) -> None:
-    if "\x00" in text:
-        raise ValidationError(f"{where} contains a NUL character (\\u0000), which cannot be "
-                              "stored; remove it or encode the value (e.g. base64)")
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValidationError(f"{where} contains an unpaired UTF-16 surrogate; send valid "
-                              "Unicode") from None
 
 
 def _error(status: int, kind: str, message: str, **extra: Any) -> JSONResponse:
@@ -252,57 +136,42 @@ class Services:
 # -- the app --------------------------------------------------------------------------
 
 def create_app(services: Services, token: str, max_body_bytes: int = 4 * 1024 * 1024,
-               append_threads: int = 16) -> FastAPI:
-    """The API over ready services. Every path but /healthz and /readyz needs `token`."""
+               append_threads: int = 16, append_pool_size: int = 16) -> ASGIApp:
+    """The API over ready services. Every path but /healthz and /readyz needs `token`.
+
+    The FastAPI app sits inside two plain ASGI layers: the token and body-size guard,
+    then the append fast path (see append_route.py), so an append skips the framework.
+    """
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await anyio.to_thread.run_sync(services.start)
+        await appends.start()
         try:
             yield
         finally:
+            # uvicorn has drained the requests by now: no append is in flight.
+            await appends.stop()
             await anyio.to_thread.run_sync(services.stop)
 
+    # FastAPI's own OpenTelemetry hooks are off: metrics are Prometheus (/metrics), and
+    # the hooks' per-request checks cost about 8% of an append's CPU.
     app = FastAPI(title="eventstore", version="0.1.0", lifespan=lifespan, docs_url=None,
-                  redoc_url=None,
+                  redoc_url=None, telemetry={"tracing": False, "metrics": False,
+                                             "logs": False},
                   description="The event store's HTTP API. Send `Authorization: Bearer "
                               "<token>` on every path except /healthz and /readyz.")
-    app.add_middleware(GuardMiddleware, token=token, max_body_bytes=max_body_bytes)
+    appends = Appends(services.store, threads=append_threads,
+                      async_pool_size=append_pool_size)
     subscription_threads = anyio.CapacityLimiter(256)
-    # Appends in flight at once: enough for PostgreSQL to group commits, few enough that
-    # threads do not fight over the GIL.
-    append_limiter = anyio.CapacityLimiter(append_threads)
     store = services.store
 
     # -- errors -------------------------------------------------------------------------
 
-    @app.exception_handler(ValidationError)
-    async def _validation(_: Request, exc: ValidationError) -> JSONResponse:
-        return _error(400, "validation_error", str(exc))
-
-    @app.exception_handler(ConcurrencyError)
-    async def _conflict(_: Request, exc: ConcurrencyError) -> JSONResponse:
-        expected = exc.expected if isinstance(exc.expected, int | str) else str(exc.expected)
-        return _error(409, "conflict", str(exc), actual_version=exc.actual_version,
-                      expected_version=expected)
-
-    @app.exception_handler(StoreUnavailable)
-    async def _unavailable(_: Request, exc: StoreUnavailable) -> JSONResponse:
-        return _error(503, "unavailable", str(exc))
-
-    @app.exception_handler(SchemaError)
-    async def _schema(_: Request, exc: SchemaError) -> JSONResponse:
-        return _error(503, "schema", str(exc))
-
     @app.exception_handler(EventStoreError)
-    async def _other(_: Request, exc: EventStoreError) -> JSONResponse:
-        name = type(exc).__name__
-        if name == "SnapshotUnavailable":
-            return _error(503, "snapshot_store_unavailable", str(exc))
-        if name == "CorruptSnapshot":
-            return _error(500, "corrupt_snapshot", str(exc))
-        log.error("unexpected store error", exc_info=exc)
-        return _error(500, "internal", f"{name}: {exc}")
+    async def _store_error(_: Request, exc: EventStoreError) -> JSONResponse:
+        status, body = error_reply(exc)
+        return JSONResponse(body, status_code=status)
 
     # -- probes and metrics -------------------------------------------------------------
 
@@ -325,9 +194,9 @@ def create_app(services: Services, token: str, max_body_bytes: int = 4 * 1024 * 
 
     # -- streams --------------------------------------------------------------------------
 
-    # The append is the hot path: the body is parsed by pydantic-core straight from bytes,
-    # and validation, the append and the encoded reply run in one worker-thread hop. The
-    # OpenAPI document still describes AppendIn/AppendOut (see openapi() below).
+    # Valid appends are answered by AppendRoute before they reach this route; it serves
+    # the rest (422 for a body or stream id that does not validate) and the OpenAPI
+    # document, which describes AppendIn/AppendOut (see openapi() below).
     @app.post("/streams/{stream_id}", status_code=201, tags=["streams"],
               summary="Append events with optimistic concurrency", response_model=AppendOut,
               responses={409: {"model": ConflictOut, "description": "Expected version did not "
@@ -341,41 +210,15 @@ def create_app(services: Services, token: str, max_body_bytes: int = 4 * 1024 * 
         except PydanticValidationError as exc:
             raise RequestValidationError(exc.errors(include_url=False, include_context=False,
                                                     include_input=False)) from None
-        return await anyio.to_thread.run_sync(_append, stream_id, body, limiter=append_limiter)
-
-    def _append(stream_id: str, body: AppendIn) -> Response:
-        events = []
-        for index, item in enumerate(body.events):
-            where = f"event {index}"
-            check_json(item.payload, f"payload of {where}")
-            check_json(item.metadata, f"metadata of {where}")
-            events.append(NewEvent(type=item.type, payload=item.payload, metadata=item.metadata,
-                                   schema_version=item.schema_version,
-                                   **({"id": item.id} if item.id else {})))
-        expected: int | ExpectedVersion = (
-            body.expected_version if isinstance(body.expected_version, int)
-            else ExpectedVersion(body.expected_version))
-        started = time.perf_counter()
-        try:
-            result = store.append(stream_id, events, expected_version=expected)
-        except ConcurrencyError:
-            metrics.APPEND_CONFLICTS.inc()
-            raise
-        metrics.APPEND_LATENCY.observe(time.perf_counter() - started)
-        if not result.idempotent:
-            metrics.EVENTS_APPENDED.inc(len(events))
-        reply = {"stream_id": result.stream_id, "first_version": result.first_version,
-                 "next_expected_version": result.next_expected_version,
-                 "positions": list(result.positions), "idempotent": result.idempotent}
-        return Response(json.dumps(reply, separators=(",", ":")), status_code=201,
-                        media_type="application/json")
+        status, reply = await anyio.to_thread.run_sync(appends.reply, stream_id, body)
+        return Response(reply, status_code=status, media_type="application/json")
 
     @app.get("/streams/{stream_id}", tags=["streams"], summary="Read a stream",
              responses=_ERRORS)
     def read_stream(
         stream_id: StreamId,
-        from_version: Annotated[int, Query(ge=1, le=_BIGINT)] = 1,
-        to_version: Annotated[int | None, Query(ge=1, le=_BIGINT)] = None,
+        from_version: Annotated[int, Query(ge=1, le=BIGINT)] = 1,
+        to_version: Annotated[int | None, Query(ge=1, le=BIGINT)] = None,
         as_of: Annotated[datetime | None, Query(description="Events recorded at or before "
                                                             "this time (ISO 8601, with zone)")]
         = None,
@@ -394,7 +237,7 @@ def create_app(services: Services, token: str, max_body_bytes: int = 4 * 1024 * 
              responses=_ERRORS)
     def read_archive(
         stream_id: StreamId,
-        from_version: Annotated[int, Query(ge=1, le=_BIGINT)] = 1,
+        from_version: Annotated[int, Query(ge=1, le=BIGINT)] = 1,
         limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
     ) -> StreamOut:
         # The store reads a stream's whole archive; the page bounds the reply.
@@ -405,7 +248,7 @@ def create_app(services: Services, token: str, max_body_bytes: int = 4 * 1024 * 
 
     @app.get("/all", tags=["streams"], summary="A page of the global log", responses=_ERRORS)
     def read_all(
-        from_position: Annotated[int, Query(ge=0, le=_BIGINT)] = 0,
+        from_position: Annotated[int, Query(ge=0, le=BIGINT)] = 0,
         limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
     ) -> PageOut:
         events = store.read_all(from_position=from_position, limit=limit)
@@ -420,13 +263,13 @@ def create_app(services: Services, token: str, max_body_bytes: int = 4 * 1024 * 
              responses={200: {"content": {"text/event-stream": {}}}, **_ERRORS})
     async def subscribe(
         request: Request,
-        from_position: Annotated[int, Query(ge=0, le=_BIGINT)] = 0,
+        from_position: Annotated[int, Query(ge=0, le=BIGINT)] = 0,
         idle_timeout: Annotated[float | None, Query(gt=0, le=3600, description="Close after "
                                                     "this many seconds without events")] = None,
         last_event_id: Annotated[str | None, Header()] = None,
     ) -> EventSourceResponse:
         start = from_position
-        if last_event_id and last_event_id.isdigit() and int(last_event_id) < _BIGINT:
+        if last_event_id and last_event_id.isdigit() and int(last_event_id) < BIGINT:
             start = max(start, int(last_event_id) + 1)
 
         async def stream() -> AsyncIterator[dict[str, str]]:
@@ -465,7 +308,7 @@ def create_app(services: Services, token: str, max_body_bytes: int = 4 * 1024 * 
         stream_id: StreamId,
         aggregate_type: Annotated[str, Query(pattern=EVENT_TYPE_PATTERN.pattern,
                                              max_length=200)],
-        at_or_below_version: Annotated[int | None, Query(ge=1, le=_BIGINT)] = None,
+        at_or_below_version: Annotated[int | None, Query(ge=1, le=BIGINT)] = None,
     ) -> Response:
         snapshot = _snapshots().latest(aggregate_type, stream_id,
                                        at_or_below_version=at_or_below_version)
@@ -547,7 +390,8 @@ def create_app(services: Services, token: str, max_body_bytes: int = 4 * 1024 * 
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
-    return app
+    return GuardMiddleware(AppendRoute(app, appends), token=token,
+                           max_body_bytes=max_body_bytes)
 
 
 # -- wiring for `eventstore serve` -----------------------------------------------------

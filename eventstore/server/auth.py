@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import hmac
 import json
-from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+from eventstore.server.asgi import (
+    ASGIApp,
+    BodyTooLarge,
+    Receive,
+    Scope,
+    Send,
+    read_body,
+    replaying,
+)
 
 #: Paths served without a token: the kubelet's probes carry none.
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz"})
@@ -44,16 +47,16 @@ class GuardMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        if scope["path"] not in PUBLIC_PATHS:
-            header = dict(scope.get("headers") or []).get(b"authorization")
-            if not token_matches(self.token, header):
-                await _reply(send, 401, {
-                    "error": "unauthorized",
-                    "message": "missing or wrong bearer token: send 'Authorization: Bearer "
-                               "<token>' with the token from the eventstore Secret"},
-                    {b"www-authenticate": b'Bearer realm="eventstore"'})
-                return
-        length = dict(scope.get("headers") or []).get(b"content-length")
+        headers = dict(scope.get("headers") or [])
+        if scope["path"] not in PUBLIC_PATHS and not token_matches(
+                self.token, headers.get(b"authorization")):
+            await _reply(send, 401, {
+                "error": "unauthorized",
+                "message": "missing or wrong bearer token: send 'Authorization: Bearer "
+                           "<token>' with the token from the eventstore Secret"},
+                {b"www-authenticate": b'Bearer realm="eventstore"'})
+            return
+        length = headers.get(b"content-length")
         if length is not None:
             try:
                 too_large = int(length) > self.max_body_bytes
@@ -68,31 +71,14 @@ class GuardMiddleware:
             return
         # No Content-Length (chunked): buffer up to the limit, then hand the body on. The
         # buffer is bounded by the limit, and the app never sees an oversized body.
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":
-                return  # the client went away
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.max_body_bytes:
-                await _reply(send, 413, self._too_large())
-                return
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
-        body = b"".join(chunks)
-        replayed = False
-
-        async def replay() -> Message:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
-        await self.app(scope, replay, send)
+        try:
+            body = await read_body(receive, self.max_body_bytes)
+        except BodyTooLarge:
+            await _reply(send, 413, self._too_large())
+            return
+        if body is None:
+            return  # the client went away
+        await self.app(scope, replaying(body, receive), send)
 
     def _too_large(self) -> dict[str, str]:
         return {"error": "body_too_large",

@@ -50,7 +50,8 @@ class ServerConfig:
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
-    db_pool_size: int = 20
+    db_pool_size: int = 12
+    db_append_pool_size: int = 16
     retention_interval_seconds: float = 3600.0
     token_source: str = "env"
     retention_aggregate_types: tuple[str, ...] = ()
@@ -107,7 +108,8 @@ class ServerConfig:
             tls_key_file=key if key.exists() else None,
             max_body_bytes=_int(env, "EVENTSTORE_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES, 1024,
                                 256 * 1024 * 1024),
-            db_pool_size=_int(env, "EVENTSTORE_DB_POOL_SIZE", 20, 2, 500),
+            db_pool_size=_int(env, "EVENTSTORE_DB_POOL_SIZE", 12, 2, 500),
+            db_append_pool_size=_int(env, "EVENTSTORE_DB_APPEND_POOL_SIZE", 16, 1, 500),
             retention_interval_seconds=float(_int(env, "EVENTSTORE_RETENTION_INTERVAL_SECONDS",
                                                   3600, 1, 7 * 86400)),
             token_source=source,

@@ -7,6 +7,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Protocol
 
 from eventstore.events import AppendResult, Expected, ExpectedVersion, NewEvent, RecordedEvent
 
@@ -24,6 +25,19 @@ class StoreStats:
     archived_events: int
     bytes: int
     head_position: int
+
+
+class AsyncAppend(Protocol):
+    """A backend's append for an asyncio event loop; see postgres_async.AsyncAppender."""
+
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def try_append(self, stream_id: str, events: Sequence[NewEvent],
+                         expected_version: Expected) -> AppendResult | None:
+        """The result of a clean append, or None: the synchronous append must decide."""
+        ...
 
 
 class EventStore(abc.ABC):
@@ -123,6 +137,11 @@ class EventStore(abc.ABC):
     @abc.abstractmethod
     def close(self) -> None:
         """Release connections. The store is unusable afterwards."""
+
+    def async_appender(self, pool_size: int) -> AsyncAppend | None:
+        """An append that runs on an event loop, when the backend has one (None here:
+        callers run `append` on a worker thread)."""
+        return None
 
     def subscribe(
         self,

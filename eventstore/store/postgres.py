@@ -32,7 +32,7 @@ from eventstore.events import (
     validate_expected,
     validate_stream_id,
 )
-from eventstore.store.base import MAX_EVENTS_PER_APPEND, EventStore, StoreStats
+from eventstore.store.base import MAX_EVENTS_PER_APPEND, AsyncAppend, EventStore, StoreStats
 from eventstore.store.encoding import (
     check_append,
     check_read_all,
@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 
 NOTIFY_CHANNEL = "eventstore_appended"
 _NOTIFY_COALESCE_SECONDS = 0.003
-_PLANNER_OPTIONS = "-c enable_bitmapscan=off -c enable_seqscan=off -c enable_sort=off"
+PLANNER_OPTIONS = "-c enable_bitmapscan=off -c enable_seqscan=off -c enable_sort=off"
 _EXPECTED_CODES = {ExpectedVersion.NO_STREAM: -1, ExpectedVersion.ANY: -2,
                    ExpectedVersion.STREAM_EXISTS: -4}
 _RACE_RETRIES = 100
@@ -57,7 +57,7 @@ _CURRENT_VERSION = ("coalesce((SELECT max(version) FROM es_events WHERE stream_i
 # only when the expectation holds on the version it read; a concurrent append that read
 # the same version collides on UNIQUE (stream_id, version) and gets UniqueViolation.
 # Expectation codes: n >= 0 exact (0: no stream), -1 NO_STREAM, -2 ANY, -4 STREAM_EXISTS.
-_APPEND_SQL = f"""
+APPEND_SQL = f"""
 WITH cur AS (SELECT {_CURRENT_VERSION.format(s="%(stream)s")} AS v),
 ins AS (
     INSERT INTO es_events (position, id, stream_id, version, type, schema_version,
@@ -90,6 +90,26 @@ def _row_to_event(row: TupleRow) -> RecordedEvent:
                          schema_version=schema_version)
 
 
+def append_params(stream_id: str, events: Sequence[NewEvent], expected: int | ExpectedVersion,
+                  max_payload_bytes: int, max_events: int) -> dict[str, Any]:
+    """APPEND_SQL's parameters; raises ValidationError for bad input before any I/O."""
+    encoded = check_append(stream_id, events, max_payload_bytes, max_events)
+    code = expected if isinstance(expected, int) else _EXPECTED_CODES[expected]
+    # The batch travels as one JSON array, built from the payloads already encoded
+    # for the size check: one text parameter is far cheaper to send than five arrays.
+    batch = ",".join(
+        f'{{"id":"{e.id}","type":"{e.type}","payload":{payload},"metadata":{metadata},'
+        f'"sv":{e.schema_version}}}'
+        for e, (payload, metadata) in zip(events, encoded, strict=True))
+    return {"stream": stream_id, "expected": code, "events": f"[{batch}]"}
+
+
+def appended(stream_id: str, version_before: int, positions: Sequence[int]) -> AppendResult:
+    return AppendResult(stream_id=stream_id, first_version=version_before + 1,
+                        next_expected_version=version_before + len(positions),
+                        positions=tuple(positions))
+
+
 class PostgresEventStore(EventStore):
     """Events in PostgreSQL. See postgres_schema.py for how the global order is kept."""
 
@@ -114,7 +134,7 @@ class PostgresEventStore(EventStore):
             # Every query here walks an index in order. With stale statistics (a young,
             # fast-growing log) the planner prefers scanning and sorting the whole tail of
             # the log for each page of read_all; these settings keep it on the index.
-            kwargs={"autocommit": True, "options": _PLANNER_OPTIONS},
+            kwargs={"autocommit": True, "options": PLANNER_OPTIONS},
             open=False,
             name="eventstore",
         )
@@ -182,16 +202,8 @@ class PostgresEventStore(EventStore):
         expected_version: Expected = ExpectedVersion.ANY,
     ) -> AppendResult:
         expected = validate_expected(expected_version)
-        encoded = check_append(stream_id, events, self.max_payload_bytes,
+        params = append_params(stream_id, events, expected, self.max_payload_bytes,
                                self.max_events_per_append)
-        code = expected if isinstance(expected, int) else _EXPECTED_CODES[expected]
-        # The batch travels as one JSON array, built from the payloads already encoded
-        # for the size check: one text parameter is far cheaper to send than five arrays.
-        batch = ",".join(
-            f'{{"id":"{e.id}","type":"{e.type}","payload":{payload},"metadata":{metadata},'
-            f'"sv":{e.schema_version}}}'
-            for e, (payload, metadata) in zip(events, encoded, strict=True))
-        params = {"stream": stream_id, "expected": code, "events": f"[{batch}]"}
         ids = [e.id for e in events]
         # ANY and STREAM_EXISTS do not care which version they land on: when a concurrent
         # append takes the version we read, read again and retry.
@@ -199,7 +211,7 @@ class PostgresEventStore(EventStore):
         for _ in range(_RACE_RETRIES):
             try:
                 with self._connection() as conn:
-                    row = conn.execute(_APPEND_SQL, params).fetchone()
+                    row = conn.execute(APPEND_SQL, params).fetchone()
             except psycopg.errors.UniqueViolation:
                 stored = self._stored_append(stream_id, ids)
                 if stored is not None:
@@ -215,13 +227,8 @@ class PostgresEventStore(EventStore):
                 if stored is not None:
                     return stored
                 raise ConcurrencyError(stream_id, _show(expected), current)
-            self._signal_append()
-            return AppendResult(
-                stream_id=stream_id,
-                first_version=current + 1,
-                next_expected_version=current + len(events),
-                positions=tuple(positions),
-            )
+            self.signal_append()
+            return appended(stream_id, current, positions)
         raise StoreUnavailable(f"append to {stream_id!r} lost {_RACE_RETRIES} races in a row; "
                                "retry later")
 
@@ -353,7 +360,13 @@ class PostgresEventStore(EventStore):
             self._wakeups.wait_for(lambda: self._wakeup_count != seen or self._closed, timeout)
             return self._wakeup_count != seen
 
-    def _signal_append(self) -> None:
+    def async_appender(self, pool_size: int) -> AsyncAppend:
+        from eventstore.store.postgres_async import AsyncAppender
+
+        return AsyncAppender(self, max_size=pool_size)
+
+    def signal_append(self) -> None:
+        """Wake subscribers (here and, through NOTIFY, in other processes) after an append."""
         if self._notifier is None:
             with self._start_lock:
                 if self._notifier is None:

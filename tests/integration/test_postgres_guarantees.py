@@ -17,7 +17,7 @@ import psycopg
 import pytest
 
 from eventstore import ConcurrencyError, EventStore, NewEvent, RecordedEvent
-from eventstore.store.postgres import _APPEND_SQL
+from eventstore.store.postgres import APPEND_SQL
 
 pytestmark = pytest.mark.postgres
 
@@ -124,7 +124,7 @@ def test_subscriber_never_skips_events_committed_out_of_order(
         with psycopg.connect(postgres_url) as conn:
             conn.execute("SELECT pg_current_xact_id()")
             time.sleep(0.5)
-            conn.execute(_APPEND_SQL, append_params("slow", "Slow"))
+            conn.execute(APPEND_SQL, append_params("slow", "Slow"))
             time.sleep(0.3)
             conn.commit()
 
@@ -156,7 +156,7 @@ def test_a_naive_sequence_order_would_skip(store: EventStore, postgres_url: str)
         slow.execute("SELECT pg_current_xact_id()")  # an older transaction, still open
         store.append("fast", [NewEvent("E", {})])
         assert store.read_all() == [], "a committed row past an open older transaction was handed out"
-        slow.execute(_APPEND_SQL, append_params("slow", "S"))
+        slow.execute(APPEND_SQL, append_params("slow", "S"))
         slow.commit()
     assert [e.aggregate_id for e in store.read_all()] == ["slow", "fast"]
 

@@ -60,6 +60,85 @@ def test_append_read_and_conflict(server: ServerProcess) -> None:
         assert [e["version"] for e in rest["events"]] == [3]
 
 
+def test_concurrent_appends_with_expected_versions(server: ServerProcess) -> None:
+    """16 clients race for the next version of one stream: every acknowledged append is
+    stored once, at the version it was acknowledged with, and every refusal names the
+    version that beat it."""
+    rounds, clients = 15, 16
+    acknowledged: list[tuple[int, tuple[int, ...]]] = []
+    errors: list[str] = []
+
+    def client(n: int) -> None:
+        with server.client() as http:
+            expected, done = 0, 0
+            while done < rounds:
+                reply = _append(http, "race-1", expected,
+                                {"type": "Deposited", "payload": {"client": n, "i": done}})
+                if reply.status_code == 201:
+                    body = reply.json()
+                    acknowledged.append((body["first_version"], tuple(body["positions"])))
+                    expected, done = body["next_expected_version"], done + 1
+                elif reply.status_code == 409:
+                    actual = reply.json()["actual_version"]
+                    if actual <= expected:
+                        errors.append(f"409 names version {actual}, not past {expected}")
+                    expected = actual
+                else:
+                    errors.append(f"{reply.status_code}: {reply.text}")
+                    return
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert sorted(v for v, _ in acknowledged) == list(range(1, rounds * clients + 1))
+    with server.client() as http:
+        stored = []
+        while page := http.get("/streams/race-1", params={
+                "from_version": len(stored) + 1, "limit": 1000}).json()["events"]:
+            stored += page
+    assert [e["version"] for e in stored] == list(range(1, rounds * clients + 1))
+    assert {e["version"]: (e["position"],) for e in stored} == dict(acknowledged)
+
+
+def test_concurrent_appends_with_any_version_all_land(server: ServerProcess) -> None:
+    def client(n: int) -> None:
+        with server.client() as http:
+            for i in range(20):
+                reply = _append(http, "race-any", "any", {"type": "Deposited",
+                                                          "payload": {"client": n, "i": i}})
+                assert reply.status_code == 201, reply.text
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(12)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    with server.client() as http:
+        events = http.get("/streams/race-any", params={"limit": 1000}).json()["events"]
+    assert [e["version"] for e in events] == list(range(1, 241))
+    assert len({(e["payload"]["client"], e["payload"]["i"]) for e in events}) == 240
+
+
+def test_large_appends_and_large_bad_bodies(server: ServerProcess) -> None:
+    """Bodies over the inline limit take the worker-thread path: same replies."""
+    blob = "x" * (100 * 1024)
+    with server.client() as http:
+        good = _append(http, "big-1", 0, {"type": "Blob", "payload": {"blob": blob}})
+        assert good.status_code == 201, good.text
+        assert good.json()["first_version"] == 1
+        bad = _append(http, "big-1", 1, {"type": "bad type!", "payload": {"blob": blob}})
+        assert bad.status_code == 422
+        nul = _append(http, "big-1", 1, {"type": "Blob", "payload": {"blob": blob + "\u0000"}})
+        assert nul.status_code == 400
+        conflict = _append(http, "big-1", 0, {"type": "Blob", "payload": {"blob": blob}})
+        assert conflict.status_code == 409 and conflict.json()["actual_version"] == 1
+        events = http.get("/streams/big-1").json()["events"]
+        assert len(events) == 1 and events[0]["payload"]["blob"] == blob
+
+
 def test_idempotent_resend(server: ServerProcess) -> None:
     event = {"id": str(uuid.uuid4()), "type": "Deposited", "payload": {"amount": 1}}
     with server.client() as http:
