@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import sys
 import tempfile
@@ -151,22 +152,35 @@ def replay(name: str, url: str | None, config_dir: Path | None, timeout: float,
     from tqdm import tqdm
 
     from eventstore.projections.base import load_projection
-    from eventstore.projections.runner import ProjectionRunner
+    from eventstore.projections.runner import ProjectionRunner, local_projection_runner
+    from eventstore.server.config import DEFAULT_DATA_DIR
     from eventstore.settings import SettingsError, config_dir_from_env, load_settings
     from eventstore.store.base import EventStore
 
     try:
         settings = load_settings(config_dir or config_dir_from_env())
-        target = settings.projections.projections.get(name)
-        if target is None:
+        shared, local = settings.projections.projections, settings.projections.local_projections
+        if name not in shared and name not in local:
             _fail(f"no projection named {name!r} in projections.yaml (known: "
-                  f"{', '.join(sorted(settings.projections.projections)) or 'none'})")
+                  f"{', '.join(sorted([*shared, *local])) or 'none'})")
             return
         store = EventStore.connect(_store_url(url))
     except (SettingsError, EventStoreError) as exc:
         _fail(str(exc))
         return
-    runner = ProjectionRunner(store, {name: load_projection(target)}, settings.projections)
+    try:
+        if name in local:  # this pod's own copy, in its data directory
+            data_dir = Path(os.environ.get("EVENTSTORE_DATA_DIR") or DEFAULT_DATA_DIR)
+            local_runner = local_projection_runner(store, settings.projections, data_dir, [name])
+            assert local_runner is not None
+            runner = local_runner
+        else:
+            runner = ProjectionRunner(store, {name: load_projection(shared[name])},
+                                      settings.projections)
+    except EventStoreError as exc:
+        store.close()
+        _fail(str(exc))
+        return
     try:
         runner.setup()
         if not no_reset:

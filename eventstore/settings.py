@@ -21,7 +21,14 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic import ValidationError as PydanticValidationError
 
 from eventstore.errors import EventStoreError
@@ -143,6 +150,24 @@ class ProjectionSettings(BaseModel):
             ),
         ),
     ] = Field(default_factory=dict)
+    local_projections: Annotated[
+        dict[ProjectionName, ProjectionTarget],
+        Field(
+            description=(
+                "Projections every pod runs over the whole log into its own read model on "
+                "its /data volume, so reads scale with replicas: name -> \"module:object\"."
+            ),
+        ),
+    ] = Field(default_factory=dict)
+
+    @field_validator("local_projections")
+    @classmethod
+    def _names_are_unique(cls, value: dict[str, str], info: ValidationInfo) -> dict[str, str]:
+        both = sorted(set(value) & set(info.data.get("projections") or {}))
+        if both:
+            raise ValueError(f"{', '.join(both)} also named in projections: a projection "
+                             "name must be unique")
+        return value
 
 
 class Settings(BaseModel):

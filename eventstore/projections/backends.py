@@ -25,6 +25,11 @@ SQLite (the embedded default)
 -----------------------------
 One server process per database file: every unit is local. The compare-and-set keeps a
 second process (say `eventstore replay`) from applying a batch twice.
+
+Local (a pod's own read models, `local_projections`)
+----------------------------------------------------
+Events from either of the above; read models and checkpoints in a SQLite file on the
+pod's volume. See LocalBackend.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Protocol
 
 import psycopg
@@ -45,6 +51,7 @@ from eventstore.events import RecordedEvent
 from eventstore.projections.base import Dialect, ReadModelTx
 from eventstore.store.base import EventStore
 from eventstore.store.postgres_schema import PROJECTION_PARTITIONS
+from eventstore.store.sqlite import PROJECTION_SCHEMA
 
 #: Advisory-lock class of replica membership (the other key is a random member id).
 MEMBER_LOCK_CLASS = 714_203
@@ -77,6 +84,7 @@ class Backend(Protocol):
 
     def read(self, partition: int, from_position: int, limit: int) -> list[RecordedEvent]: ...
     def transaction(self) -> Any: ...
+    def reading(self) -> Any: ...
     def savepoint(self, tx: ReadModelTx) -> Any: ...
     def join(self) -> None: ...
     def members(self) -> int: ...
@@ -124,6 +132,12 @@ class PostgresBackend:
     @contextmanager
     def transaction(self) -> Iterator[ReadModelTx]:
         with self._pool.connection() as conn, conn.transaction():
+            yield ReadModelTx(conn, "postgresql")
+
+    @contextmanager
+    def reading(self) -> Iterator[ReadModelTx]:
+        """For lookups: no transaction, each statement sees what is committed."""
+        with self._pool.connection() as conn:
             yield ReadModelTx(conn, "postgresql")
 
     @contextmanager
@@ -201,6 +215,19 @@ class PostgresBackend:
             rows = conn.execute(sql.encode(), (projection,)).fetchall()
         return [(int(r[0]), int(r[1]), int(r[2]), int(r[3]), r[4]) for r in rows]
 
+    def behind(self, partition: int, position: int) -> tuple[int, datetime | None]:
+        """(events of the partition at or after `position`, the oldest one's time)."""
+        sql = (
+            f"SELECT (SELECT count(*) FROM (SELECT 1 FROM es_events WHERE {_PARTITION} = %(p)s"
+            f"   AND position >= %(f)s AND position < {_CUTOFF} LIMIT 10000000) x),"
+            f" (SELECT recorded_at FROM es_events WHERE {_PARTITION} = %(p)s"
+            f"   AND position >= %(f)s AND position < {_CUTOFF} ORDER BY position LIMIT 1)"
+        )
+        with self._pool.connection() as conn:
+            row = conn.execute(sql.encode(), {"p": partition, "f": position}).fetchone()
+        assert row is not None
+        return int(row[0]), row[1]
+
     def close(self) -> None:
         self.drop_locks()
         self._pool.close()
@@ -256,6 +283,11 @@ class SQLiteBackend:
         conn.execute("COMMIT")
 
     @contextmanager
+    def reading(self) -> Iterator[ReadModelTx]:
+        """For lookups: no write lock; in WAL mode readers never wait for the writer."""
+        yield ReadModelTx(self._conn(), "sqlite")
+
+    @contextmanager
     def savepoint(self, tx: ReadModelTx) -> Iterator[None]:
         conn = tx.connection
         assert isinstance(conn, sqlite3.Connection)
@@ -294,20 +326,52 @@ class SQLiteBackend:
         rows = conn.execute(
             "SELECT partition, position, events_handled FROM es_projection_checkpoints "
             "WHERE projection = ? ORDER BY partition", (projection,)).fetchall()
-        result = []
-        for partition, position, handled in rows:
-            behind, oldest = conn.execute(
-                "SELECT count(*), min(recorded_at) FROM es_events WHERE position >= ? AND "
-                "es_partition(stream_id) = ?", (position, partition)).fetchone()
-            result.append((int(partition), int(position), int(handled), int(behind),
-                           datetime.fromisoformat(oldest).astimezone(UTC) if oldest else None))
-        return result
+        return [(int(partition), int(position), int(handled),
+                 *self.behind(int(partition), int(position)))
+                for partition, position, handled in rows]
+
+    def behind(self, partition: int, position: int) -> tuple[int, datetime | None]:
+        """(events of the partition at or after `position`, the oldest one's time)."""
+        count, oldest = self._conn().execute(
+            "SELECT count(*), min(recorded_at) FROM es_events WHERE position >= ? AND "
+            "es_partition(stream_id) = ?", (position, partition)).fetchone()
+        return int(count), datetime.fromisoformat(oldest).astimezone(UTC) if oldest else None
 
     def close(self) -> None:
         with self._guard:
             for conn in self._all:
                 conn.close()
             self._all.clear()
+
+
+class LocalBackend(SQLiteBackend):
+    """A pod's own read models: events from the shared store (`source`); read-model
+    tables, checkpoints and dead letters in a SQLite file on the pod's volume.
+
+    Nothing is shared, so nothing is claimed: the pod runs every partition of its local
+    projections itself. A batch's read-model writes and its checkpoint commit in one
+    SQLite transaction, so after a crash (the file survives on the volume) the pod goes
+    on where it stopped, and with a new, empty volume it replays from the first event.
+    """
+
+    def __init__(self, source: PostgresBackend | SQLiteBackend, path: str | Path) -> None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        super().__init__(str(path))
+        self.source = source
+        with self.transaction() as tx:
+            for statement in PROJECTION_SCHEMA.split(";"):
+                if statement.strip():
+                    tx.execute(statement)
+
+    def read(self, partition: int, from_position: int, limit: int) -> list[RecordedEvent]:
+        return self.source.read(partition, from_position, limit)
+
+    def behind(self, partition: int, position: int) -> tuple[int, datetime | None]:
+        return self.source.behind(partition, position)
+
+    def close(self) -> None:
+        super().close()
+        self.source.close()
 
 
 def backend_for(store: EventStore, pool_size: int = 8) -> PostgresBackend | SQLiteBackend:

@@ -1,15 +1,18 @@
 """The example projection: account balances of the bank demo domain, in a SQL table.
 
-Register it in projections.yaml as `balances: "eventstore.projections.bank:AccountBalances"`.
-The table `proj_account_balances` lives next to the events, so each batch's writes commit
-with the projection's checkpoint. `events_applied` counts handled events per account: it
-equals the account's number of bank events exactly when every event was applied once.
+Register it in projections.yaml as `balances: "eventstore.projections.bank:AccountBalances"`
+(one read model in PostgreSQL, shared by the pods) or under `local_projections` (one per
+pod, on its /data volume). The table `proj_account_balances` lives next to the
+projection's checkpoints, so each batch's writes commit with its checkpoint.
+`events_applied` counts handled events per account: it equals the account's number of
+bank events exactly when every event was applied once.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from eventstore.events import RecordedEvent
 from eventstore.projections.base import Projection, ReadModelTx
@@ -58,6 +61,14 @@ class AccountBalances(Projection):
 
     def reset(self, tx: ReadModelTx) -> None:
         tx.execute(f"DELETE FROM {TABLE}")
+
+    def lookup(self, key: str, tx: ReadModelTx) -> dict[str, Any] | None:
+        row = tx.execute(f"SELECT owner, balance, transactions, version FROM {TABLE} "
+                         "WHERE account_id = %s", (key,)).fetchone()
+        if row is None:
+            return None
+        return {"account_id": key, "owner": row[0], "balance": int(row[1]),
+                "transactions": int(row[2]), "version": int(row[3])}
 
     def handle(self, event: RecordedEvent, tx: ReadModelTx) -> None:
         self.handle_batch([event], tx)

@@ -71,6 +71,11 @@ class Projection:
         for event in events:
             self.handle(event, tx)
 
+    def lookup(self, key: str, tx: ReadModelTx) -> dict[str, Any] | None:
+        """One entry of the read model by key, for `GET /projections/{name}/entries/{key}`
+        (None when there is none). Optional: the default serves no entries."""
+        raise NotImplementedError(f"{type(self).__name__} does not serve lookups")
+
 
 def load_projection(target: str) -> Projection:
     """Import `module:object` (a Projection subclass, an instance, or a factory)."""

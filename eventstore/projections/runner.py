@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -25,12 +26,20 @@ import psycopg
 from eventstore import metrics
 from eventstore.errors import StoreUnavailable
 from eventstore.events import RecordedEvent
-from eventstore.projections.backends import PostgresBackend, SQLiteBackend, backend_for
-from eventstore.projections.base import Projection, ReadModelTx
+from eventstore.projections.backends import (
+    LocalBackend,
+    PostgresBackend,
+    SQLiteBackend,
+    backend_for,
+)
+from eventstore.projections.base import Projection, ReadModelTx, load_projection
 from eventstore.settings import ProjectionSettings
 from eventstore.store.base import EventStore
 
 log = logging.getLogger(__name__)
+
+#: A pod's own read models and their checkpoints, in its data directory (/data).
+LOCAL_READ_MODELS = "read-models.db"
 
 Unit = tuple[str, int]
 
@@ -57,9 +66,12 @@ class ProjectionStatus:
     lag_seconds: float
     dead_letters: int
     checkpoints: dict[int, int] = field(default_factory=dict)
+    #: "shared": one read model in the event store's database; "local": this pod's own.
+    scope: str = "shared"
 
     def as_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "partitions": self.partitions, "owned_here": self.owned_here,
+        return {"name": self.name, "scope": self.scope, "partitions": self.partitions,
+                "owned_here": self.owned_here,
                 "events_handled": self.events_handled, "lag_events": self.lag_events,
                 "lag_seconds": self.lag_seconds, "dead_letters": self.dead_letters,
                 "checkpoints": {str(k): v for k, v in self.checkpoints.items()}}
@@ -79,6 +91,7 @@ class ProjectionRunner:
         backoff_base: float = 0.05,
         backoff_max: float = 2.0,
         sleep: Callable[[float], None] = time.sleep,
+        backend: PostgresBackend | SQLiteBackend | None = None,
     ) -> None:
         self.store = store
         self.projections = dict(projections)
@@ -88,8 +101,9 @@ class ProjectionRunner:
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
         self._sleep = sleep
-        self.backend: PostgresBackend | SQLiteBackend = backend_for(
+        self.backend: PostgresBackend | SQLiteBackend = backend or backend_for(
             store, pool_size=self.settings.workers + 2)
+        self.scope = "local" if isinstance(self.backend, LocalBackend) else "shared"
         self._units: list[Unit] = [(name, p) for name in sorted(self.projections)
                                    for p in range(self.backend.partitions)]
         self._owned: dict[Unit, _UnitState] = {}
@@ -378,11 +392,16 @@ class ProjectionRunner:
                 owned_here=[p for n, p in owned if n == name],
                 events_handled=sum(r[2] for r in rows), lag_events=sum(r[3] for r in rows),
                 lag_seconds=lag_seconds, dead_letters=int(dead[0]) if dead else 0,
-                checkpoints={r[0]: r[1] for r in rows})
+                checkpoints={r[0]: r[1] for r in rows}, scope=self.scope)
             metrics.PROJECTION_LAG_EVENTS.labels(name).set(status.lag_events)
             metrics.PROJECTION_LAG_SECONDS.labels(name).set(status.lag_seconds)
             result.append(status)
         return result
+
+    def lookup(self, name: str, key: str) -> dict[str, Any] | None:
+        """One entry of a projection's read model (see Projection.lookup)."""
+        with self.backend.reading() as tx:
+            return self.projections[name].lookup(key, tx)
 
     def dead_letters(self, name: str, limit: int = 100) -> list[dict[str, Any]]:
         with self.backend.transaction() as tx:
@@ -431,3 +450,21 @@ class ProjectionRunner:
                 return True
             time.sleep(0.2)
         return False
+
+
+def local_projection_runner(store: EventStore, settings: ProjectionSettings, data_dir: Path,
+                            names: list[str] | None = None) -> ProjectionRunner | None:
+    """The runner of the pod's own read models (all of local_projections, or `names`),
+    kept in `data_dir`/LOCAL_READ_MODELS; None when there are none."""
+    targets = settings.local_projections
+    chosen = {name: load_projection(targets[name]) for name in (names or sorted(targets))}
+    if not chosen:
+        return None
+    source = backend_for(store, pool_size=settings.workers + 2)
+    try:
+        backend = LocalBackend(source, data_dir / LOCAL_READ_MODELS)
+    except BaseException:
+        source.close()
+        raise
+    return ProjectionRunner(store, chosen, settings, backend=backend)
+

@@ -71,6 +71,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+
 StreamId = Annotated[str, Path(pattern=STREAM_ID_PATTERN.pattern, max_length=200,
                                description="The stream (aggregate) id.")]
 
@@ -92,15 +93,24 @@ class Services:
     store: EventStore
     snapshots: SnapshotStore | None = None
     runner: ProjectionRunner | None = None
+    #: The pod's own read models (local_projections), on its data volume.
+    local_runner: ProjectionRunner | None = None
     retention: RetentionJob | None = None
     settings: Settings = field(default_factory=Settings)
     owned: bool = True
     refresh_interval: float = 15.0
     _stop: threading.Event = field(default_factory=threading.Event)
 
+    @property
+    def runners(self) -> list[ProjectionRunner]:
+        return [r for r in (self.runner, self.local_runner) if r is not None]
+
+    def runner_for(self, projection: str) -> ProjectionRunner | None:
+        return next((r for r in self.runners if projection in r.projections), None)
+
     def start(self) -> None:
-        if self.runner is not None:
-            self.runner.start()
+        for runner in self.runners:
+            runner.start()
         if self.retention is not None:
             self.retention.start()
         threading.Thread(target=self._refresh_loop, name="metrics-refresh", daemon=True).start()
@@ -109,8 +119,8 @@ class Services:
         self._stop.set()
         if self.retention is not None:
             self.retention.stop()
-        if self.runner is not None:
-            self.runner.stop()
+        for runner in self.runners:
+            runner.stop()
         if self.owned:
             if self.snapshots is not None:
                 self.snapshots.close()
@@ -126,8 +136,8 @@ class Services:
                 metrics.STORE_ARCHIVED_EVENTS.set(stats.archived_events)
                 metrics.STORE_STREAMS.set(stats.streams)
                 metrics.STORE_BYTES.set(stats.bytes)
-                if self.runner is not None:
-                    self.runner.status()
+                for runner in self.runners:
+                    runner.status()
             except Exception as exc:  # metrics must not take the server down
                 log.debug("metrics refresh failed: %s", exc)
             self._stop.wait(self.refresh_interval)
@@ -347,17 +357,36 @@ def create_app(services: Services, token: str, max_body_bytes: int = 4 * 1024 * 
     @app.get("/projections", tags=["projections"], summary="Projection status",
              responses=_ERRORS)
     def projections() -> ProjectionsOut:
-        runner = services.runner
-        statuses = runner.status() if runner is not None else []
-        return ProjectionsOut(projections=[s.as_dict() for s in statuses])
+        return ProjectionsOut(projections=[status.as_dict() for runner in services.runners
+                                           for status in runner.status()])
+
+    @app.get("/projections/{name}/entries/{key}", tags=["projections"],
+             summary="One entry of a projection's read model",
+             description="Served from this pod's own copy for local projections, so these "
+                         "reads scale with replicas. The projection defines what a key is "
+                         "(the example `AccountBalances`: an account id).",
+             responses={404: {"model": ErrorOut}, 501: {"model": ErrorOut}, **_ERRORS})
+    def entry(name: Annotated[str, Path(max_length=63)],
+              key: Annotated[str, Path(min_length=1, max_length=200)]) -> Response:
+        runner = services.runner_for(name)
+        if runner is None:
+            return _error(404, "not_found", f"no projection named {name!r}")
+        try:
+            found = runner.lookup(name, key)
+        except NotImplementedError as exc:
+            return _error(501, "no_lookups", str(exc))
+        if found is None:
+            return _error(404, "not_found", f"{name} has no entry {key!r}")
+        return JSONResponse({"projection": name, "scope": runner.scope, "key": key,
+                             "entry": found})
 
     @app.get("/projections/{name}/dead-letters", tags=["projections"],
              summary="Events a projection parked", responses={404: {"model": ErrorOut},
                                                               **_ERRORS})
     def dead_letters(name: Annotated[str, Path(max_length=63)],
                      limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100) -> Response:
-        runner = services.runner
-        if runner is None or name not in runner.projections:
+        runner = services.runner_for(name)
+        if runner is None:
             return _error(404, "not_found", f"no projection named {name!r}")
         return JSONResponse({"dead_letters": runner.dead_letters(name, limit)})
 
@@ -365,8 +394,8 @@ def create_app(services: Services, token: str, max_body_bytes: int = 4 * 1024 * 
               summary="Empty a projection's read model and replay it from the start",
               responses={404: {"model": ErrorOut}, **_ERRORS})
     def rebuild(name: Annotated[str, Path(max_length=63)]) -> Response:
-        runner = services.runner
-        if runner is None or name not in runner.projections:
+        runner = services.runner_for(name)
+        if runner is None:
             return _error(404, "not_found", f"no projection named {name!r}")
         runner.rebuild(name)
         return JSONResponse({"name": name, "status": "rebuilding"}, status_code=202)
@@ -400,7 +429,7 @@ def build_services(config: ServerConfig, settings: Settings, *, migrate: bool = 
                    retention_aggregate_types: list[str] | None = None) -> Services:
     """Connect the backends and load the projections; raises on any startup problem."""
     from eventstore.projections.base import load_projection
-    from eventstore.projections.runner import ProjectionRunner
+    from eventstore.projections.runner import ProjectionRunner, local_projection_runner
     from eventstore.retention import RetentionJob
 
     options: dict[str, object] = {}
@@ -408,6 +437,7 @@ def build_services(config: ServerConfig, settings: Settings, *, migrate: bool = 
         options["pool_max_size"] = config.db_pool_size
     store = EventStore.connect(config.event_store_url, **options)
     snapshots = None
+    runners: list[ProjectionRunner] = []
     try:
         if migrate:
             store.migrate()
@@ -425,16 +455,20 @@ def build_services(config: ServerConfig, settings: Settings, *, migrate: bool = 
                 snapshots = SnapshotStore.connect(config.snapshot_store_url)
         runner = ProjectionRunner(store, projections, settings.projections) if projections \
             else None
+        runners.extend([runner] if runner else [])
+        local_runner = local_projection_runner(store, settings.projections, config.data_dir)
+        runners.extend([local_runner] if local_runner else [])
         retention = None
         if snapshots is not None:
             retention = RetentionJob(store, snapshots, settings.store.retention_days,
                                      retention_aggregate_types or [],
                                      interval=config.retention_interval_seconds)
     except BaseException:
+        for started in runners:
+            started.backend.close()
         if snapshots is not None:
             snapshots.close()
         store.close()
         raise
-    return Services(store=store, snapshots=snapshots, runner=runner, retention=retention,
-                    settings=settings)
-
+    return Services(store=store, snapshots=snapshots, runner=runner,
+                    local_runner=local_runner, retention=retention, settings=settings)

@@ -35,6 +35,31 @@ from eventstore.store.encoding import (
 # position from AUTOINCREMENT is allocated and committed before the next writer starts:
 # commit order is position order and a reader of the global log can never skip an event.
 SCHEMA_VERSION = 2
+#: Projection checkpoints and dead letters; also the schema of a pod's local read-model file.
+PROJECTION_SCHEMA = """
+CREATE TABLE IF NOT EXISTS es_projection_checkpoints (
+    projection     TEXT NOT NULL,
+    partition      INTEGER NOT NULL,
+    position       INTEGER NOT NULL DEFAULT 0,
+    events_handled INTEGER NOT NULL DEFAULT 0,
+    updated_at     TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP,
+    PRIMARY KEY (projection, partition)
+);
+CREATE TABLE IF NOT EXISTS es_projection_dead_letters (
+    id         INTEGER PRIMARY KEY AUTOINCREMENT,
+    projection TEXT NOT NULL,
+    partition  INTEGER NOT NULL,
+    event_id   TEXT NOT NULL,
+    stream_id  TEXT NOT NULL,
+    version    INTEGER NOT NULL,
+    position   INTEGER NOT NULL,
+    event_type TEXT NOT NULL,
+    error      TEXT NOT NULL,
+    attempts   INTEGER NOT NULL,
+    parked_at  TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP,
+    UNIQUE (projection, event_id)
+);
+"""
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS es_streams (
     stream_id TEXT PRIMARY KEY,
@@ -65,29 +90,7 @@ CREATE TABLE IF NOT EXISTS es_events_archive (
     archived_at    TEXT NOT NULL,
     UNIQUE (stream_id, version)
 );
-CREATE TABLE IF NOT EXISTS es_projection_checkpoints (
-    projection     TEXT NOT NULL,
-    partition      INTEGER NOT NULL,
-    position       INTEGER NOT NULL DEFAULT 0,
-    events_handled INTEGER NOT NULL DEFAULT 0,
-    updated_at     TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP,
-    PRIMARY KEY (projection, partition)
-);
-CREATE TABLE IF NOT EXISTS es_projection_dead_letters (
-    id         INTEGER PRIMARY KEY AUTOINCREMENT,
-    projection TEXT NOT NULL,
-    partition  INTEGER NOT NULL,
-    event_id   TEXT NOT NULL,
-    stream_id  TEXT NOT NULL,
-    version    INTEGER NOT NULL,
-    position   INTEGER NOT NULL,
-    event_type TEXT NOT NULL,
-    error      TEXT NOT NULL,
-    attempts   INTEGER NOT NULL,
-    parked_at  TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP,
-    UNIQUE (projection, event_id)
-);
-"""
+""" + PROJECTION_SCHEMA
 _COLUMNS = "position, id, stream_id, version, type, schema_version, payload, metadata, recorded_at"
 
 

@@ -34,6 +34,7 @@ from eventstore_operator.crd import SETTINGS_FIELDS, spec_schema
 Obj = dict[str, Any]
 
 RUN_AS_USER = 10001  # the store image's non-root user
+POSTGRES_MAX_CONNECTIONS = 300
 DB_RUN_AS_USER = 999  # the postgres and mongo images' own users
 
 
@@ -514,6 +515,9 @@ def postgres_statefulset(owner: Owner, spec: Mapping[str, Any]) -> Obj:
     ready = 'pg_isready -h 127.0.0.1 -U "$POSTGRES_USER" -d "$POSTGRES_DB"'
     container: Obj = {
         "name": "postgres",
+        # Each store pod holds up to ~46 connections with the default pool sizes (see the
+        # README's connection budget); PostgreSQL's default of 100 is too few for three.
+        "args": ["postgres", "-c", f"max_connections={POSTGRES_MAX_CONNECTIONS}"],
         "ports": [{"name": "postgres", "containerPort": names.POSTGRES_PORT, "protocol": "TCP"}],
         "env": [
             _secret_env("POSTGRES_USER", secret, names.USERNAME_KEY),

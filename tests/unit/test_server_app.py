@@ -69,7 +69,14 @@ def test_projection_endpoints_and_read_model(client: TestClient) -> None:
         import time
         time.sleep(0.05)
     assert status["events_handled"] == 3 and status["partitions"] == 16
-    assert len(status["owned_here"]) == 16
+    assert len(status["owned_here"]) == 16 and status["scope"] == "shared"
+    entry = client.get("/projections/balances/entries/acc-u", headers=AUTH)
+    assert entry.status_code == 200, entry.text
+    assert entry.json() == {"projection": "balances", "scope": "shared", "key": "acc-u",
+                            "entry": {"account_id": "acc-u", "owner": "U", "balance": 50,
+                                      "transactions": 2, "version": 3}}
+    assert client.get("/projections/balances/entries/none", headers=AUTH).status_code == 404
+    assert client.get("/projections/nope/entries/acc-u", headers=AUTH).status_code == 404
     assert client.post("/projections/balances/rebuild", headers=AUTH).status_code == 202
     assert client.post("/projections/nope/rebuild", headers=AUTH).status_code == 404
     assert client.get("/projections/balances/dead-letters", headers=AUTH).json() == {
