@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -14,18 +15,28 @@ from eventstore.events import (
     validate_stream_id,
 )
 
+#: A JSON-escaped NUL that is not itself an escaped backslash followed by "u0000".
+_ESCAPED_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
+
 
 def encode_json(value: Any, what: str) -> str:
-    """Encode a payload or metadata object, refusing anything JSON cannot carry faithfully."""
+    """Encode a payload or metadata object, refusing anything JSON cannot carry faithfully
+    and what PostgreSQL's jsonb cannot store (so both backends accept the same events)."""
     if not isinstance(value, dict):
         raise ValidationError(f"{what} must be a JSON object (a dict), not {type(value).__name__}")
     try:
-        return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise ValidationError(
             f"{what} is not JSON-serializable ({exc}). Convert it to JSON types "
             "(dict, list, str, int, float, bool, None) before appending."
         ) from exc
+    except RecursionError:
+        raise ValidationError(f"{what} is nested too deeply to encode") from None
+    if "\\u0000" in text and _ESCAPED_NUL.search(text):
+        raise ValidationError(f"{what} contains a NUL character (\\u0000), which cannot be "
+                              "stored; remove it or encode the value (e.g. base64)")
+    return text
 
 
 def decode_json(text: str | bytes | dict[str, Any]) -> dict[str, Any]:
@@ -71,7 +82,11 @@ def check_append(
         seen_ids.add(event.id)
         payload = encode_json(event.payload, f"payload of {where}")
         metadata = encode_json(event.metadata, f"metadata of {where}")
-        size = len(payload.encode()) + len(metadata.encode())
+        try:
+            size = len(payload.encode()) + len(metadata.encode())
+        except UnicodeEncodeError:
+            raise ValidationError(f"{where} contains an unpaired UTF-16 surrogate, which is "
+                                  "not valid Unicode and cannot be stored") from None
         if size > max_payload_bytes:
             raise ValidationError(
                 f"{where} is {size} bytes of JSON; the limit is {max_payload_bytes} bytes. "

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 from datetime import UTC, datetime, timedelta
+from typing import Any
 from uuid import uuid4
 
 import pytest
@@ -12,6 +13,15 @@ import pytest
 from eventstore.errors import ConcurrencyError, SchemaError, ValidationError
 from eventstore.events import ExpectedVersion, NewEvent
 from eventstore.store.base import EventStore
+
+
+def _nested(depth: int) -> dict[str, Any]:
+    root: dict[str, Any] = {}
+    node = root
+    for _ in range(depth):
+        node["a"] = {}
+        node = node["a"]
+    return root
 
 
 def ev(n: int = 0, type: str = "Happened", **payload: object) -> NewEvent:
@@ -128,6 +138,23 @@ class EventStoreContract:
         with pytest.raises(ValidationError, match="payload"):
             store.append("s", [NewEvent(type="T", payload=payload)])  # type: ignore[arg-type]
         assert store.read_all() == []
+
+    @pytest.mark.parametrize("payload,reason", [
+        ({"text": "nul\x00inside"}, "NUL"), ({"key\x00": 1}, "NUL"),
+        ({"text": "lone \ud800 surrogate"}, "surrogate"), (_nested(5000), "nested")])
+    def test_what_a_backend_cannot_store_is_refused_on_every_backend(
+            self, store: EventStore, payload: dict[str, Any], reason: str) -> None:
+        store.append("kept", [ev()])
+        with pytest.raises(ValidationError, match=reason):
+            store.append("s", [ev(), NewEvent(type="T", payload=payload)])
+        with pytest.raises(ValidationError, match=reason):
+            store.append("s", [NewEvent(type="T", payload={}, metadata=payload)])
+        assert len(store.read_all()) == 1
+
+    def test_text_that_merely_looks_like_an_escape_is_stored(self, store: EventStore) -> None:
+        payload = {"text": "\\u0000 is how JSON writes NUL", "emoji": "\U0001F600"}
+        store.append("s", [NewEvent(type="T", payload=payload)])
+        assert store.read_stream("s")[0].payload == payload
 
     def test_non_json_metadata_is_refused(self, store: EventStore) -> None:
         with pytest.raises(ValidationError, match="metadata"):
