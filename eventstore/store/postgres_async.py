@@ -20,7 +20,7 @@ from collections.abc import Sequence
 
 import psycopg
 from psycopg.rows import TupleRow
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from eventstore.events import AppendResult, Expected, NewEvent, validate_expected
 from eventstore.store.postgres import (
@@ -67,9 +67,14 @@ class AsyncAppender:
             async with self._pool.connection() as conn:
                 cursor = await conn.execute(APPEND_SQL, params)
                 row = await cursor.fetchone()
-        except Exception as exc:  # every failure is decided by the synchronous append
+        except (psycopg.Error, PoolTimeout, OSError) as exc:
+            # A conflict, a race, a re-send or an outage: the synchronous append decides.
             log.debug("async append to %s handed to the synchronous path: %s", stream_id,
                       type(exc).__name__)
+            return None
+        except Exception:  # a bug here must not lose the append, nor go unnoticed
+            log.warning("async append to %s failed unexpectedly; handed to the synchronous "
+                        "path", stream_id, exc_info=True)
             return None
         if row is None or row[1] is None:  # the expectation did not hold
             return None
