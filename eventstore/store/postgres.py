@@ -120,6 +120,7 @@ class PostgresEventStore(EventStore):
         pool_min_size: int = 1,
         pool_max_size: int = 16,
         connect_timeout: float = 10.0,
+        pool_timeout: float = 10.0,
         max_payload_bytes: int | None = None,
         max_events_per_append: int = 10_000,
     ) -> None:
@@ -137,6 +138,9 @@ class PostgresEventStore(EventStore):
             kwargs={"autocommit": True, "options": PLANNER_OPTIONS},
             open=False,
             name="eventstore",
+            # How long a call waits for a connection: while the database is down, callers
+            # get StoreUnavailable after this instead of hanging.
+            timeout=pool_timeout,
         )
         try:
             self._pool.open(wait=True, timeout=connect_timeout)

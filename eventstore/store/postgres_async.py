@@ -38,7 +38,7 @@ class AsyncAppender:
     """A small async connection pool next to a PostgresEventStore, for its appends."""
 
     def __init__(self, store: PostgresEventStore, max_size: int = 16,
-                 wait_timeout: float = 10.0) -> None:
+                 wait_timeout: float = 5.0) -> None:
         self.store = store
         self._pool: AsyncConnectionPool[psycopg.AsyncConnection[TupleRow]] = (
             AsyncConnectionPool(store.url, min_size=max_size, max_size=max_size, open=False,

@@ -165,3 +165,50 @@ def test_tls_is_served_when_a_certificate_is_mounted(
     with pytest.raises(httpx.TransportError):
         httpx.get(f"{server.url}/healthz", timeout=2)   # plain HTTP is not served
     assert '"tls": true' in server.log()
+
+
+def test_appends_come_back_after_the_database_restarts(
+        servers: Callable[..., ServerProcess]) -> None:
+    """PostgreSQL killed and restarted under the server: appends answer 503 (never 500)
+    while it is down, and 201 again once it is back, through freshly opened connections.
+    Every acknowledged append survives the crash (a durable server)."""
+    database = PostgresServer(durable=True).start()
+    try:
+        server = servers({"EVENTSTORE_URL": database.url})
+        acknowledged: list[UUID] = []
+        statuses: set[int] = set()
+
+        def append(http: httpx.Client, n: int) -> int:
+            event_id = uuid4()
+            response = http.post(f"/streams/restart-{n % 4}", json={
+                "expected_version": "any",
+                "events": [{"id": str(event_id), "type": "Tick", "payload": {"n": n}}]})
+            if response.status_code == 201:
+                acknowledged.append(event_id)
+            return response.status_code
+
+        with server.client() as http:
+            assert all(append(http, n) == 201 for n in range(40))
+            database.kill()
+            for n in range(40, 42):
+                started = time.monotonic()
+                statuses.add(append(http, n))
+                assert time.monotonic() - started < 20, "a request hung on the dead database"
+            database.start()
+            deadline = time.monotonic() + 60
+            n = 42
+            while time.monotonic() < deadline:
+                status = append(http, n)
+                statuses.add(status)
+                n += 1
+                if status == 201:
+                    break
+                time.sleep(0.2)
+            assert all(append(http, n + 1 + i) == 201 for i in range(40))
+        assert statuses <= {201, 503}, statuses
+        assert 503 in statuses
+        with psycopg.connect(database.url) as conn:
+            stored = {r[0] for r in conn.execute("SELECT id FROM es_events").fetchall()}
+        assert set(acknowledged) <= stored
+    finally:
+        database.stop()
