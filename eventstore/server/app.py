@@ -100,6 +100,7 @@ class Services:
     owned: bool = True
     refresh_interval: float = 15.0
     _stop: threading.Event = field(default_factory=threading.Event)
+    _refresher: threading.Thread | None = None
 
     @property
     def runners(self) -> list[ProjectionRunner]:
@@ -113,10 +114,16 @@ class Services:
             runner.start()
         if self.retention is not None:
             self.retention.start()
-        threading.Thread(target=self._refresh_loop, name="metrics-refresh", daemon=True).start()
+        self._refresher = threading.Thread(target=self._refresh_loop, name="metrics-refresh",
+                                           daemon=True)
+        self._refresher.start()
 
     def stop(self) -> None:
         self._stop.set()
+        if self._refresher is not None:
+            # It may be in the middle of a count: closing the store under it can crash
+            # the SQLite driver.
+            self._refresher.join(timeout=30)
         if self.retention is not None:
             self.retention.stop()
         for runner in self.runners:

@@ -6,7 +6,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from fastapi import WebSocket
 from fastapi.testclient import TestClient
+from starlette.websockets import WebSocketDisconnect
 
 from eventstore import EventStore
 from eventstore.projections.bank import AccountBalances
@@ -38,6 +40,30 @@ def test_probes_are_open_everything_else_needs_the_token(client: TestClient) -> 
         assert client.get(path).status_code == 401
         assert client.get(path, headers={"Authorization": "Bearer nope"}).status_code == 401
     assert client.get("/all", headers=AUTH).status_code == 200
+
+
+def test_websockets_are_refused_before_routing(tmp_path: Path) -> None:
+    """The guard checks http requests; a websocket route (an extension, a future
+    version) must not become a way in without the token, so websockets are refused."""
+    store = EventStore.connect(f"sqlite:///{tmp_path}/e.db")
+    store.migrate()
+    app = create_app(Services(store=store), TOKEN)
+    api = app.app.app  # type: ignore[attr-defined]  # guard -> append route -> FastAPI
+
+    @api.websocket("/ws")
+    async def echo(socket: WebSocket) -> None:
+        await socket.accept()
+        await socket.send_text("in")
+        await socket.close()
+
+    received: list[str] = []
+    with TestClient(app) as client:
+        for headers in ({}, AUTH):
+            with pytest.raises(WebSocketDisconnect) as refused, client.websocket_connect(
+                    "/ws", headers=headers) as socket:
+                received.append(socket.receive_text())
+            assert refused.value.code == 1008
+    assert received == []
 
 
 def test_body_limits_with_and_without_content_length(client: TestClient) -> None:
