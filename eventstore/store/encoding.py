@@ -15,6 +15,8 @@ from eventstore.events import (
     validate_stream_id,
 )
 
+#: One encoder for every payload: json.dumps with options builds a new one per call.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 #: A JSON-escaped NUL that is not itself an escaped backslash followed by "u0000".
 _ESCAPED_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 
@@ -25,7 +27,7 @@ def encode_json(value: Any, what: str) -> str:
     if not isinstance(value, dict):
         raise ValidationError(f"{what} must be a JSON object (a dict), not {type(value).__name__}")
     try:
-        text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        text = _ENCODER.encode(value)
     except (TypeError, ValueError) as exc:
         raise ValidationError(
             f"{what} is not JSON-serializable ({exc}). Convert it to JSON types "
