@@ -385,8 +385,11 @@ class PostgresEventStore(EventStore):
                 continue
             self._pending.clear()
             try:
-                with self._connection() as conn:
-                    conn.execute("SET synchronous_commit = off")
+                # SET LOCAL: the setting ends with this transaction. A session-wide SET
+                # would stay on the pooled connection, and appends that later ran on it
+                # would be acknowledged before reaching the disk.
+                with self._connection() as conn, conn.transaction():
+                    conn.execute("SET LOCAL synchronous_commit = off")
                     conn.execute(f"NOTIFY {NOTIFY_CHANNEL}")
             except Exception:
                 log.debug("NOTIFY failed; subscribers will poll", exc_info=True)

@@ -17,7 +17,7 @@ import psycopg
 import pytest
 
 from eventstore import ConcurrencyError, EventStore, NewEvent, RecordedEvent
-from eventstore.store.postgres import APPEND_SQL
+from eventstore.store.postgres import APPEND_SQL, PostgresEventStore
 
 pytestmark = pytest.mark.postgres
 
@@ -216,3 +216,28 @@ def test_password_is_not_in_connection_errors() -> None:
     with pytest.raises(StoreUnavailable) as info:
         EventStore.connect("postgresql://nobody:hunter2@127.0.0.1:1/none", connect_timeout=1)
     assert "hunter2" not in str(info.value)
+
+
+def test_appends_stay_durable_commits_after_the_notifier_used_their_connection(
+        postgres_url: str) -> None:
+    """The notifier sends NOTIFY with synchronous_commit off (a wake-up need not wait for
+    the disk). That must stay inside its own transaction: a pooled connection that kept
+    the setting would acknowledge later appends before they are on disk."""
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        # The test server runs with synchronous_commit off; this database gets it on.
+        database = conn.execute("SELECT current_database()").fetchone()
+        assert database is not None
+        conn.execute(f'ALTER DATABASE "{database[0]}" SET synchronous_commit = on')
+    store = EventStore.connect(postgres_url, pool_min_size=1, pool_max_size=1)
+    try:
+        store.migrate()
+        for n in range(20):
+            store.append("durable", [NewEvent("Tick", {"n": n})])
+            time.sleep(0.01)  # let the notifier take the one connection in between
+        time.sleep(0.1)
+        assert isinstance(store, PostgresEventStore)
+        with store._connection() as conn:  # the pool's only connection
+            row = conn.execute("SHOW synchronous_commit").fetchone()
+        assert row == ("on",)
+    finally:
+        store.close()
