@@ -380,22 +380,31 @@ class PostgresEventStore(EventStore):
         self._pending.set()
 
     def _notify_loop(self) -> None:
-        while not self._closed:
-            if not self._pending.wait(timeout=0.5):
-                continue
-            self._pending.clear()
-            try:
-                # SET LOCAL: the setting ends with this transaction. A session-wide SET
-                # would stay on the pooled connection, and appends that later ran on it
-                # would be acknowledged before reaching the disk.
-                with self._connection() as conn, conn.transaction():
-                    conn.execute("SET LOCAL synchronous_commit = off")
+        # Its own connection, never one of the pool's: a wake-up need not wait for the
+        # disk (synchronous_commit off), and that setting must never reach a connection
+        # that appends, or appends would be acknowledged before they are durable.
+        conn: psycopg.Connection[TupleRow] | None = None
+        try:
+            while not self._closed:
+                if not self._pending.wait(timeout=0.5):
+                    continue
+                self._pending.clear()
+                try:
+                    if conn is None or conn.closed:
+                        conn = psycopg.connect(self.url, autocommit=True,
+                                               options="-c synchronous_commit=off")
                     conn.execute(f"NOTIFY {NOTIFY_CHANNEL}")
-            except Exception:
-                log.debug("NOTIFY failed; subscribers will poll", exc_info=True)
-            # Appends during this pause share the next NOTIFY: under load that is one
-            # notification per few milliseconds instead of one per append.
-            time.sleep(_NOTIFY_COALESCE_SECONDS)
+                except Exception:
+                    log.debug("NOTIFY failed; subscribers will poll", exc_info=True)
+                    if conn is not None:
+                        conn.close()
+                    conn = None
+                # Appends during this pause share the next NOTIFY: under load that is one
+                # notification per few milliseconds instead of one per append.
+                time.sleep(_NOTIFY_COALESCE_SECONDS)
+        finally:
+            if conn is not None:
+                conn.close()
 
     def _ensure_listener(self) -> None:
         if self._listener is not None:

@@ -515,7 +515,7 @@ def postgres_statefulset(owner: Owner, spec: Mapping[str, Any]) -> Obj:
     ready = 'pg_isready -h 127.0.0.1 -U "$POSTGRES_USER" -d "$POSTGRES_DB"'
     container: Obj = {
         "name": "postgres",
-        # Each store pod holds up to ~46 connections with the default pool sizes (see the
+        # Each store pod holds up to ~47 connections with the default pool sizes (see the
         # README's connection budget); PostgreSQL's default of 100 is too few for three.
         "args": ["postgres", "-c", f"max_connections={POSTGRES_MAX_CONNECTIONS}"],
         "ports": [{"name": "postgres", "containerPort": names.POSTGRES_PORT, "protocol": "TCP"}],

@@ -218,11 +218,10 @@ def test_password_is_not_in_connection_errors() -> None:
     assert "hunter2" not in str(info.value)
 
 
-def test_appends_stay_durable_commits_after_the_notifier_used_their_connection(
-        postgres_url: str) -> None:
+def test_appends_stay_durable_commits_while_the_notifier_runs(postgres_url: str) -> None:
     """The notifier sends NOTIFY with synchronous_commit off (a wake-up need not wait for
-    the disk). That must stay inside its own transaction: a pooled connection that kept
-    the setting would acknowledge later appends before they are on disk."""
+    the disk). That setting must never reach a connection that appends: it would
+    acknowledge appends before they are on disk (it once did, through the pool)."""
     with psycopg.connect(postgres_url, autocommit=True) as conn:
         # The test server runs with synchronous_commit off; this database gets it on.
         database = conn.execute("SELECT current_database()").fetchone()
@@ -233,7 +232,7 @@ def test_appends_stay_durable_commits_after_the_notifier_used_their_connection(
         store.migrate()
         for n in range(20):
             store.append("durable", [NewEvent("Tick", {"n": n})])
-            time.sleep(0.01)  # let the notifier take the one connection in between
+            time.sleep(0.01)  # let the notifier run in between
         time.sleep(0.1)
         assert isinstance(store, PostgresEventStore)
         with store._connection() as conn:  # the pool's only connection
