@@ -5,7 +5,6 @@ on an empty volume."""
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,14 +23,6 @@ SETTINGS = ProjectionSettings(
     workers=2, batch_size=7, retry_attempts=1,
     local_projections={"balances": "eventstore.projections.bank:AccountBalances",
                        "recorder": "tests.unit.test_projections:Recorder"})
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[EventStore]:
-    store = EventStore.connect(f"sqlite:///{tmp_path}/events.db")
-    store.migrate()
-    yield store
-    store.close()
 
 
 def _runner(store: EventStore, data_dir: Path) -> ProjectionRunner:

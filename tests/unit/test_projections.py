@@ -4,8 +4,7 @@ rebuild, upcasting and the checkpoint compare-and-set."""
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 
 import pytest
 
@@ -49,14 +48,6 @@ class BatchFailer(Recorder):
     def handle_batch(self, events: Sequence[RecordedEvent], tx: ReadModelTx) -> None:
         for event in events:
             self.handle(event, tx)
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[EventStore]:
-    store = EventStore.connect(f"sqlite:///{tmp_path}/e.db")
-    store.migrate()
-    yield store
-    store.close()
 
 
 def _seen(store: EventStore) -> list[tuple[str, int]]:
