@@ -90,7 +90,7 @@ def _row_to_event(row: TupleRow) -> RecordedEvent:
                          schema_version=schema_version)
 
 
-def append_params(stream_id: str, events: Sequence[NewEvent], expected: int | ExpectedVersion,
+def _append_params(stream_id: str, events: Sequence[NewEvent], expected: int | ExpectedVersion,
                   max_payload_bytes: int, max_events: int) -> dict[str, Any]:
     """APPEND_SQL's parameters; raises ValidationError for bad input before any I/O."""
     encoded = check_append(stream_id, events, max_payload_bytes, max_events)
@@ -205,9 +205,7 @@ class PostgresEventStore(EventStore):
         events: Sequence[NewEvent],
         expected_version: Expected = ExpectedVersion.ANY,
     ) -> AppendResult:
-        expected = validate_expected(expected_version)
-        params = append_params(stream_id, events, expected, self.max_payload_bytes,
-                               self.max_events_per_append)
+        expected, params = self.prepare_append(stream_id, events, expected_version)
         ids = [e.id for e in events]
         # ANY and STREAM_EXISTS do not care which version they land on: when a concurrent
         # append takes the version we read, read again and retry.
@@ -235,6 +233,14 @@ class PostgresEventStore(EventStore):
             return appended(stream_id, current, positions)
         raise StoreUnavailable(f"append to {stream_id!r} lost {_RACE_RETRIES} races in a row; "
                                "retry later")
+
+    def prepare_append(self, stream_id: str, events: Sequence[NewEvent],
+                       expected_version: Expected) -> tuple[int | ExpectedVersion, dict[str, Any]]:
+        """The checked expectation and APPEND_SQL's parameters, under this store's limits;
+        raises ValidationError for bad input before any I/O."""
+        expected = validate_expected(expected_version)
+        return expected, _append_params(stream_id, events, expected, self.max_payload_bytes,
+                                        self.max_events_per_append)
 
     def _stored_append(self, stream_id: str, ids: list[UUID]) -> AppendResult | None:
         """The earlier result when exactly these events are stored already (a re-send);

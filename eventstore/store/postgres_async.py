@@ -22,12 +22,11 @@ import psycopg
 from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from eventstore.events import AppendResult, Expected, NewEvent, validate_expected
+from eventstore.events import AppendResult, Expected, NewEvent
 from eventstore.store.postgres import (
     APPEND_SQL,
     PLANNER_OPTIONS,
     PostgresEventStore,
-    append_params,
     appended,
 )
 
@@ -59,10 +58,7 @@ class AsyncAppender:
 
         Raises ValidationError for bad input, before any I/O, as the store does.
         """
-        expected = validate_expected(expected_version)
-        store = self.store
-        params = append_params(stream_id, events, expected, store.max_payload_bytes,
-                               store.max_events_per_append)
+        _, params = self.store.prepare_append(stream_id, events, expected_version)
         try:
             async with self._pool.connection() as conn:
                 cursor = await conn.execute(APPEND_SQL, params)
@@ -78,5 +74,5 @@ class AsyncAppender:
             return None
         if row is None or row[1] is None:  # the expectation did not hold
             return None
-        store.signal_append()
+        self.store.signal_append()
         return appended(stream_id, int(row[0]), row[1])
