@@ -41,9 +41,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--scale", type=float, default=1.0, help="multiply iteration counts")
     parser.add_argument("--out", default="bench-results/results.json")
-    parser.add_argument("--only", choices=["store", "snapshots", "server"], action="append")
+    parser.add_argument("--only", choices=["store", "snapshots", "server", "snapshotter"],
+                        action="append")
     args = parser.parse_args()
-    only = set(args.only or ["store", "snapshots", "server"])
+    only = set(args.only or ["store", "snapshots", "server", "snapshotter"])
 
     server = PostgresServer(durable=True).start()
     results: dict[str, Any] = {
@@ -62,6 +63,10 @@ def main() -> int:
                 print(f"snapshot benchmark not available: {exc}")
             else:
                 results["results"] += snapshot_bench.run(server, args.scale)
+        if "snapshotter" in only:
+            from bench import snapshotter_bench
+
+            results["results"] += snapshotter_bench.run(server, args.scale)
         if "server" in only:
             try:
                 from bench import bench_server

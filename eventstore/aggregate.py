@@ -9,6 +9,7 @@ from typing import Any, ClassVar
 
 from eventstore.errors import ValidationError
 from eventstore.events import JSONObject, NewEvent, RecordedEvent
+from eventstore.upcasting import NO_UPCASTERS, UpcasterRegistry
 
 _RESERVED = frozenset({"id", "version"})
 
@@ -24,8 +25,12 @@ class Aggregate:
 
     #: Bump when the shape of snapshot_state() changes; older snapshots are then not trusted.
     state_schema_version: ClassVar[int] = 1
-    #: The name snapshots are filed under; defaults to the class name.
+    #: The name snapshots are filed under and events are tagged with; defaults to the
+    #: class name.
     aggregate_type: ClassVar[str] = ""
+    #: Upcasters applied to stored events before `apply` sees them; a Repository uses these
+    #: unless it is given its own, and so do the store pods' snapshotter and /aggregates.
+    upcasters: ClassVar[UpcasterRegistry] = NO_UPCASTERS
 
     def __init__(self, aggregate_id: str) -> None:
         self.id = aggregate_id

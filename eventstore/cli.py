@@ -123,11 +123,14 @@ def migrate(url: str | None) -> None:
 @main.command("check-config")
 @click.argument("directory", type=click.Path(path_type=Path))
 def check_config(directory: Path) -> None:
-    """Validate event-store.yaml and projections.yaml in DIRECTORY as the pods will."""
-    from eventstore.settings import SettingsError, load_settings
+    """Validate event-store.yaml and projections.yaml in DIRECTORY as the pods will
+    (registered aggregates are imported, as at startup)."""
+    from eventstore.registry import check_store_settings
+    from eventstore.settings import EVENT_STORE_FILE, SettingsError, load_settings
 
     try:
         settings = load_settings(directory)
+        check_store_settings(settings.store, str(directory / EVENT_STORE_FILE))
     except SettingsError as exc:
         _fail(str(exc))
         return

@@ -18,6 +18,10 @@ JSONObject = dict[str, Any]
 STREAM_ID_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:@+=~-]{0,199}$")
 #: Event types look like class names, optionally dotted or namespaced ("bank.Deposited").
 EVENT_TYPE_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:-]{0,199}$")
+#: The metadata key that says which aggregate type a stream belongs to. `Repository.save`
+#: sets it on every event it appends (locally or through the HTTP client); the store pods
+#: snapshot, serve and retain only streams whose events carry a registered type.
+AGGREGATE_TYPE_KEY = "aggregate_type"
 
 
 class ExpectedVersion(enum.Enum):

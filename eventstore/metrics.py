@@ -38,6 +38,14 @@ SNAPSHOT_DURATION = Histogram(
     buckets=_LATENCY_BUCKETS)
 SNAPSHOT_FAILURES = Counter("eventstore_snapshot_failures_total",
                             "Snapshot writes that failed (the save itself succeeded).")
+SNAPSHOTTER_SNAPSHOTS = Counter(
+    "eventstore_snapshotter_snapshots_total",
+    "Snapshots the store pods' snapshotter wrote (snapshot_frequency, max_events_per_aggregate).",
+    ["aggregate_type"])
+SNAPSHOTTER_FAILURES = Counter(
+    "eventstore_snapshotter_failures_total",
+    "Snapshots the snapshotter could not write: reason unavailable (retried once the "
+    "snapshot store is back) or error (skipped; see the log).", ["aggregate_type", "reason"])
 SNAPSHOTS_IGNORED = Counter("eventstore_snapshots_ignored_total",
                             "Snapshots not used on load (store down, corrupt, old schema).",
                             ["reason"])

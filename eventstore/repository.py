@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
 
 from eventstore import metrics
 from eventstore.aggregate import Aggregate
 from eventstore.errors import ConcurrencyError, EventStoreError, ValidationError
-from eventstore.events import AppendResult, ExpectedVersion, RecordedEvent
-from eventstore.store.base import EventStore
-from eventstore.upcasting import NO_UPCASTERS, UpcasterRegistry
+from eventstore.events import (
+    AGGREGATE_TYPE_KEY,
+    AppendResult,
+    Expected,
+    ExpectedVersion,
+    NewEvent,
+    RecordedEvent,
+)
+from eventstore.upcasting import UpcasterRegistry
 
 if TYPE_CHECKING:
     from eventstore.snapshots.base import Snapshot, SnapshotStore
@@ -37,32 +44,61 @@ class LoadInfo:
     snapshot_ignored: str | None = None
 
 
+class AggregateStore(Protocol):
+    """What a Repository needs of a store: a library `EventStore`, or the HTTP
+    `EventStoreClient` (so `Repository(EventStoreClient(url, token), Account)` works)."""
+
+    def append(self, stream_id: str, events: Sequence[NewEvent],
+               expected_version: Expected = ...) -> AppendResult: ...
+
+    def read_stream(self, stream_id: str, from_version: int = ..., to_version: int | None = ...,
+                    as_of: datetime | None = ..., backwards: bool = ...,
+                    limit: int | None = ...) -> list[RecordedEvent]: ...
+
+    def read_archived_stream(self, stream_id: str) -> list[RecordedEvent]: ...
+
+    def stream_version(self, stream_id: str) -> int: ...
+
+
 class Repository(Generic[A]):
     """Loads aggregates from their events (starting at the newest usable snapshot) and saves
     their new events with the loaded version as the expected version.
 
+    Every event saved carries `metadata.aggregate_type` (the class's `aggregate_type`): that
+    is how the store pods know which streams belong to a registered aggregate.
+
     Snapshots are taken after a successful save whenever the aggregate passes a multiple of
     `snapshot_frequency`, or when more than `max_events_per_aggregate` events would have to
-    be replayed after the newest snapshot. A failed snapshot never fails the save.
+    be replayed after the newest snapshot. A failed snapshot never fails the save. Over
+    HTTP (`Repository(EventStoreClient(...), Account)`) loads start from the server's
+    snapshots and the repository takes none itself: the store pods' snapshotter does, at
+    the cadence of their ConfigMap.
     """
 
     def __init__(
         self,
-        store: EventStore,
+        store: AggregateStore,
         aggregate_cls: type[A],
         snapshots: SnapshotStore | None = None,
         snapshot_frequency: int = 100,
         max_events_per_aggregate: int | None = None,
-        upcasters: UpcasterRegistry = NO_UPCASTERS,
+        upcasters: UpcasterRegistry | None = None,
     ) -> None:
-        if snapshot_frequency < 1:
+        if isinstance(snapshot_frequency, bool) or snapshot_frequency < 1:
             raise ValidationError(f"snapshot_frequency must be >= 1, not {snapshot_frequency}")
+        if snapshots is None:
+            # The HTTP client serves the server's snapshots (eventstore.server.client).
+            remote = getattr(store, "snapshot_store", None)
+            snapshots = remote() if callable(remote) else None
         self.store = store
         self.aggregate_cls = aggregate_cls
         self.snapshots = snapshots
         self.snapshot_frequency = snapshot_frequency
         self.max_events_per_aggregate = max_events_per_aggregate
-        self.upcasters = upcasters
+        self.upcasters = aggregate_cls.upcasters if upcasters is None else upcasters
+        #: False when the snapshot store is the server's: its pods take the snapshots.
+        self.takes_snapshots = snapshots is not None and not getattr(
+            snapshots, "taken_by_server", False)
 
     # -- loading -----------------------------------------------------------------------
 
@@ -71,7 +107,11 @@ class Repository(Generic[A]):
         return self.load_with_info(aggregate_id, at_version=at_version, as_of=as_of)[0]
 
     def load_with_info(self, aggregate_id: str, at_version: int | None = None,
-                       as_of: datetime | None = None) -> tuple[A, LoadInfo]:
+                       as_of: datetime | None = None, *,
+                       strict_snapshots: bool = False) -> tuple[A, LoadInfo]:
+        """The aggregate and how it was loaded. With `strict_snapshots` an unreachable
+        snapshot store raises SnapshotUnavailable instead of replaying from the first event
+        (the snapshotter would rather wait than replay whole streams during an outage)."""
         started = time.perf_counter()
         if at_version is not None and (isinstance(at_version, bool) or at_version < 1):
             raise ValidationError(f"at_version must be >= 1, not {at_version!r}")
@@ -91,7 +131,7 @@ class Repository(Generic[A]):
             target = version_then if target is None else min(target, version_then)
 
         aggregate = self.aggregate_cls(aggregate_id)
-        snapshot, ignored = self._usable_snapshot(aggregate_id, target)
+        snapshot, ignored = self._usable_snapshot(aggregate_id, target, strict_snapshots)
         if snapshot is not None:
             aggregate.restore_state(snapshot.state)
             aggregate.version = snapshot.version
@@ -124,8 +164,8 @@ class Repository(Generic[A]):
                     and (first_hot is None or e.version < first_hot)]
         return archived + events
 
-    def _usable_snapshot(self, aggregate_id: str,
-                         target: int | None) -> tuple[Snapshot | None, str | None]:
+    def _usable_snapshot(self, aggregate_id: str, target: int | None,
+                         strict: bool = False) -> tuple[Snapshot | None, str | None]:
         if self.snapshots is None:
             return None, None
         from eventstore.snapshots.base import SnapshotUnavailable
@@ -134,6 +174,8 @@ class Repository(Generic[A]):
         try:
             snapshot = self.snapshots.latest(kind, aggregate_id, at_or_below_version=target)
         except SnapshotUnavailable as exc:
+            if strict:
+                raise
             log.warning("snapshot store unavailable, replaying %s %s from events: %s",
                         kind, aggregate_id, exc)
             metrics.SNAPSHOTS_IGNORED.labels("unavailable").inc()
@@ -153,16 +195,15 @@ class Repository(Generic[A]):
                     snapshot.state_schema_version, wanted)
                 metrics.SNAPSHOTS_IGNORED.labels("schema").inc()
                 return None, "schema"
-            from dataclasses import replace
-
-            snapshot = replace(snapshot, state=converted, state_schema_version=wanted)
+            snapshot = dataclasses.replace(snapshot, state=converted,
+                                           state_schema_version=wanted)
         return snapshot, None
 
     # -- saving ------------------------------------------------------------------------
 
     def save(self, aggregate: A) -> AppendResult | None:
         """Append the aggregate's new events; ConcurrencyError if someone saved first."""
-        changes = aggregate.get_uncommitted_changes()
+        changes = self._tagged(aggregate.get_uncommitted_changes())
         if not changes:
             return None
         loaded_version = aggregate.version - len(changes)
@@ -179,8 +220,15 @@ class Repository(Generic[A]):
         self._maybe_snapshot(aggregate, loaded_version)
         return result
 
+    def _tagged(self, events: list[NewEvent]) -> list[NewEvent]:
+        """The events with `metadata.aggregate_type` set (an explicit value is kept)."""
+        kind = self.aggregate_cls.aggregate_type
+        return [e if AGGREGATE_TYPE_KEY in e.metadata else
+                dataclasses.replace(e, metadata={**e.metadata, AGGREGATE_TYPE_KEY: kind})
+                for e in events]
+
     def _maybe_snapshot(self, aggregate: A, loaded_version: int) -> None:
-        if self.snapshots is None:
+        if self.snapshots is None or not self.takes_snapshots:
             return
         new_version = aggregate.version
         crossed = loaded_version // self.snapshot_frequency < new_version // self.snapshot_frequency

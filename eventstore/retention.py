@@ -12,6 +12,10 @@ becomes unusable, and projection rebuilds read the archive too.
 load replays after the newest snapshot (the repository forces a snapshot past it), so a
 covered prefix keeps growing and retention keeps finding work.
 
+Which snapshots cover a stream: those of the aggregates registered in `event-store.yaml`
+(`aggregates:`), which the store pods' snapshotter takes, plus any snapshot kinds named in
+EVENTSTORE_RETENTION_AGGREGATE_TYPES (for snapshots that clients write themselves).
+
 One replica at a time: on PostgreSQL the job holds an advisory lock for its run.
 """
 
@@ -142,8 +146,9 @@ class RetentionJob:
 
     def start(self) -> None:
         if not self.aggregate_types:
-            log.info("retention is off: set EVENTSTORE_RETENTION_AGGREGATE_TYPES to the "
-                     "aggregate types whose snapshots may cover archived events")
+            log.info("retention is off: no aggregate is registered in event-store.yaml "
+                     "(aggregates:) and EVENTSTORE_RETENTION_AGGREGATE_TYPES is empty, so no "
+                     "snapshot can cover an event")
             return
         self._thread = threading.Thread(target=self._loop, name="retention", daemon=True)
         self._thread.start()

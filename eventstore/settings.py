@@ -47,6 +47,14 @@ DIRECTORY_KEY = "<directory>"
 _PROJECTION_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _DOTTED = r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*"
 _PROJECTION_TARGET = re.compile(rf"^{_DOTTED}:{_DOTTED}$")
+#: Aggregate type names: what events carry in their metadata and snapshots are filed under
+#: (the same alphabet as event types, so a name is safe in a URL path and a metric label).
+#: The CRD checks the same patterns (operator/eventstore_operator/crd.py).
+AGGREGATE_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.-]{0,99}$"
+AGGREGATE_TARGET_PATTERN = _PROJECTION_TARGET.pattern
+_AGGREGATE_NAME = re.compile(AGGREGATE_NAME_PATTERN)
+#: The projection name of the store's own snapshotter (see eventstore/snapshotter.py).
+SNAPSHOTTER = "snapshotter"
 
 
 class SettingsError(EventStoreError, ValueError):
@@ -77,8 +85,25 @@ def _check_projection_target(target: str) -> str:
     return target
 
 
+def _check_aggregate_name(name: str) -> str:
+    if not _AGGREGATE_NAME.match(name):
+        raise ValueError(
+            f"aggregate name {name!r} is not a valid type name: a letter or '_' first, then "
+            "letters, digits, '_', '.' or '-', at most 100 characters (for example Account)"
+        )
+    return name
+
+
+def _check_aggregate_target(target: str) -> str:
+    if not _PROJECTION_TARGET.match(target):
+        raise ValueError(f"{target!r} must be 'module:object', for example 'myapp.domain:Account'")
+    return target
+
+
 ProjectionName = Annotated[str, AfterValidator(_check_projection_name)]
 ProjectionTarget = Annotated[str, AfterValidator(_check_projection_target)]
+AggregateName = Annotated[str, AfterValidator(_check_aggregate_name)]
+AggregateTarget = Annotated[str, AfterValidator(_check_aggregate_target)]
 
 _STRICT = ConfigDict(extra="forbid", strict=True, frozen=True)
 
@@ -114,6 +139,17 @@ class StoreSettings(BaseModel):
             ),
         ),
     ] = 1000
+    aggregates: Annotated[
+        dict[AggregateName, AggregateTarget],
+        Field(
+            description=(
+                "Aggregate classes the store pods snapshot, serve at /aggregates and retain: "
+                'type name -> "module:object" (for example Account: '
+                '"eventstore.examples.bank:Account"). A stream belongs to a type when its '
+                "events carry metadata.aggregate_type (Repository.save adds it)."
+            ),
+        ),
+    ] = Field(default_factory=dict)
 
 
 class ProjectionSettings(BaseModel):
@@ -159,6 +195,14 @@ class ProjectionSettings(BaseModel):
             ),
         ),
     ] = Field(default_factory=dict)
+
+    @field_validator("projections", "local_projections")
+    @classmethod
+    def _not_reserved(cls, value: dict[str, str]) -> dict[str, str]:
+        if SNAPSHOTTER in value:
+            raise ValueError(f"{SNAPSHOTTER!r} is the store's own snapshotter: choose another "
+                             "projection name")
+        return value
 
     @field_validator("local_projections")
     @classmethod

@@ -43,6 +43,10 @@ LOCAL_READ_MODELS = "read-models.db"
 
 Unit = tuple[str, int]
 
+#: Failures of a database, not of the event: never retried per event nor parked, but the
+#: batch is rolled back and retried whole (the snapshotter's SnapshotUnavailable is one).
+_TRANSIENT = (psycopg.OperationalError, StoreUnavailable)
+
 
 class _LostCheckpoint(Exception):
     """Someone else moved the checkpoint (a rebuild, a replay): reload and go on."""
@@ -328,8 +332,8 @@ class ProjectionRunner:
                     upcast = [projection.upcasters.upcast(e) for e in events]
                     projection.handle_batch(upcast, tx)
             return
-        except psycopg.OperationalError:
-            raise
+        except _TRANSIENT:
+            raise  # the whole batch is retried later; the checkpoint stays put
         except Exception:  # user code; find the failing event(s) one by one
             log.info("projection batch failed; handling its events one by one",
                      extra={"projection": name, "partition": partition}, exc_info=True)
@@ -351,7 +355,7 @@ class ProjectionRunner:
                 with self.backend.savepoint(tx):
                     projection.handle_batch([projection.upcasters.upcast(event)], tx)
                 return
-            except psycopg.OperationalError:
+            except _TRANSIENT:
                 raise
             except Exception as exc:  # user code
                 error = exc

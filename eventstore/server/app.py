@@ -30,6 +30,7 @@ from pydantic import ValidationError as PydanticValidationError
 from sse_starlette.sse import EventSourceResponse
 
 from eventstore import metrics
+from eventstore.aggregate import Aggregate
 from eventstore.errors import (
     EventStoreError,
     SchemaError,
@@ -40,6 +41,7 @@ from eventstore.events import (
     EVENT_TYPE_PATTERN,
     STREAM_ID_PATTERN,
 )
+from eventstore.server.aggregates import aggregates_router
 from eventstore.server.append_route import AppendRoute
 from eventstore.server.appends import Appends
 from eventstore.server.asgi import ASGIApp
@@ -97,6 +99,8 @@ class Services:
     local_runner: ProjectionRunner | None = None
     retention: RetentionJob | None = None
     settings: Settings = field(default_factory=Settings)
+    #: The registered aggregate classes (event-store.yaml `aggregates:`), by type name.
+    aggregates: dict[str, type[Aggregate]] = field(default_factory=dict)
     owned: bool = True
     refresh_interval: float = 15.0
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -407,6 +411,8 @@ def create_app(services: Services, token: str, max_body_bytes: int = 4 * 1024 * 
         runner.rebuild(name)
         return JSONResponse({"name": name, "status": "rebuilding"}, status_code=202)
 
+    app.include_router(aggregates_router(services))
+
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             schema = get_openapi(title=app.title, version=app.version,
@@ -434,11 +440,15 @@ def create_app(services: Services, token: str, max_body_bytes: int = 4 * 1024 * 
 
 def build_services(config: ServerConfig, settings: Settings, *, migrate: bool = True,
                    retention_aggregate_types: list[str] | None = None) -> Services:
-    """Connect the backends and load the projections; raises on any startup problem."""
-    from eventstore.projections.base import load_projection
+    """Connect the backends and load the projections and aggregates; raises on any startup
+    problem (an unimportable registration is a SettingsError naming its key)."""
+    from eventstore.projections.base import Projection, load_projection
     from eventstore.projections.runner import ProjectionRunner, local_projection_runner
+    from eventstore.registry import load_aggregates
     from eventstore.retention import RetentionJob
+    from eventstore.settings import SNAPSHOTTER
 
+    aggregates = load_aggregates(settings.store.aggregates)
     options: dict[str, object] = {}
     if config.event_store_url.startswith(("postgresql://", "postgres://")):
         options["pool_max_size"] = config.db_pool_size
@@ -451,15 +461,21 @@ def build_services(config: ServerConfig, settings: Settings, *, migrate: bool = 
         elif not store.schema_is_current():
             raise SchemaError("the event store schema is not current: run `eventstore "
                               "migrate` (or serve without --no-migrate)")
-        projections = {name: load_projection(target)
-                       for name, target in settings.projections.projections.items()}
+        projections: dict[str, Projection] = {
+            name: load_projection(target)
+            for name, target in settings.projections.projections.items()}
         if config.snapshot_store_url:
-            try:
-                from eventstore.snapshots.base import SnapshotStore
-            except ImportError:  # pragma: no cover - snapshots ship with the package
-                log.warning("snapshot support is not installed; snapshots are off")
-            else:
-                snapshots = SnapshotStore.connect(config.snapshot_store_url)
+            from eventstore.snapshots.base import SnapshotStore
+
+            snapshots = SnapshotStore.connect(config.snapshot_store_url,
+                                              keep=config.snapshot_keep)
+        if aggregates and snapshots is not None:
+            from eventstore.snapshotter import Snapshotter
+
+            projections[SNAPSHOTTER] = Snapshotter(store, snapshots, aggregates, settings.store)
+        elif aggregates:
+            log.warning("aggregates are registered but no snapshot store is configured: "
+                        "the store takes no snapshots")
         runner = ProjectionRunner(store, projections, settings.projections) if projections \
             else None
         runners.extend([runner] if runner else [])
@@ -467,8 +483,10 @@ def build_services(config: ServerConfig, settings: Settings, *, migrate: bool = 
         runners.extend([local_runner] if local_runner else [])
         retention = None
         if snapshots is not None:
-            retention = RetentionJob(store, snapshots, settings.store.retention_days,
-                                     retention_aggregate_types or [],
+            # The registered aggregates' snapshots cover their streams; the variable may
+            # name more snapshot kinds (written by clients of their own).
+            kinds = sorted(set(aggregates) | set(retention_aggregate_types or []))
+            retention = RetentionJob(store, snapshots, settings.store.retention_days, kinds,
                                      interval=config.retention_interval_seconds)
     except BaseException:
         for started in runners:
@@ -478,4 +496,5 @@ def build_services(config: ServerConfig, settings: Settings, *, migrate: bool = 
         store.close()
         raise
     return Services(store=store, snapshots=snapshots, runner=runner,
-                    local_runner=local_runner, retention=retention, settings=settings)
+                    local_runner=local_runner, retention=retention, settings=settings,
+                    aggregates=aggregates)

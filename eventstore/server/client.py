@@ -2,6 +2,10 @@
 
     client = EventStoreClient("https://store:8080", token=open(token_file).read().strip())
     result = client.append("acc-1", [NewEvent("Deposited", {"amount": 5})], expected_version=0)
+
+It can stand where a library store stands: `Repository(client, Account)` loads from the
+server's snapshots (`snapshot_store()`) and saves with optimistic concurrency; the store
+pods take the snapshots, at the cadence of their ConfigMap (`settings()`).
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ import json
 from collections.abc import Iterator, Sequence
 from datetime import datetime
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 import httpx
@@ -23,6 +27,13 @@ from eventstore.errors import (
     ValidationError,
 )
 from eventstore.events import AppendResult, Expected, ExpectedVersion, NewEvent, RecordedEvent
+
+if TYPE_CHECKING:
+    from eventstore.server.remote_snapshots import HTTPSnapshotStore
+
+
+#: Events per request when the client pages through a stream (the server's MAX_PAGE).
+PAGE = 1000
 
 
 class Unauthorized(EventStoreError):
@@ -79,21 +90,48 @@ class EventStoreClient:
 
     def read_stream(self, stream_id: str, from_version: int = 1, to_version: int | None = None,
                     as_of: datetime | None = None, backwards: bool = False,
-                    limit: int = 1000) -> list[RecordedEvent]:
-        params: dict[str, Any] = {"from_version": from_version, "backwards": backwards,
-                                  "limit": limit}
-        if to_version is not None:
-            params["to_version"] = to_version
-        if as_of is not None:
-            params["as_of"] = as_of.isoformat()
-        data = self._call("GET", f"/streams/{stream_id}", params=params)
-        return [event_from_dict(e) for e in data["events"]]
+                    limit: int | None = None) -> list[RecordedEvent]:
+        """As `EventStore.read_stream`; without a limit, every matching event (page by page)."""
+        out: list[RecordedEvent] = []
+        low, high = from_version, to_version
+        while True:
+            page_size = PAGE if limit is None else min(PAGE, limit - len(out))
+            params: dict[str, Any] = {"from_version": low, "backwards": backwards,
+                                      "limit": page_size}
+            if high is not None:
+                params["to_version"] = high
+            if as_of is not None:
+                params["as_of"] = as_of.isoformat()
+            data = self._call("GET", f"/streams/{stream_id}", params=params)
+            page = [event_from_dict(e) for e in data["events"]]
+            out.extend(page)
+            if len(page) < page_size or (limit is not None and len(out) >= limit):
+                return out
+            if backwards:
+                high = page[-1].version - 1
+                if high < low:
+                    return out
+            else:
+                low = page[-1].version + 1
+
+    def stream_version(self, stream_id: str) -> int:
+        """The stream's current version; 0 when it does not exist."""
+        last = self.read_stream(stream_id, backwards=True, limit=1)
+        return last[0].version if last else 0
 
     def read_archived_stream(self, stream_id: str, from_version: int = 1,
-                             limit: int = 1000) -> list[RecordedEvent]:
-        data = self._call("GET", f"/streams/{stream_id}/archive",
-                          params={"from_version": from_version, "limit": limit})
-        return [event_from_dict(e) for e in data["events"]]
+                             limit: int | None = None) -> list[RecordedEvent]:
+        """Events retention moved to the archive; without a limit, all of them."""
+        out: list[RecordedEvent] = []
+        while True:
+            page_size = PAGE if limit is None else min(PAGE, limit - len(out))
+            data = self._call("GET", f"/streams/{stream_id}/archive",
+                              params={"from_version": from_version, "limit": page_size})
+            page = [event_from_dict(e) for e in data["events"]]
+            out.extend(page)
+            if len(page) < page_size or (limit is not None and len(out) >= limit):
+                return out
+            from_version = page[-1].version + 1
 
     def read_all(self, from_position: int = 0, limit: int = 1000) -> list[RecordedEvent]:
         data = self._call("GET", "/all", params={"from_position": from_position, "limit": limit})
@@ -122,10 +160,39 @@ class EventStoreClient:
         params: dict[str, Any] = {"aggregate_type": aggregate_type}
         if at_or_below_version is not None:
             params["at_or_below_version"] = at_or_below_version
-        response = self._http.get(f"/streams/{stream_id}/snapshot", params=params)
+        response = self._request("GET", f"/streams/{stream_id}/snapshot", params=params)
         if response.status_code == 404:
             return None
         return self._json(response)
+
+    def snapshot_store(self) -> HTTPSnapshotStore:
+        """The server's snapshots as a SnapshotStore (what `Repository(client, ...)` loads
+        from). Its pods take the snapshots, so a repository over it takes none itself."""
+        from eventstore.server.remote_snapshots import HTTPSnapshotStore
+
+        return HTTPSnapshotStore(self)
+
+    def load_aggregate(self, aggregate_type: str, aggregate_id: str, *,
+                       at_version: int | None = None,
+                       as_of: datetime | None = None) -> dict[str, Any]:
+        """`GET /aggregates/{type}/{id}`: state, version, the snapshot it started from and
+        the events replayed. LookupError when the type is not registered or has no such
+        aggregate (at that version or time)."""
+        params: dict[str, Any] = {}
+        if at_version is not None:
+            params["at_version"] = at_version
+        if as_of is not None:
+            params["as_of"] = as_of.isoformat()
+        response = self._request("GET", f"/aggregates/{aggregate_type}/{aggregate_id}",
+                                 params=params)
+        if response.status_code == 404:
+            raise LookupError(self._message(response))
+        return self._json(response)
+
+    def settings(self) -> dict[str, Any]:
+        """The settings the server runs (`GET /settings`): `store` holds snapshot_frequency,
+        max_events_per_aggregate, retention_days and the registered aggregates."""
+        return self._call("GET", "/settings")
 
     def put_snapshot(self, stream_id: str, aggregate_type: str, version: int,
                      state: dict[str, Any], state_schema_version: int = 1) -> dict[str, Any]:
@@ -158,12 +225,22 @@ class EventStoreClient:
     # -- plumbing ------------------------------------------------------------------------
 
     def _call(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        return self._json(self._request(method, path, **kwargs))
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         try:
-            response = self._http.request(method, path, **kwargs)
+            return self._http.request(method, path, **kwargs)
         except httpx.TransportError as exc:
             raise StoreUnavailable(f"the event store at {self._http.base_url} did not answer: "
                                    f"{exc}") from exc
-        return self._json(response)
+
+    @staticmethod
+    def _message(response: httpx.Response) -> str:
+        try:
+            body = response.json()
+        except ValueError:
+            return response.text
+        return str(body.get("message") or body.get("detail") or response.text)
 
     def _json(self, response: httpx.Response) -> dict[str, Any]:
         self._check(response)

@@ -55,6 +55,7 @@ class ServerConfig:
     retention_interval_seconds: float = 3600.0
     token_source: str = "env"
     retention_aggregate_types: tuple[str, ...] = ()
+    snapshot_keep: int = 5
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ServerConfig:
@@ -71,10 +72,11 @@ class ServerConfig:
         to start; a laptop server (no EVENT_DB_HOST) generates one in <data dir>/api-token.
         TLS: served when the files EVENTSTORE_TLS_CERT_FILE and EVENTSTORE_TLS_KEY_FILE
         (default /var/run/secrets/eventstore/tls/tls.crt and tls.key) exist.
-        Tuning: EVENTSTORE_MAX_BODY_BYTES (4 MiB), EVENTSTORE_DB_POOL_SIZE (20),
+        Tuning: EVENTSTORE_MAX_BODY_BYTES (4 MiB), EVENTSTORE_DB_POOL_SIZE (12),
+        EVENTSTORE_SNAPSHOT_KEEP (5 snapshots kept per aggregate),
         EVENTSTORE_RETENTION_INTERVAL_SECONDS (3600), EVENTSTORE_RETENTION_AGGREGATE_TYPES
-        (comma-separated snapshot aggregate types that may cover archived events; empty
-        turns retention off).
+        (comma-separated snapshot kinds that cover archived events besides the aggregates
+        registered in event-store.yaml, which always do).
         """
         env = os.environ if environ is None else environ
         data_dir = Path(env.get("EVENTSTORE_DATA_DIR") or DEFAULT_DATA_DIR)
@@ -113,6 +115,7 @@ class ServerConfig:
             retention_interval_seconds=float(_int(env, "EVENTSTORE_RETENTION_INTERVAL_SECONDS",
                                                   3600, 1, 7 * 86400)),
             token_source=source,
+            snapshot_keep=_int(env, "EVENTSTORE_SNAPSHOT_KEEP", 5, 1, 1000),
             retention_aggregate_types=tuple(
                 t.strip() for t in env.get("EVENTSTORE_RETENTION_AGGREGATE_TYPES", "").split(",")
                 if t.strip()),

@@ -29,7 +29,12 @@ from typing import Any
 
 import yaml
 
-from eventstore.settings import ProjectionSettings, StoreSettings
+from eventstore.settings import (
+    AGGREGATE_NAME_PATTERN,
+    AGGREGATE_TARGET_PATTERN,
+    ProjectionSettings,
+    StoreSettings,
+)
 from eventstore_operator import names
 
 #: spec.settings key -> (settings model, field): the seed values of the ConfigMap.
@@ -40,6 +45,7 @@ SETTINGS_FIELDS: dict[str, tuple[type[StoreSettings] | type[ProjectionSettings],
     "projectionWorkers": (ProjectionSettings, "workers"),
     "projectionBatchSize": (ProjectionSettings, "batch_size"),
     "projectionRetryAttempts": (ProjectionSettings, "retry_attempts"),
+    "aggregates": (StoreSettings, "aggregates"),
 }
 
 #: Files (relative to the repository root) that hold a rendered copy of the CRD.
@@ -65,6 +71,9 @@ def _settings_schema() -> dict[str, Any]:
     props: dict[str, Any] = {}
     for key, (model, field) in SETTINGS_FIELDS.items():
         info = model.model_fields[field]
+        if field == "aggregates":
+            props[key] = _aggregates_schema(info.description or "")
+            continue
         props[key] = {
             "type": "integer",
             "description": (
@@ -81,6 +90,22 @@ def _settings_schema() -> dict[str, Any]:
             "created. Later changes are made by editing that ConfigMap."
         ),
         "properties": props,
+    }
+
+
+def _aggregates_schema(description: str) -> dict[str, Any]:
+    """`aggregates` (name -> "module:object"), checked as the settings model checks it."""
+    return {
+        "type": "object",
+        "description": f"Seed value of aggregates in the ConfigMap. {description}",
+        "maxProperties": 100,
+        "additionalProperties": {"type": "string", "maxLength": 300,
+                                 "pattern": AGGREGATE_TARGET_PATTERN},
+        "x-kubernetes-validations": [{
+            "rule": f"self.all(name, name.matches('{AGGREGATE_NAME_PATTERN}'))",
+            "message": "aggregate names must be type names: a letter or '_' first, then "
+                       "letters, digits, '_', '.' or '-' (at most 100)",
+        }],
     }
 
 
@@ -419,6 +444,10 @@ def _to_json_schema(node: dict[str, Any]) -> dict[str, Any]:
         out["additionalProperties"] = False
     if "items" in node:
         out["items"] = _to_json_schema(node["items"])
+    if isinstance(node.get("additionalProperties"), dict):
+        out["additionalProperties"] = _to_json_schema(node["additionalProperties"])
+    if "maxProperties" in node:
+        out["maxProperties"] = node["maxProperties"]
     return out
 
 

@@ -36,6 +36,7 @@ from typing import Any
 import kopf
 from kubernetes.utils import parse_quantity
 
+from eventstore.registry import check_store_settings
 from eventstore.settings import SettingsError, config_hash, validate_config_data
 from eventstore_operator import builders, kube, names
 from eventstore_operator.builders import Obj, Owner
@@ -244,7 +245,9 @@ def _reconcile(body: Obj, logger: Any) -> None:
     applied_hash: str | None = status.get("configHash")
     applied_cm: str | None = status.get("configMapName")
     try:
-        validate_config_data(data)
+        # As the pods will load it, registered aggregates imported (the operator runs the
+        # store's image, so what imports here imports in the pods).
+        check_store_settings(validate_config_data(data).store)
         error: SettingsError | None = None
     except SettingsError as exc:
         error = exc

@@ -189,6 +189,26 @@ def test_valid_edit_changes_hash_invalid_edit_keeps_last_good(fake: FakeKube) ->
     assert template_hash(fake) == second
 
 
+@pytest.mark.parametrize(("registration", "reason"), [
+    ('"nowhere_xyz.domain:Account"', "cannot import 'nowhere_xyz.domain'"),
+    ('"eventstore.examples.bank:InsufficientFunds"', "not a subclass of eventstore.Aggregate"),
+    ('"eventstore.examples.bank"', "must be 'module:object'"),
+])
+def test_a_bad_aggregate_registration_is_refused_naming_the_key(
+        fake: FakeKube, registration: str, reason: str) -> None:
+    handlers.reconcile("ns", "demo")
+    good = template_hash(fake)
+    edit_config(fake, f"aggregates:\n  Account: {registration}\n")
+    handlers.reconcile("ns", "demo")
+    assert template_hash(fake) == good  # the pods keep the last good settings
+    cond = conditions(fake)["ConfigValid"]
+    assert cond["status"] == "False"
+    assert "event-store.yaml: aggregates.Account: " in cond["message"] and reason in cond["message"]
+    edit_config(fake, 'aggregates:\n  Account: "eventstore.examples.bank:Account"\n')
+    handlers.reconcile("ns", "demo")
+    assert conditions(fake)["ConfigValid"]["status"] == "True" and template_hash(fake) != good
+
+
 def test_old_snapshots_are_pruned(fake: FakeKube) -> None:
     handlers.reconcile("ns", "demo")
     for n in range(1, 6):

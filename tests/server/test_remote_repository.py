@@ -1,0 +1,93 @@
+"""The HTTP client stands where a library store stands: `Repository(EventStoreClient(...),
+Account)` passes the library repository's own aggregate tests against a running server, and
+two remote clients racing on one account lose no deposit."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from eventstore import Repository
+from eventstore.events import AGGREGATE_TYPE_KEY
+from eventstore.examples.bank import Account
+from eventstore.server.client import EventStoreClient
+from eventstore.server.remote_snapshots import HTTPSnapshotStore
+from tests.server.conftest import TOKEN, ServerProcess
+
+# The library repository's tests, collected here a second time with `store` below: the
+# HTTP client in place of the embedded store.
+from tests.unit.test_aggregate_and_upcasting import (  # noqa: F401
+    test_load_missing_and_temporal_loads,
+    test_repository_loads_through_upcasters,
+    test_save_and_load_round_trip,
+    test_second_writer_gets_concurrency_error,
+    test_two_new_aggregates_with_one_id_conflict,
+)
+
+pytestmark = pytest.mark.postgres
+
+
+@pytest.fixture
+def store(server: ServerProcess) -> Iterator[EventStoreClient]:
+    with EventStoreClient(server.url, TOKEN) as client:
+        yield client
+
+
+def test_a_remote_repository_loads_from_the_servers_snapshots(store: EventStoreClient) -> None:
+    repo = Repository(store, Account)
+    assert isinstance(repo.snapshots, HTTPSnapshotStore) and not repo.takes_snapshots
+    account = Account("acc-1")
+    account.open("ada")
+    for amount in range(1, 13):
+        account.deposit(amount)
+    repo.save(account)
+    assert all(e.metadata[AGGREGATE_TYPE_KEY] == "Account" for e in store.read_stream("acc-1"))
+    assert store.get_snapshot("acc-1", "Account") is None  # the pods' job, not the client's
+    # A planted state (balance 55; the events say 45) proves the load started from it.
+    store.put_snapshot("acc-1", "Account", 10, Account("x").snapshot_state()
+                       | {"owner": "ada", "balance": 55, "transactions": 9})
+    loaded, info = repo.load_with_info("acc-1")
+    assert (info.snapshot_version, info.events_replayed) == (10, 3)
+    assert (loaded.balance, loaded.version) == (55 + 10 + 11 + 12, 13)
+
+
+def test_two_remote_clients_racing_on_one_account_lose_no_deposit(
+        server: ServerProcess) -> None:
+    with EventStoreClient(server.url, TOKEN) as setup:
+        Repository(setup, Account).execute("acc", lambda a: a.open("ada"), create=True)
+
+    def deposit_many() -> None:
+        with EventStoreClient(server.url, TOKEN) as client:
+            repo = Repository(client, Account)
+            for _ in range(30):
+                repo.execute("acc", lambda a: a.deposit(1), attempts=100)
+
+    threads = [threading.Thread(target=deposit_many) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    with EventStoreClient(server.url, TOKEN) as client:
+        account = Repository(client, Account).load("acc")
+        assert (account.balance, account.version) == (60, 61)
+        assert client.stream_version("acc") == 61
+        # The conflicts really happened: the server counted 409s.
+        assert "eventstore_append_conflicts_total" in client.metrics()
+
+
+def test_client_reads_page_through_long_streams(store: EventStoreClient) -> None:
+    repo = Repository(store, Account)
+    account = Account("long")
+    account.open("ada")
+    for _ in range(2_400):
+        account.deposit(1)
+    for start in range(0, 2_401, 1_000):  # the server takes at most 1,000 events per append
+        chunk = account.get_uncommitted_changes()[start:start + 1_000]
+        store.append("long", chunk, expected_version=start if start else 0)
+    assert [e.version for e in store.read_stream("long")] == list(range(1, 2_402))
+    assert len(store.read_stream("long", from_version=5, limit=1_500)) == 1_500
+    back = store.read_stream("long", backwards=True, limit=1_200)
+    assert [e.version for e in back] == list(range(2_401, 1_201, -1))
+    assert repo.load("long").balance == 2_400
