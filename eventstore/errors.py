@@ -37,3 +37,8 @@ class SchemaError(EventStoreError):
 
 class UpcastError(EventStoreError):
     """A stored event could not be brought to the current schema version."""
+
+
+class ReplayTooLong(EventStoreError):
+    """A load would replay more events than the caller allows (the server's bound on
+    `GET /aggregates`); nothing was loaded. Usually no snapshot is near that version yet."""

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
 
 from eventstore import metrics
 from eventstore.aggregate import Aggregate
-from eventstore.errors import ConcurrencyError, EventStoreError, ValidationError
+from eventstore.errors import ConcurrencyError, EventStoreError, ReplayTooLong, ValidationError
 from eventstore.events import (
     AGGREGATE_TYPE_KEY,
     AppendResult,
@@ -107,11 +107,13 @@ class Repository(Generic[A]):
         return self.load_with_info(aggregate_id, at_version=at_version, as_of=as_of)[0]
 
     def load_with_info(self, aggregate_id: str, at_version: int | None = None,
-                       as_of: datetime | None = None, *,
-                       strict_snapshots: bool = False) -> tuple[A, LoadInfo]:
+                       as_of: datetime | None = None, *, strict_snapshots: bool = False,
+                       max_replay: int | None = None) -> tuple[A, LoadInfo]:
         """The aggregate and how it was loaded. With `strict_snapshots` an unreachable
         snapshot store raises SnapshotUnavailable instead of replaying from the first event
-        (the snapshotter would rather wait than replay whole streams during an outage)."""
+        (the snapshotter would rather wait than replay whole streams during an outage).
+        With `max_replay`, a load that would apply more events than that after its snapshot
+        raises ReplayTooLong before reading them all (a server's bound on memory)."""
         started = time.perf_counter()
         if at_version is not None and (isinstance(at_version, bool) or at_version < 1):
             raise ValidationError(f"at_version must be >= 1, not {at_version!r}")
@@ -136,7 +138,7 @@ class Repository(Generic[A]):
             aggregate.restore_state(snapshot.state)
             aggregate.version = snapshot.version
             aggregate._snapshot_version = snapshot.version  # type: ignore[attr-defined]
-        events = self._history(aggregate_id, aggregate.version + 1, target)
+        events = self._history(aggregate_id, aggregate.version + 1, target, max_replay)
         aggregate.load_from_history(self.upcasters.upcast_all(events))
         if aggregate.version == 0 or (target is not None and aggregate.version < target
                                       and at_version is not None and as_of is None):
@@ -148,12 +150,18 @@ class Repository(Generic[A]):
         metrics.EVENTS_REPLAYED.observe(len(events))
         return aggregate, LoadInfo(snapshot.version if snapshot else None, len(events), ignored)
 
-    def _history(self, aggregate_id: str, from_version: int,
-                 to_version: int | None) -> list[RecordedEvent]:
+    def _history(self, aggregate_id: str, from_version: int, to_version: int | None,
+                 max_replay: int | None = None) -> list[RecordedEvent]:
         """Events from_version..to_version, reaching into the archive when retention has
         moved the start of the stream there (a load without a usable snapshot)."""
+        limit = None if max_replay is None else max_replay + 1
         events = self.store.read_stream(aggregate_id, from_version=from_version,
-                                        to_version=to_version)
+                                        to_version=to_version, limit=limit)
+        if max_replay is not None and len(events) > max_replay:
+            raise ReplayTooLong(
+                f"{self.aggregate_cls.__name__} {aggregate_id!r}: loading it would replay more "
+                f"than {max_replay} events after version {from_version - 1}; no snapshot is "
+                "close enough yet (the snapshotter may still be catching up)")
         first_hot = events[0].version if events else None
         if first_hot == from_version:
             return events

@@ -16,6 +16,7 @@ from fastapi import APIRouter, Path, Query
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
+from eventstore.errors import ReplayTooLong
 from eventstore.events import STREAM_ID_PATTERN
 from eventstore.repository import AggregateNotFound, Repository
 from eventstore.server.wire import BIGINT, ErrorOut
@@ -43,7 +44,9 @@ class SettingsOut(BaseModel):
     projections: dict[str, Any]
 
 
-def aggregates_router(services: Services) -> APIRouter:
+def aggregates_router(services: Services, max_replay: int = 100_000) -> APIRouter:
+    """`max_replay` bounds the events one request may replay after its snapshot (memory),
+    as `limit` bounds every other read; past it the reply is 422 `replay_too_long`."""
     router = APIRouter(tags=["aggregates"])
     repositories = {name: Repository(services.store, cls, snapshots=services.snapshots,
                                      snapshot_frequency=services.settings.store.snapshot_frequency,
@@ -60,7 +63,8 @@ def aggregates_router(services: Services) -> APIRouter:
                             "(`aggregates:`). `at_version` and `as_of` give the state as it "
                             "was (temporal query); the reply says which snapshot the load "
                             "started from and how many events it replayed.",
-                responses={404: {"model": ErrorOut}, 503: {"model": ErrorOut}})
+                responses={404: {"model": ErrorOut}, 422: {"model": ErrorOut},
+                           503: {"model": ErrorOut}})
     def load_aggregate(
         aggregate_type: Annotated[str, Path(max_length=100)],
         aggregate_id: Annotated[str, Path(pattern=STREAM_ID_PATTERN.pattern, max_length=200)],
@@ -76,9 +80,12 @@ def aggregates_router(services: Services) -> APIRouter:
             as_of = as_of.replace(tzinfo=UTC)
         try:
             aggregate, info = repository.load_with_info(aggregate_id, at_version=at_version,
-                                                        as_of=as_of)
+                                                        as_of=as_of, max_replay=max_replay)
         except AggregateNotFound as exc:
             return _not_found(str(exc))
+        except ReplayTooLong as exc:
+            return JSONResponse({"error": "replay_too_long", "message": str(exc)},
+                                status_code=422)
         reply = AggregateOut(
             aggregate_type=aggregate_type, aggregate_id=aggregate_id, version=aggregate.version,
             state=aggregate.snapshot_state(),

@@ -157,7 +157,8 @@ class Services:
 # -- the app --------------------------------------------------------------------------
 
 def create_app(services: Services, token: str, max_body_bytes: int = 4 * 1024 * 1024,
-               append_threads: int = 16, append_pool_size: int = 16) -> ASGIApp:
+               append_threads: int = 16, append_pool_size: int = 16,
+               max_replay_events: int = 100_000) -> ASGIApp:
     """The API over ready services. Every path but /healthz and /readyz needs `token`.
 
     The FastAPI app sits inside two plain ASGI layers: the token and body-size guard,
@@ -411,7 +412,7 @@ def create_app(services: Services, token: str, max_body_bytes: int = 4 * 1024 * 
         runner.rebuild(name)
         return JSONResponse({"name": name, "status": "rebuilding"}, status_code=202)
 
-    app.include_router(aggregates_router(services))
+    app.include_router(aggregates_router(services, max_replay=max_replay_events))
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:

@@ -56,6 +56,7 @@ class ServerConfig:
     token_source: str = "env"
     retention_aggregate_types: tuple[str, ...] = ()
     snapshot_keep: int = 5
+    max_replay_events: int = 100_000
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ServerConfig:
@@ -74,6 +75,7 @@ class ServerConfig:
         (default /var/run/secrets/eventstore/tls/tls.crt and tls.key) exist.
         Tuning: EVENTSTORE_MAX_BODY_BYTES (4 MiB), EVENTSTORE_DB_POOL_SIZE (12),
         EVENTSTORE_SNAPSHOT_KEEP (5 snapshots kept per aggregate),
+        EVENTSTORE_MAX_REPLAY_EVENTS (100000: the most events GET /aggregates replays),
         EVENTSTORE_RETENTION_INTERVAL_SECONDS (3600), EVENTSTORE_RETENTION_AGGREGATE_TYPES
         (comma-separated snapshot kinds that cover archived events besides the aggregates
         registered in event-store.yaml, which always do).
@@ -116,6 +118,8 @@ class ServerConfig:
                                                   3600, 1, 7 * 86400)),
             token_source=source,
             snapshot_keep=_int(env, "EVENTSTORE_SNAPSHOT_KEEP", 5, 1, 1000),
+            max_replay_events=_int(env, "EVENTSTORE_MAX_REPLAY_EVENTS", 100_000, 1,
+                                   100_000_000),
             retention_aggregate_types=tuple(
                 t.strip() for t in env.get("EVENTSTORE_RETENTION_AGGREGATE_TYPES", "").split(",")
                 if t.strip()),

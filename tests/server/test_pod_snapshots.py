@@ -245,9 +245,13 @@ def test_at_version_and_as_of_over_http_agree_with_a_full_replay_for_every_prefi
 def test_aggregates_route_refusals(servers: Callable[..., ServerProcess], postgres_url: str,
                                    mongo_url: str, tmp_path: Path) -> None:
     config = _config(tmp_path, "every-10", _store_yaml(10))
-    pod = servers(_env(postgres_url, mongo_url, config))
+    pod = servers({**_env(postgres_url, mongo_url, config), "EVENTSTORE_MAX_REPLAY_EVENTS": "2"})
     _remote_deposits([pod], "acc-1", 3)
     with pod.client() as http:
+        # Bounded like every other read: no snapshot yet, so version 3 means 3 events.
+        assert http.get("/aggregates/Account/acc-1", params={"at_version": 2}).status_code == 200
+        too_long = http.get("/aggregates/Account/acc-1")
+        assert too_long.status_code == 422 and too_long.json()["error"] == "replay_too_long"
         unknown = http.get("/aggregates/Customer/acc-1")
         assert unknown.status_code == 404 and "registered: Account" in unknown.json()["message"]
         missing = http.get("/aggregates/Account/nobody")

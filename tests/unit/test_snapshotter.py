@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from click.testing import CliRunner
 
 from eventstore import EventStore, NewEvent, Repository, metrics
 from eventstore.cli import main
+from eventstore.errors import ReplayTooLong
 from eventstore.events import AGGREGATE_TYPE_KEY, RecordedEvent
 from eventstore.examples.bank import Account
 from eventstore.projections.base import Projection
@@ -292,3 +294,16 @@ def test_an_aggregate_that_cannot_load_is_skipped_not_retried_forever(
                             StoreSettings(snapshot_frequency=10)))
     assert _versions(snapshots, "acc-1") == []
     assert failures._value.get() - before == 2  # versions 10 and 20, counted, not parked
+
+
+def test_a_bounded_load_refuses_before_reading_everything(store: EventStore,
+                                                          snapshots: SnapshotStore) -> None:
+    _deposits(store, "acc-1", 50)
+    repo = Repository(store, Account, snapshots=snapshots)
+    with pytest.raises(ReplayTooLong, match="more than 20 events after version 0"):
+        repo.load_with_info("acc-1", max_replay=20)
+    assert repo.load_with_info("acc-1", at_version=20, max_replay=20)[1].events_replayed == 20
+    snapshots.save(Snapshot("Account", "acc-1", 40, repo.load("acc-1", at_version=40)
+                            .snapshot_state(), 1, datetime.now(UTC)))
+    _, info = repo.load_with_info("acc-1", max_replay=20)
+    assert (info.snapshot_version, info.events_replayed) == (40, 10)
