@@ -3,7 +3,7 @@ PYTHON ?= python3
 PYTEST_ARGS ?=
 
 .PHONY: install demo test test-unit lint bench pg-up mongo-up k8s-build \
-        ferretdb-build k8s-up deps e2e-kind image chart-lint crd test-k8s operator-run serve test-server
+        ferretdb-build k8s-up coredns-build cluster-up cluster-down deps e2e-kind image chart-lint crd test-k8s operator-run serve test-server
 
 install:  ## the library, the operator and the dev tools, pinned
 	$(PYTHON) -m pip install -q -e '.[operator,dev]'
@@ -58,6 +58,17 @@ k8s-build:
 
 k8s-up: k8s-build  ## kube-apiserver + etcd + kube-controller-manager in the foreground
 	$(PYTHON) -m tests.harness.controlplane up
+
+coredns-build:
+	bash scripts/coredns/build.sh
+
+cluster-up:  ## one-node cluster with a real kubelet (root); eval "$$(make -s cluster-up)" sets KUBECONFIG
+	bash scripts/k8s/build.sh >/dev/null
+	bash scripts/coredns/build.sh >/dev/null
+	$(PYTHON) -m tests.harness.node up
+
+cluster-down:  ## stop the one-node cluster and undo its host changes (images and logs kept)
+	$(PYTHON) -m tests.harness.node down
 
 IMAGE ?= ghcr.io/eventstore-py/eventstore:0.1.0
 
