@@ -278,6 +278,492 @@ PAUSE = Recipe(
 
 
 # --------------------------------------------------------------------------------------
+# The Debian base: one debootstrap, cached as a tarball, shared by the other images
+# --------------------------------------------------------------------------------------
+
+BASE_VERSION = "2"
+
+
+def base_key() -> str:
+    """Hash of what the base is made from (not of its bytes: hashing 150 MB costs time on
+    every warm run, and the same recipe gives the same packages from a stable release)."""
+    blob = _canonical({"v": BASE_VERSION, "suite": DEBIAN_SUITE, "mirror": DEBIAN_MIRROR,
+                       "variant": "minbase", "include": list(BASE_PACKAGES)})
+    return _sha256_bytes(blob)[:16]
+
+
+def base_tarball() -> Path:
+    """The cached base root filesystem tarball, made by debootstrap if missing (minutes)."""
+    target = CACHE_DIR / f"base-{DEBIAN_SUITE}-{base_key()}.tar"
+    if target.exists():
+        return target
+    if os.geteuid() != 0 or shutil.which("debootstrap") is None:
+        raise RuntimeError("making the Debian base needs root and debootstrap "
+                           "(apt-get install debootstrap)")
+    work = Path(tempfile.mkdtemp(prefix=".build-base-", dir=CACHE_DIR))
+    try:
+        rootfs = work / "rootfs"
+        with phase(f"base: debootstrap {DEBIAN_SUITE} (minutes when cold)"):
+            _run(["nice", "-n", "5", "debootstrap", "--variant=minbase",
+                  f"--include={','.join(BASE_PACKAGES)}", DEBIAN_SUITE, str(rootfs), DEBIAN_MIRROR])
+        # Later installs leave docs out too (DPKG_EXCLUDES); what debootstrap put there goes.
+        _inside(rootfs, "etc/dpkg/dpkg.cfg.d/eventstore-excludes").write_text(DPKG_EXCLUDES)
+        with chroot(rootfs) as run:
+            run("find /usr/share/doc -mindepth 1 ! -type d ! -name copyright -delete\n"
+                "find /usr/share/doc -mindepth 1 -type d -empty -delete\n"
+                "rm -rf /usr/share/man/* /usr/share/info/* /usr/share/locale/*\n"
+                "apt-get clean\n")
+        with phase("base: tarball"):
+            partial = work / "base.tar"
+            _run(["tar", "--numeric-owner", "--xattrs", "--xattrs-include=*", "-cpf",
+                  str(partial), "-C", str(rootfs), "."])
+            partial.replace(target)
+        for old in CACHE_DIR.glob(f"base-{DEBIAN_SUITE}-*.tar"):
+            if old != target:
+                old.unlink(missing_ok=True)
+        return target
+    finally:
+        _remove_tree(work)
+
+
+def unpack_base(rootfs: Path) -> None:
+    rootfs.mkdir(mode=0o755)
+    _run(["tar", "--numeric-owner", "--xattrs", "--xattrs-include=*", "-xpf",
+          str(base_tarball()), "-C", str(rootfs)])
+
+
+# --------------------------------------------------------------------------------------
+# Steps shared by the Debian-based images
+# --------------------------------------------------------------------------------------
+
+CHROOT_ENV = {"PATH": DEFAULT_PATH, "HOME": "/root", "LANG": "C.UTF-8", "TMPDIR": "/tmp",
+              "DEBIAN_FRONTEND": "noninteractive"}
+# Docs, manuals and translations are dead weight in an image (as in Debian's slim images).
+DPKG_EXCLUDES = """\
+path-exclude=/usr/share/doc/*
+path-include=/usr/share/doc/*/copyright
+path-exclude=/usr/share/man/*
+path-exclude=/usr/share/info/*
+path-exclude=/usr/share/locale/*
+"""
+
+
+def _inside(rootfs: Path, rel: str) -> Path:
+    """`rootfs/rel` for writing from the host, refusing any symlinked component: in a
+    chroot `var/run` is an absolute link to /run, and following it from the host would
+    change the host's /run. Such paths are handled by commands inside the chroot."""
+    path = rootfs
+    for part in Path(rel.lstrip("/")).parts:
+        path = path / part
+        if path.is_symlink():
+            raise RuntimeError(f"{path} is a symlink; change it from inside the chroot")
+    return path
+
+
+@contextlib.contextmanager
+def chroot(rootfs: Path) -> Iterator[Callable[[str], None]]:
+    """Run shell scripts inside `rootfs` with /proc mounted, the host's DNS and services
+    kept from starting (policy-rc.d); all three are undone on the way out."""
+    proc = _inside(rootfs, "proc")
+    resolv = _inside(rootfs, "etc/resolv.conf")
+    policy = _inside(rootfs, "usr/sbin/policy-rc.d")
+    resolv.unlink(missing_ok=True)
+    shutil.copyfile("/etc/resolv.conf", resolv)
+    policy.write_text("#!/bin/sh\n# no service starts while an image is built\nexit 101\n")
+    policy.chmod(0o755)
+    mounted = False
+    try:
+        _run(["mount", "-t", "proc", "proc", str(proc)])
+        mounted = True
+
+        def run(script: str) -> None:
+            _run(["chroot", str(rootfs), "/usr/bin/env", "-i",
+                  *(f"{k}={v}" for k, v in CHROOT_ENV.items()), "/bin/sh", "-euc", script])
+
+        yield run
+    finally:
+        if mounted and subprocess.run(["umount", str(proc)], check=False).returncode != 0:
+            subprocess.run(["umount", "-l", str(proc)], check=False)
+        policy.unlink(missing_ok=True)
+        resolv.write_text("")  # the runtime mounts its own
+
+
+def _accounts_script(accounts: Iterable[Account]) -> str:
+    return "".join(
+        f"groupadd --system --gid {a.uid} {a.name}\n"
+        f"useradd --system --uid {a.uid} --gid {a.uid} --no-create-home"
+        f" --home-dir {a.home} --shell {a.shell} {a.name}\n" for a in accounts)
+
+
+def _dirs_script(dirs: Iterable[OwnedDir]) -> str:
+    # install -d does not change an existing directory's mode; chown/chmod make it exact.
+    return "".join(
+        f"install -d {d.path} && chown {d.uid}:{d.gid} {d.path} && chmod {d.mode:04o} {d.path}\n"
+        for d in dirs)
+
+
+def _finish(rootfs: Path, recipe: Recipe, run: Callable[[str], None]) -> None:
+    """The steps every Debian-based recipe ends with: its directories, its files, and
+    host-specific files (hostname, hosts) reset to neutral ones."""
+    run(_dirs_script(recipe.dirs))
+    for path, text in recipe.files:
+        target = _inside(rootfs, path)
+        target.write_text(text)
+        target.chmod(0o755)
+    _inside(rootfs, "etc/hostname").write_text("localhost\n")
+    _inside(rootfs, "etc/hosts").write_text(
+        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n")
+
+
+def _debian_rootfs(ctx: BuildContext, recipe: Recipe, steps: str = "") -> None:
+    """Base tarball, then the recipe's accounts, its own shell `steps`, dirs and files."""
+    with phase(f"{recipe.key}: unpack base"):
+        unpack_base(ctx.rootfs)
+    with chroot(ctx.rootfs) as run:
+        run(_accounts_script(recipe.accounts))
+        if steps:
+            with phase(f"{recipe.key}: steps in the chroot"):
+                run(steps)
+        _finish(ctx.rootfs, recipe, run)
+
+
+# The `file_env` of the official images: VAR or the contents of VAR_FILE (never both).
+FILE_ENV_SH = r"""
+error() { echo "error: $*" >&2; exit 1; }
+file_env() {
+	var=$1; file_var="${1}_FILE"; default=${2:-}
+	eval "value=\${$var:-}; file=\${$file_var:-}"
+	if [ -n "$value" ] && [ -n "$file" ]; then
+		error "both $var and $file_var are set (but are exclusive)"
+	fi
+	if [ -n "$file" ]; then
+		value=$(cat "$file") || error "cannot read $file_var=$file"
+	elif [ -z "$value" ]; then
+		value=$default
+	fi
+	export "$var=$value"
+	unset "$file_var"
+}
+"""
+
+
+# --------------------------------------------------------------------------------------
+# PostgreSQL: Debian's postgresql-15 behind the official `postgres` image's contract
+# --------------------------------------------------------------------------------------
+
+POSTGRES_MAJOR = "15"
+POSTGRES_BIN = f"/usr/lib/postgresql/{POSTGRES_MAJOR}/bin"
+POSTGRES_ENTRYPOINT = r"""#!/bin/sh
+# The official postgres image's entrypoint contract, for Debian's postgresql-15:
+# POSTGRES_USER (default postgres), POSTGRES_PASSWORD, POSTGRES_DB (default: the user; created
+# unless it is "postgres"), POSTGRES_INITDB_ARGS, POSTGRES_HOST_AUTH_METHOD (default
+# scram-sha-256), each also as *_FILE; initdb on an empty $PGDATA, then `exec "$@"`.
+set -eu
+""" + FILE_ENV_SH + r"""
+case "${1:-}" in -*) set -- postgres "$@" ;; esac
+
+if [ "${1:-}" = postgres ] && [ "$(id -u)" = 0 ]; then
+	# Started as root (not under the operator, which runs uid 999): fix ownership, step down.
+	mkdir -p "$PGDATA" /var/run/postgresql
+	chown postgres:postgres "$PGDATA" /var/run/postgresql
+	chmod 700 "$PGDATA"
+	exec setpriv --reuid=postgres --regid=postgres --init-groups "$0" "$@"
+fi
+
+if [ "${1:-}" = postgres ]; then
+	file_env POSTGRES_USER postgres
+	file_env POSTGRES_PASSWORD
+	file_env POSTGRES_DB "$POSTGRES_USER"
+	file_env POSTGRES_INITDB_ARGS
+	: "${POSTGRES_HOST_AUTH_METHOD:=scram-sha-256}"
+	mkdir -p "$PGDATA"
+	chmod 700 "$PGDATA" 2>/dev/null || :
+	if [ ! -s "$PGDATA/PG_VERSION" ]; then
+		if [ -z "$POSTGRES_PASSWORD" ] && [ "$POSTGRES_HOST_AUTH_METHOD" != trust ]; then
+			error "the database is uninitialized and POSTGRES_PASSWORD is not set" \
+				"(or set POSTGRES_HOST_AUTH_METHOD=trust to allow connections without one)"
+		fi
+		pwfile=$(umask 077 && mktemp)
+		printf '%s\n' "$POSTGRES_PASSWORD" >"$pwfile"
+		# shellcheck disable=SC2086 # POSTGRES_INITDB_ARGS holds several arguments
+		initdb --username="$POSTGRES_USER" --pwfile="$pwfile" $POSTGRES_INITDB_ARGS
+		rm -f "$pwfile"
+		printf '\nhost all all all %s\n' "$POSTGRES_HOST_AUTH_METHOD" >>"$PGDATA/pg_hba.conf"
+		# A temporary server on the Unix socket only, for CREATE DATABASE and init scripts.
+		pg_ctl -D "$PGDATA" -o "-c listen_addresses='' -p ${PGPORT:-5432}" -w start
+		run_psql() { psql -v ON_ERROR_STOP=1 --no-psqlrc --no-password --username "$POSTGRES_USER" "$@"; }
+		if [ "$POSTGRES_DB" != postgres ]; then
+			run_psql --dbname postgres --set db="$POSTGRES_DB" <<-'EOSQL'
+				CREATE DATABASE :"db" ;
+			EOSQL
+		fi
+		for f in /docker-entrypoint-initdb.d/*; do
+			case "$f" in
+				*.sh) echo "$0: running $f"; . "$f" ;;
+				*.sql) echo "$0: running $f"; run_psql --dbname "$POSTGRES_DB" -f "$f" ;;
+				*.sql.gz) echo "$0: running $f"; gunzip -c "$f" | run_psql --dbname "$POSTGRES_DB" ;;
+				*) [ -e "$f" ] && echo "$0: ignoring $f" ;;
+			esac
+		done
+		pg_ctl -D "$PGDATA" -m fast -w stop
+		echo "$0: PostgreSQL init process complete; ready for start up."
+	fi
+	unset POSTGRES_PASSWORD
+fi
+
+exec "$@"
+"""
+
+
+def _make_postgres_rootfs(ctx: BuildContext) -> None:
+    sample = f"/usr/share/postgresql/{POSTGRES_MAJOR}/postgresql.conf.sample"
+    _debian_rootfs(ctx, POSTGRES, f"""
+# No cluster from the package: the entrypoint runs initdb on the mounted volume.
+mkdir -p /etc/postgresql-common/createcluster.d
+echo 'create_main_cluster = false' >/etc/postgresql-common/createcluster.d/eventstore.conf
+apt-get -q update
+apt-get -q install -y --no-install-recommends postgresql-{POSTGRES_MAJOR}
+apt-get clean
+rm -rf /var/lib/apt/lists/*
+# Listen on every address, as the official image does (the Service reaches it by pod IP).
+sed -ri "s!^#?(listen_addresses)\\s*=\\s*\\S+.*!\\1 = '*'!" {sample}
+grep -qF "listen_addresses = '*'" {sample}
+""")
+
+
+POSTGRES = Recipe(
+    key="postgres",
+    ref=POSTGRES_IMAGE,
+    config=ImageConfig(
+        entrypoint=("/usr/local/bin/docker-entrypoint.sh",),
+        cmd=("postgres",),
+        # The server's own bin dir first: Debian's /usr/bin wrappers (pg_wrapper) need perl
+        # and a cluster registry; the readiness probe's pg_isready must be the real one.
+        env=(("PATH", f"{POSTGRES_BIN}:{DEFAULT_PATH}"), ("LANG", "C.UTF-8"),
+             ("PG_MAJOR", POSTGRES_MAJOR), ("PGDATA", "/var/lib/postgresql/data")),
+        exposed_ports=("5432/tcp",),
+        stop_signal="SIGINT",  # fast shutdown; SIGTERM ("smart") waits for every client
+    ),
+    version="1",
+    make_rootfs=lambda ctx: _make_postgres_rootfs(ctx),
+    inputs=lambda: {"base": base_key(), "packages": f"postgresql-{POSTGRES_MAJOR}"},
+    accounts=(Account("postgres", 999, "/var/lib/postgresql", "/bin/bash"),),
+    dirs=(OwnedDir("/var/lib/postgresql", 999, 999, 0o755),
+          OwnedDir("/var/lib/postgresql/data", 999, 999, 0o1777),
+          OwnedDir("/var/run/postgresql", 999, 999, 0o3777),
+          OwnedDir("/docker-entrypoint-initdb.d", 0, 0, 0o755)),
+    files=(("/usr/local/bin/docker-entrypoint.sh", POSTGRES_ENTRYPOINT),),
+)
+
+
+# --------------------------------------------------------------------------------------
+# MongoDB wire protocol: FerretDB on SQLite behind the official `mongo` image's contract
+# --------------------------------------------------------------------------------------
+
+MONGODB_ENTRYPOINT = r"""#!/bin/sh
+# The official mongo image's root-user contract, for FerretDB 1.x on SQLite:
+# MONGO_INITDB_ROOT_USERNAME / MONGO_INITDB_ROOT_PASSWORD (each also as *_FILE) make a user
+# in the admin database on first start (FerretDB's setup user, with its new SCRAM-SHA-256
+# authentication). Other settings are FerretDB's FERRETDB_* variables. Then `exec "$@"`.
+set -eu
+""" + FILE_ENV_SH + r"""
+case "${1:-}" in -*) set -- ferretdb "$@" ;; esac
+
+if [ "${1:-}" = ferretdb ] && [ "$(id -u)" = 0 ]; then
+	mkdir -p /data/db /data/configdb
+	chown mongodb:mongodb /data/db /data/configdb
+	exec setpriv --reuid=mongodb --regid=mongodb --init-groups "$0" "$@"
+fi
+
+if [ "${1:-}" = ferretdb ]; then
+	file_env MONGO_INITDB_ROOT_USERNAME
+	file_env MONGO_INITDB_ROOT_PASSWORD
+	if [ -n "$MONGO_INITDB_ROOT_USERNAME" ]; then
+		[ -n "$MONGO_INITDB_ROOT_PASSWORD" ] ||
+			error "MONGO_INITDB_ROOT_USERNAME is set but MONGO_INITDB_ROOT_PASSWORD is not"
+		# FerretDB creates the user only while the admin database does not exist yet.
+		export FERRETDB_TEST_ENABLE_NEW_AUTH=true FERRETDB_SETUP_DATABASE=admin \
+			FERRETDB_SETUP_USERNAME="$MONGO_INITDB_ROOT_USERNAME" \
+			FERRETDB_SETUP_PASSWORD="$MONGO_INITDB_ROOT_PASSWORD"
+	elif [ -n "$MONGO_INITDB_ROOT_PASSWORD" ]; then
+		error "MONGO_INITDB_ROOT_PASSWORD is set but MONGO_INITDB_ROOT_USERNAME is not"
+	fi
+	unset MONGO_INITDB_ROOT_PASSWORD
+fi
+
+exec "$@"
+"""
+
+
+def _ferretdb_binary() -> Path:
+    from tests.harness.ferretdb import ensure_binary
+
+    return ensure_binary()
+
+
+def _make_mongodb_rootfs(ctx: BuildContext) -> None:
+    _debian_rootfs(ctx, MONGODB)
+    target = _inside(ctx.rootfs, "usr/local/bin/ferretdb")
+    shutil.copyfile(_ferretdb_binary(), target)
+    target.chmod(0o755)
+
+
+MONGODB = Recipe(
+    key="mongodb",
+    ref=MONGODB_IMAGE,
+    config=ImageConfig(
+        entrypoint=("/usr/local/bin/docker-entrypoint.sh",),
+        cmd=("ferretdb",),
+        env=(("PATH", DEFAULT_PATH), ("LANG", "C.UTF-8"),
+             ("FERRETDB_HANDLER", "sqlite"),
+             ("FERRETDB_SQLITE_URL", "file:/data/db/"),  # the operator mounts the claim here
+             ("FERRETDB_STATE_DIR", "/data/db"),         # state.json; the root fs is read-only
+             ("FERRETDB_LISTEN_ADDR", ":27017"),
+             ("FERRETDB_TELEMETRY", "disable"), ("DO_NOT_TRACK", "1")),
+        exposed_ports=("27017/tcp",),
+    ),
+    version="1",
+    make_rootfs=lambda ctx: _make_mongodb_rootfs(ctx),
+    inputs=lambda: {"base": base_key(), "ferretdb": _sha256_file(_ferretdb_binary())},
+    accounts=(Account("mongodb", 999, "/data/db", "/usr/sbin/nologin"),),
+    dirs=(OwnedDir("/data", 0, 0, 0o755), OwnedDir("/data/db", 999, 999, 0o755),
+          OwnedDir("/data/configdb", 999, 999, 0o755)),
+    files=(("/usr/local/bin/docker-entrypoint.sh", MONGODB_ENTRYPOINT),),
+)
+
+
+# --------------------------------------------------------------------------------------
+# The store: this checkout's wheel and its pinned dependencies in a venv (the Dockerfile's
+# runtime contract, checked against the Dockerfile by tests/unit/test_image_recipes.py)
+# --------------------------------------------------------------------------------------
+
+STORE_VENV = "/opt/eventstore/venv"
+# What the wheel is built from: the Dockerfile's COPY lines.
+STORE_SOURCES = ("pyproject.toml", "README.md", "eventstore", "operator")
+# The wheels must fit the image's interpreter (Debian bookworm: CPython 3.11, glibc 2.36).
+# Every manylinux tag glibc 2.36 accepts, spelled out: older pips do not expand one.
+WHEEL_PLATFORM = (
+    *(arg for minor in range(36, 4, -1) for arg in ("--platform", f"manylinux_2_{minor}_x86_64")),
+    "--platform", "manylinux2014_x86_64", "--platform", "manylinux2010_x86_64",
+    "--platform", "manylinux1_x86_64",
+    "--python-version", "3.11", "--implementation", "cp", "--abi", "cp311")
+
+
+def store_source_digest() -> str:
+    """Hash of the files the wheel is built from (names and bytes; caches and bytecode out)."""
+    digest = hashlib.sha256()
+    for top in STORE_SOURCES:
+        root = REPO_ROOT / top
+        paths = [root] if root.is_file() else sorted(
+            p for p in root.rglob("*")
+            if p.is_file() and "__pycache__" not in p.parts and p.suffix not in {".pyc", ".pyo"}
+            and not any(part.endswith(".egg-info") for part in p.parts))
+        for path in paths:
+            digest.update(path.relative_to(REPO_ROOT).as_posix().encode() + b"\0")
+            digest.update(_sha256_file(path).encode())
+    return digest.hexdigest()
+
+
+def store_requirements() -> list[str]:
+    """The pinned dependencies and the operator extra, as pyproject.toml declares them."""
+    import tomllib
+
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
+    return [*project["dependencies"], *project["optional-dependencies"]["operator"]]
+
+
+def wheelhouse() -> Path:
+    """Binary wheels of every dependency for the image's interpreter, downloaded once per
+    set of requirements (pip on the host: the chroot then installs offline)."""
+    requirements = store_requirements()
+    key = _sha256_bytes(_canonical({"req": requirements, "platform": list(WHEEL_PLATFORM)}))[:16]
+    target = CACHE_DIR / f"wheels-{key}"
+    if target.is_dir():
+        return target
+    partial = Path(tempfile.mkdtemp(prefix=".wheels-", dir=CACHE_DIR))
+    try:
+        env = {k: v for k, v in os.environ.items() if k != "PIP_FIND_LINKS"}
+        _run([sys.executable, "-m", "pip", "download", "-q", "--only-binary=:all:", *WHEEL_PLATFORM,
+              "--dest", str(partial), *requirements], env=env)
+        partial.replace(target)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+    for old in CACHE_DIR.glob("wheels-*"):
+        if old != target:
+            shutil.rmtree(old, ignore_errors=True)
+    return target
+
+
+def _make_store_rootfs(ctx: BuildContext) -> None:
+    with phase("store: wheels"):
+        deps = wheelhouse()
+        src = ctx.work / "src"
+        src.mkdir()
+        for top in STORE_SOURCES:
+            path = REPO_ROOT / top
+            if path.is_dir():
+                shutil.copytree(path, src / top, ignore=shutil.ignore_patterns(
+                    "__pycache__", "*.pyc", "*.egg-info"))
+            else:
+                shutil.copy2(path, src / top)
+        own = ctx.work / "own"
+        env = {k: v for k, v in os.environ.items() if k != "PIP_FIND_LINKS"}
+        _run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--wheel-dir", str(own),
+              str(src)], env=env)
+    entry_points = " ".join(f"/usr/local/bin/{name}" for name in ("eventstore", "eventstore-operator"))
+
+    def copy_wheels() -> None:
+        wheels = _inside(ctx.rootfs, "tmp/wheels")
+        shutil.copytree(deps, wheels)
+        for wheel in own.glob("*.whl"):
+            shutil.copy2(wheel, wheels / wheel.name)
+
+    with phase("store: unpack base"):
+        unpack_base(ctx.rootfs)
+    copy_wheels()
+    with chroot(ctx.rootfs) as run:
+        run(_accounts_script(STORE.accounts))
+        with phase("store: venv and pip install (offline)"):
+            run(f"""
+python3 -m venv {STORE_VENV}
+{STORE_VENV}/bin/pip install -q --no-index --find-links /tmp/wheels --no-cache-dir \\
+    --disable-pip-version-check 'eventstore[operator]'
+{STORE_VENV}/bin/pip uninstall -q -y setuptools
+rm -rf /tmp/wheels /root/.cache
+for script in {entry_points}; do ln -s {STORE_VENV}/bin/$(basename $script) $script; done
+{STORE_VENV}/bin/eventstore --version
+""")
+        _finish(ctx.rootfs, STORE, run)
+
+
+STORE_ACCOUNT = Account("eventstore", 10001, "/nonexistent", "/usr/sbin/nologin")
+STORE = Recipe(
+    key="store",
+    ref=STORE_IMAGE,
+    config=ImageConfig(
+        entrypoint=("eventstore",),
+        cmd=("serve",),
+        user=f"{STORE_ACCOUNT.uid}:{STORE_ACCOUNT.uid}",
+        env=(("PATH", f"{STORE_VENV}/bin:{DEFAULT_PATH}"), ("LANG", "C.UTF-8"),
+             ("PIP_DISABLE_PIP_VERSION_CHECK", "1"), ("PIP_NO_CACHE_DIR", "1"),
+             ("PYTHONDONTWRITEBYTECODE", "1"), ("PYTHONUNBUFFERED", "1")),
+        working_dir="/data",
+        exposed_ports=("8080/tcp",),
+        labels=(("org.opencontainers.image.title", "eventstore"),
+                ("org.opencontainers.image.description", "Event store server and its Kubernetes operator"),
+                ("org.opencontainers.image.source", "https://github.com/eventstore-py/eventstore"),
+                ("org.opencontainers.image.licenses", "Apache-2.0")),
+    ),
+    version="1",
+    make_rootfs=lambda ctx: _make_store_rootfs(ctx),
+    inputs=lambda: {"base": base_key(), "source": store_source_digest(),
+                    "requirements": _sha256_bytes(_canonical(store_requirements()))},
+    accounts=(STORE_ACCOUNT,),
+    dirs=(OwnedDir("/data", STORE_ACCOUNT.uid, STORE_ACCOUNT.uid, 0o750),),
+)
+
+
+# --------------------------------------------------------------------------------------
 # Shared helpers: commands, chroots, the archive
 # --------------------------------------------------------------------------------------
 
@@ -443,7 +929,7 @@ def layer_members(path: Path) -> Iterator[tuple[tarfile.TarInfo, tarfile.TarFile
 # Building and caching
 # --------------------------------------------------------------------------------------
 
-RECIPES: dict[str, Recipe] = {r.key: r for r in (PAUSE,)}
+RECIPES: dict[str, Recipe] = {r.key: r for r in (PAUSE, STORE, POSTGRES, MONGODB)}
 
 
 @contextlib.contextmanager
@@ -557,6 +1043,44 @@ def ensure_imported(address: Path = NODE_SOCKET) -> None:
     import_images(None, address=address)
 
 
+@contextlib.contextmanager
+def private_containerd(root: Path, *, timeout: float = 30.0) -> Iterator[Path]:
+    """A containerd of our own (its own root, state dir and socket; no CRI) to import and
+    run images in tests without the node. `root` persists (images stay imported between
+    sessions); one user at a time. Yields the socket; stopped by its PID on exit."""
+    root.mkdir(parents=True, exist_ok=True)
+    with open(f"{root}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        state = Path(tempfile.mkdtemp(prefix="eventstore-ctrd-"))
+        socket = state / "containerd.sock"
+        config = state / "config.toml"
+        config.write_text(
+            f'version = 2\nroot = "{root}"\nstate = "{state / "state"}"\n'
+            'disabled_plugins = ["io.containerd.grpc.v1.cri"]\n'
+            f'[grpc]\n  address = "{socket}"\n[ttrpc]\n  address = "{socket}.ttrpc"\n'
+            '[debug]\n  address = ""\n')
+        log_path = state / "containerd.log"
+        with open(log_path, "wb") as log_file:
+            process = subprocess.Popen(["containerd", "--config", str(config)], stdout=log_file,
+                                       stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            deadline = time.monotonic() + timeout
+            while subprocess.run(["ctr", "--address", str(socket), "version"], capture_output=True,
+                                 check=False).returncode != 0:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"containerd did not start:\n{log_path.read_text()[-3000:]}")
+                time.sleep(0.1)
+            yield socket
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+            _remove_tree(state)
+
+
 # --------------------------------------------------------------------------------------
 # CLI
 # --------------------------------------------------------------------------------------
@@ -577,6 +1101,9 @@ def main(argv: list[str] | None = None) -> int:
         if name == "import":
             cmd.add_argument("--address", type=Path, default=NODE_SOCKET,
                              help=f"containerd socket (default {NODE_SOCKET})")
+            cmd.add_argument("--skip-without-node", action="store_true",
+                             help="only build when no containerd listens there (make images "
+                                  "before make cluster-up)")
     args = parser.parse_args(argv)
     start = time.monotonic()
     names = _names(args.only)
@@ -584,7 +1111,15 @@ def main(argv: list[str] | None = None) -> int:
         for key, path in build(names).items():
             print(f"{RECIPES[key].ref}\t{path}")
     elif args.command == "import":
-        import_images(names, address=args.address)
+        if not args.address.is_socket():
+            if not args.skip_without_node:
+                parser.error(f"no containerd socket at {args.address}: start the node "
+                             "(make cluster-up) or pass --address")
+            build(names)
+            log(f"no containerd at {args.address}: built only; `make images` again after "
+                "`make cluster-up` imports them")
+        else:
+            import_images(names, address=args.address)
     else:
         for key in names or list(RECIPES):
             recipe = _recipe(key)
