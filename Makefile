@@ -3,7 +3,7 @@ PYTHON ?= python3
 PYTEST_ARGS ?=
 
 .PHONY: install demo test test-unit lint bench pg-up mongo-up k8s-build \
-        ferretdb-build k8s-up coredns-build cluster-up cluster-down deps e2e-kind image chart-lint crd test-k8s operator-run serve test-server
+        ferretdb-build k8s-up coredns-build cluster-up cluster-down images deps e2e-kind image chart-lint crd test-k8s operator-run serve test-server
 
 install:  ## the library, the operator and the dev tools, pinned
 	$(PYTHON) -m pip install -q -e '.[operator,dev]'
@@ -69,6 +69,9 @@ cluster-up:  ## one-node cluster with a real kubelet (root); eval "$$(make -s cl
 
 cluster-down:  ## stop the one-node cluster and undo its host changes (images and logs kept)
 	$(PYTHON) -m tests.harness.node down
+
+images:  ## build (cached by content) and import the one-node cluster's images, no registry (root)
+	$(PYTHON) -m tests.harness.images import --skip-without-node
 
 IMAGE ?= ghcr.io/eventstore-py/eventstore:0.1.0
 
