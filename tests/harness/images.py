@@ -36,7 +36,7 @@ import tarfile
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -165,7 +165,6 @@ class Recipe:
     dirs: tuple[OwnedDir, ...] = ()
     files: tuple[tuple[str, str], ...] = ()   # (path in image, text) hashed into the key
     needs_root: bool = True
-    extra: dict[str, str] = field(default_factory=dict)
 
     def cache_key(self) -> str:
         description = {
@@ -958,6 +957,7 @@ def build(names: Iterable[str] | None = None) -> dict[str, Path]:
     recipes = [_recipe(n) for n in names] if names is not None else list(RECIPES.values())
     out: dict[str, Path] = {}
     with _cache_lock():
+        _remove_leftovers()
         for recipe in recipes:
             with phase(f"{recipe.key}: cache key"):
                 target = recipe.archive_path()
@@ -989,13 +989,26 @@ def _build_one(recipe: Recipe, target: Path) -> None:
         _remove_tree(work)
 
 
+def _remove_leftovers() -> None:
+    """Scratch dirs of a build that was killed (we hold the lock: nobody else builds now),
+    first unmounting a chroot's /proc it may have left behind."""
+    for stale in [*CACHE_DIR.glob(".build-*"), *CACHE_DIR.glob(".wheels-*")]:
+        for mount in reversed(_mounts_under(stale)):
+            subprocess.run(["umount", "-l", mount], check=False)
+        log(f"removing the leftovers of an interrupted build: {stale}")
+        _remove_tree(stale)
+
+
+def _mounts_under(path: Path) -> list[str]:
+    with open("/proc/self/mounts") as mounts:
+        return [line.split()[1] for line in mounts if line.split()[1].startswith(f"{path}/")]
+
+
 def _remove_tree(path: Path) -> None:
     """rm -rf that refuses to cross into mounts (a chroot's /proc must be unmounted first)."""
     if not path.exists():
         return
-    with open("/proc/self/mounts") as mounts:
-        inside = [line.split()[1] for line in mounts
-                  if line.split()[1].startswith(str(path) + "/")]
+    inside = _mounts_under(path)
     if inside:
         raise RuntimeError(f"refusing to remove {path}: still mounted: {inside}")
     shutil.rmtree(path, ignore_errors=True)
