@@ -23,9 +23,9 @@ from eventstore.settings import (
     Settings,
     config_hash,
     load_settings,
-    render_defaults,
+    render_config_data,
 )
-from eventstore_operator import names
+from eventstore_operator import builders, names
 from tests.k8s.test_operator_support import (
     MANIFESTS,
     SERVICE_ACCOUNT,
@@ -118,6 +118,12 @@ def template_hash(kubectl: Kubectl, namespace: str) -> str:
     return value
 
 
+def example_config_data() -> dict[str, str]:
+    """The ConfigMap the example's spec.settings seed: the defaults plus its aggregates."""
+    spec = yaml.safe_load(EXAMPLE.read_text())["spec"]
+    return render_config_data(*builders.seed_settings(spec))
+
+
 def patch_config(kubectl: Kubectl, namespace: str, text: str) -> None:
     patch = json.dumps({"data": {EVENT_STORE_FILE: text}})
     kubectl.run("patch", "configmap", f"{NAME}-config", "-n", namespace, "--type=merge", "-p", patch)
@@ -173,7 +179,7 @@ def test_example_converges_with_every_child(
     assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
 
     user_data = children[("ConfigMap", "demo-config")]["data"]
-    assert user_data == render_defaults()
+    assert user_data == example_config_data()
     digest = config_hash(user_data)
     assert sts["spec"]["template"]["metadata"]["annotations"][names.ANNOTATION_CONFIG_HASH] == digest
     snapshot = kubectl.get("configmap", f"demo-config-{digest}", namespace)
@@ -456,7 +462,7 @@ def test_deleted_and_edited_children_are_repaired(
 
         wait_for(back, 15, f"{kind}/{name} to be re-created")
     cm = kubectl.get("configmap", "demo-config", namespace)
-    assert cm is not None and cm["data"] == render_defaults()
+    assert cm is not None and cm["data"] == example_config_data()
 
     # An edited field the operator owns is put back (server-side apply, by the timer).
     kubectl.run("scale", "statefulset", NAME, "-n", namespace, "--replicas=1")
