@@ -1051,6 +1051,13 @@ def import_images(names: Iterable[str] | None = None, *, address: Path = NODE_SO
             raise RuntimeError(f"after import, {recipe.ref} is {after}, expected {digest}")
 
 
+def containerd_answers(address: Path) -> bool:
+    """A containerd listens at `address` (a socket file alone may be a stale one)."""
+    return address.is_socket() and subprocess.run(
+        ["ctr", "--address", str(address), "version"], capture_output=True, check=False,
+        timeout=30).returncode == 0
+
+
 def ensure_imported(address: Path = NODE_SOCKET) -> None:
     """For the cluster harness: every image the node needs, built and imported."""
     import_images(None, address=address)
@@ -1078,8 +1085,7 @@ def private_containerd(root: Path, *, timeout: float = 30.0) -> Iterator[Path]:
                                        stderr=subprocess.STDOUT, start_new_session=True)
         try:
             deadline = time.monotonic() + timeout
-            while subprocess.run(["ctr", "--address", str(socket), "version"], capture_output=True,
-                                 check=False).returncode != 0:
+            while not containerd_answers(socket):
                 if process.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"containerd did not start:\n{log_path.read_text()[-3000:]}")
                 time.sleep(0.1)
@@ -1108,7 +1114,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     for name, help_text in (("build", "build or reuse the cached archives"),
                             ("import", "build if needed, then import into the node's containerd"),
-                            ("list", "the images, their cache state and archive paths")):
+                            ("list", "the images: cached? imported in the node? archive path")):
         cmd = sub.add_parser(name, help=help_text)
         cmd.add_argument("--only", help=f"comma-separated subset of: {', '.join(RECIPES)}")
         if name == "import":
@@ -1124,7 +1130,7 @@ def main(argv: list[str] | None = None) -> int:
         for key, path in build(names).items():
             print(f"{RECIPES[key].ref}\t{path}")
     elif args.command == "import":
-        if not args.address.is_socket():
+        if not containerd_answers(args.address):
             if not args.skip_without_node:
                 parser.error(f"no containerd socket at {args.address}: start the node "
                              "(make cluster-up) or pass --address")
@@ -1134,11 +1140,18 @@ def main(argv: list[str] | None = None) -> int:
         else:
             import_images(names, address=args.address)
     else:
+        present = imported(NODE_SOCKET) if containerd_answers(NODE_SOCKET) else None
         for key in names or list(RECIPES):
             recipe = _recipe(key)
             path = recipe.archive_path()
             state = "cached" if path.exists() else "missing"
-            print(f"{recipe.key}\t{recipe.ref}\t{state}\t{path}")
+            if present is None:
+                node = "node down"
+            elif path.exists() and present.get(recipe.ref) == read_archive(path)[0]:
+                node = "imported"
+            else:
+                node = "not imported" if recipe.ref not in present else "older imported"
+            print(f"{recipe.key}\t{recipe.ref}\t{state}\t{node}\t{path}")
     log(f"{args.command}: {time.monotonic() - start:.1f} s in all")
     return 0
 
