@@ -9,11 +9,14 @@ etcd, containerd (its own root, state and socket), kube-apiserver, kube-controll
 (--controllers=*), kube-scheduler, kubelet (cgroupfs, cgroup v1 allowed), kube-proxy (iptables
 mode, nft backend), CoreDNS on the host (scripts/coredns), a small dynamic volume provisioner
 (`python -m tests.harness.node provisioner`, see `Provisioner`), and kube-router's NetworkPolicy
-controller (scripts/kube-router) when it is built.
+controller (scripts/kube-router; policy only: no routing, no service proxy), so that
+NetworkPolicies are enforced as on a real cluster (the bridge CNI plugin ignores them).
+One `up` or `down` at a time per state dir (a flock on it).
 
 Networking: one bridge, BRIDGE, holding GATEWAY_IP. That address is also the node's
-InternalIP, the apiserver's and kubelet's listen address and the cluster DNS server, so nothing
-listens on the machine's real interfaces and every pod reaches all of them as its gateway.
+InternalIP, the apiserver's and kubelet's listen address and the cluster DNS server, so every
+pod reaches them as its gateway and they do not listen on the machine's real interfaces (only
+kube-router's health port does: v2.1 has no flag for its address).
 Pods get POD_SUBNET from the CNI bridge plugin (host-local IPAM, masquerade, hairpin, portmap);
 Services get SERVICE_CIDR from kube-proxy.
 
@@ -22,7 +25,7 @@ by `Provisioner`, which makes a directory under the state dir and a `local` Pers
 exactly the claimed size (nominal: 100Gi claims bind) with node affinity, and deletes both when
 the claim goes. So a re-install gets fresh volumes, with no pool to size and no recycling.
 
-State: everything lives under STATE_DIR (/var/lib/eventstore-node, or $EVENTSTORE_NODE_DIR).
+State: everything lives under `state_dir()` (/var/lib/eventstore-node, or $EVENTSTORE_NODE_DIR).
 `down` stops only the processes of the PID files, undoes every host change (pods and their
 network namespaces, kube-proxy's and the CNI's iptables chains, the bridge, mounts, the
 kubepods cgroups, the sysctls recorded at the first `up`, files in shared host paths) and
@@ -65,6 +68,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
+import fcntl
 import ipaddress
 import json
 import os
@@ -121,7 +125,7 @@ KCM_PORT, SCHEDULER_PORT = 10257, 10259
 KUBELET_PORT, KUBELET_HEALTHZ_PORT = 10250, 10248
 PROXY_METRICS_PORT, PROXY_HEALTHZ_PORT = 10249, 10256
 COREDNS_HEALTH_PORT, COREDNS_READY_PORT = 18080, 18181
-KUBE_ROUTER_HEALTH_PORT, KUBE_ROUTER_METRICS_PORT = 20244, 20245
+KUBE_ROUTER_HEALTH_PORT = 20244
 
 NODE_BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet",
                  "kube-proxy", "kubectl", "helm")
@@ -130,6 +134,8 @@ HOST_COMMANDS = ("containerd", "containerd-shim-runc-v2", "runc", "ctr", "ip", "
 CNI_PLUGINS = ("bridge", "host-local", "portmap", "loopback")
 COREDNS_BUILD = REPO_ROOT / "scripts" / "coredns" / "build.sh"
 KUBE_ROUTER_BUILD = REPO_ROOT / "scripts" / "kube-router" / "build.sh"
+COREDNS_MODULE = "github.com/coredns/coredns"
+KUBE_ROUTER_MODULE = "github.com/cloudnativelabs/kube-router/v2"
 
 # Chains that kube-proxy, the kubelet, the CNI plugins and kube-router create.
 OUR_CHAIN_PREFIXES = ("KUBE-", "CNI-")
@@ -369,7 +375,9 @@ class HostState:
         extra_sets = sorted(set(after.ipsets) - set(self.ipsets))
         if extra_sets:
             problems.append(f"ipsets left: {', '.join(extra_sets)}")
-        extra_links = sorted(set(after.links) - set(self.links))
+        # Our bridge and pod veths; other software's interfaces may come and go meanwhile.
+        extra_links = sorted(name for name in set(after.links) - set(self.links)
+                             if name == BRIDGE or name.startswith("veth"))
         if extra_links:
             problems.append(f"network interfaces left: {', '.join(extra_links)}")
         mounts = [m for m in _mountinfo() if _is_under(Path(m), directory)]
@@ -695,6 +703,18 @@ class Node:
 
     # -- processes -----------------------------------------------------------------------
 
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """One `up` or `down` at a time per state dir (two test sessions, or `make cluster-up`
+        during one): an exclusive flock on the directory itself, which outlives `down`."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
     def _pid_file(self, name: str) -> Path:
         return self.run_dir / f"{name}.pid"
 
@@ -842,9 +862,13 @@ class Node:
         """Bring every component up (or adopt the running ones) and wait until the node is
         Ready, DNS answers and the default ServiceAccount exists. Idempotent."""
         started = time.monotonic()
-        deadline = started + self.timeout
         with _phase("preflight (root, host packages, binaries)", started):
             coredns, kube_router = self._preflight()
+        with self._locked():
+            return self._start(started, coredns, kube_router)
+
+    def _start(self, started: float, coredns: Path, kube_router: Path | None) -> Node:
+        deadline = time.monotonic() + self.timeout   # a cold build in preflight does not count
         with _phase("host record, bridge, certificates, configs", started):
             self._record_host_state()
             self._setup_host_network()
@@ -1191,23 +1215,30 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
                 str(kube_router), f"--kubeconfig={self._kubeconfig_of('kube-router')}",
                 f"--hostname-override={NODE_NAME}", "--run-firewall=true", "--run-router=false",
                 "--run-service-proxy=false", "--enable-cni=false", "--enable-ipv4=true",
-                "--enable-ipv6=false", f"--health-port={KUBE_ROUTER_HEALTH_PORT}",
-                f"--metrics-port={KUBE_ROUTER_METRICS_PORT}", f"--service-cluster-ip-range={SERVICE_CIDR}",
-                "--iptables-sync-period=5m", "--v=1"],
+                "--enable-ipv6=false", "--enable-pprof=false",
+                # Health listens on every address (no flag for it in v2.1); metrics stay off.
+                f"--health-port={KUBE_ROUTER_HEALTH_PORT}", "--metrics-port=0",
+                f"--service-cluster-ip-range={SERVICE_CIDR}", "--iptables-sync-period=5m", "--v=1"],
                 lambda: self._http_ok(f"http://127.0.0.1:{KUBE_ROUTER_HEALTH_PORT}/healthz")))
         return daemons
 
     def _kube_router_binary(self) -> Path | None:
-        return _cached_build_output(KUBE_ROUTER_BUILD, "kube-router")
+        return _cached_build_output(KUBE_ROUTER_BUILD, "kube-router", KUBE_ROUTER_MODULE)
 
     # -- down ----------------------------------------------------------------------------
 
     def down(self, purge: bool = False) -> None:
         """Stop what `up` started (PID files only) and undo its host changes; keep the image
         store and the logs unless `purge`. Safe to repeat, and safe after a crash."""
-        started = time.monotonic()
         if os.geteuid() != 0:
             raise NodeUnavailable("the one-node cluster needs root to be torn down")
+        if not self.dir.is_dir():
+            return
+        with self._locked():
+            self._down(purge)
+
+    def _down(self, purge: bool) -> None:
+        started = time.monotonic()
         before: HostState | None = None
         with contextlib.suppress(OSError, ValueError, TypeError):
             before = HostState.from_json(self.host_state_file.read_text())
@@ -1226,9 +1257,8 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
             env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
             if os.access(self.bin_dir / "kube-proxy", os.X_OK):
                 _run([str(self.bin_dir / "kube-proxy"), "--cleanup", "--v=0"], check=False, env=env)
-            kube_router = self._kube_router_binary()
-            if kube_router is not None:
-                _run([str(kube_router), "--cleanup-config"], check=False, env=env)
+            # Not `kube-router --cleanup-config`: it also flushes every IPVS service of the
+            # host. Its chains (KUBE-*) and ipsets go with the generic cleanup below.
         with _phase("control plane stopped", started):
             for name in ("coredns", "kube-apiserver", "etcd"):
                 self._stop(name)
@@ -1317,14 +1347,12 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
 
     def _remove_network(self, before: HostState | None) -> None:
         if Path(f"/sys/class/net/{BRIDGE}").exists():
+            # A pod's veth goes with its network namespace; one still attached to our bridge
+            # (a namespace something kept open) is removed by hand. Other veths are not ours.
+            listed = _run(["ip", "-j", "link", "show", "master", BRIDGE], check=False).stdout
+            for port in json.loads(listed or "[]"):
+                _run(["ip", "link", "delete", port["ifname"]], check=False)
             _run(["ip", "link", "delete", BRIDGE], check=False)
-        # veths whose pod namespace is gone disappear with it; any left point at our bridge's
-        # former ports and carry the CNI plugin's "veth" prefix, but they can also be another
-        # tool's: only those created since `up` are removed.
-        if before is not None:
-            for link in sorted(set(p.name for p in Path("/sys/class/net").iterdir()) - set(before.links)):
-                if link.startswith("veth"):
-                    _run(["ip", "link", "delete", link], check=False)
         for family, cmd in ((4, "iptables-nft"), (6, "ip6tables-nft")):
             for table, chains in _iptables_tables(family).items():
                 key = f"ipv{family}/{table}"
@@ -1469,13 +1497,13 @@ def _uplink_mtu() -> int:
     return 1500
 
 
-def _cached_build_output(script: Path, name: str) -> Path | None:
-    """The binary a scripts/*/build.sh caches, when it is there (without building)."""
+def _cached_build_output(script: Path, name: str, module: str) -> Path | None:
+    """The binary a scripts/*/build.sh caches under <name>-<version of `module` in the
+    wrapper's go.mod>, when it is there (without building)."""
     if not script.exists():
         return None
     mod = (script.parent / "go.mod").read_text()
-    version = re.search(r"^require\s+\S+\s+(v\S+)", mod, re.M) or re.search(
-        r"^\s+github.com/\S+\s+(v\S+)", mod, re.M)
+    version = re.search(rf"^\s*(?:require\s+)?{re.escape(module)}\s+(v\S+)", mod, re.M)
     if version is None:
         return None
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
@@ -1504,12 +1532,12 @@ def ensure_node_binaries(bin_dir: Path | None = None) -> tuple[Path, Path | None
         still = [n for n in NODE_BINARIES if not os.access(built / n, os.X_OK)]
         if still:
             raise NodeUnavailable(f"scripts/k8s/build.sh did not produce {', '.join(still)}")
-    coredns = _cached_build_output(COREDNS_BUILD, "coredns")
+    coredns = _cached_build_output(COREDNS_BUILD, "coredns", COREDNS_MODULE)
     if coredns is None:
         if shutil.which("go") is None:
             raise NodeUnavailable("CoreDNS is not built and there is no Go toolchain to build it")
         coredns = _build(COREDNS_BUILD)
-    kube_router = _cached_build_output(KUBE_ROUTER_BUILD, "kube-router")
+    kube_router = _cached_build_output(KUBE_ROUTER_BUILD, "kube-router", KUBE_ROUTER_MODULE)
     if kube_router is None and KUBE_ROUTER_BUILD.exists() and shutil.which("go") is not None:
         kube_router = _build(KUBE_ROUTER_BUILD)
     return coredns, kube_router
