@@ -101,6 +101,50 @@ def test_pod_with_a_100gi_claim_runs_and_its_volume_goes_with_the_claim(node: No
     assert not path.exists()
 
 
+def _fetch(node: Node, namespace: str, url: str) -> bool:
+    """Whether the `client` pod gets an answer from `url` within 2 s."""
+    code = f"import urllib.request; urllib.request.urlopen({url!r}, timeout=2)"
+    return node.kubectl_run("exec", "client", "-n", namespace, "--", "python3", "-c", code,
+                            check=False, timeout=30).returncode == 0
+
+
+@pytest.mark.timeout(1800)   # a cold build of the store image (debootstrap) comes first
+def test_network_policies_are_enforced(node: Node, namespace: str) -> None:
+    if "kube-router" not in node.status():
+        pytest.skip("kube-router is not built here (scripts/kube-router/build.sh): policies not enforced")
+    from tests.harness import images
+
+    images.import_images(["store"], address=Path(node.containerd_address))
+
+    def pod(name: str, labels: dict[str, str], *command: str) -> dict[str, object]:
+        return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": labels},
+                "spec": {"terminationGracePeriodSeconds": 1, "containers": [{
+                    "name": name, "image": images.STORE_IMAGE, "imagePullPolicy": "Never",
+                    "command": ["python3", *command]}]}}
+
+    node.apply([pod("web", {"app": "web"}, "-m", "http.server", "8080", "--directory", "/tmp"),
+                pod("client", {"app": "client"}, "-c", "import time; time.sleep(86400)")],
+               namespace=namespace)
+    try:
+        for name in ("web", "client"):
+            node.kubectl_run("wait", "--for=condition=Ready", f"pod/{name}", "-n", namespace, "--timeout=90s",
+                             timeout=120)
+    except subprocess.CalledProcessError:
+        print(node.diagnostics(namespace))
+        raise
+    url = f"http://{node.kubectl_json('get', 'pod', 'web', '-n', namespace)['status']['podIP']}:8080/"
+    assert _fetch(node, namespace, url), "no policy yet: the client reaches the server"
+
+    node.apply({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+                "metadata": {"name": "web-from-friends"},
+                "spec": {"podSelector": {"matchLabels": {"app": "web"}}, "policyTypes": ["Ingress"],
+                         "ingress": [{"from": [{"podSelector": {"matchLabels": {"friend": "yes"}}}]}]}},
+               namespace=namespace)
+    wait_until(lambda: not _fetch(node, namespace, url), timeout=30, message="ingress to web denied")
+    node.kubectl_run("label", "pod", "client", "-n", namespace, "friend=yes")
+    wait_until(lambda: _fetch(node, namespace, url), timeout=30, message="ingress from a friend allowed")
+
+
 def test_second_up_changes_nothing(node: Node) -> None:
     pids = node.pids()
     proc = subprocess.run([sys.executable, "-m", "tests.harness.node", "up"], cwd=REPO_ROOT,
