@@ -706,11 +706,20 @@ class Node:
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
         """One `up` or `down` at a time per state dir (two test sessions, or `make cluster-up`
-        during one): an exclusive flock on the directory itself, which outlives `down`."""
-        self.dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY)
-        try:
+        during one): an exclusive flock on the directory itself, which outlives `down`. A
+        `down --purge` removes the directory while others wait on it, so the lock counts
+        only if the path still names the locked directory once it is ours."""
+        while True:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY)
             fcntl.flock(fd, fcntl.LOCK_EX)
+            locked = os.fstat(fd)
+            with contextlib.suppress(FileNotFoundError):
+                now = os.stat(self.dir)
+                if (now.st_dev, now.st_ino) == (locked.st_dev, locked.st_ino):
+                    break
+            os.close(fd)
+        try:
             yield
         finally:
             os.close(fd)
@@ -933,6 +942,11 @@ class Node:
             if foreign:
                 raise NodeError(f"cgroups of another kubelet exist ({', '.join(foreign)}); "
                                 "tear that cluster down first")
+            # The bridge, addresses and ports are fixed: one node per host, whatever its dir.
+            if Path(f"/sys/class/net/{BRIDGE}").exists():
+                raise NodeError(f"the bridge {BRIDGE} exists but {self.dir} holds no record of it: another "
+                                f"node (another {STATE_DIR_ENV}?) runs here, or a leftover (ip link delete "
+                                f"{BRIDGE})")
             self._check_address_ranges()
         return ensure_node_binaries(self._bin_dir)
 
