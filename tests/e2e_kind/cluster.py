@@ -2,23 +2,20 @@
 kind suite. Real tools only: docker, kind, kubectl, helm (from the cached control-plane bin
 dir when present, so the same versions as tests/k8s, else from PATH).
 
-`KindCluster` has `kubectl_run` / `kubectl_json` like tests.harness.controlplane.ControlPlane,
-so the shared assertions (tests/k8s/assertions.py) run against either.
+`KindCluster` is a tests.e2e_shared.scenarios.Cluster (kubectl_run / kubectl_json like
+tests.harness.controlplane.ControlPlane, plus helm_run, diagnostics and tag_image), so the
+shared scenarios and assertions run against it; the host reaches its Services and pods
+through `kubectl port-forward` (tests.e2e_shared.access.PortForwardAccess).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import re
 import shutil
 import subprocess
-import threading
-import time
-from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from tests.harness.controlplane import default_bin_dir
 
@@ -106,6 +103,14 @@ class KindCluster:
     def load_image(self, image: str) -> None:
         run([self.kind, "load", "docker-image", image, "--name", self.name], timeout=900)
 
+    def tag_image(self, source: str, target: str) -> None:
+        """`target` as a second name of the local image `source`, loaded into the nodes."""
+        run([self.docker, "tag", source, target])
+        self.load_image(target)
+
+    def kubectl_argv(self) -> list[str]:
+        return [self.kubectl, f"--kubeconfig={self.kubeconfig}"]
+
     # -- the Kube protocol of tests/k8s/assertions.py ------------------------------------
 
     def kubectl_run(self, *args: str, check: bool = True, input: str | None = None,
@@ -132,58 +137,3 @@ class KindCluster:
             proc = self.kubectl_run(*args, check=False)
             parts.append(f"$ kubectl {' '.join(args)}\n{proc.stdout}{proc.stderr}")
         return "\n".join(parts)
-
-
-class PortForward:
-    """`kubectl port-forward` of `target` (svc/NAME or pod/NAME) to a free loopback port,
-    chosen by kubectl itself (":remote"), read back from its first output line."""
-
-    def __init__(self, cluster: KindCluster, namespace: str, target: str, remote_port: int) -> None:
-        self.argv = [cluster.kubectl, f"--kubeconfig={cluster.kubeconfig}", "port-forward", "-n", namespace,
-                     "--address", "127.0.0.1", target, f":{remote_port}"]
-        self.proc: subprocess.Popen[str] | None = None
-        self.url = ""
-
-    def __enter__(self) -> PortForward:
-        self.proc = subprocess.Popen(self.argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        assert self.proc.stdout is not None
-        found: list[str] = []
-        reader = threading.Thread(target=self._read_port, args=(self.proc.stdout, found), daemon=True)
-        reader.start()
-        deadline = time.monotonic() + 60
-        while not found and reader.is_alive() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        if not found:
-            self.__exit__(None, None, None)
-            raise AssertionError(f"kubectl port-forward did not start: {' '.join(self.argv[2:])}")
-        self.url = f"http://127.0.0.1:{found[0]}"
-        return self
-
-    @staticmethod
-    def _read_port(stream: IO[str], found: list[str]) -> None:
-        for line in stream:
-            match = re.search(r"Forwarding from 127\.0\.0\.1:(\d+)", line)
-            if match:
-                found.append(match.group(1))
-                break
-        # Keep draining so kubectl never blocks on a full pipe.
-        for _ in stream:
-            pass
-
-    def __exit__(self, *exc: object) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.proc.wait(timeout=10)
-            if self.proc.poll() is None:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-
-
-@contextlib.contextmanager
-def timed(timings: dict[str, float], what: str) -> Iterator[None]:
-    started = time.monotonic()
-    try:
-        yield
-    finally:
-        timings[what] = round(time.monotonic() - started, 1)

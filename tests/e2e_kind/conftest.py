@@ -14,13 +14,14 @@ from __future__ import annotations
 import os
 import subprocess
 import uuid
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 
 import pytest
 
 from eventstore_operator import names
 from tests.e2e_kind.cluster import REPO, REQUIRE_ENV, KindCluster, missing_requirements, required, run
+from tests.e2e_shared.scenarios import attach_diagnostics
 
 _HERE = Path(__file__).resolve().parent
 #: The image the suite builds; pods use it with imagePullPolicy Never (it is only on the nodes).
@@ -50,6 +51,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         marker = pytest.mark.skip(reason=skip_reason(_what_is_missing()))
         for item in ours:
             item.add_marker(marker)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report: pytest.TestReport = yield
+    if _HERE in Path(str(item.path)).resolve().parents:
+        attach_diagnostics(item, report)
+    return report
 
 
 @pytest.fixture(scope="session")

@@ -1,10 +1,10 @@
 """Assertions on a reconciled EventStore, shared by the control-plane tests (tests/k8s) and
-the kind suite (tests/e2e_kind), so that what the kind suite checks about objects also runs
-on machines without Docker.
+the suites on running pods (tests/e2e_node, tests/e2e_kind, through tests/e2e_shared), so
+that what those check about objects also runs on machines that cannot run pods.
 
 Each function takes a `Kube`: anything with `kubectl_run` and `kubectl_json` (the local
-ControlPlane, or the kind cluster wrapper). Only the kind suite can check running pods;
-the object checks here hold on both.
+ControlPlane, the one-node cluster, the kind cluster wrapper). Checks of running pods live
+in tests/e2e_shared/scenarios.py; the object checks here hold everywhere.
 """
 
 from __future__ import annotations
@@ -17,7 +17,13 @@ from typing import Any, Protocol, TypeVar
 
 import yaml
 
-from eventstore.settings import CONFIG_FILES, EVENT_STORE_FILE, config_hash, validate_config_data
+from eventstore.settings import (
+    CONFIG_FILES,
+    EVENT_STORE_FILE,
+    PROJECTIONS_FILE,
+    config_hash,
+    validate_config_data,
+)
 from eventstore_operator import names
 
 T = TypeVar("T")
@@ -201,30 +207,42 @@ def _mounted_config(kube: Kube, namespace: str, sts: Mapping[str, Any]) -> dict[
     return cm
 
 
-def edit_snapshot_frequency(kube: Kube, namespace: str, name: str, frequency: int) -> dict[str, str]:
+def edit_snapshot_frequency(
+    kube: Kube, namespace: str, name: str, frequency: int, projections: Mapping[str, Any] | None = None
+) -> dict[str, str]:
     """What `kubectl edit configmap <name>-config` does to snapshot_frequency (other keys
-    kept); returns the ConfigMap's new data."""
+    kept) and, if given, to keys of projections.yaml; returns the ConfigMap's new data."""
     cm = get(kube, "configmap", names.config(name), namespace)
     assert cm is not None, f"ConfigMap {names.config(name)} does not exist"
     data: dict[str, str] = dict(cm["data"])
-    doc = yaml.safe_load(data[EVENT_STORE_FILE]) or {}
-    doc["snapshot_frequency"] = frequency
-    data[EVENT_STORE_FILE] = yaml.safe_dump(doc, sort_keys=False)
-    patch = json.dumps({"data": {EVENT_STORE_FILE: data[EVENT_STORE_FILE]}})
+    changed = {EVENT_STORE_FILE: {"snapshot_frequency": frequency}, PROJECTIONS_FILE: dict(projections or {})}
+    for file, keys in changed.items():
+        if keys:
+            doc = yaml.safe_load(data.get(file) or "") or {}
+            doc.update(keys)
+            data[file] = yaml.safe_dump(doc, sort_keys=False)
+    patch = json.dumps({"data": {file: data[file] for file, keys in changed.items() if keys}})
     kube.kubectl_run("patch", "configmap", names.config(name), "-n", namespace, "--type=merge", "-p", patch)
     return data
 
 
 def assert_configmap_edit_rolls(
-    kube: Kube, namespace: str, name: str, *, frequency: int = 50, timeout: float = 60
+    kube: Kube,
+    namespace: str,
+    name: str,
+    *,
+    frequency: int = 50,
+    timeout: float = 60,
+    projections: Mapping[str, Any] | None = None,
 ) -> str:
-    """Edit snapshot_frequency in the user's ConfigMap; assert the pod template (hence a roll
-    of the store pods) and the status follow, and that what the pods will mount says
-    `frequency`. Returns the new config hash."""
+    """Edit snapshot_frequency (and the `projections` keys of projections.yaml) in the
+    user's ConfigMap; assert the pod template (hence a roll of the store pods) and the
+    status follow, and that what the pods will mount says `frequency`. Returns the new
+    config hash."""
     sts = get(kube, "statefulset", names.store(name), namespace)
     assert sts is not None
     before = template_hash(sts)
-    data = edit_snapshot_frequency(kube, namespace, name, frequency)
+    data = edit_snapshot_frequency(kube, namespace, name, frequency, projections)
     expected = config_hash(data)
     assert expected != before, "the edit did not change the config hash"
 
@@ -242,6 +260,8 @@ def assert_configmap_edit_rolls(
     mounted = _mounted_config(kube, namespace, rolled)
     settings = validate_config_data(mounted["data"])
     assert settings.store.snapshot_frequency == frequency, settings
+    for key, value in (projections or {}).items():
+        assert getattr(settings.projections, key) == value, settings
     return expected
 
 
