@@ -171,6 +171,14 @@ class NodeUnavailable(BinariesUnavailable):
     """This machine cannot run the node (not root, a binary or host package missing)."""
 
 
+class CommandError(subprocess.CalledProcessError):
+    """A CalledProcessError whose message carries the command's stderr (pytest shows str(exc),
+    and "returned non-zero exit status 1" alone says nothing)."""
+
+    def __str__(self) -> str:
+        return f"{super().__str__()}\n{(self.stderr or '').strip()}"
+
+
 def state_dir() -> Path:
     return Path(os.environ.get(STATE_DIR_ENV) or DEFAULT_STATE_DIR)
 
@@ -198,8 +206,7 @@ def _run(argv: Sequence[str], *, check: bool = True, input: str | None = None, t
     proc = subprocess.run(list(argv), input=input, capture_output=True, text=True, timeout=timeout,
                           check=False, env=env)
     if check and proc.returncode != 0:
-        raise subprocess.CalledProcessError(proc.returncode, list(argv), proc.stdout,
-                                            f"{' '.join(argv[:4])}: {proc.stderr.strip()}")
+        raise CommandError(proc.returncode, list(argv), proc.stdout, proc.stderr)
     return proc
 
 
@@ -469,6 +476,7 @@ CLIENTS = (
     ("coredns", "eventstore-node:coredns", ()),
     ("provisioner", "eventstore-node:provisioner", ()),
     ("kube-router", "eventstore-node:kube-router", ()),
+    ("front-proxy-client", "front-proxy-client", ()),   # the apiserver towards aggregated APIs
 )
 
 
@@ -614,14 +622,13 @@ class Node:
 
     def kubectl_run(self, *args: str, check: bool = True, input: str | None = None,
                     timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
-        """kubectl as admin; with check=True a non-zero exit raises CalledProcessError whose
-        stderr says what kubectl said."""
+        """kubectl as admin; with check=True a non-zero exit raises CommandError (a
+        CalledProcessError whose message ends with kubectl's stderr)."""
         argv = [str(self.kubectl), f"--kubeconfig={self.kubeconfig}", *args]
         proc = subprocess.run(argv, input=input, capture_output=True, text=True, timeout=timeout,
                               check=False)
         if check and proc.returncode != 0:
-            raise subprocess.CalledProcessError(proc.returncode, argv, proc.stdout,
-                                                f"kubectl {' '.join(args)}: {proc.stderr}")
+            raise CommandError(proc.returncode, argv, proc.stdout, proc.stderr)
         return proc
 
     def kubectl_json(self, *args: str) -> Any:
@@ -641,8 +648,7 @@ class Node:
         proc = subprocess.run(argv, input=input, capture_output=True, text=True, timeout=timeout,
                               check=False, env=self.env())
         if check and proc.returncode != 0:
-            raise subprocess.CalledProcessError(proc.returncode, argv, proc.stdout,
-                                                f"helm {' '.join(args)}: {proc.stderr}")
+            raise CommandError(proc.returncode, argv, proc.stdout, proc.stderr)
         return proc
 
     def ctr(self, *args: str, check: bool = True, timeout: float = 300.0) -> subprocess.CompletedProcess[str]:
@@ -737,6 +743,14 @@ class Node:
         if process_start_time(pid) != record.get("start"):
             return None
         return pid
+
+    def _argv(self, name: str) -> list[str] | None:
+        """The command line the running `name` was started with (from its PID file)."""
+        try:
+            argv = json.loads(self._pid_file(name).read_text()).get("argv")
+        except (OSError, ValueError):
+            return None
+        return list(argv) if isinstance(argv, list) else None
 
     def pids(self) -> dict[str, int]:
         """Live daemons of this node, by component name."""
@@ -886,8 +900,8 @@ class Node:
         daemons = {d.name: d for d in self._daemons(coredns, kube_router)}
 
         def ensure(name: str) -> None:
-            if self._pid(name) is not None and name in changed:
-                _log(f"{name}: its configuration changed, restarting it")
+            if self._pid(name) is not None and (name in changed or self._argv(name) != daemons[name].argv):
+                _log(f"{name}: its configuration or flags changed, restarting it")
                 self._stop(name)
             if self._pid(name) is None:
                 self._spawn(daemons[name])
@@ -1001,6 +1015,8 @@ class Node:
             _openssl("ec", "-in", "sa.key", "-pubout", "-out", "sa.pub", cwd=pki.dir)
         for name, user, groups in CLIENTS:
             crt, key = pki.ensure_client(name, user, groups)
+            if name == "front-proxy-client":
+                continue   # a flag of the apiserver, not a kubeconfig
             path = self.kubeconfig if name == "admin" else self._kubeconfig_of(name)
             auth = {"client-certificate": str(crt), "client-key": str(key)}
             _write_if_changed(path, _kubeconfig(self.server, pki.ca_crt, user, auth), 0o600)
@@ -1191,6 +1207,16 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
                 f"--kubelet-certificate-authority={pki / 'ca.crt'}",
                 # Dial the kubelet by IP: the node's name resolves nowhere.
                 "--kubelet-preferred-address-types=InternalIP,Hostname",
+                # The front-proxy settings: aggregated API servers work, and the controller
+                # manager and scheduler find the requestheader CA they look up (else they log
+                # "missing content for CA bundle" every few seconds).
+                f"--requestheader-client-ca-file={pki / 'ca.crt'}",
+                "--requestheader-allowed-names=front-proxy-client",
+                "--requestheader-username-headers=X-Remote-User",
+                "--requestheader-group-headers=X-Remote-Group",
+                "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+                f"--proxy-client-cert-file={pki / 'front-proxy-client.crt'}",
+                f"--proxy-client-key-file={pki / 'front-proxy-client.key'}",
                 "--profiling=false", "--v=0"],
                 lambda: self._api_get("/readyz") is not None),
             _Daemon("kube-controller-manager", [
