@@ -962,7 +962,10 @@ class Node:
                                 f"node (another {STATE_DIR_ENV}?) runs here, or a leftover (ip link delete "
                                 f"{BRIDGE})")
             self._check_address_ranges()
-        return ensure_node_binaries(self._bin_dir)
+        coredns, kube_router = ensure_node_binaries(self._bin_dir)
+        if kube_router is not None and shutil.which("ipset") is None:
+            raise NodeUnavailable("kube-router (NetworkPolicies) needs `ipset`: apt-get install ipset")
+        return coredns, kube_router
 
     @staticmethod
     def _check_address_ranges() -> None:
