@@ -518,6 +518,8 @@ def check_client_from_the_host(dep: Deployment) -> None:
 #: database's NetworkPolicy admits the store pods; the host may not be admitted).
 MONGO_LOOKUP = """
 import json, os, sys
+from urllib.parse import quote
+import pymongo
 env = os.environ
 name = env.get("SNAPSHOT_DB_NAME", "eventstore")
 url = "mongodb://%s:%s@%s:%s/%s?authSource=admin" % (
