@@ -67,6 +67,35 @@ def test_example_uses_the_crd_kind() -> None:
     assert "namespace" not in example["metadata"]  # applied with -n
 
 
+#: The fields in which manifests/examples/eventstore-local.yaml may differ from the example.
+LOCAL_IMAGE_FIELDS = (("imagePullPolicy",), ("postgres", "image"), ("mongodb", "image"))
+
+
+def test_local_example_is_the_example_on_the_local_images() -> None:
+    """eventstore-local.yaml (README: `make cluster-up && make images`, then kubectl apply)
+    names exactly the images tests/harness/images.py builds, pulls none of them, and is
+    eventstore.yaml in everything else."""
+    from tests.harness import images
+
+    (example,) = docs("examples/eventstore.yaml")
+    (local,) = docs("examples/eventstore-local.yaml")
+    spec = local["spec"]
+    assert spec["image"] == images.STORE_IMAGE
+    assert spec["postgres"]["image"] == images.POSTGRES_IMAGE
+    assert spec["mongodb"]["image"] == images.MONGODB_IMAGE
+    assert spec.get("imagePullPolicy", "IfNotPresent") in ("IfNotPresent", "Never")
+    for doc in (example, local):
+        for path in LOCAL_IMAGE_FIELDS:
+            node = doc["spec"]
+            for key in path[:-1]:
+                node = node.get(key) or {}
+            node.pop(path[-1], None)
+    assert local == example, (
+        "manifests/examples/eventstore-local.yaml differs from eventstore.yaml in more than the "
+        f"images: update it.\nexample: {example}\nlocal:   {local}"
+    )
+
+
 @pytest.mark.k8s
 def test_manifests_pass_a_server_side_dry_run(control_plane: Any, namespace: str) -> None:
     kubectl = Kubectl(control_plane.kubectl, control_plane.kubeconfig)
@@ -77,6 +106,10 @@ def test_manifests_pass_a_server_side_dry_run(control_plane: Any, namespace: str
         assert "server dry run" in proc.stdout, proc.stdout
     proc = kubectl.run(
         "apply", "--dry-run=server", "-n", namespace, "-f", str(MANIFESTS / "examples/eventstore.yaml")
+    )
+    assert "eventstore.eventstore.io/demo created (server dry run)" in proc.stdout
+    proc = kubectl.run(
+        "apply", "--dry-run=server", "-n", namespace, "-f", str(MANIFESTS / "examples/eventstore-local.yaml")
     )
     assert "eventstore.eventstore.io/demo created (server dry run)" in proc.stdout
     # The Namespace manifest too (a new name, so the dry run does not touch a real one).
