@@ -809,7 +809,7 @@ class Node:
 
     def _api_get(self, path: str) -> Any:
         """GET on the apiserver as admin: the decoded JSON, or None unless 200."""
-        try:
+        try:   # the certificates are missing (down) or unreadable (not root): not ready either
             with urllib.request.urlopen(self.server + path, timeout=5, context=self._ssl_context()) as resp:
                 body = resp.read()
         except (urllib.error.URLError, OSError, ssl.SSLError):
