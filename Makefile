@@ -11,11 +11,16 @@ install:  ## the library, the operator and the dev tools, pinned
 demo: install  ## the main job on the embedded default (SQLite): no servers needed
 	$(PYTHON) -m eventstore.cli demo
 
-deps:  ## build or reuse the cached test servers (FerretDB, kube-apiserver, etcd, kubectl, helm)
+deps:  ## build or reuse the cached test servers and images (FerretDB, Kubernetes, CoreDNS, kube-router)
 	bash scripts/ferretdb/build.sh
 	bash scripts/k8s/build.sh
+	bash scripts/coredns/build.sh
+	bash scripts/kube-router/build.sh
+	@if [ "$$(id -u)" = 0 ] && command -v debootstrap >/dev/null; then \
+	  $(PYTHON) -m tests.harness.images build; \
+	else echo "images: not built (needs root and debootstrap; the e2e_node suite says why it skips)"; fi
 
-test: install deps  ## every suite; starts PostgreSQL, FerretDB and the control plane itself
+test: install deps  ## every suite; starts PostgreSQL, FerretDB, the control plane and the one-node cluster itself
 	$(PYTHON) -m pytest $(PYTEST_ARGS)
 
 test-unit:
