@@ -29,6 +29,15 @@ DEFAULT_TOKEN_FILE = Path("/var/run/secrets/eventstore/token")
 DEFAULT_TLS_CERT_FILE = Path("/var/run/secrets/eventstore/tls/tls.crt")
 DEFAULT_TLS_KEY_FILE = Path("/var/run/secrets/eventstore/tls/tls.key")
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
+#: Request line plus headers; past it, 431 (see eventstore/server/protocol.py).
+DEFAULT_MAX_HEADER_BYTES = 64 * 1024
+#: A request head must be complete this long after the connection opens or the previous
+#: response ends.
+DEFAULT_HEADER_TIMEOUT_SECONDS = 10
+#: Open connections per server; past it, new connections get 503 and are closed.
+DEFAULT_MAX_CONNECTIONS = 1024
+#: The longest a request waits on the database before it is answered 503.
+DEFAULT_DB_TIMEOUT_SECONDS = 5
 #: The generated token of a laptop server (no EVENT_DB_HOST), under the data dir.
 GENERATED_TOKEN_FILE = "api-token"
 
@@ -55,6 +64,10 @@ class ServerConfig:
     retention_interval_seconds: float = 3600.0
     token_source: str = "env"
     retention_aggregate_types: tuple[str, ...] = ()
+    max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES
+    header_timeout_seconds: int = DEFAULT_HEADER_TIMEOUT_SECONDS
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    db_timeout_seconds: int = DEFAULT_DB_TIMEOUT_SECONDS
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ServerConfig:
@@ -75,6 +88,9 @@ class ServerConfig:
         EVENTSTORE_RETENTION_INTERVAL_SECONDS (3600), EVENTSTORE_RETENTION_AGGREGATE_TYPES
         (comma-separated snapshot aggregate types that may cover archived events; empty
         turns retention off).
+        Limits (see the README's Security section): EVENTSTORE_MAX_HEADER_BYTES (64 KiB),
+        EVENTSTORE_HEADER_TIMEOUT_SECONDS (10), EVENTSTORE_MAX_CONNECTIONS (1024),
+        EVENTSTORE_DB_TIMEOUT_SECONDS (5).
         """
         env = os.environ if environ is None else environ
         data_dir = Path(env.get("EVENTSTORE_DATA_DIR") or DEFAULT_DATA_DIR)
@@ -116,6 +132,14 @@ class ServerConfig:
             retention_aggregate_types=tuple(
                 t.strip() for t in env.get("EVENTSTORE_RETENTION_AGGREGATE_TYPES", "").split(",")
                 if t.strip()),
+            max_header_bytes=_int(env, "EVENTSTORE_MAX_HEADER_BYTES", DEFAULT_MAX_HEADER_BYTES,
+                                  4096, 1024 * 1024),
+            header_timeout_seconds=_int(env, "EVENTSTORE_HEADER_TIMEOUT_SECONDS",
+                                        DEFAULT_HEADER_TIMEOUT_SECONDS, 1, 300),
+            max_connections=_int(env, "EVENTSTORE_MAX_CONNECTIONS", DEFAULT_MAX_CONNECTIONS,
+                                 8, 100_000),
+            db_timeout_seconds=_int(env, "EVENTSTORE_DB_TIMEOUT_SECONDS",
+                                    DEFAULT_DB_TIMEOUT_SECONDS, 1, 600),
         )
 
     def describe(self) -> dict[str, Any]:
