@@ -44,6 +44,7 @@ from eventstore.server.append_route import AppendRoute
 from eventstore.server.appends import Appends
 from eventstore.server.asgi import ASGIApp
 from eventstore.server.auth import GuardMiddleware
+from eventstore.server.deadline import DeadlineMiddleware, ReadinessCheck
 from eventstore.server.wire import (
     BIGINT,
     MAX_PAGE,
@@ -71,6 +72,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: /readyz answers within this, under the kubelet's 1 s probe timeout.
+READY_TIMEOUT_SECONDS = 0.5
 
 StreamId = Annotated[str, Path(pattern=STREAM_ID_PATTERN.pattern, max_length=200,
                                description="The stream (aggregate) id.")]
@@ -153,11 +156,13 @@ class Services:
 # -- the app --------------------------------------------------------------------------
 
 def create_app(services: Services, token: str, max_body_bytes: int = 4 * 1024 * 1024,
-               append_threads: int = 16, append_pool_size: int = 16) -> ASGIApp:
+               append_threads: int = 16, append_pool_size: int = 16,
+               request_timeout: float | None = None) -> ASGIApp:
     """The API over ready services. Every path but /healthz and /readyz needs `token`.
 
-    The FastAPI app sits inside two plain ASGI layers: the token and body-size guard,
-    then the append fast path (see append_route.py), so an append skips the framework.
+    The FastAPI app sits inside plain ASGI layers: the token and body-size guard, the
+    request deadline (503 past `request_timeout`, see deadline.py), then the append fast
+    path (see append_route.py), so an append skips the framework.
     """
 
     @asynccontextmanager
@@ -168,6 +173,7 @@ def create_app(services: Services, token: str, max_body_bytes: int = 4 * 1024 * 
             yield
         finally:
             # uvicorn has drained the requests by now: no append is in flight.
+            readiness.close()
             await appends.stop()
             await anyio.to_thread.run_sync(services.stop)
 
@@ -182,6 +188,7 @@ def create_app(services: Services, token: str, max_body_bytes: int = 4 * 1024 * 
                       async_pool_size=append_pool_size)
     subscription_threads = anyio.CapacityLimiter(256)
     store = services.store
+    readiness = ReadinessCheck(store.schema_is_current, READY_TIMEOUT_SECONDS)
 
     # -- errors -------------------------------------------------------------------------
 
@@ -192,14 +199,16 @@ def create_app(services: Services, token: str, max_body_bytes: int = 4 * 1024 * 
 
     # -- probes and metrics -------------------------------------------------------------
 
+    # Both probes are `async def`: they answer from the event loop, never queued behind
+    # worker threads that wait on a stalled database.
     @app.get("/healthz", tags=["probes"], summary="Liveness: the process answers")
-    def healthz() -> dict[str, str]:
+    async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
     @app.get("/readyz", tags=["probes"], summary="Readiness: the database answers and the "
              "schema is current", responses={503: {"model": ErrorOut}})
-    def readyz() -> Response:
-        if store.schema_is_current():
+    async def readyz() -> Response:
+        if await readiness.ready():
             return JSONResponse({"status": "ready"})
         return _error(503, "not_ready", "the event database does not answer or its schema is "
                       "not current (run `eventstore migrate`)")
@@ -426,8 +435,11 @@ def create_app(services: Services, token: str, max_body_bytes: int = 4 * 1024 * 
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
-    return GuardMiddleware(AppendRoute(app, appends), token=token,
-                           max_body_bytes=max_body_bytes)
+    inner: ASGIApp = AppendRoute(app, appends)
+    if request_timeout is not None:
+        inner = DeadlineMiddleware(inner, request_timeout, exempt=frozenset({"/healthz",
+                                                                             "/readyz"}))
+    return GuardMiddleware(inner, token=token, max_body_bytes=max_body_bytes)
 
 
 # -- wiring for `eventstore serve` -----------------------------------------------------
@@ -442,6 +454,7 @@ def build_services(config: ServerConfig, settings: Settings, *, migrate: bool = 
     options: dict[str, object] = {}
     if config.event_store_url.startswith(("postgresql://", "postgres://")):
         options["pool_max_size"] = config.db_pool_size
+        options["pool_timeout"] = options["statement_timeout"] = config.db_timeout_seconds
     store = EventStore.connect(config.event_store_url, **options)
     snapshots = None
     runners: list[ProjectionRunner] = []

@@ -123,8 +123,17 @@ class PostgresEventStore(EventStore):
         pool_timeout: float = 10.0,
         max_payload_bytes: int | None = None,
         max_events_per_append: int = 10_000,
+        statement_timeout: float | None = None,
     ) -> None:
+        """`pool_timeout` bounds the wait for a pooled connection, `statement_timeout`
+        (seconds; None: the server's setting) each statement; connections also carry a
+        libpq connect timeout and TCP keepalives, so a dead peer is noticed. Together they
+        turn a slow, down or unreachable database into StoreUnavailable within about that
+        long. (A stalled server that still acknowledges packets is bounded by the HTTP
+        server's request deadline instead: see eventstore/server/deadline.py.)"""
         self.url = url
+        self.pool_timeout = pool_timeout
+        self.statement_timeout = statement_timeout
         if max_payload_bytes is not None:
             self.max_payload_bytes = max_payload_bytes
         self.max_events_per_append = min(max_events_per_append, MAX_EVENTS_PER_APPEND)
@@ -135,7 +144,7 @@ class PostgresEventStore(EventStore):
             # Every query here walks an index in order. With stale statistics (a young,
             # fast-growing log) the planner prefers scanning and sorting the whole tail of
             # the log for each page of read_all; these settings keep it on the index.
-            kwargs={"autocommit": True, "options": PLANNER_OPTIONS},
+            kwargs=self.connection_kwargs(statement_timeout, pool_timeout),
             open=False,
             name="eventstore",
             # How long a call waits for a connection: while the database is down, callers
@@ -160,10 +169,21 @@ class PostgresEventStore(EventStore):
         self._wakeup_count = 0
         self._start_lock = threading.Lock()
 
+    @staticmethod
+    def connection_kwargs(statement_timeout: float | None, connect_timeout: float
+                          ) -> dict[str, Any]:
+        """psycopg.connect's arguments for the pools' connections."""
+        options = PLANNER_OPTIONS
+        if statement_timeout is not None:
+            options += f" -c statement_timeout={int(statement_timeout * 1000)}"
+        return {"autocommit": True, "options": options, **_liveness_kwargs(connect_timeout)}
+
     # -- schema ------------------------------------------------------------------------
 
     def migrate(self) -> int:
         with self._connection() as conn, conn.transaction():
+            # A migration may rewrite a large table: not bounded like a request.
+            conn.execute("SET LOCAL statement_timeout = 0")
             # Serialise concurrent migrations (several pods starting at once).
             conn.execute("SELECT pg_advisory_xact_lock(7142001)")
             conn.execute(
@@ -398,7 +418,8 @@ class PostgresEventStore(EventStore):
                 try:
                     if conn is None or conn.closed:
                         conn = psycopg.connect(self.url, autocommit=True,
-                                               options="-c synchronous_commit=off")
+                                               options="-c synchronous_commit=off",
+                                               **_liveness_kwargs(self.pool_timeout))
                     conn.execute(f"NOTIFY {NOTIFY_CHANNEL}")
                 except Exception:
                     log.debug("NOTIFY failed; subscribers will poll", exc_info=True)
@@ -424,7 +445,8 @@ class PostgresEventStore(EventStore):
     def _listen_loop(self) -> None:
         while not self._closed:
             try:
-                with psycopg.connect(self.url, autocommit=True) as conn:
+                with psycopg.connect(self.url, autocommit=True,
+                                     **_liveness_kwargs(self.pool_timeout)) as conn:
                     conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
                     self._wake()  # we may have missed a notification while reconnecting
                     while not self._closed:
@@ -472,6 +494,15 @@ class PostgresEventStore(EventStore):
             if thread is not None:
                 thread.join(timeout=2)
         self._pool.close()
+
+
+def _liveness_kwargs(connect_timeout: float) -> dict[str, Any]:
+    """libpq settings that notice a dead or unreachable server: a connect timeout, TCP
+    keepalives, and a TCP user timeout for sent data that is never acknowledged."""
+    seconds = max(2, int(connect_timeout))  # libpq takes whole seconds, at least 2
+    return {"connect_timeout": seconds, "keepalives": 1, "keepalives_idle": seconds,
+            "keepalives_interval": 1, "keepalives_count": 3,
+            "tcp_user_timeout": seconds * 1000}
 
 
 def _show(expected: Expected) -> object:

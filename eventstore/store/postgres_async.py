@@ -25,7 +25,6 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from eventstore.events import AppendResult, Expected, NewEvent
 from eventstore.store.postgres import (
     APPEND_SQL,
-    PLANNER_OPTIONS,
     PostgresEventStore,
     appended,
 )
@@ -42,7 +41,8 @@ class AsyncAppender:
         self._pool: AsyncConnectionPool[psycopg.AsyncConnection[TupleRow]] = (
             AsyncConnectionPool(store.url, min_size=max_size, max_size=max_size, open=False,
                                 timeout=wait_timeout, name="eventstore-async",
-                                kwargs={"autocommit": True, "options": PLANNER_OPTIONS}))
+                                kwargs=store.connection_kwargs(store.statement_timeout,
+                                                               store.pool_timeout)))
 
     async def open(self) -> None:
         """Start filling the pool; does not wait, so a database that is down does not

@@ -4,14 +4,20 @@ each test runs against a real server process and states the bound it holds."""
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 import socket
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from uuid import UUID, uuid4
 
+import httpx
+import psycopg
 import pytest
 
+from tests.harness.postgres import PostgresServer
 from tests.server.conftest import ServerProcess
 
 pytestmark = pytest.mark.postgres
@@ -151,3 +157,115 @@ def test_idle_and_slow_connections_are_closed(
         assert http.get("/all").status_code == 200
         time.sleep(1)
         assert http.get("/all").status_code == 200
+
+
+def _signal_postgres(database: PostgresServer, sig: int) -> None:
+    """`sig` to the postmaster and every backend (each backend leads its own process group,
+    so killpg would reach the postmaster alone): the whole server stalls, as when its
+    container or host freezes."""
+    assert database.process is not None
+    postmaster = database.process.pid
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) == postmaster:
+                children.append(int(stat.parent.name))
+    for pid in [postmaster, *children]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+
+
+def _append_body(event_id: UUID, n: int) -> dict[str, object]:
+    return {"expected_version": "any",
+            "events": [{"id": str(event_id), "type": "Tick", "payload": {"n": n}}]}
+
+
+def test_probes_and_appends_stay_bounded_while_postgresql_is_stopped(
+        servers: Callable[..., ServerProcess]) -> None:
+    """PostgreSQL SIGSTOPped 30 s under read and append load (before: 3 of 4 /healthz
+    probes timed out at 2 s): every /healthz answers 200 within 0.5 s, /readyz 503 within
+    1 s, appends 503 within the bound (2 s here); after SIGCONT every acknowledged append
+    is stored exactly once, and re-sending the unanswered ones stores them once too."""
+    database = PostgresServer().start()
+    try:
+        server = servers({"EVENTSTORE_URL": database.url, "EVENTSTORE_DB_TIMEOUT_SECONDS": "2"})
+        with server.client() as http:
+            for n in range(20):
+                assert http.post(f"/streams/s-{n}", json=_append_body(uuid4(), n)).status_code \
+                    == 201
+        stop = threading.Event()
+        lock = threading.Lock()
+        acknowledged: list[UUID] = []
+        unanswered: list[tuple[str, UUID]] = []
+        slow_appends: list[float] = []
+        append_statuses: set[int] = set()
+
+        def reader() -> None:
+            with server.client() as http:
+                while not stop.is_set():
+                    with contextlib.suppress(httpx.TransportError):
+                        http.get("/all", params={"limit": 1})
+
+        def appender(index: int) -> None:
+            with server.client() as http:
+                n = 0
+                while not stop.is_set():
+                    event_id, n = uuid4(), n + 1
+                    started = time.monotonic()
+                    response = http.post(f"/streams/a-{index}", json=_append_body(event_id, n))
+                    elapsed = time.monotonic() - started
+                    with lock:
+                        append_statuses.add(response.status_code)
+                        if response.status_code == 201:
+                            acknowledged.append(event_id)
+                        else:
+                            unanswered.append((f"a-{index}", event_id))
+                            if elapsed > 3.0:
+                                slow_appends.append(elapsed)
+
+        threads = [threading.Thread(target=reader) for _ in range(50)]
+        threads += [threading.Thread(target=appender, args=(i,)) for i in range(4)]
+        for thread in threads:
+            thread.start()
+        health: list[tuple[int, float]] = []
+        ready: list[tuple[int, float]] = []
+        try:
+            time.sleep(1)
+            _signal_postgres(database, signal.SIGSTOP)
+            stopped = time.monotonic()
+            while time.monotonic() - stopped < 30:
+                for path, seen, timeout in (("/healthz", health, 0.5), ("/readyz", ready, 1.0)):
+                    started = time.monotonic()
+                    try:
+                        status = httpx.get(f"{server.url}{path}", timeout=timeout).status_code
+                    except httpx.TimeoutException:
+                        status = 0
+                    seen.append((status, time.monotonic() - started))
+                time.sleep(0.5)
+        finally:
+            _signal_postgres(database, signal.SIGCONT)
+            stop.set()
+            for thread in threads:
+                thread.join(timeout=60)
+        worst_health = max(t for _, t in health)
+        worst_ready = max(t for _, t in ready[2:])
+        print(f"/healthz: {len(health)} probes, worst {worst_health:.3f}s; /readyz worst "
+              f"{worst_ready:.3f}s; appends: {len(acknowledged)} acknowledged, "
+              f"{len(unanswered)} answered 503, slower than 3 s: {slow_appends}")
+        assert all(status == 200 for status, _ in health), health
+        assert all(status == 503 for status, _ in ready[2:]), ready
+        assert append_statuses <= {201, 503}, append_statuses
+        assert unanswered and not slow_appends
+        server.wait_ready(30)
+        with server.client() as http:
+            for n, (stream, event_id) in enumerate(unanswered):  # re-sends: stored once
+                response = http.post(f"/streams/{stream}", json=_append_body(event_id, n))
+                assert response.status_code == 201, response.text
+        with psycopg.connect(database.url) as conn:
+            counts = dict(conn.execute("SELECT id, count(*) FROM es_events GROUP BY id")
+                          .fetchall())
+        resent = [event_id for _, event_id in unanswered]
+        assert all(counts.get(event_id) == 1 for event_id in acknowledged + resent)
+    finally:
+        database.stop()
