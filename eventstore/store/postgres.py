@@ -49,6 +49,8 @@ PLANNER_OPTIONS = "-c enable_bitmapscan=off -c enable_seqscan=off -c enable_sort
 _EXPECTED_CODES = {ExpectedVersion.NO_STREAM: -1, ExpectedVersion.ANY: -2,
                    ExpectedVersion.STREAM_EXISTS: -4}
 _RACE_RETRIES = 100
+#: At most one pool replacement per this many seconds (see _replace_pool_soon).
+POOL_RESET_INTERVAL_SECONDS = 1.0
 #: The stream's version now, including events retention moved to the archive (COALESCE
 #: only looks there when the log holds none of the stream's events).
 _CURRENT_VERSION = ("coalesce((SELECT max(version) FROM es_events WHERE stream_id = {s}),"
@@ -137,20 +139,10 @@ class PostgresEventStore(EventStore):
         if max_payload_bytes is not None:
             self.max_payload_bytes = max_payload_bytes
         self.max_events_per_append = min(max_events_per_append, MAX_EVENTS_PER_APPEND)
-        self._pool: ConnectionPool[psycopg.Connection[TupleRow]] = ConnectionPool(
-            url,
-            min_size=pool_min_size,
-            max_size=pool_max_size,
-            # Every query here walks an index in order. With stale statistics (a young,
-            # fast-growing log) the planner prefers scanning and sorting the whole tail of
-            # the log for each page of read_all; these settings keep it on the index.
-            kwargs=self.connection_kwargs(statement_timeout, pool_timeout),
-            open=False,
-            name="eventstore",
-            # How long a call waits for a connection: while the database is down, callers
-            # get StoreUnavailable after this instead of hanging.
-            timeout=pool_timeout,
-        )
+        self._pool_sizes = (pool_min_size, pool_max_size)
+        self._pool = self._new_pool()
+        self._pool_lock = threading.Lock()
+        self._last_pool_reset = 0.0
         try:
             self._pool.open(wait=True, timeout=connect_timeout)
         except PoolTimeout as exc:
@@ -168,6 +160,42 @@ class PostgresEventStore(EventStore):
         self._wakeups = threading.Condition()
         self._wakeup_count = 0
         self._start_lock = threading.Lock()
+
+    def _new_pool(self) -> ConnectionPool[psycopg.Connection[TupleRow]]:
+        return ConnectionPool(
+            self.url,
+            min_size=self._pool_sizes[0],
+            max_size=self._pool_sizes[1],
+            # Every query here walks an index in order. With stale statistics (a young,
+            # fast-growing log) the planner prefers scanning and sorting the whole tail of
+            # the log for each page of read_all; these settings keep it on the index.
+            kwargs=self.connection_kwargs(self.statement_timeout, self.pool_timeout),
+            open=False,
+            name="eventstore",
+            # How long a call waits for a connection: while the database is down, callers
+            # get StoreUnavailable after this instead of hanging.
+            timeout=self.pool_timeout,
+        )
+
+    def _replace_pool_soon(self) -> None:
+        """Put a fresh pool in place of one whose connections are gone.
+
+        After PostgreSQL restarts, the pool's connections are dead and its reconnection
+        attempts have backed off (1, 2, 4, ... s apart), so for tens of seconds after the
+        database is back every call waited out the pool timeout and failed. A fresh pool
+        connects at once. At most one replacement a second; the old pool is closed on a
+        thread (its connections in use close when they are returned).
+        """
+        with self._pool_lock:
+            now = time.monotonic()
+            if self._closed or now - self._last_pool_reset < POOL_RESET_INTERVAL_SECONDS:
+                return
+            self._last_pool_reset = now
+            old, self._pool = self._pool, self._new_pool()
+            self._pool.open(wait=False)
+        log.info("connection pool replaced after a connection failure")
+        threading.Thread(target=old.close, kwargs={"timeout": self.pool_timeout},
+                         name="eventstore-pool-close", daemon=True).start()
 
     @staticmethod
     def connection_kwargs(statement_timeout: float | None, connect_timeout: float
@@ -472,6 +500,7 @@ class PostgresEventStore(EventStore):
             with self._pool.connection() as conn:
                 yield conn
         except PoolTimeout as exc:
+            self._replace_pool_soon()
             raise StoreUnavailable(f"no PostgreSQL connection available: {exc}") from exc
         except psycopg.errors.UndefinedTable as exc:
             raise SchemaError(
@@ -482,6 +511,8 @@ class PostgresEventStore(EventStore):
                 "the event store schema is out of date: run `eventstore migrate`"
             ) from exc
         except psycopg.OperationalError as exc:
+            if connection_lost(exc):
+                self._replace_pool_soon()
             raise StoreUnavailable(f"PostgreSQL is unavailable: {exc}") from exc
 
     def close(self) -> None:
@@ -493,7 +524,21 @@ class PostgresEventStore(EventStore):
         for thread in (self._notifier, self._listener):
             if thread is not None:
                 thread.join(timeout=2)
-        self._pool.close()
+        with self._pool_lock:
+            self._pool.close()
+
+
+def connection_lost(exc: BaseException) -> bool:
+    """True for errors that say a pool's connections are unusable (not for conflicts,
+    races or bad input, which leave the connection fine)."""
+    if isinstance(exc, PoolTimeout | OSError):
+        return True
+    if not isinstance(exc, psycopg.OperationalError):
+        return False
+    # No SQLSTATE: the client lost the connection. 08: connection exceptions; 57P: the
+    # server is shutting down, crashed or is starting up.
+    state = exc.sqlstate or ""
+    return not state or state.startswith(("08", "57P"))
 
 
 def _liveness_kwargs(connect_timeout: float) -> dict[str, Any]:
