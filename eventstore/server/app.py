@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -72,6 +73,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+_POSITION = re.compile(r"[0-9]{1,19}")
 #: /readyz answers within this, under the kubelet's 1 s probe timeout.
 READY_TIMEOUT_SECONDS = 0.5
 
@@ -295,7 +297,12 @@ def create_app(services: Services, token: str, max_body_bytes: int = 4 * 1024 * 
         last_event_id: Annotated[str | None, Header()] = None,
     ) -> EventSourceResponse:
         start = from_position
-        if last_event_id and last_event_id.isdigit() and int(last_event_id) < BIGINT:
+        if last_event_id:
+            # ASCII digits only: str.isdigit() also takes superscripts, and int() refuses
+            # more than 4300 digits; both were 500s.
+            if not _POSITION.fullmatch(last_event_id) or int(last_event_id) >= BIGINT:
+                raise ValidationError("Last-Event-ID must be the position of an event (the "
+                                      "`id` of an SSE message this server sent)")
             start = max(start, int(last_event_id) + 1)
 
         async def stream() -> AsyncIterator[dict[str, str]]:

@@ -252,10 +252,25 @@ def _mongo_url(env: Mapping[str, str]) -> str:
     return f"mongodb://{auth}{_host(host)}:{port}/{quote(name, safe='')}{query}"
 
 
+#: The shortest API token a server accepts, from the environment or a file alike.
+MIN_TOKEN_LENGTH = 16
+
+
+def _checked_token(token: str, source: str) -> str:
+    """The token stripped; refused when shorter than MIN_TOKEN_LENGTH (a blank one would
+    otherwise match an empty Authorization header, turning authentication off)."""
+    token = token.strip()
+    if len(token) < MIN_TOKEN_LENGTH:
+        raise ConfigError(f"{source}: the API token is shorter than {MIN_TOKEN_LENGTH} "
+                          "characters (after stripping whitespace); generate a long random "
+                          "one, e.g. `openssl rand -base64 32`")
+    return token
+
+
 def _token(env: Mapping[str, str], data_dir: Path, *, required: bool) -> tuple[str, str]:
     token = env.get("EVENTSTORE_API_TOKEN")
     if token:
-        return token.strip(), "EVENTSTORE_API_TOKEN"
+        return _checked_token(token, "EVENTSTORE_API_TOKEN"), "EVENTSTORE_API_TOKEN"
     path = Path(env.get("EVENTSTORE_API_TOKEN_FILE") or DEFAULT_TOKEN_FILE)
     if path.exists():
         try:
@@ -263,17 +278,15 @@ def _token(env: Mapping[str, str], data_dir: Path, *, required: bool) -> tuple[s
         except OSError as exc:
             raise ConfigError(f"EVENTSTORE_API_TOKEN_FILE: cannot read {path}: "
                               f"{exc.strerror}") from None
-        if len(token) < 16:
-            raise ConfigError(f"EVENTSTORE_API_TOKEN_FILE: the token in {path} is shorter than "
-                              "16 characters; generate a long random one")
-        return token, str(path)
+        return _checked_token(token, f"EVENTSTORE_API_TOKEN_FILE ({path})"), str(path)
     if required:
         raise ConfigError(
             f"EVENTSTORE_API_TOKEN_FILE: no API token: {path} does not exist and "
             "EVENTSTORE_API_TOKEN is not set. Mount the token Secret there.")
     generated = data_dir / GENERATED_TOKEN_FILE
     if generated.exists():
-        return generated.read_text(encoding="utf-8").strip(), str(generated)
+        return _checked_token(generated.read_text(encoding="utf-8"), str(generated)), \
+            str(generated)
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
         fd = os.open(generated, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

@@ -341,3 +341,39 @@ def test_appends_are_fast_again_soon_after_postgresql_restarts(
         assert not slow_reads
     finally:
         database.stop()
+
+
+@pytest.mark.parametrize("token", ["   ", "x"])
+def test_blank_or_short_environment_token_refuses_to_start(
+        servers: Callable[..., ServerProcess], postgres_url: str, token: str) -> None:
+    """Before: a whitespace-only EVENTSTORE_API_TOKEN started a server without
+    authentication; a 1-character one was accepted."""
+    server = servers({"EVENTSTORE_URL": postgres_url, "EVENTSTORE_API_TOKEN": token},
+                     wait=False)
+    assert server.process.wait(timeout=60) == 3
+    assert "shorter than 16 characters" in server.log()
+
+
+@pytest.mark.parametrize("last_event_id", ["9" * 5000, "\u00b2", "12a", "-1",
+                                           str(2**63)])
+def test_bad_last_event_id_is_a_400(server: ServerProcess, last_event_id: str) -> None:
+    """Before: 5,000 digits or a superscript digit were a ValueError and a 500."""
+    with server.client() as http:
+        response = http.get("/subscribe", params={"idle_timeout": 0.1},
+                            headers={"Last-Event-ID": last_event_id.encode("latin-1")})
+    assert response.status_code == 400, response.text
+    assert response.json()["error"] == "validation_error"
+
+
+def test_extreme_as_of_on_sqlite(servers: Callable[..., ServerProcess],
+                                 tmp_path: Path) -> None:
+    """Before: an as_of whose UTC time falls outside years 1..9999 was an OverflowError
+    and a 500 on SQLite. Now: the correct answer (nothing before year 1, everything
+    before 9999)."""
+    server = servers({"EVENTSTORE_URL": f"sqlite:///{tmp_path / 'events.db'}"})
+    with server.client() as http:
+        assert http.post("/streams/s-1", json=_append_body(uuid4(), 1)).status_code == 201
+        early = http.get("/streams/s-1", params={"as_of": "0001-01-01T00:00:00+14:00"})
+        late = http.get("/streams/s-1", params={"as_of": "9999-12-31T23:59:59-14:00"})
+    assert early.status_code == 200 and early.json()["events"] == []
+    assert late.status_code == 200 and len(late.json()["events"]) == 1
