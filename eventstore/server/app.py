@@ -46,6 +46,7 @@ from eventstore.server.appends import Appends
 from eventstore.server.asgi import ASGIApp
 from eventstore.server.auth import GuardMiddleware
 from eventstore.server.deadline import DeadlineMiddleware, ReadinessCheck
+from eventstore.server.limits import SubscriberLimit
 from eventstore.server.wire import (
     BIGINT,
     MAX_PAGE,
@@ -159,12 +160,13 @@ class Services:
 
 def create_app(services: Services, token: str, max_body_bytes: int = 4 * 1024 * 1024,
                append_threads: int = 16, append_pool_size: int = 16,
-               request_timeout: float | None = None) -> ASGIApp:
+               request_timeout: float | None = None, max_subscribers: int = 100) -> ASGIApp:
     """The API over ready services. Every path but /healthz and /readyz needs `token`.
 
     The FastAPI app sits inside plain ASGI layers: the token and body-size guard, the
-    request deadline (503 past `request_timeout`, see deadline.py), then the append fast
-    path (see append_route.py), so an append skips the framework.
+    request deadline (503 past `request_timeout`, see deadline.py), the subscriber bound
+    (limits.py), then the append fast path (see append_route.py), so an append skips the
+    framework.
     """
 
     @asynccontextmanager
@@ -442,7 +444,7 @@ def create_app(services: Services, token: str, max_body_bytes: int = 4 * 1024 * 
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
-    inner: ASGIApp = AppendRoute(app, appends)
+    inner: ASGIApp = SubscriberLimit(AppendRoute(app, appends), max_subscribers)
     if request_timeout is not None:
         inner = DeadlineMiddleware(inner, request_timeout, exempt=frozenset({"/healthz",
                                                                              "/readyz"}))

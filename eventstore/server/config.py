@@ -36,6 +36,8 @@ DEFAULT_MAX_HEADER_BYTES = 64 * 1024
 DEFAULT_HEADER_TIMEOUT_SECONDS = 10
 #: Open connections per server; past it, new connections get 503 and are closed.
 DEFAULT_MAX_CONNECTIONS = 1024
+#: Open `GET /subscribe` streams per server; past it, 503.
+DEFAULT_MAX_SUBSCRIBERS = 100
 #: The longest a request waits on the database before it is answered 503.
 DEFAULT_DB_TIMEOUT_SECONDS = 5
 #: The generated token of a laptop server (no EVENT_DB_HOST), under the data dir.
@@ -68,6 +70,7 @@ class ServerConfig:
     header_timeout_seconds: int = DEFAULT_HEADER_TIMEOUT_SECONDS
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     db_timeout_seconds: int = DEFAULT_DB_TIMEOUT_SECONDS
+    max_subscribers: int = DEFAULT_MAX_SUBSCRIBERS
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ServerConfig:
@@ -90,7 +93,7 @@ class ServerConfig:
         turns retention off).
         Limits (see the README's Security section): EVENTSTORE_MAX_HEADER_BYTES (64 KiB),
         EVENTSTORE_HEADER_TIMEOUT_SECONDS (10), EVENTSTORE_MAX_CONNECTIONS (1024),
-        EVENTSTORE_DB_TIMEOUT_SECONDS (5).
+        EVENTSTORE_DB_TIMEOUT_SECONDS (5), EVENTSTORE_MAX_SUBSCRIBERS (100).
         """
         env = os.environ if environ is None else environ
         data_dir = Path(env.get("EVENTSTORE_DATA_DIR") or DEFAULT_DATA_DIR)
@@ -140,6 +143,8 @@ class ServerConfig:
                                  8, 100_000),
             db_timeout_seconds=_int(env, "EVENTSTORE_DB_TIMEOUT_SECONDS",
                                     DEFAULT_DB_TIMEOUT_SECONDS, 1, 600),
+            max_subscribers=_int(env, "EVENTSTORE_MAX_SUBSCRIBERS", DEFAULT_MAX_SUBSCRIBERS,
+                                 1, 10_000),
         )
 
     def describe(self) -> dict[str, Any]:

@@ -377,3 +377,28 @@ def test_extreme_as_of_on_sqlite(servers: Callable[..., ServerProcess],
         late = http.get("/streams/s-1", params={"as_of": "9999-12-31T23:59:59-14:00"})
     assert early.status_code == 200 and early.json()["events"] == []
     assert late.status_code == 200 and len(late.json()["events"]) == 1
+
+
+def _streaming_client(server: ServerProcess) -> httpx.Client:
+    return httpx.Client(base_url=server.url, timeout=httpx.Timeout(10, read=None),
+                        headers={"Authorization": f"Bearer {server.token}"})
+
+
+@pytest.mark.parametrize("backend", ["postgresql", "sqlite"])
+def test_subscribers_past_the_bound_get_503(
+        servers: Callable[..., ServerProcess], postgres_url: str, tmp_path: Path,
+        backend: str) -> None:
+    url = postgres_url if backend == "postgresql" else f"sqlite:///{tmp_path / 'events.db'}"
+    server = servers({"EVENTSTORE_URL": url, "EVENTSTORE_MAX_SUBSCRIBERS": "3"})
+    with contextlib.ExitStack() as stack:
+        http = stack.enter_context(_streaming_client(server))
+        for _ in range(3):
+            response = stack.enter_context(http.stream("GET", "/subscribe"))
+            assert response.status_code == 200
+        refused = http.get("/subscribe")
+        assert refused.status_code == 503, refused.text
+        assert refused.json()["error"] == "too_many_subscribers"
+    time.sleep(2)  # the server notices the closed streams
+    with _streaming_client(server) as http, \
+            http.stream("GET", "/subscribe", params={"idle_timeout": 0.5}) as response:
+        assert response.status_code == 200
