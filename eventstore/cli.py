@@ -90,7 +90,8 @@ def serve(host: str, port: int, migrate: bool, log_level: str, access_log: bool)
     app = create_app(services, token=config.api_token, max_body_bytes=config.max_body_bytes,
                      append_pool_size=config.db_append_pool_size,
                      request_timeout=config.db_timeout_seconds,
-                     max_subscribers=config.max_subscribers)
+                     max_subscribers=config.max_subscribers,
+                     max_page_bytes=config.max_page_bytes)
     server = uvicorn.Server(uvicorn.Config(
         app, host=host, port=port, log_config=None, lifespan="on", access_log=access_log,
         ssl_certfile=str(config.tls_cert_file) if config.tls_cert_file else None,

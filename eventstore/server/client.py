@@ -86,8 +86,14 @@ class EventStoreClient:
             params["to_version"] = to_version
         if as_of is not None:
             params["as_of"] = as_of.isoformat()
-        data = self._call("GET", f"/streams/{stream_id}", params=params)
-        return [event_from_dict(e) for e in data["events"]]
+        events: list[RecordedEvent] = []
+        while True:  # a page the server's byte budget cut short says where to go on
+            data = self._call("GET", f"/streams/{stream_id}", params=params)
+            events.extend(event_from_dict(e) for e in data["events"])
+            if not data.get("truncated") or len(events) >= limit:
+                return events
+            params["to_version" if backwards else "from_version"] = data["next_version"]
+            params["limit"] = limit - len(events)
 
     def read_archived_stream(self, stream_id: str, from_version: int = 1,
                              limit: int = 1000) -> list[RecordedEvent]:
@@ -96,8 +102,14 @@ class EventStoreClient:
         return [event_from_dict(e) for e in data["events"]]
 
     def read_all(self, from_position: int = 0, limit: int = 1000) -> list[RecordedEvent]:
-        data = self._call("GET", "/all", params={"from_position": from_position, "limit": limit})
-        return [event_from_dict(e) for e in data["events"]]
+        events: list[RecordedEvent] = []
+        while True:  # a page the server's byte budget cut short says where to go on
+            data = self._call("GET", "/all", params={"from_position": from_position,
+                                                    "limit": limit - len(events)})
+            events.extend(event_from_dict(e) for e in data["events"])
+            if not data.get("truncated") or len(events) >= limit:
+                return events
+            from_position = data["next_position"]
 
     def subscribe(self, from_position: int = 0,
                   idle_timeout: float | None = None) -> Iterator[RecordedEvent]:

@@ -36,6 +36,8 @@ DEFAULT_MAX_HEADER_BYTES = 64 * 1024
 DEFAULT_HEADER_TIMEOUT_SECONDS = 10
 #: Open connections per server; past it, new connections get 503 and are closed.
 DEFAULT_MAX_CONNECTIONS = 1024
+#: About the most bytes of events in one page of /all, /streams or an SSE batch.
+DEFAULT_MAX_PAGE_BYTES = 4 * 1024 * 1024
 #: Open `GET /subscribe` streams per server; past it, 503.
 DEFAULT_MAX_SUBSCRIBERS = 100
 #: The longest a request waits on the database before it is answered 503.
@@ -71,6 +73,7 @@ class ServerConfig:
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     db_timeout_seconds: int = DEFAULT_DB_TIMEOUT_SECONDS
     max_subscribers: int = DEFAULT_MAX_SUBSCRIBERS
+    max_page_bytes: int = DEFAULT_MAX_PAGE_BYTES
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ServerConfig:
@@ -93,7 +96,8 @@ class ServerConfig:
         turns retention off).
         Limits (see the README's Security section): EVENTSTORE_MAX_HEADER_BYTES (64 KiB),
         EVENTSTORE_HEADER_TIMEOUT_SECONDS (10), EVENTSTORE_MAX_CONNECTIONS (1024),
-        EVENTSTORE_DB_TIMEOUT_SECONDS (5), EVENTSTORE_MAX_SUBSCRIBERS (100).
+        EVENTSTORE_DB_TIMEOUT_SECONDS (5), EVENTSTORE_MAX_SUBSCRIBERS (100),
+        EVENTSTORE_MAX_PAGE_BYTES (4 MiB).
         """
         env = os.environ if environ is None else environ
         data_dir = Path(env.get("EVENTSTORE_DATA_DIR") or DEFAULT_DATA_DIR)
@@ -145,6 +149,8 @@ class ServerConfig:
                                     DEFAULT_DB_TIMEOUT_SECONDS, 1, 600),
             max_subscribers=_int(env, "EVENTSTORE_MAX_SUBSCRIBERS", DEFAULT_MAX_SUBSCRIBERS,
                                  1, 10_000),
+            max_page_bytes=_int(env, "EVENTSTORE_MAX_PAGE_BYTES", DEFAULT_MAX_PAGE_BYTES,
+                                1024, 1024 * 1024 * 1024),
         )
 
     def describe(self) -> dict[str, Any]:

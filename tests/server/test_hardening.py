@@ -402,3 +402,47 @@ def test_subscribers_past_the_bound_get_503(
     with _streaming_client(server) as http, \
             http.stream("GET", "/subscribe", params={"idle_timeout": 0.5}) as response:
         assert response.status_code == 200
+
+
+def test_pages_are_bounded_in_bytes_and_say_where_to_go_on(
+        servers: Callable[..., ServerProcess], postgres_url: str) -> None:
+    """20 events of 10 KiB under a 64 KiB page budget: /all, /streams (both directions)
+    and SSE batches stay near the budget and lose nothing; the Python client follows."""
+    from eventstore.server.client import EventStoreClient
+
+    budget = 64 * 1024
+    server = servers({"EVENTSTORE_URL": postgres_url, "EVENTSTORE_MAX_PAGE_BYTES": str(budget)})
+    with server.client() as http:
+        for n in range(20):
+            body = _append_body(uuid4(), n)
+            body["events"][0]["payload"] = {"n": n, "blob": "x" * 10_000}  # type: ignore[index]
+            assert http.post("/streams/big", json=body).status_code == 201
+        seen: list[int] = []
+        position, pages = 0, 0
+        while True:
+            response = http.get("/all", params={"from_position": position, "limit": 1000})
+            assert len(response.content) < budget + 11_000
+            page = response.json()
+            seen += [e["payload"]["n"] for e in page["events"]]
+            pages += 1
+            position = page["next_position"]
+            if not page["truncated"]:
+                break
+        assert seen == list(range(20)) and pages >= 4
+        for backwards, params in ((False, {}), (True, {"backwards": True})):
+            versions: list[int] = []
+            while True:
+                response = http.get("/streams/big", params={"limit": 1000, **params})
+                assert len(response.content) < budget + 11_000
+                page = response.json()
+                versions += [e["version"] for e in page["events"]]
+                if not page["truncated"]:
+                    break
+                params["to_version" if backwards else "from_version"] = page["next_version"]
+            assert versions == (list(range(20, 0, -1)) if backwards else list(range(1, 21)))
+    with EventStoreClient(server.url, server.token) as client:
+        assert [e.version for e in client.read_stream("big")] == list(range(1, 21))
+        assert [e.version for e in client.read_stream("big", backwards=True, limit=15)] == \
+            list(range(20, 5, -1))
+        assert len(client.read_all(limit=1000)) == 20
+        assert [e.version for e in client.subscribe(idle_timeout=1)] == list(range(1, 21))
