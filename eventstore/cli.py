@@ -64,6 +64,7 @@ def serve(host: str, port: int, migrate: bool, log_level: str, access_log: bool)
 
     from eventstore.server.app import build_services, create_app
     from eventstore.server.config import ConfigError, ServerConfig, configure_logging
+    from eventstore.server.protocol import guarded_protocol
     from eventstore.settings import Settings, SettingsError, load_settings
 
     configure_logging(log_level)
@@ -88,12 +89,19 @@ def serve(host: str, port: int, migrate: bool, log_level: str, access_log: bool)
         return
     app = create_app(services, token=config.api_token, max_body_bytes=config.max_body_bytes,
                      append_pool_size=config.db_append_pool_size,
-                     max_replay_events=config.max_replay_events)
+                     max_replay_events=config.max_replay_events,
+                     request_timeout=config.db_timeout_seconds,
+                     max_subscribers=config.max_subscribers,
+                     max_page_bytes=config.max_page_bytes)
     server = uvicorn.Server(uvicorn.Config(
         app, host=host, port=port, log_config=None, lifespan="on", access_log=access_log,
         ssl_certfile=str(config.tls_cert_file) if config.tls_cert_file else None,
         ssl_keyfile=str(config.tls_key_file) if config.tls_key_file else None,
         timeout_graceful_shutdown=25, server_header=False,
+        # Request heads bounded in size and time, connections in number: see protocol.py.
+        http=guarded_protocol(max_head_bytes=config.max_header_bytes,
+                              head_timeout=config.header_timeout_seconds,
+                              max_connections=config.max_connections),
         # Clients reach the pods through a Service, not a proxy that sets X-Forwarded-*.
         proxy_headers=False))
     # uvicorn re-raises the signal that stopped it once it has drained; with these no-op

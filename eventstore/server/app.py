@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -40,12 +41,16 @@ from eventstore.errors import (
 from eventstore.events import (
     EVENT_TYPE_PATTERN,
     STREAM_ID_PATTERN,
+    RecordedEvent,
 )
 from eventstore.server.aggregates import aggregates_router
 from eventstore.server.append_route import AppendRoute
 from eventstore.server.appends import Appends
 from eventstore.server.asgi import ASGIApp
 from eventstore.server.auth import GuardMiddleware
+from eventstore.server.deadline import DeadlineMiddleware, ReadinessCheck
+from eventstore.server.limits import SubscriberLimit
+from eventstore.server.pages import DEFAULT_MAX_PAGE_BYTES, Fetch, encode_page
 from eventstore.server.wire import (
     BIGINT,
     MAX_PAGE,
@@ -64,6 +69,7 @@ from eventstore.server.wire import (
 )
 from eventstore.settings import Settings
 from eventstore.store.base import EventStore
+from eventstore.store.encoding import check_read_stream
 
 if TYPE_CHECKING:
     from eventstore.projections.runner import ProjectionRunner
@@ -73,6 +79,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+_POSITION = re.compile(r"[0-9]{1,19}")
+#: /readyz answers within this, under the kubelet's 1 s probe timeout.
+READY_TIMEOUT_SECONDS = 0.5
 
 StreamId = Annotated[str, Path(pattern=STREAM_ID_PATTERN.pattern, max_length=200,
                                description="The stream (aggregate) id.")]
@@ -158,11 +167,15 @@ class Services:
 
 def create_app(services: Services, token: str, max_body_bytes: int = 4 * 1024 * 1024,
                append_threads: int = 16, append_pool_size: int = 16,
-               max_replay_events: int = 100_000) -> ASGIApp:
+               max_replay_events: int = 100_000,
+               request_timeout: float | None = None, max_subscribers: int = 100,
+               max_page_bytes: int = DEFAULT_MAX_PAGE_BYTES) -> ASGIApp:
     """The API over ready services. Every path but /healthz and /readyz needs `token`.
 
-    The FastAPI app sits inside two plain ASGI layers: the token and body-size guard,
-    then the append fast path (see append_route.py), so an append skips the framework.
+    The FastAPI app sits inside plain ASGI layers: the token and body-size guard, the
+    request deadline (503 past `request_timeout`, see deadline.py), the subscriber bound
+    (limits.py), then the append fast path (see append_route.py), so an append skips the
+    framework.
     """
 
     @asynccontextmanager
@@ -173,6 +186,7 @@ def create_app(services: Services, token: str, max_body_bytes: int = 4 * 1024 * 
             yield
         finally:
             # uvicorn has drained the requests by now: no append is in flight.
+            readiness.close()
             await appends.stop()
             await anyio.to_thread.run_sync(services.stop)
 
@@ -187,6 +201,7 @@ def create_app(services: Services, token: str, max_body_bytes: int = 4 * 1024 * 
                       async_pool_size=append_pool_size)
     subscription_threads = anyio.CapacityLimiter(256)
     store = services.store
+    readiness = ReadinessCheck(store.schema_is_current, READY_TIMEOUT_SECONDS)
 
     # -- errors -------------------------------------------------------------------------
 
@@ -197,14 +212,16 @@ def create_app(services: Services, token: str, max_body_bytes: int = 4 * 1024 * 
 
     # -- probes and metrics -------------------------------------------------------------
 
+    # Both probes are `async def`: they answer from the event loop, never queued behind
+    # worker threads that wait on a stalled database.
     @app.get("/healthz", tags=["probes"], summary="Liveness: the process answers")
-    def healthz() -> dict[str, str]:
+    async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
     @app.get("/readyz", tags=["probes"], summary="Readiness: the database answers and the "
              "schema is current", responses={503: {"model": ErrorOut}})
-    def readyz() -> Response:
-        if store.schema_is_current():
+    async def readyz() -> Response:
+        if await readiness.ready():
             return JSONResponse({"status": "ready"})
         return _error(503, "not_ready", "the event database does not answer or its schema is "
                       "not current (run `eventstore migrate`)")
@@ -236,7 +253,11 @@ def create_app(services: Services, token: str, max_body_bytes: int = 4 * 1024 * 
         return Response(reply, status_code=status, media_type="application/json")
 
     @app.get("/streams/{stream_id}", tags=["streams"], summary="Read a stream",
-             responses=_ERRORS)
+             response_model=StreamOut, responses=_ERRORS,
+             description="At most `limit` events and about EVENTSTORE_MAX_PAGE_BYTES: when "
+                         "the byte budget cuts the page short, `truncated` is true and "
+                         "`next_version` is where to continue (as `from_version`, or as "
+                         "`to_version` when reading backwards).")
     def read_stream(
         stream_id: StreamId,
         from_version: Annotated[int, Query(ge=1, le=BIGINT)] = 1,
@@ -246,13 +267,30 @@ def create_app(services: Services, token: str, max_body_bytes: int = 4 * 1024 * 
         = None,
         backwards: bool = False,
         limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
-    ) -> StreamOut:
+    ) -> Response:
         if as_of is not None and as_of.tzinfo is None:
             as_of = as_of.replace(tzinfo=UTC)
-        events = store.read_stream(stream_id, from_version=from_version, to_version=to_version,
-                                   as_of=as_of, backwards=backwards, limit=limit)
-        return StreamOut.model_validate({"stream_id": stream_id,
-                                         "events": [event_to_dict(e) for e in events]})
+        # Validate once up front, as an unbudgeted read did (400 on bad input).
+        check_read_stream(stream_id, from_version, to_version, limit)
+
+        def fetch(last: RecordedEvent | None, count: int) -> list[RecordedEvent]:
+            low, high = from_version, to_version
+            if last is not None:
+                low, high = (low, last.version - 1) if backwards else (last.version + 1, high)
+            if high is not None and high < low:
+                return []
+            return store.read_stream(stream_id, from_version=low, to_version=high,
+                                     as_of=as_of, backwards=backwards, limit=count)
+
+        page = encode_page(fetch, limit, max_page_bytes)
+        next_version = None
+        if page.truncated and page.last is not None:
+            next_version = page.last.version + (-1 if backwards else 1)
+        return Response(b'{"stream_id":' + json.dumps(stream_id).encode() + b',"events":'
+                        + page.events_json() + b',"truncated":'
+                        + (b"true" if page.truncated else b"false") + b',"next_version":'
+                        + json.dumps(next_version).encode() + b"}",
+                        media_type="application/json")
 
     @app.get("/streams/{stream_id}/archive", tags=["streams"],
              summary="Events of a stream that retention moved to the archive",
@@ -268,15 +306,26 @@ def create_app(services: Services, token: str, max_body_bytes: int = 4 * 1024 * 
         return StreamOut.model_validate({"stream_id": stream_id,
                                          "events": [event_to_dict(e) for e in events]})
 
-    @app.get("/all", tags=["streams"], summary="A page of the global log", responses=_ERRORS)
+    def log_from(start: int) -> Fetch:
+        """Reads of the global log from `start`, for encode_page."""
+        return lambda last, count: store.read_all(
+            start if last is None else last.position + 1, count)
+
+    @app.get("/all", tags=["streams"], summary="A page of the global log",
+             response_model=PageOut, responses=_ERRORS,
+             description="At most `limit` events and about EVENTSTORE_MAX_PAGE_BYTES; "
+                         "continue from `next_position` (`truncated`: the byte budget cut "
+                         "the page short).")
     def read_all(
         from_position: Annotated[int, Query(ge=0, le=BIGINT)] = 0,
         limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
-    ) -> PageOut:
-        events = store.read_all(from_position=from_position, limit=limit)
-        next_position = events[-1].position + 1 if events else from_position
-        return PageOut.model_validate({"events": [event_to_dict(e) for e in events],
-                                       "next_position": next_position})
+    ) -> Response:
+        page = encode_page(log_from(from_position), limit, max_page_bytes)
+        next_position = page.last.position + 1 if page.last is not None else from_position
+        return Response(b'{"events":' + page.events_json() + b',"next_position":'
+                        + str(next_position).encode() + b',"truncated":'
+                        + (b"true" if page.truncated else b"false") + b"}",
+                        media_type="application/json")
 
     @app.get("/subscribe", tags=["streams"], response_class=EventSourceResponse,
              summary="Live subscription to the global log (server-sent events)",
@@ -291,21 +340,27 @@ def create_app(services: Services, token: str, max_body_bytes: int = 4 * 1024 * 
         last_event_id: Annotated[str | None, Header()] = None,
     ) -> EventSourceResponse:
         start = from_position
-        if last_event_id and last_event_id.isdigit() and int(last_event_id) < BIGINT:
+        if last_event_id:
+            # ASCII digits only: str.isdigit() also takes superscripts, and int() refuses
+            # more than 4300 digits; both were 500s.
+            if not _POSITION.fullmatch(last_event_id) or int(last_event_id) >= BIGINT:
+                raise ValidationError("Last-Event-ID must be the position of an event (the "
+                                      "`id` of an SSE message this server sent)")
             start = max(start, int(last_event_id) + 1)
 
         async def stream() -> AsyncIterator[dict[str, str]]:
             position = start
             idle_since = time.monotonic()
             while not await request.is_disconnected():
-                page = await anyio.to_thread.run_sync(store.read_all, position, 500,
-                                                      limiter=subscription_threads)
-                if page:
+                batch = await anyio.to_thread.run_sync(
+                    encode_page, log_from(position), 500, max_page_bytes,
+                    limiter=subscription_threads)
+                if batch.events:
                     idle_since = time.monotonic()
-                    for event in page:
+                    for event, data in zip(batch.events, batch.encoded, strict=True):
                         yield {"id": str(event.position), "event": "event",
-                               "data": json.dumps(event_to_dict(event))}
-                    position = page[-1].position + 1
+                               "data": data.decode()}
+                    position = batch.events[-1].position + 1
                     continue
                 idle = time.monotonic() - idle_since
                 if idle_timeout is not None and idle >= idle_timeout:
@@ -433,8 +488,11 @@ def create_app(services: Services, token: str, max_body_bytes: int = 4 * 1024 * 
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
-    return GuardMiddleware(AppendRoute(app, appends), token=token,
-                           max_body_bytes=max_body_bytes)
+    inner: ASGIApp = SubscriberLimit(AppendRoute(app, appends), max_subscribers)
+    if request_timeout is not None:
+        inner = DeadlineMiddleware(inner, request_timeout, exempt=frozenset({"/healthz",
+                                                                             "/readyz"}))
+    return GuardMiddleware(inner, token=token, max_body_bytes=max_body_bytes)
 
 
 # -- wiring for `eventstore serve` -----------------------------------------------------
@@ -453,6 +511,7 @@ def build_services(config: ServerConfig, settings: Settings, *, migrate: bool = 
     options: dict[str, object] = {}
     if config.event_store_url.startswith(("postgresql://", "postgres://")):
         options["pool_max_size"] = config.db_pool_size
+        options["pool_timeout"] = options["statement_timeout"] = config.db_timeout_seconds
     store = EventStore.connect(config.event_store_url, **options)
     snapshots = None
     runners: list[ProjectionRunner] = []

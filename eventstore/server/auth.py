@@ -29,10 +29,11 @@ def token_matches(expected: bytes, header: bytes | None) -> bool:
     if header is None:
         return False
     scheme, _, presented = header.partition(b" ")
-    if scheme.lower() != b"bearer":
-        return False
+    presented = presented.strip()
+    if scheme.lower() != b"bearer" or not presented or not expected:
+        return False  # an empty token never matches, whatever the server was given
     # compare_digest takes time independent of where the values differ.
-    return hmac.compare_digest(presented.strip(), expected)
+    return hmac.compare_digest(presented, expected)
 
 
 class GuardMiddleware:

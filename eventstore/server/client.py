@@ -91,28 +91,32 @@ class EventStoreClient:
     def read_stream(self, stream_id: str, from_version: int = 1, to_version: int | None = None,
                     as_of: datetime | None = None, backwards: bool = False,
                     limit: int | None = None) -> list[RecordedEvent]:
-        """As `EventStore.read_stream`; without a limit, every matching event (page by page)."""
-        out: list[RecordedEvent] = []
-        low, high = from_version, to_version
+        """As `EventStore.read_stream`; without a limit, every matching event. Pages are at
+        most PAGE events and the server's byte budget; a cut-short page says where to go on."""
+        params: dict[str, Any] = {"from_version": from_version, "backwards": backwards}
+        if to_version is not None:
+            params["to_version"] = to_version
+        if as_of is not None:
+            params["as_of"] = as_of.isoformat()
+        events: list[RecordedEvent] = []
         while True:
-            page_size = PAGE if limit is None else min(PAGE, limit - len(out))
-            params: dict[str, Any] = {"from_version": low, "backwards": backwards,
-                                      "limit": page_size}
-            if high is not None:
-                params["to_version"] = high
-            if as_of is not None:
-                params["as_of"] = as_of.isoformat()
+            want = PAGE if limit is None else min(PAGE, limit - len(events))
+            params["limit"] = want
             data = self._call("GET", f"/streams/{stream_id}", params=params)
             page = [event_from_dict(e) for e in data["events"]]
-            out.extend(page)
-            if len(page) < page_size or (limit is not None and len(out) >= limit):
-                return out
-            if backwards:
-                high = page[-1].version - 1
-                if high < low:
-                    return out
+            events.extend(page)
+            if limit is not None and len(events) >= limit:
+                return events
+            if data.get("truncated"):
+                params["to_version" if backwards else "from_version"] = data["next_version"]
+            elif len(page) < want:
+                return events
+            elif backwards:
+                if page[-1].version - 1 < from_version:
+                    return events
+                params["to_version"] = page[-1].version - 1
             else:
-                low = page[-1].version + 1
+                params["from_version"] = page[-1].version + 1
 
     def stream_version(self, stream_id: str) -> int:
         """The stream's current version; 0 when it does not exist."""
@@ -134,8 +138,14 @@ class EventStoreClient:
             from_version = page[-1].version + 1
 
     def read_all(self, from_position: int = 0, limit: int = 1000) -> list[RecordedEvent]:
-        data = self._call("GET", "/all", params={"from_position": from_position, "limit": limit})
-        return [event_from_dict(e) for e in data["events"]]
+        events: list[RecordedEvent] = []
+        while True:  # a page the server's byte budget cut short says where to go on
+            data = self._call("GET", "/all", params={"from_position": from_position,
+                                                    "limit": limit - len(events)})
+            events.extend(event_from_dict(e) for e in data["events"])
+            if not data.get("truncated") or len(events) >= limit:
+                return events
+            from_position = data["next_position"]
 
     def subscribe(self, from_position: int = 0,
                   idle_timeout: float | None = None) -> Iterator[RecordedEvent]:

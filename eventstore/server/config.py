@@ -29,6 +29,19 @@ DEFAULT_TOKEN_FILE = Path("/var/run/secrets/eventstore/token")
 DEFAULT_TLS_CERT_FILE = Path("/var/run/secrets/eventstore/tls/tls.crt")
 DEFAULT_TLS_KEY_FILE = Path("/var/run/secrets/eventstore/tls/tls.key")
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
+#: Request line plus headers; past it, 431 (see eventstore/server/protocol.py).
+DEFAULT_MAX_HEADER_BYTES = 64 * 1024
+#: A request head must be complete this long after the connection opens or the previous
+#: response ends.
+DEFAULT_HEADER_TIMEOUT_SECONDS = 10
+#: Open connections per server; past it, new connections get 503 and are closed.
+DEFAULT_MAX_CONNECTIONS = 1024
+#: About the most bytes of events in one page of /all, /streams or an SSE batch.
+DEFAULT_MAX_PAGE_BYTES = 4 * 1024 * 1024
+#: Open `GET /subscribe` streams per server; past it, 503.
+DEFAULT_MAX_SUBSCRIBERS = 100
+#: The longest a request waits on the database before it is answered 503.
+DEFAULT_DB_TIMEOUT_SECONDS = 5
 #: The generated token of a laptop server (no EVENT_DB_HOST), under the data dir.
 GENERATED_TOKEN_FILE = "api-token"
 
@@ -57,6 +70,12 @@ class ServerConfig:
     retention_aggregate_types: tuple[str, ...] = ()
     snapshot_keep: int = 5
     max_replay_events: int = 100_000
+    max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES
+    header_timeout_seconds: int = DEFAULT_HEADER_TIMEOUT_SECONDS
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    db_timeout_seconds: int = DEFAULT_DB_TIMEOUT_SECONDS
+    max_subscribers: int = DEFAULT_MAX_SUBSCRIBERS
+    max_page_bytes: int = DEFAULT_MAX_PAGE_BYTES
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ServerConfig:
@@ -79,6 +98,10 @@ class ServerConfig:
         EVENTSTORE_RETENTION_INTERVAL_SECONDS (3600), EVENTSTORE_RETENTION_AGGREGATE_TYPES
         (comma-separated snapshot kinds that cover archived events besides the aggregates
         registered in event-store.yaml, which always do).
+        Limits (see the README's Security section): EVENTSTORE_MAX_HEADER_BYTES (64 KiB),
+        EVENTSTORE_HEADER_TIMEOUT_SECONDS (10), EVENTSTORE_MAX_CONNECTIONS (1024),
+        EVENTSTORE_DB_TIMEOUT_SECONDS (5), EVENTSTORE_MAX_SUBSCRIBERS (100),
+        EVENTSTORE_MAX_PAGE_BYTES (4 MiB).
         """
         env = os.environ if environ is None else environ
         data_dir = Path(env.get("EVENTSTORE_DATA_DIR") or DEFAULT_DATA_DIR)
@@ -123,6 +146,18 @@ class ServerConfig:
             retention_aggregate_types=tuple(
                 t.strip() for t in env.get("EVENTSTORE_RETENTION_AGGREGATE_TYPES", "").split(",")
                 if t.strip()),
+            max_header_bytes=_int(env, "EVENTSTORE_MAX_HEADER_BYTES", DEFAULT_MAX_HEADER_BYTES,
+                                  4096, 1024 * 1024),
+            header_timeout_seconds=_int(env, "EVENTSTORE_HEADER_TIMEOUT_SECONDS",
+                                        DEFAULT_HEADER_TIMEOUT_SECONDS, 1, 300),
+            max_connections=_int(env, "EVENTSTORE_MAX_CONNECTIONS", DEFAULT_MAX_CONNECTIONS,
+                                 8, 100_000),
+            db_timeout_seconds=_int(env, "EVENTSTORE_DB_TIMEOUT_SECONDS",
+                                    DEFAULT_DB_TIMEOUT_SECONDS, 1, 600),
+            max_subscribers=_int(env, "EVENTSTORE_MAX_SUBSCRIBERS", DEFAULT_MAX_SUBSCRIBERS,
+                                 1, 10_000),
+            max_page_bytes=_int(env, "EVENTSTORE_MAX_PAGE_BYTES", DEFAULT_MAX_PAGE_BYTES,
+                                1024, 1024 * 1024 * 1024),
         )
 
     def describe(self) -> dict[str, Any]:
@@ -235,10 +270,25 @@ def _mongo_url(env: Mapping[str, str]) -> str:
     return f"mongodb://{auth}{_host(host)}:{port}/{quote(name, safe='')}{query}"
 
 
+#: The shortest API token a server accepts, from the environment or a file alike.
+MIN_TOKEN_LENGTH = 16
+
+
+def _checked_token(token: str, source: str) -> str:
+    """The token stripped; refused when shorter than MIN_TOKEN_LENGTH (a blank one would
+    otherwise match an empty Authorization header, turning authentication off)."""
+    token = token.strip()
+    if len(token) < MIN_TOKEN_LENGTH:
+        raise ConfigError(f"{source}: the API token is shorter than {MIN_TOKEN_LENGTH} "
+                          "characters (after stripping whitespace); generate a long random "
+                          "one, e.g. `openssl rand -base64 32`")
+    return token
+
+
 def _token(env: Mapping[str, str], data_dir: Path, *, required: bool) -> tuple[str, str]:
     token = env.get("EVENTSTORE_API_TOKEN")
     if token:
-        return token.strip(), "EVENTSTORE_API_TOKEN"
+        return _checked_token(token, "EVENTSTORE_API_TOKEN"), "EVENTSTORE_API_TOKEN"
     path = Path(env.get("EVENTSTORE_API_TOKEN_FILE") or DEFAULT_TOKEN_FILE)
     if path.exists():
         try:
@@ -246,17 +296,15 @@ def _token(env: Mapping[str, str], data_dir: Path, *, required: bool) -> tuple[s
         except OSError as exc:
             raise ConfigError(f"EVENTSTORE_API_TOKEN_FILE: cannot read {path}: "
                               f"{exc.strerror}") from None
-        if len(token) < 16:
-            raise ConfigError(f"EVENTSTORE_API_TOKEN_FILE: the token in {path} is shorter than "
-                              "16 characters; generate a long random one")
-        return token, str(path)
+        return _checked_token(token, f"EVENTSTORE_API_TOKEN_FILE ({path})"), str(path)
     if required:
         raise ConfigError(
             f"EVENTSTORE_API_TOKEN_FILE: no API token: {path} does not exist and "
             "EVENTSTORE_API_TOKEN is not set. Mount the token Secret there.")
     generated = data_dir / GENERATED_TOKEN_FILE
     if generated.exists():
-        return generated.read_text(encoding="utf-8").strip(), str(generated)
+        return _checked_token(generated.read_text(encoding="utf-8"), str(generated)), \
+            str(generated)
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
         fd = os.open(generated, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

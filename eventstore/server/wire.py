@@ -72,11 +72,15 @@ class EventOut(BaseModel):
 class StreamOut(BaseModel):
     stream_id: str
     events: list[EventOut]
+    truncated: bool = Field(False, description="The byte budget cut the page short.")
+    next_version: int | None = Field(None, description="When truncated: pass as from_version "
+                                     "(as to_version when reading backwards) to read on.")
 
 
 class PageOut(BaseModel):
     events: list[EventOut]
     next_position: int = Field(description="Pass as from_position to read on.")
+    truncated: bool = Field(False, description="The byte budget cut the page short.")
 
 
 class SnapshotIn(BaseModel):

@@ -49,6 +49,8 @@ PLANNER_OPTIONS = "-c enable_bitmapscan=off -c enable_seqscan=off -c enable_sort
 _EXPECTED_CODES = {ExpectedVersion.NO_STREAM: -1, ExpectedVersion.ANY: -2,
                    ExpectedVersion.STREAM_EXISTS: -4}
 _RACE_RETRIES = 100
+#: At most one pool replacement per this many seconds (see _replace_pool_soon).
+POOL_RESET_INTERVAL_SECONDS = 1.0
 #: The stream's version now, including events retention moved to the archive (COALESCE
 #: only looks there when the log holds none of the stream's events).
 _CURRENT_VERSION = ("coalesce((SELECT max(version) FROM es_events WHERE stream_id = {s}),"
@@ -123,25 +125,24 @@ class PostgresEventStore(EventStore):
         pool_timeout: float = 10.0,
         max_payload_bytes: int | None = None,
         max_events_per_append: int = 10_000,
+        statement_timeout: float | None = None,
     ) -> None:
+        """`pool_timeout` bounds the wait for a pooled connection, `statement_timeout`
+        (seconds; None: the server's setting) each statement; connections also carry a
+        libpq connect timeout and TCP keepalives, so a dead peer is noticed. Together they
+        turn a slow, down or unreachable database into StoreUnavailable within about that
+        long. (A stalled server that still acknowledges packets is bounded by the HTTP
+        server's request deadline instead: see eventstore/server/deadline.py.)"""
         self.url = url
+        self.pool_timeout = pool_timeout
+        self.statement_timeout = statement_timeout
         if max_payload_bytes is not None:
             self.max_payload_bytes = max_payload_bytes
         self.max_events_per_append = min(max_events_per_append, MAX_EVENTS_PER_APPEND)
-        self._pool: ConnectionPool[psycopg.Connection[TupleRow]] = ConnectionPool(
-            url,
-            min_size=pool_min_size,
-            max_size=pool_max_size,
-            # Every query here walks an index in order. With stale statistics (a young,
-            # fast-growing log) the planner prefers scanning and sorting the whole tail of
-            # the log for each page of read_all; these settings keep it on the index.
-            kwargs={"autocommit": True, "options": PLANNER_OPTIONS},
-            open=False,
-            name="eventstore",
-            # How long a call waits for a connection: while the database is down, callers
-            # get StoreUnavailable after this instead of hanging.
-            timeout=pool_timeout,
-        )
+        self._pool_sizes = (pool_min_size, pool_max_size)
+        self._pool = self._new_pool()
+        self._pool_lock = threading.Lock()
+        self._last_pool_reset = 0.0
         try:
             self._pool.open(wait=True, timeout=connect_timeout)
         except PoolTimeout as exc:
@@ -160,10 +161,57 @@ class PostgresEventStore(EventStore):
         self._wakeup_count = 0
         self._start_lock = threading.Lock()
 
+    def _new_pool(self) -> ConnectionPool[psycopg.Connection[TupleRow]]:
+        return ConnectionPool(
+            self.url,
+            min_size=self._pool_sizes[0],
+            max_size=self._pool_sizes[1],
+            # Every query here walks an index in order. With stale statistics (a young,
+            # fast-growing log) the planner prefers scanning and sorting the whole tail of
+            # the log for each page of read_all; these settings keep it on the index.
+            kwargs=self.connection_kwargs(self.statement_timeout, self.pool_timeout),
+            open=False,
+            name="eventstore",
+            # How long a call waits for a connection: while the database is down, callers
+            # get StoreUnavailable after this instead of hanging.
+            timeout=self.pool_timeout,
+        )
+
+    def _replace_pool_soon(self) -> None:
+        """Put a fresh pool in place of one whose connections are gone.
+
+        After PostgreSQL restarts, the pool's connections are dead and its reconnection
+        attempts have backed off (1, 2, 4, ... s apart), so for tens of seconds after the
+        database is back every call waited out the pool timeout and failed. A fresh pool
+        connects at once. At most one replacement a second; the old pool is closed on a
+        thread (its connections in use close when they are returned).
+        """
+        with self._pool_lock:
+            now = time.monotonic()
+            if self._closed or now - self._last_pool_reset < POOL_RESET_INTERVAL_SECONDS:
+                return
+            self._last_pool_reset = now
+            old, self._pool = self._pool, self._new_pool()
+            self._pool.open(wait=False)
+        log.info("connection pool replaced after a connection failure")
+        threading.Thread(target=old.close, kwargs={"timeout": self.pool_timeout},
+                         name="eventstore-pool-close", daemon=True).start()
+
+    @staticmethod
+    def connection_kwargs(statement_timeout: float | None, connect_timeout: float
+                          ) -> dict[str, Any]:
+        """psycopg.connect's arguments for the pools' connections."""
+        options = PLANNER_OPTIONS
+        if statement_timeout is not None:
+            options += f" -c statement_timeout={int(statement_timeout * 1000)}"
+        return {"autocommit": True, "options": options, **_liveness_kwargs(connect_timeout)}
+
     # -- schema ------------------------------------------------------------------------
 
     def migrate(self) -> int:
         with self._connection() as conn, conn.transaction():
+            # A migration may rewrite a large table: not bounded like a request.
+            conn.execute("SET LOCAL statement_timeout = 0")
             # Serialise concurrent migrations (several pods starting at once).
             conn.execute("SELECT pg_advisory_xact_lock(7142001)")
             conn.execute(
@@ -398,7 +446,8 @@ class PostgresEventStore(EventStore):
                 try:
                     if conn is None or conn.closed:
                         conn = psycopg.connect(self.url, autocommit=True,
-                                               options="-c synchronous_commit=off")
+                                               options="-c synchronous_commit=off",
+                                               **_liveness_kwargs(self.pool_timeout))
                     conn.execute(f"NOTIFY {NOTIFY_CHANNEL}")
                 except Exception:
                     log.debug("NOTIFY failed; subscribers will poll", exc_info=True)
@@ -424,7 +473,8 @@ class PostgresEventStore(EventStore):
     def _listen_loop(self) -> None:
         while not self._closed:
             try:
-                with psycopg.connect(self.url, autocommit=True) as conn:
+                with psycopg.connect(self.url, autocommit=True,
+                                     **_liveness_kwargs(self.pool_timeout)) as conn:
                     conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
                     self._wake()  # we may have missed a notification while reconnecting
                     while not self._closed:
@@ -450,6 +500,7 @@ class PostgresEventStore(EventStore):
             with self._pool.connection() as conn:
                 yield conn
         except PoolTimeout as exc:
+            self._replace_pool_soon()
             raise StoreUnavailable(f"no PostgreSQL connection available: {exc}") from exc
         except psycopg.errors.UndefinedTable as exc:
             raise SchemaError(
@@ -460,6 +511,8 @@ class PostgresEventStore(EventStore):
                 "the event store schema is out of date: run `eventstore migrate`"
             ) from exc
         except psycopg.OperationalError as exc:
+            if connection_lost(exc):
+                self._replace_pool_soon()
             raise StoreUnavailable(f"PostgreSQL is unavailable: {exc}") from exc
 
     def close(self) -> None:
@@ -471,7 +524,30 @@ class PostgresEventStore(EventStore):
         for thread in (self._notifier, self._listener):
             if thread is not None:
                 thread.join(timeout=2)
-        self._pool.close()
+        with self._pool_lock:
+            self._pool.close()
+
+
+def connection_lost(exc: BaseException) -> bool:
+    """True for errors that say a pool's connections are unusable (not for conflicts,
+    races or bad input, which leave the connection fine)."""
+    if isinstance(exc, PoolTimeout | OSError):
+        return True
+    if not isinstance(exc, psycopg.OperationalError):
+        return False
+    # No SQLSTATE: the client lost the connection. 08: connection exceptions; 57P: the
+    # server is shutting down, crashed or is starting up.
+    state = exc.sqlstate or ""
+    return not state or state.startswith(("08", "57P"))
+
+
+def _liveness_kwargs(connect_timeout: float) -> dict[str, Any]:
+    """libpq settings that notice a dead or unreachable server: a connect timeout, TCP
+    keepalives, and a TCP user timeout for sent data that is never acknowledged."""
+    seconds = max(2, int(connect_timeout))  # libpq takes whole seconds, at least 2
+    return {"connect_timeout": seconds, "keepalives": 1, "keepalives_idle": seconds,
+            "keepalives_interval": 1, "keepalives_count": 3,
+            "tcp_user_timeout": seconds * 1000}
 
 
 def _show(expected: Expected) -> object:

@@ -8,7 +8,7 @@ import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -244,8 +244,16 @@ class SQLiteEventStore(EventStore):
         if as_of is not None:
             if as_of.tzinfo is None:
                 raise ValidationError("as_of has no time zone: pass an aware datetime (UTC)")
-            sql += " AND recorded_at <= ?"
-            params.append(as_of.astimezone(UTC).isoformat())
+            try:
+                cutoff = as_of.astimezone(UTC).isoformat()
+            except OverflowError:
+                # In UTC the moment falls outside datetime's years 1..9999: before year 1
+                # nothing was recorded; after 9999 everything was.
+                if (as_of.utcoffset() or timedelta(0)) > timedelta(0):
+                    return []
+            else:
+                sql += " AND recorded_at <= ?"
+                params.append(cutoff)
         sql += " ORDER BY version DESC" if backwards else " ORDER BY version"
         if limit is not None:
             sql += " LIMIT ?"

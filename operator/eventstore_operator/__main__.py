@@ -39,6 +39,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--liveness", metavar="URL", help="liveness endpoint, e.g. http://0.0.0.0:8081/healthz"
     )
+    parser.add_argument(
+        "--allowed-image-prefix",
+        action="append",
+        default=[p for p in os.environ.get("EVENTSTORE_OPERATOR_ALLOWED_IMAGE_PREFIXES", "").split(",") if p],
+        help="only EventStores whose images start with one of these run (repeatable; "
+        "default: $EVENTSTORE_OPERATOR_ALLOWED_IMAGE_PREFIXES, comma-separated; none: any image)",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
     args = parser.parse_args(argv)
@@ -54,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     from eventstore_operator import handlers
 
     handlers.WATCH_NAMESPACES = None if args.all_namespaces else namespaces
+    handlers.ALLOWED_IMAGE_PREFIXES = tuple(args.allowed_image_prefix)
 
     kopf.configure(verbose=args.verbose, quiet=args.quiet)
     kopf.run(

@@ -38,13 +38,15 @@ from kubernetes.utils import parse_quantity
 
 from eventstore.registry import check_store_settings
 from eventstore.settings import SettingsError, config_hash, validate_config_data
-from eventstore_operator import builders, kube, names
+from eventstore_operator import builders, kube, names, trust
 from eventstore_operator.builders import Obj, Owner
 
 registry = kopf.OperatorRegistry()
 
 #: Seconds between drift-repair passes over each EventStore.
 RESYNC_SECONDS = float(os.environ.get("EVENTSTORE_OPERATOR_RESYNC_SECONDS", "30"))
+#: Image prefixes EventStores may use (empty: any); set by __main__, see trust.py.
+ALLOWED_IMAGE_PREFIXES: tuple[str, ...] = ()
 #: Older config snapshots kept besides the one in use, for rollbacks of the StatefulSet.
 KEEP_CONFIG_SNAPSHOTS = 2
 
@@ -153,6 +155,22 @@ def _apply_statefulset(
     return kube.apply(obj)
 
 
+def _check_trust(body: Obj, owner: Owner, spec: Obj) -> None:
+    """Refuse (before creating anything) a spec that would make the operator hand a Secret
+    that did not opt in, or run an image outside the allow-list: see trust.py."""
+    images = trust.image_problems(spec, ALLOWED_IMAGE_PREFIXES)
+    if images:
+        kube.post_event(body, "Warning", "ImageNotAllowed", "; ".join(images))
+        raise kopf.PermanentError("; ".join(images))
+    secrets_read = {name: kube.get("Secret", owner.namespace, name)
+                    for name in trust.referenced_secrets(spec)}
+    problems = trust.secret_problems(spec, secrets_read)
+    if problems:
+        kube.post_event(body, "Warning", "SecretNotAllowed", "; ".join(problems))
+        # Temporary: labelling the Secret later is the fix, and it changes no EventStore.
+        raise kopf.TemporaryError("; ".join(problems), delay=60)
+
+
 def _ensure_secrets(body: Obj, owner: Owner, spec: Obj, logger: Any) -> None:
     for secret_name, component in builders.generated_secret_names(owner, spec):
         db = ""
@@ -237,6 +255,7 @@ def _reconcile(body: Obj, logger: Any) -> None:
     status: Obj = body.get("status") or {}
     previous: list[Obj] = status.get("conditions") or []
 
+    _check_trust(body, owner, spec)
     _ensure_secrets(body, owner, spec, logger)
 
     # The tuning surface: validate the user's ConfigMap as the pods will load it.

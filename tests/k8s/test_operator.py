@@ -540,6 +540,7 @@ def test_operator_service_account_permissions(kubectl: Kubectl, namespace: str) 
         ("patch", "statefulsets.apps", namespace),
         ("watch", "configmaps", namespace),
         ("create", "secrets", namespace),
+        ("get", "secrets", namespace),  # a referenced Secret's opt-in label (trust.py)
         ("patch", "services", namespace),
         ("create", "poddisruptionbudgets.policy", namespace),
         ("patch", "networkpolicies.networking.k8s.io", namespace),
@@ -547,8 +548,7 @@ def test_operator_service_account_permissions(kubectl: Kubectl, namespace: str) 
         ("create", "events", namespace),
     ]
     denied: list[tuple[str, str, str | None]] = [
-        ("get", "secrets", namespace),  # it creates Secrets, never reads them
-        ("list", "secrets", namespace),
+        ("list", "secrets", namespace),  # it never lists or watches Secrets
         ("create", "secrets", "default"),
         ("get", "secrets", "kube-system"),
         ("list", "nodes", None),
@@ -588,6 +588,11 @@ def test_two_eventstores_in_one_namespace_stay_apart(
             },
         },
     }
+    # A Secret an EventStore references must opt in (eventstore_operator/trust.py).
+    kubectl.apply(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "ledger-mongo", "labels": {"eventstore.io/allow-reference": "true"}},
+        "stringData": {"username": "ledger", "password": "not-used-here"}}), namespace)
     kubectl.apply(yaml.safe_dump(second), namespace)
     wait_converged(kubectl, namespace, operator)
 

@@ -114,3 +114,20 @@ def test_json_log_lines_carry_extras() -> None:
     line = json.loads(JsonFormatter().format(record))
     assert line["message"] == "hello world" and line["projection"] == "balances"
     assert line["level"] == "info"
+
+
+@pytest.mark.parametrize("token", ["   ", "\t\n", "x", "fifteen-chars-x"])
+def test_one_token_rule_for_the_environment_and_the_file(tmp_path: Path, token: str) -> None:
+    """A blank or short token is refused wherever it comes from (a whitespace-only
+    EVENTSTORE_API_TOKEN used to turn authentication off)."""
+    with pytest.raises(ConfigError, match="shorter than 16"):
+        ServerConfig.from_env(_env(tmp_path, EVENTSTORE_API_TOKEN=token))
+    (tmp_path / "t").write_text(token)
+    with pytest.raises(ConfigError, match="shorter than 16"):
+        ServerConfig.from_env(_env(tmp_path, EVENTSTORE_API_TOKEN_FILE=str(tmp_path / "t")))
+
+
+def test_an_empty_token_never_matches() -> None:
+    assert not token_matches(b"", b"Bearer ")
+    assert not token_matches(b"", b"Bearer")
+    assert not token_matches(b"", b"Bearer    ")

@@ -352,3 +352,58 @@ def test_claims_that_cannot_grow_are_reported(fake: FakeKube) -> None:
         handlers.reconcile("ns", "demo")  # no claim exists: every patch fails
     (warning,) = [m for k, r, m in fake.events if r == "VolumeResizeFailed"]
     assert "3 volume claim(s) to 200Gi" in warning
+
+
+def _external_postgres(fake: FakeKube, secret: str) -> None:
+    es(fake)["spec"]["postgres"] = {"mode": "External", "host": "pg.example.com",
+                                    "database": "events", "credentialsSecret": {"name": secret}}
+
+
+def test_a_referenced_secret_without_the_opt_in_label_is_not_used(fake: FakeKube) -> None:
+    """Before: any Secret of the namespace named as credentialsSecret was mounted into the
+    store pods (whose image the EventStore's author chooses)."""
+    fake.objects[("Secret", "ns", "someone-elses")] = {
+        "kind": "Secret", "metadata": {"name": "someone-elses", "namespace": "ns"}}
+    _external_postgres(fake, "someone-elses")
+    with pytest.raises(kopf.TemporaryError, match="allow-reference"):
+        handlers.reconcile("ns", "demo")
+    assert ("StatefulSet", "ns", "demo") not in fake.objects
+    assert any(reason == "SecretNotAllowed" for _, reason, _ in fake.events)
+    assert conditions(fake)[names.CONDITION_RECONCILED]["status"] == "False"
+
+    _external_postgres(fake, "absent")
+    with pytest.raises(kopf.TemporaryError, match="does not exist"):
+        handlers.reconcile("ns", "demo")
+
+    fake.objects[("Secret", "ns", "someone-elses")]["metadata"]["labels"] = {
+        "eventstore.io/allow-reference": "true"}
+    _external_postgres(fake, "someone-elses")
+    handlers.reconcile("ns", "demo")
+    sts = fake.objects[("StatefulSet", "ns", "demo")]
+    env = {e["name"]: e for e in sts["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["EVENT_DB_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == "someone-elses"
+
+
+def test_images_outside_the_allow_list_are_refused(fake: FakeKube,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(handlers, "ALLOWED_IMAGE_PREFIXES", ("registry.example.com/",))
+    es(fake)["spec"]["image"] = "evil.example.org/exfiltrate:latest"
+    with pytest.raises(kopf.PermanentError, match=r"spec\.image 'evil\.example\.org"):
+        handlers.reconcile("ns", "demo")
+    assert ("StatefulSet", "ns", "demo") not in fake.objects
+    assert any(reason == "ImageNotAllowed" for _, reason, _ in fake.events)
+    es(fake)["spec"]["image"] = "registry.example.com/eventstore:1"
+    es(fake)["spec"]["postgres"] = {"image": "registry.example.com/postgres:16"}
+    es(fake)["spec"]["mongodb"] = {"image": "registry.example.com/mongo:7"}
+    handlers.reconcile("ns", "demo")
+    assert ("StatefulSet", "ns", "demo") in fake.objects
+
+
+def test_operator_flag_sets_the_image_allow_list(monkeypatch: pytest.MonkeyPatch) -> None:
+    from eventstore_operator import __main__ as cli
+
+    monkeypatch.setattr(cli.kopf, "run", lambda **_: None)
+    monkeypatch.setattr(cli.kopf, "configure", lambda **_: None)
+    monkeypatch.setattr(handlers, "ALLOWED_IMAGE_PREFIXES", ())
+    cli.main(["-n", "ns", "--allowed-image-prefix", "a/", "--allowed-image-prefix", "b/"])
+    assert handlers.ALLOWED_IMAGE_PREFIXES == ("a/", "b/")

@@ -1,0 +1,131 @@
+"""Bounds on what a stalled database can do to requests: a per-request deadline and a
+readiness check that answers within the probe's timeout.
+
+The driver's own bounds (the pool's wait, statement_timeout, TCP keepalives; see
+PostgresEventStore) cover a database that is slow, down or unreachable. They do not cover
+one that is stalled but whose kernel still accepts and acknowledges packets (a SIGSTOPped
+or frozen server, a hung storage layer): the query is sent, acknowledged, and never
+answered, and libpq has no client-side timeout for that. A synchronous psycopg call
+cannot be interrupted from outside its thread either. So the server bounds the wait where
+it can: a request whose response has not started within the deadline is answered 503,
+and the work behind it is abandoned (left to finish or fail on its thread or connection,
+its reply dropped). An abandoned append may still commit once the database resumes; the
+503 tells the client the outcome is unknown, and re-sending the same event ids is
+idempotent, so nothing is stored twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+from eventstore.server.asgi import ASGIApp, Message, Receive, Scope, Send
+
+log = logging.getLogger(__name__)
+
+
+class DeadlineMiddleware:
+    """Answers 503 when the app has not started a response within `timeout` seconds.
+
+    At most `max_abandoned` requests are left running behind a 503 at once; past that,
+    requests are answered 503 straight away, so a database that never resumes cannot
+    pile up unbounded work.
+    """
+
+    def __init__(self, app: ASGIApp, timeout: float, max_abandoned: int = 1024,
+                 exempt: frozenset[str] = frozenset()) -> None:
+        self.app = app
+        self.timeout = timeout
+        self.max_abandoned = max_abandoned
+        self.exempt = exempt
+        self._abandoned: set[asyncio.Task[None]] = set()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in self.exempt:
+            await self.app(scope, receive, send)
+            return
+        if len(self._abandoned) >= self.max_abandoned:
+            await self._unavailable(send, f"{len(self._abandoned)} earlier requests are still "
+                                          "waiting on the database")
+            return
+        started = asyncio.Event()
+        abandoned = False
+
+        async def send_until_abandoned(message: Message) -> None:
+            if abandoned:
+                return  # the client already has its 503
+            if message["type"] == "http.response.start":
+                started.set()
+            await send(message)
+
+        task = asyncio.ensure_future(self.app(scope, receive, send_until_abandoned))
+        waiter = asyncio.ensure_future(started.wait())
+        try:
+            await asyncio.wait({task, waiter}, timeout=self.timeout,
+                               return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+        if not started.is_set() and not task.done():
+            abandoned = True
+            self._abandoned.add(task)
+            task.add_done_callback(self._finished_abandoned)
+            await self._unavailable(send, f"no answer within {self.timeout:g}s")
+            return
+        await task  # the response is under way: let it finish (streams may run long)
+
+    def _finished_abandoned(self, task: asyncio.Task[None]) -> None:
+        self._abandoned.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.debug("an abandoned request failed", exc_info=task.exception())
+
+    @staticmethod
+    async def _unavailable(send: Send, why: str) -> None:
+        body = json.dumps({
+            "error": "unavailable",
+            "message": f"the database did not answer in time ({why}; "
+                       "EVENTSTORE_DB_TIMEOUT_SECONDS); retry later. An append's outcome is "
+                       "unknown: re-send it with the same event ids (that is idempotent)"
+        }).encode()
+        await send({"type": "http.response.start", "status": 503, "headers": [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()), (b"retry-after", b"1")]})
+        await send({"type": "http.response.body", "body": body})
+
+
+class ReadinessCheck:
+    """Runs a blocking readiness check on its own thread and answers within `timeout`.
+
+    One check runs at a time: probes arriving while it is stuck wait on that same check
+    (up to `timeout` each) instead of queueing more threads behind a stalled database.
+    """
+
+    def __init__(self, check: Callable[[], bool], timeout: float) -> None:
+        self._check = check
+        self.timeout = timeout
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="readyz")
+        self._running: asyncio.Future[bool] | None = None
+        self.stopping = False
+
+    async def ready(self) -> bool:
+        if self.stopping:
+            return False
+        if self._running is None or self._running.done():
+            self._running = asyncio.get_running_loop().run_in_executor(self._executor,
+                                                                       self._safe_check)
+        try:
+            return await asyncio.wait_for(asyncio.shield(self._running), self.timeout)
+        except TimeoutError:
+            return False
+
+    def _safe_check(self) -> bool:
+        try:
+            return self._check()
+        except Exception:
+            log.debug("readiness check failed", exc_info=True)
+            return False
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
