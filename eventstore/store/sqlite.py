@@ -6,7 +6,7 @@ import contextlib
 import json
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -115,7 +115,12 @@ class SQLiteEventStore(EventStore):
         self._write_lock = threading.Lock()
         self._appended = threading.Condition()
         self._closed = False
-        self._connections: list[sqlite3.Connection] = []
+        # Every connection, and how many calls are using each right now. sqlite3 crashes
+        # the interpreter when a connection is closed while another thread runs a query
+        # on it, so close() waits for calls in flight and never closes a busy connection:
+        # a call still running after that wait closes its own connection when it ends.
+        self._state = threading.Condition()
+        self._connections: dict[sqlite3.Connection, int] = {}
         self._memory = self.path == ":memory:"
         if self._memory:
             # One shared connection: every :memory: connection is a separate database.
@@ -142,22 +147,49 @@ class SQLiteEventStore(EventStore):
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("PRAGMA foreign_keys=ON")
-        self._connections.append(conn)
+        with self._state:
+            self._connections[conn] = 0
         return conn
 
     @contextmanager
     def _conn(self) -> Iterator[sqlite3.Connection]:
+        if self._memory:
+            with self._write_lock, self._using(lambda: self._shared) as conn, \
+                    _translated_errors():
+                yield conn
+            return
+        with self._using(self._thread_connection) as conn, _translated_errors():
+            yield conn
+
+    def _thread_connection(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None or conn not in self._connections:
+            conn = self._local.conn = self._open()
+        return conn
+
+    @contextmanager
+    def _using(self, get: Callable[[], sqlite3.Connection]) -> Iterator[sqlite3.Connection]:
+        """A connection marked busy for the duration of one call (see __init__)."""
         if self._closed:
             raise StoreUnavailable("the event store is closed")
-        if self._memory:
-            with self._write_lock, _translated_errors():
-                yield self._shared
-            return
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = self._local.conn = self._open()
-        with _translated_errors():
+        conn = get()
+        with self._state:
+            if self._closed:  # closed while we opened it
+                if not self._connections.get(conn):
+                    self._connections.pop(conn, None)
+                    conn.close()
+                raise StoreUnavailable("the event store is closed")
+            self._connections[conn] = self._connections.get(conn, 0) + 1
+        try:
             yield conn
+        finally:
+            with self._state:
+                self._connections[conn] -= 1
+                if self._connections[conn] == 0:
+                    if self._closed:  # close() left it to us
+                        del self._connections[conn]
+                        conn.close()
+                    self._state.notify_all()
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
@@ -307,11 +339,17 @@ class SQLiteEventStore(EventStore):
         return StoreStats(events=int(events), streams=int(streams), archived_events=int(archived),
                           bytes=int(pages) * int(page_size), head_position=int(head))
 
-    def close(self) -> None:
-        self._closed = True
-        for conn in self._connections:
-            conn.close()
-        self._connections.clear()
+    def close(self, timeout: float = 30.0) -> None:
+        """Refuse new calls (StoreUnavailable), wait up to `timeout` seconds for the calls
+        in flight, and close the connections. A call still running after that closes its
+        own connection when it ends: a connection is never closed under a running query."""
+        with self._state:
+            self._closed = True
+            self._state.wait_for(lambda: not any(self._connections.values()), timeout)
+            for conn, busy in list(self._connections.items()):
+                if not busy:
+                    del self._connections[conn]
+                    conn.close()
         with self._appended:
             self._appended.notify_all()
 
@@ -339,6 +377,10 @@ def _translated_errors() -> Iterator[None]:
             raise SchemaError(
                 "the event store schema is missing: run `eventstore migrate` first") from exc
         raise StoreUnavailable(f"SQLite error: {exc}") from exc
+    except sqlite3.ProgrammingError as exc:
+        if "closed" in str(exc):
+            raise StoreUnavailable("the event store is closed") from exc
+        raise
 
 
 def _conflicts(expected: Expected, current: int) -> bool:

@@ -10,7 +10,7 @@ from uuid import uuid4
 
 import pytest
 
-from eventstore.errors import ConcurrencyError, SchemaError, ValidationError
+from eventstore.errors import ConcurrencyError, SchemaError, StoreUnavailable, ValidationError
 from eventstore.events import ExpectedVersion, NewEvent
 from eventstore.store.base import EventStore
 
@@ -278,6 +278,35 @@ class EventStoreContract:
         result = store.append("big", events)
         assert result.next_expected_version == 2000
         assert [e.payload["i"] for e in store.read_stream("big")] == list(range(2000))
+
+
+    # -- closing -----------------------------------------------------------------------
+
+    def test_close_under_running_readers_gives_store_unavailable(self, store: EventStore) -> None:
+        store.append("s", [ev(i) for i in range(500)])
+        errors: list[BaseException] = []
+        started = threading.Barrier(4)
+
+        def read() -> None:
+            started.wait()
+            try:
+                while True:
+                    store.read_all(limit=500)
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=read) for _ in range(3)]
+        for thread in threads:
+            thread.start()
+        started.wait()
+        store.close()
+        for thread in threads:
+            thread.join(30)
+        assert not any(t.is_alive() for t in threads)
+        assert [type(e) for e in errors] == [StoreUnavailable] * 3, errors
+        with pytest.raises(StoreUnavailable):
+            store.read_all()
+        store.close()  # closing twice is harmless
 
 
 class UnmigratedContract:
