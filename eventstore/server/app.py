@@ -9,7 +9,6 @@ path, are served by `AppendRoute` in front of the framework (see append_route.py
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -21,13 +20,12 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import anyio
 import anyio.to_thread
-from fastapi import Body, FastAPI, Header, Path, Query, Request
+from fastapi import Body, FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from pydantic import ValidationError as PydanticValidationError
-from sse_starlette.sse import EventSourceResponse
 
 from eventstore import metrics
 from eventstore.aggregate import Aggregate
@@ -46,6 +44,7 @@ from eventstore.server.append_route import AppendRoute
 from eventstore.server.appends import Appends
 from eventstore.server.asgi import ASGIApp
 from eventstore.server.auth import GuardMiddleware
+from eventstore.server.log_api import log_router
 from eventstore.server.wire import (
     BIGINT,
     MAX_PAGE,
@@ -53,7 +52,6 @@ from eventstore.server.wire import (
     AppendOut,
     ConflictOut,
     ErrorOut,
-    PageOut,
     ProjectionsOut,
     SnapshotIn,
     SnapshotOut,
@@ -185,7 +183,6 @@ def create_app(services: Services, token: str, max_body_bytes: int = 4 * 1024 * 
                               "<token>` on every path except /healthz and /readyz.")
     appends = Appends(services.store, threads=append_threads,
                       async_pool_size=append_pool_size)
-    subscription_threads = anyio.CapacityLimiter(256)
     store = services.store
 
     # -- errors -------------------------------------------------------------------------
@@ -267,54 +264,6 @@ def create_app(services: Services, token: str, max_body_bytes: int = 4 * 1024 * 
                   if e.version >= from_version][:limit]
         return StreamOut.model_validate({"stream_id": stream_id,
                                          "events": [event_to_dict(e) for e in events]})
-
-    @app.get("/all", tags=["streams"], summary="A page of the global log", responses=_ERRORS)
-    def read_all(
-        from_position: Annotated[int, Query(ge=0, le=BIGINT)] = 0,
-        limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
-    ) -> PageOut:
-        events = store.read_all(from_position=from_position, limit=limit)
-        next_position = events[-1].position + 1 if events else from_position
-        return PageOut.model_validate({"events": [event_to_dict(e) for e in events],
-                                       "next_position": next_position})
-
-    @app.get("/subscribe", tags=["streams"], response_class=EventSourceResponse,
-             summary="Live subscription to the global log (server-sent events)",
-             description="Each SSE message has `id` = the event's position and `data` = the "
-                         "event as JSON. Reconnect with Last-Event-ID to resume.",
-             responses={200: {"content": {"text/event-stream": {}}}, **_ERRORS})
-    async def subscribe(
-        request: Request,
-        from_position: Annotated[int, Query(ge=0, le=BIGINT)] = 0,
-        idle_timeout: Annotated[float | None, Query(gt=0, le=3600, description="Close after "
-                                                    "this many seconds without events")] = None,
-        last_event_id: Annotated[str | None, Header()] = None,
-    ) -> EventSourceResponse:
-        start = from_position
-        if last_event_id and last_event_id.isdigit() and int(last_event_id) < BIGINT:
-            start = max(start, int(last_event_id) + 1)
-
-        async def stream() -> AsyncIterator[dict[str, str]]:
-            position = start
-            idle_since = time.monotonic()
-            while not await request.is_disconnected():
-                page = await anyio.to_thread.run_sync(store.read_all, position, 500,
-                                                      limiter=subscription_threads)
-                if page:
-                    idle_since = time.monotonic()
-                    for event in page:
-                        yield {"id": str(event.position), "event": "event",
-                               "data": json.dumps(event_to_dict(event))}
-                    position = page[-1].position + 1
-                    continue
-                idle = time.monotonic() - idle_since
-                if idle_timeout is not None and idle >= idle_timeout:
-                    return
-                wait = 1.0 if idle_timeout is None else min(1.0, idle_timeout - idle)
-                await anyio.to_thread.run_sync(store.wait_for_events, position - 1, wait,
-                                               limiter=subscription_threads)
-
-        return EventSourceResponse(stream(), ping=15)
 
     # -- snapshots ------------------------------------------------------------------------
 
@@ -413,6 +362,7 @@ def create_app(services: Services, token: str, max_body_bytes: int = 4 * 1024 * 
         return JSONResponse({"name": name, "status": "rebuilding"}, status_code=202)
 
     app.include_router(aggregates_router(services, max_replay=max_replay_events))
+    app.include_router(log_router(store))
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
