@@ -13,6 +13,7 @@ from eventstore.errors import ValidationError
 from eventstore.events import (
     EVENT_TYPE_PATTERN,
     AppendResult,
+    Checkpoint,
     Expected,
     ExpectedVersion,
     NewEvent,
@@ -243,3 +244,13 @@ def conflicts(expected: Expected, current: int) -> bool:
     if expected is ExpectedVersion.STREAM_EXISTS:
         return current == 0
     return expected != current
+
+
+def check_resent_checkpoint(checkpoint: Checkpoint | None, stored: int | None) -> None:
+    """A re-sent append_many is idempotent only with its checkpoint already in place: its
+    events stored without that checkpoint make it a different unit, refused."""
+    if checkpoint is not None and (stored is None or stored < checkpoint.position):
+        raise ValidationError(
+            f"append_many: its events are already stored, but consumer "
+            f"{checkpoint.consumer!r} is at {stored}, not at or past {checkpoint.position}: "
+            "this is not a re-send of the append_many that stored them")

@@ -43,6 +43,7 @@ from eventstore.store.encoding import (
     check_append_many,
     check_read_all,
     check_read_stream,
+    check_resent_checkpoint,
     conflicts,
     earlier_append,
     earlier_appends,
@@ -290,13 +291,13 @@ class PostgresEventStore(EventStore):
             except _Refused as refused:  # rolled back; perhaps a re-send of a committed one
                 earlier = self._stored_appends(items) if items else None
                 if earlier is not None:
-                    return earlier
+                    return self._resent(earlier, checkpoint)
                 raise refused.error from None
             except psycopg.errors.UniqueViolation:
                 # A concurrent append took a version we read (or these ids are stored).
                 earlier = self._stored_appends(items)
                 if earlier is not None:
-                    return earlier
+                    return self._resent(earlier, checkpoint)
                 for stream_id, expected, _ in statements:
                     actual = self.stream_version(stream_id)
                     if conflicts(expected, actual):
@@ -331,6 +332,12 @@ class PostgresEventStore(EventStore):
                     raise _Refused(ConcurrencyError(stream_id, _show(expected), current))
                 results.append(appended(stream_id, current, positions))
         return results
+
+    def _resent(self, earlier: list[AppendResult], checkpoint: Checkpoint | None
+                ) -> list[AppendResult]:
+        if checkpoint is not None:
+            check_resent_checkpoint(checkpoint, self.read_checkpoint(checkpoint.consumer))
+        return earlier
 
     def _stored_appends(self, items: list[StreamAppend]) -> list[AppendResult] | None:
         ids = [e.id for item in items for e in item.events]

@@ -36,6 +36,7 @@ from eventstore.store.encoding import (
     check_append_many,
     check_read_all,
     check_read_stream,
+    check_resent_checkpoint,
     conflicts,
     earlier_appends,
 )
@@ -293,9 +294,10 @@ class SQLiteEventStore(EventStore):
     def _move_checkpoint(conn: sqlite3.Connection, checkpoint: Checkpoint, resent: bool) -> None:
         row = conn.execute("SELECT position FROM es_consumer_checkpoints WHERE consumer = ?",
                            (checkpoint.consumer,)).fetchone()
+        if resent:  # idempotent only with its checkpoint already in place
+            check_resent_checkpoint(checkpoint, None if row is None else int(row[0]))
+            return
         if row is not None and int(row[0]) >= checkpoint.position:
-            if resent:  # a re-sent append_many: its checkpoint is already in place
-                return
             raise CheckpointConflict(checkpoint.consumer, checkpoint.position, int(row[0]))
         conn.execute(
             "INSERT INTO es_consumer_checkpoints (consumer, position, updated_at) "

@@ -533,6 +533,13 @@ class EventStoreContract:
         again = store.append_many(out, checkpoint=Checkpoint("proc", handled))
         assert all(r.idempotent for r in again)
         assert store.read_checkpoint("proc") == handled
+        # Events stored without a checkpoint are not a re-send of a unit that has one:
+        # refused, and the checkpoint stays.
+        for checkpoint in (Checkpoint("proc", handled + 5), Checkpoint("fresh", 1)):
+            with pytest.raises(ValidationError, match="already stored"):
+                store.append_many(out, checkpoint=checkpoint)
+        assert store.read_checkpoint("proc") == handled
+        assert store.read_checkpoint("fresh") is None
         with pytest.raises(ValidationError):
             store.append_many([])
 
