@@ -206,6 +206,10 @@ class EventStoreRecorder:
 
 
 class EventStoreAggregateRecorder(EventStoreRecorder, AggregateRecorder):
+    #: Guess that a stream's versions are its aggregate's versions (see _insert). False
+    #: for sequences with gaps by nature (snapshots): they read their last event first.
+    guess_versions = True
+
     def insert_events(self, stored_events: Sequence[StoredEvent], **kwargs: Any
                       ) -> Sequence[int] | None:
         self._insert(stored_events, **kwargs)
@@ -234,21 +238,23 @@ class EventStoreAggregateRecorder(EventStoreRecorder, AggregateRecorder):
         # at 1 and never skips): one round trip. When the guess fails, the stream's last
         # event tells whether the insert repeats a version (IntegrityError) or the stream
         # is numbered otherwise (append after its last event).
-        expected: dict[str, int | ExpectedVersion] = {
-            s: (ExpectedVersion.NO_STREAM if ev[0].originator_version < 1
-                else ev[0].originator_version - 1) for s, ev in by_stream.items()}
+        # The guess is exact for sequences without gaps; in a sequence with gaps it could
+        # place an older, missing version after the last one, so those read first.
+        expected: dict[str, int | ExpectedVersion] = {}
+        for s, ev in by_stream.items():
+            if self.guess_versions:
+                first = ev[0].originator_version
+                expected[s] = ExpectedVersion.NO_STREAM if first < 1 else first - 1
+            else:
+                expected[s] = self._after_last(s, ev[0].originator_version)
         for _attempt in range(_RETRIES + len(by_stream)):
             appends = [StreamAppend(s, [new_event(s, e) for e in ev], expected[s])
                        for s, ev in by_stream.items()]
             try:
                 results = self.store.append_many(appends, checkpoint=checkpoint)
             except ConcurrencyError as exc:
-                last = self.store.read_stream(exc.stream_id, backwards=True, limit=1)
-                first_new = by_stream[exc.stream_id][0].originator_version
-                if last and _version(last[0]) >= first_new:
-                    raise IntegrityError(f"{exc.stream_id} already has version "
-                                         f"{_version(last[0])}, at or past {first_new}") from None
-                expected[exc.stream_id] = exc.actual_version
+                expected[exc.stream_id] = self._after_last(
+                    exc.stream_id, by_stream[exc.stream_id][0].originator_version)
                 continue
             except EventStoreError as exc:
                 raise _translated(exc) from exc
@@ -256,6 +262,18 @@ class EventStoreAggregateRecorder(EventStoreRecorder, AggregateRecorder):
                 raise IntegrityError("these stored events are recorded already")
             return [p for r in results for p in r.positions]
         raise OperationalError("insert_events lost too many races; retry")
+
+    def _after_last(self, stream_id: str, first_new: int) -> int:
+        """The stream's version to append after; IntegrityError when its last event is
+        at or past the first version to insert."""
+        try:
+            last = self.store.read_stream(stream_id, backwards=True, limit=1)
+        except EventStoreError as exc:
+            raise _translated(exc) from exc
+        if last and _version(last[0]) >= first_new:
+            raise IntegrityError(f"{stream_id} already has version {_version(last[0])}, at or "
+                                 f"past {first_new}")
+        return last[0].version if last else 0
 
     def _consumer(self, application_name: str) -> str:
         return f"{self.namespace}.{application_name}"
@@ -414,7 +432,9 @@ class Factory(InfrastructureFactory[EventStoreTrackingRecorder]):
         self.namespace = self.env.get(self.EVENTSTORE_NAMESPACE) or self.env.name or "app"
 
     def aggregate_recorder(self, purpose: str = "events") -> AggregateRecorder:
-        return EventStoreAggregateRecorder(self.store, self._namespace(purpose))
+        recorder = EventStoreAggregateRecorder(self.store, self._namespace(purpose))
+        recorder.guess_versions = purpose == "events"
+        return recorder
 
     def application_recorder(self) -> ApplicationRecorder:
         return EventStoreApplicationRecorder(self.store, self.namespace)
