@@ -143,3 +143,59 @@ def test_append_many_never_lets_a_reader_skip(store: PostgresEventStore) -> None
     assert len(final) == 6 * 40 * 3 * 2
     assert [e.id for e in seen["all"]] == [e.id for e in final]
     assert [e.id for e in seen["typed"]] == [e.id for e in final if e.type == "T1"]
+
+
+def test_closed_subscriptions_leave_no_thread_or_connection(store: PostgresEventStore,
+                                                           postgres_url: str) -> None:
+    """Rounds of eight subscriptions followed by eight threads and closed from the main
+    thread: each iteration ends within a second, every thread ends, and every database
+    session is one of the pool's or the store's LISTEN/NOTIFY connection (a subscription
+    has none of its own)."""
+    import time
+
+    import psycopg
+
+    store.append("s", [NewEvent("E", {})])
+
+    def sessions() -> int:
+        with psycopg.connect(postgres_url, autocommit=True) as conn:
+            row = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = "
+                               "current_database() AND pid <> pg_backend_pid()").fetchone()
+        assert row is not None
+        return int(row[0])
+
+    def round_of_eight() -> None:
+        subscriptions = [store.subscribe(poll_interval=60, types=["E"] if n % 2 else None)
+                         for n in range(8)]
+        seen = [0] * 8
+
+        def follow(n: int) -> None:
+            for _ in subscriptions[n]:
+                seen[n] += 1
+
+        threads = [threading.Thread(target=follow, args=(n,)) for n in range(8)]
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + 10
+        while min(seen) < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.2)  # all waiting now
+        started = time.monotonic()
+        for subscription in subscriptions:
+            subscription.close()
+        for thread in threads:
+            thread.join(5)
+        assert not any(t.is_alive() for t in threads)
+        assert time.monotonic() - started < 1
+        assert seen == [1] * 8
+
+    round_of_eight()
+    threads_before = threading.active_count()
+    for _ in range(3):
+        round_of_eight()
+    assert threading.active_count() == threads_before
+    # Every session is one of the pool's (which grows under contention, up to
+    # pool_max_size) or the store's LISTEN or NOTIFY connection: none is a subscription's.
+    pool_size = store._pool.get_stats()["pool_size"]
+    assert pool_size <= 12
+    assert sessions() <= pool_size + 2
