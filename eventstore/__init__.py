@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from eventstore.aggregate import Aggregate
 from eventstore.errors import (
+    CheckpointConflict,
     ConcurrencyError,
     EventStoreError,
     SchemaError,
@@ -14,18 +15,26 @@ from eventstore.errors import (
     UpcastError,
     ValidationError,
 )
-from eventstore.events import AppendResult, ExpectedVersion, NewEvent, RecordedEvent
+from eventstore.events import (
+    AppendResult,
+    Checkpoint,
+    ExpectedVersion,
+    NewEvent,
+    RecordedEvent,
+    StreamAppend,
+)
 from eventstore.repository import AggregateNotFound, LoadInfo, Repository
-from eventstore.store.base import EventStore, StoreStats
+from eventstore.store.base import EventStore, StoreStats, Subscription
 from eventstore.upcasting import UpcasterRegistry
 
 if TYPE_CHECKING:
     from eventstore.snapshots.base import Snapshot, SnapshotStore
 
 __all__ = [
-    "Aggregate", "AggregateNotFound", "AppendResult", "ConcurrencyError", "EventStore",
-    "EventStoreError", "ExpectedVersion", "LoadInfo", "NewEvent", "RecordedEvent", "Repository",
-    "SchemaError", "Snapshot", "SnapshotStore", "StoreStats", "StoreUnavailable", "UpcastError",
+    "Aggregate", "AggregateNotFound", "AppendResult", "Checkpoint", "CheckpointConflict",
+    "ConcurrencyError", "EventStore", "EventStoreError", "ExpectedVersion", "LoadInfo",
+    "NewEvent", "RecordedEvent", "Repository", "SchemaError", "Snapshot", "SnapshotStore",
+    "StoreStats", "StoreUnavailable", "StreamAppend", "Subscription", "UpcastError",
     "UpcasterRegistry", "ValidationError",
 ]
 

@@ -27,6 +27,21 @@ class ConcurrencyError(EventStoreError):
         )
 
 
+class CheckpointConflict(EventStoreError):
+    """A consumer's checkpoint was not moved forward: the stored position is already at or
+    past the one given (another instance of the consumer got there first). Nothing was
+    written; read the checkpoint again and go on from there."""
+
+    def __init__(self, consumer: str, position: int, stored_position: int) -> None:
+        self.consumer = consumer
+        self.position = position
+        self.stored_position = stored_position
+        super().__init__(
+            f"consumer {consumer!r}: checkpoint {position} is not past the stored checkpoint "
+            f"{stored_position}. Another instance has handled these events; read the "
+            "checkpoint again and continue after it.")
+
+
 class StoreUnavailable(EventStoreError):
     """The backend could not be reached or failed transiently; safe to retry."""
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -81,6 +82,27 @@ class AppendResult:
     idempotent: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class StreamAppend:
+    """One stream's part of `EventStore.append_many`: its events and its own expectation."""
+
+    stream_id: str
+    events: Sequence[NewEvent]
+    expected_version: Expected = ExpectedVersion.ANY
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """A named consumer's position in the global log: the last position it has handled.
+
+    Stored with `save_checkpoint`, or atomically with events by `append_many`. A
+    checkpoint only moves forward: see `CheckpointConflict`.
+    """
+
+    consumer: str
+    position: int
+
+
 def validate_stream_id(stream_id: object) -> str:
     if not isinstance(stream_id, str) or not stream_id:
         raise ValidationError("stream id must be a non-empty string")
@@ -107,3 +129,17 @@ def validate_expected(expected: object) -> Expected:
             "a new stream, ExpectedVersion.ANY to skip the check"
         )
     return expected
+
+
+def validate_checkpoint(checkpoint: object) -> Checkpoint:
+    if not isinstance(checkpoint, Checkpoint):
+        raise ValidationError(f"checkpoint must be a Checkpoint, not {type(checkpoint).__name__}")
+    consumer = checkpoint.consumer
+    if not isinstance(consumer, str) or not STREAM_ID_PATTERN.match(consumer):
+        raise ValidationError(
+            f"consumer name {str(consumer)[:60]!r} is not allowed: use 1-200 letters, digits "
+            "and _ . : @ + = ~ - (the rules of stream ids)")
+    position = checkpoint.position
+    if isinstance(position, bool) or not isinstance(position, int) or not 0 <= position < 2**63:
+        raise ValidationError(f"checkpoint position must be an int >= 0, not {position!r}")
+    return checkpoint

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -22,13 +21,12 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import anyio
 import anyio.to_thread
-from fastapi import Body, FastAPI, Header, Path, Query, Request
+from fastapi import Body, FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from pydantic import ValidationError as PydanticValidationError
-from sse_starlette.sse import EventSourceResponse
 
 from eventstore import metrics
 from eventstore.aggregate import Aggregate
@@ -50,7 +48,8 @@ from eventstore.server.asgi import ASGIApp
 from eventstore.server.auth import GuardMiddleware
 from eventstore.server.deadline import DeadlineMiddleware, ReadinessCheck
 from eventstore.server.limits import SubscriberLimit
-from eventstore.server.pages import DEFAULT_MAX_PAGE_BYTES, Fetch, encode_page
+from eventstore.server.log_api import log_router
+from eventstore.server.pages import DEFAULT_MAX_PAGE_BYTES, encode_page
 from eventstore.server.wire import (
     BIGINT,
     MAX_PAGE,
@@ -58,7 +57,6 @@ from eventstore.server.wire import (
     AppendOut,
     ConflictOut,
     ErrorOut,
-    PageOut,
     ProjectionsOut,
     SnapshotIn,
     SnapshotOut,
@@ -79,7 +77,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-_POSITION = re.compile(r"[0-9]{1,19}")
 #: /readyz answers within this, under the kubelet's 1 s probe timeout.
 READY_TIMEOUT_SECONDS = 0.5
 
@@ -199,7 +196,6 @@ def create_app(services: Services, token: str, max_body_bytes: int = 4 * 1024 * 
                               "<token>` on every path except /healthz and /readyz.")
     appends = Appends(services.store, threads=append_threads,
                       async_pool_size=append_pool_size)
-    subscription_threads = anyio.CapacityLimiter(256)
     store = services.store
     readiness = ReadinessCheck(store.schema_is_current, READY_TIMEOUT_SECONDS)
 
@@ -306,71 +302,6 @@ def create_app(services: Services, token: str, max_body_bytes: int = 4 * 1024 * 
         return StreamOut.model_validate({"stream_id": stream_id,
                                          "events": [event_to_dict(e) for e in events]})
 
-    def log_from(start: int) -> Fetch:
-        """Reads of the global log from `start`, for encode_page."""
-        return lambda last, count: store.read_all(
-            start if last is None else last.position + 1, count)
-
-    @app.get("/all", tags=["streams"], summary="A page of the global log",
-             response_model=PageOut, responses=_ERRORS,
-             description="At most `limit` events and about EVENTSTORE_MAX_PAGE_BYTES; "
-                         "continue from `next_position` (`truncated`: the byte budget cut "
-                         "the page short).")
-    def read_all(
-        from_position: Annotated[int, Query(ge=0, le=BIGINT)] = 0,
-        limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
-    ) -> Response:
-        page = encode_page(log_from(from_position), limit, max_page_bytes)
-        next_position = page.last.position + 1 if page.last is not None else from_position
-        return Response(b'{"events":' + page.events_json() + b',"next_position":'
-                        + str(next_position).encode() + b',"truncated":'
-                        + (b"true" if page.truncated else b"false") + b"}",
-                        media_type="application/json")
-
-    @app.get("/subscribe", tags=["streams"], response_class=EventSourceResponse,
-             summary="Live subscription to the global log (server-sent events)",
-             description="Each SSE message has `id` = the event's position and `data` = the "
-                         "event as JSON. Reconnect with Last-Event-ID to resume.",
-             responses={200: {"content": {"text/event-stream": {}}}, **_ERRORS})
-    async def subscribe(
-        request: Request,
-        from_position: Annotated[int, Query(ge=0, le=BIGINT)] = 0,
-        idle_timeout: Annotated[float | None, Query(gt=0, le=3600, description="Close after "
-                                                    "this many seconds without events")] = None,
-        last_event_id: Annotated[str | None, Header()] = None,
-    ) -> EventSourceResponse:
-        start = from_position
-        if last_event_id:
-            # ASCII digits only: str.isdigit() also takes superscripts, and int() refuses
-            # more than 4300 digits; both were 500s.
-            if not _POSITION.fullmatch(last_event_id) or int(last_event_id) >= BIGINT:
-                raise ValidationError("Last-Event-ID must be the position of an event (the "
-                                      "`id` of an SSE message this server sent)")
-            start = max(start, int(last_event_id) + 1)
-
-        async def stream() -> AsyncIterator[dict[str, str]]:
-            position = start
-            idle_since = time.monotonic()
-            while not await request.is_disconnected():
-                batch = await anyio.to_thread.run_sync(
-                    encode_page, log_from(position), 500, max_page_bytes,
-                    limiter=subscription_threads)
-                if batch.events:
-                    idle_since = time.monotonic()
-                    for event, data in zip(batch.events, batch.encoded, strict=True):
-                        yield {"id": str(event.position), "event": "event",
-                               "data": data.decode()}
-                    position = batch.events[-1].position + 1
-                    continue
-                idle = time.monotonic() - idle_since
-                if idle_timeout is not None and idle >= idle_timeout:
-                    return
-                wait = 1.0 if idle_timeout is None else min(1.0, idle_timeout - idle)
-                await anyio.to_thread.run_sync(store.wait_for_events, position - 1, wait,
-                                               limiter=subscription_threads)
-
-        return EventSourceResponse(stream(), ping=15)
-
     # -- snapshots ------------------------------------------------------------------------
 
     def _snapshots() -> SnapshotStore:
@@ -468,6 +399,7 @@ def create_app(services: Services, token: str, max_body_bytes: int = 4 * 1024 * 
         return JSONResponse({"name": name, "status": "rebuilding"}, status_code=202)
 
     app.include_router(aggregates_router(services, max_replay=max_replay_events))
+    app.include_router(log_router(store, max_page_bytes=max_page_bytes))
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:

@@ -10,7 +10,10 @@ pods take the snapshots, at the cadence of their ConfigMap (`settings()`).
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
+import threading
 from collections.abc import Iterator, Sequence
 from datetime import datetime
 from types import TracebackType
@@ -20,13 +23,22 @@ from uuid import UUID
 import httpx
 
 from eventstore.errors import (
+    CheckpointConflict,
     ConcurrencyError,
     EventStoreError,
     SchemaError,
     StoreUnavailable,
     ValidationError,
 )
-from eventstore.events import AppendResult, Expected, ExpectedVersion, NewEvent, RecordedEvent
+from eventstore.events import (
+    AppendResult,
+    Checkpoint,
+    Expected,
+    ExpectedVersion,
+    NewEvent,
+    RecordedEvent,
+    StreamAppend,
+)
 
 if TYPE_CHECKING:
     from eventstore.server.remote_snapshots import HTTPSnapshotStore
@@ -78,15 +90,21 @@ class EventStoreClient:
 
     def append(self, stream_id: str, events: Sequence[NewEvent],
                expected_version: Expected = ExpectedVersion.ANY) -> AppendResult:
-        expected = (expected_version.value if isinstance(expected_version, ExpectedVersion)
-                    else expected_version)
-        body = {"expected_version": expected, "events": [
-            {"id": str(e.id), "type": e.type, "payload": e.payload, "metadata": e.metadata,
-             "schema_version": e.schema_version} for e in events]}
-        data = self._call("POST", f"/streams/{stream_id}", json=body)
-        return AppendResult(stream_id=data["stream_id"], first_version=data["first_version"],
-                            next_expected_version=data["next_expected_version"],
-                            positions=tuple(data["positions"]), idempotent=data["idempotent"])
+        data = self._call("POST", f"/streams/{stream_id}",
+                          json=_append_body(events, expected_version))
+        return _append_result(data)
+
+    def append_many(self, appends: Sequence[StreamAppend], *,
+                    checkpoint: Checkpoint | None = None) -> list[AppendResult]:
+        """As `EventStore.append_many` (`POST /append-many`): all streams or none."""
+        body: dict[str, Any] = {"appends": [
+            {"stream_id": a.stream_id, **_append_body(a.events, a.expected_version)}
+            for a in appends]}
+        if checkpoint is not None:
+            body["checkpoint"] = {"consumer": checkpoint.consumer,
+                                  "position": checkpoint.position}
+        data = self._call("POST", "/append-many", json=body)
+        return [_append_result(r) for r in data["results"]]
 
     def read_stream(self, stream_id: str, from_version: int = 1, to_version: int | None = None,
                     as_of: datetime | None = None, backwards: bool = False,
@@ -137,31 +155,50 @@ class EventStoreClient:
                 return out
             from_version = page[-1].version + 1
 
-    def read_all(self, from_position: int = 0, limit: int = 1000) -> list[RecordedEvent]:
+    def read_all(self, from_position: int = 0, limit: int = 1000, *,
+                 to_position: int | None = None, types: Sequence[str] | None = None,
+                 stream_prefix: str | None = None, backwards: bool = False
+                 ) -> list[RecordedEvent]:
+        """As `EventStore.read_all`: at most `limit` (and PAGE) events. A page the server's
+        byte budget cut short says where to go on, and the client does."""
+        limit = min(limit, PAGE)
+        params: dict[str, Any] = {"from_position": from_position,
+                                  **_log_filters(to_position, types, stream_prefix)}
+        if backwards:
+            params["backwards"] = True
         events: list[RecordedEvent] = []
-        while True:  # a page the server's byte budget cut short says where to go on
-            data = self._call("GET", "/all", params={"from_position": from_position,
-                                                    "limit": limit - len(events)})
+        while True:
+            params["limit"] = limit - len(events)
+            data = self._call("GET", "/all", params=params)
             events.extend(event_from_dict(e) for e in data["events"])
             if not data.get("truncated") or len(events) >= limit:
                 return events
-            from_position = data["next_position"]
+            params["to_position" if backwards else "from_position"] = data["next_position"]
 
-    def subscribe(self, from_position: int = 0,
-                  idle_timeout: float | None = None) -> Iterator[RecordedEvent]:
-        """Follow the global log live (server-sent events); ends after `idle_timeout`."""
-        params: dict[str, Any] = {"from_position": from_position}
+    def head_position(self) -> int:
+        """The highest position a reader of the global log may see now."""
+        return int(self._call("GET", "/all/head")["head_position"])
+
+    def subscribe(self, from_position: int = 0, idle_timeout: float | None = None, *,
+                  to_position: int | None = None, types: Sequence[str] | None = None,
+                  stream_prefix: str | None = None) -> RemoteSubscription:
+        """Follow the global log live (server-sent events), with the filters of `read_all`;
+        ends after `idle_timeout`, past `to_position`, or when closed from any thread."""
+        params: dict[str, Any] = {"from_position": from_position,
+                                  **_log_filters(to_position, types, stream_prefix)}
         if idle_timeout is not None:
             params["idle_timeout"] = idle_timeout
-        with self._http.stream("GET", "/subscribe", params=params,
-                               timeout=httpx.Timeout(self._http.timeout.connect, read=None)
-                               ) as response:
-            if response.status_code != 200:
-                response.read()
-                self._raise(response)
-            for message in iter_sse(response.iter_lines()):
-                if message.get("event") == "event":
-                    yield event_from_dict(json.loads(message["data"]))
+        return RemoteSubscription(self, params)
+
+    # -- consumer checkpoints ------------------------------------------------------------
+
+    def save_checkpoint(self, consumer: str, position: int) -> None:
+        """As `EventStore.save_checkpoint`: CheckpointConflict unless it moves forward."""
+        self._call("PUT", f"/checkpoints/{consumer}", json={"position": position})
+
+    def read_checkpoint(self, consumer: str) -> int | None:
+        position = self._call("GET", f"/checkpoints/{consumer}")["position"]
+        return None if position is None else int(position)
 
     # -- snapshots -----------------------------------------------------------------------
 
@@ -270,9 +307,13 @@ class EventStoreClient:
             body = {}
         message = str(body.get("message") or body.get("detail") or response.text)
         status = response.status_code
+        if status == 409 and body.get("error") == "checkpoint_conflict":
+            raise CheckpointConflict(str(body["consumer"]), int(body["position"]),
+                                     int(body["stored_position"]))
         if status == 409:
-            raise ConcurrencyError(str(response.request.url.path).rsplit("/", 1)[-1],
-                                   body.get("expected_version"), int(body["actual_version"]))
+            stream_id = body.get("stream_id") or str(response.request.url.path).rsplit("/", 1)[-1]
+            raise ConcurrencyError(str(stream_id), body.get("expected_version"),
+                                   int(body["actual_version"]))
         if status == 401:
             raise Unauthorized(message)
         if status in (400, 413, 422):
@@ -292,3 +333,123 @@ class EventStoreClient:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.close()
+
+
+def _append_body(events: Sequence[NewEvent], expected_version: Expected) -> dict[str, Any]:
+    expected = (expected_version.value if isinstance(expected_version, ExpectedVersion)
+                else expected_version)
+    return {"expected_version": expected, "events": [
+        {"id": str(e.id), "type": e.type, "payload": e.payload, "metadata": e.metadata,
+         "schema_version": e.schema_version} for e in events]}
+
+
+def _append_result(data: dict[str, Any]) -> AppendResult:
+    return AppendResult(stream_id=data["stream_id"], first_version=data["first_version"],
+                        next_expected_version=data["next_expected_version"],
+                        positions=tuple(data["positions"]), idempotent=data["idempotent"])
+
+
+class RemoteSubscription(Iterator[RecordedEvent]):
+    """`GET /subscribe` as an iterator that another thread can `close()`.
+
+    Closing shuts the connection's socket down, which wakes a read blocked on it at once
+    (closing a socket does not, on Linux), so the iterating thread ends promptly and the
+    connection is released; no thread is started.
+    """
+
+    def __init__(self, client: EventStoreClient, params: dict[str, Any]) -> None:
+        self._client = client
+        self._params = params
+        self._closed = threading.Event()
+        self._lock = threading.Lock()
+        self._response: httpx.Response | None = None
+        self._messages: Iterator[dict[str, str]] | None = None
+
+    @property
+    def closed(self) -> bool:
+        return self._closed.is_set()
+
+    def close(self) -> None:
+        """End the iteration (idempotent; safe from any thread)."""
+        with self._lock:
+            self._closed.set()
+            response = self._response
+        if response is not None:
+            stream = response.extensions.get("network_stream")
+            sock = stream.get_extra_info("socket") if stream is not None else None
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+    def __enter__(self) -> RemoteSubscription:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+        self._release()
+
+    def __iter__(self) -> RemoteSubscription:
+        return self
+
+    def __del__(self) -> None:
+        # Left mid-iteration (a `break`), as the generator it replaced was: let the
+        # connection go back to the pool.
+        with contextlib.suppress(Exception):
+            self._release()
+
+    def __next__(self) -> RecordedEvent:
+        try:
+            if self._messages is None:
+                self._open()
+            assert self._messages is not None
+            for message in self._messages:
+                if self._closed.is_set():
+                    break
+                if message.get("event") == "event":
+                    return event_from_dict(json.loads(message["data"]))
+        except (httpx.TransportError, httpx.StreamError) as exc:
+            if not self._closed.is_set():
+                self._release()
+                raise StoreUnavailable(f"the subscription to the event store was cut: {exc}"
+                                       ) from exc
+        self._closed.set()
+        self._release()
+        raise StopIteration
+
+    def _open(self) -> None:
+        http = self._client._http
+        request = http.build_request("GET", "/subscribe", params=self._params,
+                                     timeout=httpx.Timeout(http.timeout.connect, read=None))
+        try:
+            response = http.send(request, stream=True)
+        except httpx.TransportError as exc:
+            raise StoreUnavailable(f"the event store at {http.base_url} did not answer: "
+                                   f"{exc}") from exc
+        with self._lock:
+            self._response = response
+            closed = self._closed.is_set()
+        if response.status_code != 200:
+            response.read()
+            self._release()
+            self._client._raise(response)
+        if closed:
+            self.close()
+        self._messages = iter_sse(response.iter_lines())
+
+    def _release(self) -> None:
+        with self._lock:
+            response, self._response = self._response, None
+        if response is not None:
+            response.close()
+
+
+def _log_filters(to_position: int | None, types: Sequence[str] | None,
+                 stream_prefix: str | None) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    if to_position is not None:
+        params["to_position"] = to_position
+    if types:
+        params["types"] = list(types)
+    if stream_prefix is not None:
+        params["stream_prefix"] = stream_prefix
+    return params

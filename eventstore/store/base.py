@@ -3,13 +3,24 @@
 from __future__ import annotations
 
 import abc
+import threading
 import time
+from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
-from eventstore.events import AppendResult, Expected, ExpectedVersion, NewEvent, RecordedEvent
+from eventstore.events import (
+    AppendResult,
+    Checkpoint,
+    Expected,
+    ExpectedVersion,
+    NewEvent,
+    RecordedEvent,
+    StreamAppend,
+)
+from eventstore.store.encoding import check_read_all
 
 DEFAULT_MAX_PAYLOAD_BYTES = 1024 * 1024
 #: The most events one append may carry (PostgreSQL positions reserve 20 bits per batch).
@@ -101,12 +112,46 @@ class EventStore(abc.ABC):
         before `as_of`. Backwards reads start at `to_version` (or the end)."""
 
     @abc.abstractmethod
-    def read_all(self, from_position: int = 0, limit: int = 1000) -> list[RecordedEvent]:
-        """A page of the global log: events with position >= from_position, in order.
+    def read_all(self, from_position: int = 0, limit: int = 1000, *,
+                 to_position: int | None = None, types: Sequence[str] | None = None,
+                 stream_prefix: str | None = None, backwards: bool = False
+                 ) -> list[RecordedEvent]:
+        """A page of the global log: events with from_position <= position <= to_position,
+        in order; only events of the given `types`, and only of streams whose id starts
+        with `stream_prefix`, when given (both served by indexes on PostgreSQL).
 
         Never skips: an event not yet returned always has a position greater than every
         position already returned. Continue with `from_position = page[-1].position + 1`.
+        Backwards pages start at `to_position` (or the head) and go down: continue with
+        `to_position = page[-1].position - 1`.
         """
+
+    @abc.abstractmethod
+    def head_position(self) -> int:
+        """The highest position a reader of the global log may see now (0: an empty log)."""
+
+    # -- several streams at once, and consumer checkpoints -----------------------------
+
+    @abc.abstractmethod
+    def append_many(self, appends: Sequence[StreamAppend], *,
+                    checkpoint: Checkpoint | None = None) -> list[AppendResult]:
+        """Append to several streams in one transaction, each with its own expected version,
+        and optionally move a consumer's checkpoint in the same transaction: all or nothing.
+
+        Raises ConcurrencyError naming a stream whose expectation did not hold, with its
+        actual version, and CheckpointConflict when the checkpoint would not move forward.
+        Re-sending the same append_many returns the first results (each `idempotent`).
+        Results, and the positions of the events, are in the order of `appends`.
+        """
+
+    def save_checkpoint(self, consumer: str, position: int) -> None:
+        """Record that `consumer` has handled the global log up to `position`. Raises
+        CheckpointConflict unless `position` is past the stored one."""
+        self.append_many([], checkpoint=Checkpoint(consumer, position))
+
+    @abc.abstractmethod
+    def read_checkpoint(self, consumer: str) -> int | None:
+        """The consumer's stored position, or None when it has none yet."""
 
     @abc.abstractmethod
     def read_archived_stream(self, stream_id: str) -> list[RecordedEvent]:
@@ -123,8 +168,14 @@ class EventStore(abc.ABC):
         """
 
     @abc.abstractmethod
-    def wait_for_events(self, after_position: int, timeout: float) -> bool:
-        """Block until an event past `after_position` may be readable, or `timeout` passes."""
+    def wait_for_events(self, after_position: int, timeout: float,
+                        interrupt: threading.Event | None = None) -> bool:
+        """Block until an event past `after_position` may be readable, `timeout` passes, or
+        `interrupt` is set (`wake_waiters()` makes a waiter notice that at once)."""
+
+    @abc.abstractmethod
+    def wake_waiters(self) -> None:
+        """Wake every `wait_for_events` call, so that each checks its `interrupt`."""
 
     @abc.abstractmethod
     def stream_version(self, stream_id: str) -> int:
@@ -149,30 +200,97 @@ class EventStore(abc.ABC):
         batch_size: int = 500,
         idle_timeout: float | None = None,
         poll_interval: float = 1.0,
-    ) -> Iterator[RecordedEvent]:
-        """Follow the global log from `from_position`, live: yields each event once, in order.
+        *,
+        to_position: int | None = None,
+        types: Sequence[str] | None = None,
+        stream_prefix: str | None = None,
+    ) -> Subscription:
+        """Follow the global log from `from_position`, live: yields each event once, in order,
+        with the filters of `read_all`. Close the returned Subscription (from any thread, or
+        by leaving its `with` block) to end the iteration promptly.
 
         Wakes promptly after a commit (LISTEN/NOTIFY on PostgreSQL) and also polls every
-        `poll_interval` seconds. Stops after `idle_timeout` seconds without events, if given.
+        `poll_interval` seconds. Ends after `idle_timeout` seconds without events, if given,
+        and once the log has passed `to_position`, if given.
         """
-        position = from_position
-        idle_since = time.monotonic()
-        while True:
-            page = self.read_all(from_position=position, limit=batch_size)
-            if page:
-                idle_since = time.monotonic()
-                yield from page
-                position = page[-1].position + 1
-                continue
-            if idle_timeout is not None and time.monotonic() - idle_since >= idle_timeout:
-                return
-            wait = poll_interval
-            if idle_timeout is not None:
-                wait = min(wait, max(0.0, idle_timeout - (time.monotonic() - idle_since)))
-            self.wait_for_events(position - 1, wait)
+        check_read_all(from_position, batch_size, to_position, types, stream_prefix)
+        return Subscription(self, from_position, batch_size, idle_timeout, poll_interval,
+                            to_position=to_position, types=types, stream_prefix=stream_prefix)
 
     def __enter__(self) -> EventStore:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class Subscription(Iterator[RecordedEvent]):
+    """A live iteration of the global log (see `EventStore.subscribe`).
+
+    `close()` may be called from any thread: the iterating thread stops at once when it is
+    waiting for events, or after the one read it is in. A subscription has no thread and
+    no connection of its own, so closing it leaves nothing behind.
+    """
+
+    def __init__(self, store: EventStore, from_position: int, batch_size: int,
+                 idle_timeout: float | None, poll_interval: float, *,
+                 to_position: int | None = None, types: Sequence[str] | None = None,
+                 stream_prefix: str | None = None) -> None:
+        self._store = store
+        #: Where the next read starts: one past the last event handed out.
+        self.position = from_position
+        self._batch_size = batch_size
+        self._idle_timeout = idle_timeout
+        self._poll_interval = poll_interval
+        self._to_position = to_position
+        self._types = tuple(types or ())
+        self._stream_prefix = stream_prefix
+        self._buffer: deque[RecordedEvent] = deque()
+        self._stop = threading.Event()
+        self._idle_since = time.monotonic()
+
+    @property
+    def closed(self) -> bool:
+        return self._stop.is_set()
+
+    def close(self) -> None:
+        """End the iteration (idempotent; safe from any thread)."""
+        self._stop.set()
+        self._store.wake_waiters()
+
+    def __enter__(self) -> Subscription:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __iter__(self) -> Subscription:
+        return self
+
+    def __next__(self) -> RecordedEvent:
+        while not self._stop.is_set():
+            if self._buffer:
+                event = self._buffer.popleft()
+                self.position = event.position + 1
+                return event
+            if self._to_position is not None and self.position > self._to_position:
+                break
+            page = self._store.read_all(self.position, self._batch_size,
+                                        to_position=self._to_position, types=self._types,
+                                        stream_prefix=self._stream_prefix)
+            if page:
+                self._idle_since = time.monotonic()
+                self._buffer.extend(page)
+                continue
+            if self._to_position is not None and \
+                    self._store.head_position() >= self._to_position:
+                break  # every event up to to_position is settled, and none is left
+            idle = time.monotonic() - self._idle_since
+            if self._idle_timeout is not None and idle >= self._idle_timeout:
+                break
+            wait = self._poll_interval
+            if self._idle_timeout is not None:
+                wait = min(wait, max(0.0, self._idle_timeout - idle))
+            self._store.wait_for_events(self.position - 1, wait, interrupt=self._stop)
+        self._stop.set()
+        raise StopIteration

@@ -5,13 +5,20 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
+from uuid import UUID
 
 from eventstore.errors import ValidationError
 from eventstore.events import (
     EVENT_TYPE_PATTERN,
     AppendResult,
+    Checkpoint,
+    Expected,
+    ExpectedVersion,
     NewEvent,
+    StreamAppend,
+    validate_expected,
     validate_stream_id,
 )
 
@@ -110,11 +117,101 @@ def check_read_stream(
             raise ValidationError(f"{name} must be an int >= {0 if name != 'limit' else 1}, not {value!r}")
 
 
-def check_read_all(from_position: int, limit: int) -> None:
+#: The most event types one filtered read of the global log may name.
+MAX_FILTER_TYPES = 100
+_PREFIX_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:@+=~-]{0,199}$")
+
+
+@dataclass(frozen=True, slots=True)
+class LogQuery:
+    """A checked read of the global log (see EventStore.read_all)."""
+
+    from_position: int
+    to_position: int | None
+    limit: int
+    types: tuple[str, ...]
+    stream_prefix: str | None
+    backwards: bool
+
+
+def check_read_all(from_position: int, limit: int, to_position: int | None = None,
+                   types: Sequence[str] | None = None, stream_prefix: str | None = None,
+                   backwards: bool = False) -> LogQuery:
     if isinstance(from_position, bool) or not isinstance(from_position, int) or from_position < 0:
         raise ValidationError(f"from_position must be an int >= 0, not {from_position!r}")
     if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 100_000:
         raise ValidationError(f"limit must be an int from 1 to 100000, not {limit!r}")
+    if to_position is not None and (isinstance(to_position, bool) or
+                                    not isinstance(to_position, int) or to_position < 0):
+        raise ValidationError(f"to_position must be an int >= 0 or None, not {to_position!r}")
+    if isinstance(types, str) or (types is not None and not isinstance(types, Sequence)):
+        raise ValidationError(f"types must be a list of event types, not {types!r}")
+    checked = tuple(dict.fromkeys(types or ()))
+    if len(checked) > MAX_FILTER_TYPES:
+        raise ValidationError(f"types names {len(checked)} event types; the limit is "
+                              f"{MAX_FILTER_TYPES} per read")
+    for name in checked:
+        if not isinstance(name, str) or not EVENT_TYPE_PATTERN.match(name):
+            raise ValidationError(f"types has {str(name)[:60]!r}, which is not an event type")
+    if stream_prefix is not None and (not isinstance(stream_prefix, str) or
+                                      not _PREFIX_PATTERN.match(stream_prefix)):
+        raise ValidationError(
+            f"stream_prefix {str(stream_prefix)[:60]!r} is not the start of a stream id "
+            "(letters, digits and _ . : @ + = ~ -, at most 200)")
+    if not isinstance(backwards, bool):
+        raise ValidationError(f"backwards must be a bool, not {backwards!r}")
+    return LogQuery(from_position, to_position, limit, checked, stream_prefix or None, backwards)
+
+
+def check_append_many(appends: Sequence[StreamAppend], max_payload_bytes: int, max_events: int
+                      ) -> list[tuple[StreamAppend, Expected, list[tuple[str, str]]]]:
+    """Validate an append_many's input: each stream's append as for `append`, every stream
+    once, every event id once, at most `max_events` events in all."""
+    if isinstance(appends, StreamAppend) or not isinstance(appends, Sequence):
+        raise ValidationError("appends must be a list of StreamAppend")
+    out = []
+    streams: set[str] = set()
+    ids: set[UUID] = set()
+    total = 0
+    for index, item in enumerate(appends):
+        if not isinstance(item, StreamAppend):
+            raise ValidationError(f"append {index} is a {type(item).__name__}, not a StreamAppend")
+        encoded = check_append(item.stream_id, item.events, max_payload_bytes, max_events)
+        expected = validate_expected(item.expected_version)
+        if item.stream_id in streams:
+            raise ValidationError(f"stream {item.stream_id!r} appears twice in one append_many: "
+                                  "put all of a stream's events in one StreamAppend")
+        streams.add(item.stream_id)
+        for event in item.events:
+            if event.id in ids:
+                raise ValidationError(f"event id {event.id} appears twice in one append_many")
+            ids.add(event.id)
+        total += len(item.events)
+        out.append((item, expected, encoded))
+    if total > max_events:
+        raise ValidationError(f"append_many has {total} events; the limit is {max_events} in "
+                              "all: split it")
+    return out
+
+
+def earlier_appends(appends: Sequence[StreamAppend],
+                    stored: Sequence[tuple[str, str, int, int]]) -> list[AppendResult] | None:
+    """As `earlier_append`, for a whole append_many: the first results when every one of
+    its appends is stored (a re-send), None when none is; ValidationError otherwise."""
+    by_id = {str(row[0]): row for row in stored}
+    results = []
+    for item in appends:
+        ids = [str(e.id) for e in item.events]
+        rows = sorted((by_id[i] for i in ids if i in by_id), key=lambda r: int(r[2]))
+        results.append(earlier_append(item.stream_id, ids, rows))
+    if all(r is None for r in results):
+        return None
+    if any(r is None for r in results):
+        raise ValidationError(
+            "append_many: some of its appends are already stored and others are not, so this "
+            "is not a re-send of one earlier append_many. Give new events new ids; re-send "
+            "an append_many only unchanged.")
+    return [r for r in results if r is not None]
 
 
 def earlier_append(stream_id: str, ids: Sequence[str],
@@ -136,3 +233,24 @@ def earlier_append(stream_id: str, ids: Sequence[str],
         "exact append (different stream, order or companions). Give new events new ids; "
         "re-send an append only unchanged."
     )
+
+
+def conflicts(expected: Expected, current: int) -> bool:
+    """True when a stream at version `current` does not meet `expected`."""
+    if expected is ExpectedVersion.ANY:
+        return False
+    if expected is ExpectedVersion.NO_STREAM:
+        return current > 0
+    if expected is ExpectedVersion.STREAM_EXISTS:
+        return current == 0
+    return expected != current
+
+
+def check_resent_checkpoint(checkpoint: Checkpoint | None, stored: int | None) -> None:
+    """A re-sent append_many is idempotent only with its checkpoint already in place: its
+    events stored without that checkpoint make it a different unit, refused."""
+    if checkpoint is not None and (stored is None or stored < checkpoint.position):
+        raise ValidationError(
+            f"append_many: its events are already stored, but consumer "
+            f"{checkpoint.consumer!r} is at {stored}, not at or past {checkpoint.position}: "
+            "this is not a re-send of the append_many that stored them")

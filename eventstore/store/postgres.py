@@ -17,6 +17,7 @@ from psycopg.rows import TupleRow
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from eventstore.errors import (
+    CheckpointConflict,
     ConcurrencyError,
     EventStoreError,
     SchemaError,
@@ -25,19 +26,27 @@ from eventstore.errors import (
 )
 from eventstore.events import (
     AppendResult,
+    Checkpoint,
     Expected,
     ExpectedVersion,
     NewEvent,
     RecordedEvent,
+    StreamAppend,
+    validate_checkpoint,
     validate_expected,
     validate_stream_id,
 )
 from eventstore.store.base import MAX_EVENTS_PER_APPEND, AsyncAppend, EventStore, StoreStats
 from eventstore.store.encoding import (
+    LogQuery,
     check_append,
+    check_append_many,
     check_read_all,
     check_read_stream,
+    check_resent_checkpoint,
+    conflicts,
     earlier_append,
+    earlier_appends,
 )
 from eventstore.store.postgres_schema import MIGRATIONS, SCHEMA_VERSION
 
@@ -59,12 +68,12 @@ _CURRENT_VERSION = ("coalesce((SELECT max(version) FROM es_events WHERE stream_i
 # only when the expectation holds on the version it read; a concurrent append that read
 # the same version collides on UNIQUE (stream_id, version) and gets UniqueViolation.
 # Expectation codes: n >= 0 exact (0: no stream), -1 NO_STREAM, -2 ANY, -4 STREAM_EXISTS.
-APPEND_SQL = f"""
+_APPEND_TEMPLATE = f"""
 WITH cur AS (SELECT {_CURRENT_VERSION.format(s="%(stream)s")} AS v),
 ins AS (
     INSERT INTO es_events (position, id, stream_id, version, type, schema_version,
                            payload, metadata, recorded_at, tx_id)
-    SELECT (pg_current_xact_id()::text::bigint << 20) | (u.n - 1), u.id, %(stream)s,
+    SELECT (pg_current_xact_id()::text::bigint << 20) | (u.n - 1@OFFSET@), u.id, %(stream)s,
            cur.v + u.n, u.type, u.sv, u.payload, u.metadata, clock_timestamp(),
            pg_current_xact_id()
       FROM cur, ROWS FROM (jsonb_to_recordset(%(events)s::jsonb)
@@ -74,7 +83,15 @@ ins AS (
         OR (%(expected)s = -1 AND cur.v = 0) OR %(expected)s = cur.v
     RETURNING position)
 SELECT (SELECT v FROM cur), (SELECT array_agg(position ORDER BY position) FROM ins)
-""".encode()
+"""
+APPEND_SQL = _APPEND_TEMPLATE.replace("@OFFSET@", "").encode()
+# The same, for one stream of an append_many: all its statements share the transaction's
+# id, so each numbers its events after those of the streams before it (%(offset)s).
+APPEND_MANY_SQL = _APPEND_TEMPLATE.replace("@OFFSET@", " + %(offset)s").encode()
+_CHECKPOINT_SQL = (
+    b"INSERT INTO es_consumer_checkpoints AS c (consumer, position) VALUES (%s, %s)"
+    b" ON CONFLICT (consumer) DO UPDATE SET position = excluded.position, updated_at = now()"
+    b" WHERE c.position < excluded.position RETURNING position")
 _EVENT_COLUMNS = ("position, id, stream_id, version, type, schema_version, payload, metadata, "
                   "recorded_at")
 #: Rows below this position are committed and will never be joined by an earlier one.
@@ -96,6 +113,11 @@ def _append_params(stream_id: str, events: Sequence[NewEvent], expected: int | E
                   max_payload_bytes: int, max_events: int) -> dict[str, Any]:
     """APPEND_SQL's parameters; raises ValidationError for bad input before any I/O."""
     encoded = check_append(stream_id, events, max_payload_bytes, max_events)
+    return _encoded_params(stream_id, events, expected, encoded)
+
+
+def _encoded_params(stream_id: str, events: Sequence[NewEvent], expected: int | ExpectedVersion,
+                    encoded: Sequence[tuple[str, str]]) -> dict[str, Any]:
     code = expected if isinstance(expected, int) else _EXPECTED_CODES[expected]
     # The batch travels as one JSON array, built from the payloads already encoded
     # for the size check: one text parameter is far cheaper to send than five arrays.
@@ -290,6 +312,99 @@ class PostgresEventStore(EventStore):
         return expected, _append_params(stream_id, events, expected, self.max_payload_bytes,
                                         self.max_events_per_append)
 
+    def append_many(self, appends: Sequence[StreamAppend], *,
+                    checkpoint: Checkpoint | None = None) -> list[AppendResult]:
+        checked = check_append_many(appends, self.max_payload_bytes, self.max_events_per_append)
+        if checkpoint is not None:
+            validate_checkpoint(checkpoint)
+        elif not checked:
+            raise ValidationError("append_many has nothing to do: give appends or a checkpoint")
+        items = [item for item, _, _ in checked]
+        statements = []
+        offset = 0
+        for item, expected, encoded in checked:
+            params = _encoded_params(item.stream_id, item.events, expected, encoded)
+            params["offset"] = offset
+            offset += len(item.events)
+            statements.append((item.stream_id, expected, params))
+        # Statements run in stream-id order, so that two append_many on the same streams
+        # wait for each other's uniqueness checks in one order and never deadlock. The
+        # positions follow the order given: they come from the offsets, not from the
+        # order of execution.
+        order = sorted(range(len(statements)), key=lambda i: statements[i][0])
+        for _ in range(_RACE_RETRIES):
+            try:
+                done = self._append_many_once([statements[i] for i in order], checkpoint)
+                results = [done[order.index(i)] for i in range(len(statements))]
+            except _Refused as refused:  # rolled back; perhaps a re-send of a committed one
+                earlier = self._stored_appends(items) if items else None
+                if earlier is not None:
+                    return self._resent(earlier, checkpoint)
+                raise refused.error from None
+            except psycopg.errors.UniqueViolation:
+                # A concurrent append took a version we read (or these ids are stored).
+                earlier = self._stored_appends(items)
+                if earlier is not None:
+                    return self._resent(earlier, checkpoint)
+                for stream_id, expected, _ in statements:
+                    actual = self.stream_version(stream_id)
+                    if conflicts(expected, actual):
+                        raise ConcurrencyError(stream_id, _show(expected), actual) from None
+                continue  # only ANY / STREAM_EXISTS streams raced: read again and retry
+            except psycopg.errors.DeadlockDetected:
+                continue  # rolled back whole; cannot come from two append_many (see above)
+            if results:
+                self.signal_append()
+            return results
+        raise StoreUnavailable(f"append_many lost {_RACE_RETRIES} races in a row; retry later")
+
+    def _append_many_once(self, statements: list[tuple[str, Expected, dict[str, Any]]],
+                          checkpoint: Checkpoint | None) -> list[AppendResult]:
+        """One transaction: the checkpoint first (its row lock queues a second instance of
+        the same consumer behind this one), then each stream's append statement."""
+        results = []
+        with self._connection() as conn, conn.transaction():
+            if checkpoint is not None:
+                moved = conn.execute(_CHECKPOINT_SQL,
+                                     (checkpoint.consumer, checkpoint.position)).fetchone()
+                if moved is None:
+                    row = conn.execute("SELECT position FROM es_consumer_checkpoints WHERE "
+                                       "consumer = %s", (checkpoint.consumer,)).fetchone()
+                    raise _Refused(CheckpointConflict(checkpoint.consumer, checkpoint.position,
+                                                      int(row[0]) if row else 0))
+            for stream_id, expected, params in statements:
+                row = conn.execute(APPEND_MANY_SQL, params).fetchone()
+                assert row is not None
+                current, positions = int(row[0]), row[1]
+                if positions is None:
+                    raise _Refused(ConcurrencyError(stream_id, _show(expected), current))
+                results.append(appended(stream_id, current, positions))
+        return results
+
+    def _resent(self, earlier: list[AppendResult], checkpoint: Checkpoint | None
+                ) -> list[AppendResult]:
+        if checkpoint is not None:
+            check_resent_checkpoint(checkpoint, self.read_checkpoint(checkpoint.consumer))
+        return earlier
+
+    def _stored_appends(self, items: list[StreamAppend]) -> list[AppendResult] | None:
+        ids = [e.id for item in items for e in item.events]
+        with self._connection() as conn:
+            rows = conn.execute(
+                "SELECT id, stream_id, version, position FROM es_events WHERE id = ANY(%b::uuid[])"
+                " UNION ALL SELECT id, stream_id, version, position FROM es_events_archive"
+                " WHERE id = ANY(%b::uuid[])",
+                (ids, ids),
+            ).fetchall()
+        return earlier_appends(items, rows)
+
+    def read_checkpoint(self, consumer: str) -> int | None:
+        validate_checkpoint(Checkpoint(consumer, 0))
+        with self._connection() as conn:
+            row = conn.execute("SELECT position FROM es_consumer_checkpoints WHERE consumer = %s",
+                               (consumer,)).fetchone()
+        return None if row is None else int(row[0])
+
     def _stored_append(self, stream_id: str, ids: list[UUID]) -> AppendResult | None:
         """The earlier result when exactly these events are stored already (a re-send);
         None when none of them is. Raises when only some are, or elsewhere."""
@@ -353,22 +468,21 @@ class PostgresEventStore(EventStore):
             )
             return cur.rowcount
 
-    def read_all(self, from_position: int = 0, limit: int = 1000) -> list[RecordedEvent]:
-        check_read_all(from_position, limit)
+    def read_all(self, from_position: int = 0, limit: int = 1000, *,
+                 to_position: int | None = None, types: Sequence[str] | None = None,
+                 stream_prefix: str | None = None, backwards: bool = False
+                 ) -> list[RecordedEvent]:
+        query = check_read_all(from_position, limit, to_position, types, stream_prefix,
+                               backwards)
+        sql, params, needs_sort = log_query_sql(query)
         with self._connection() as conn:
-            cur = conn.execute(
-                f"SELECT {_EVENT_COLUMNS} FROM es_events WHERE position >= %s "
-                f"AND {_CUTOFF_FILTER} ORDER BY position LIMIT %s",
-                (from_position, limit),
-            )
-            return [_row_to_event(r) for r in cur.fetchall()]
-
-    def stream_version(self, stream_id: str) -> int:
-        validate_stream_id(stream_id)
-        with self._connection() as conn:
-            row = conn.execute(f"SELECT {_CURRENT_VERSION.format(s='%s')}".encode(),
-                               (stream_id, stream_id)).fetchone()
-            return int(row[0]) if row else 0
+            if not needs_sort:
+                rows = conn.execute(sql, params).fetchall()
+            else:
+                with conn.transaction():
+                    conn.execute("SET LOCAL enable_sort = on")
+                    rows = conn.execute(sql, params).fetchall()
+        return [_row_to_event(r) for r in rows]
 
     def head_position(self) -> int:
         """The highest position a reader may see now (0 for an empty log)."""
@@ -376,6 +490,13 @@ class PostgresEventStore(EventStore):
             row = conn.execute(
                 f"SELECT coalesce(max(position), 0) FROM es_events WHERE {_CUTOFF_FILTER}"
             ).fetchone()
+            return int(row[0]) if row else 0
+
+    def stream_version(self, stream_id: str) -> int:
+        validate_stream_id(stream_id)
+        with self._connection() as conn:
+            row = conn.execute(f"SELECT {_CURRENT_VERSION.format(s='%s')}".encode(),
+                               (stream_id, stream_id)).fetchone()
             return int(row[0]) if row else 0
 
     def stats(self) -> StoreStats:
@@ -411,12 +532,19 @@ class PostgresEventStore(EventStore):
 
     # -- live subscriptions ------------------------------------------------------------
 
-    def wait_for_events(self, after_position: int, timeout: float) -> bool:
+    def wait_for_events(self, after_position: int, timeout: float,
+                        interrupt: threading.Event | None = None) -> bool:
         self._ensure_listener()
         with self._wakeups:
             seen = self._wakeup_count
-            self._wakeups.wait_for(lambda: self._wakeup_count != seen or self._closed, timeout)
+            self._wakeups.wait_for(
+                lambda: self._wakeup_count != seen or self._closed
+                or (interrupt is not None and interrupt.is_set()), timeout)
             return self._wakeup_count != seen
+
+    def wake_waiters(self) -> None:
+        with self._wakeups:
+            self._wakeups.notify_all()
 
     def async_appender(self, pool_size: int) -> AsyncAppend:
         from eventstore.store.postgres_async import AsyncAppender
@@ -572,3 +700,71 @@ def _safe_url(url: str) -> str:
 
 
 __all__ = ["UUID", "PostgresEventStore"]
+
+
+class _Refused(Exception):
+    """Inside append_many's transaction: roll back, then raise `error` unless the whole
+    append_many turns out to be a re-send of one already committed."""
+
+    def __init__(self, error: EventStoreError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def _category(prefix: str) -> str | None:
+    """The category a stream-id prefix names ("account-" -> "account"), or None."""
+    if prefix.endswith("-") and "-" not in prefix[:-1]:
+        return prefix[:-1]
+    return None
+
+
+def log_query_sql(query: LogQuery) -> tuple[bytes, dict[str, Any], bool]:
+    """read_all's statement for `query`, its parameters, and whether it needs a sort.
+
+    Unfiltered, it walks the primary key. Filtered, it walks one of the filter indexes
+    of migration 3 in position order, so a page costs about its own size: by type, one
+    index scan per type, each stopped after a page, the pages then merged (each branch
+    has its own ORDER BY and LIMIT: flattened into one UNION ALL, the planner loses
+    `type = ...` as an equality and walks the whole log); by category, one index scan.
+    Any other stream prefix takes a range of stream ids and sorts it. Filtered reads
+    bound and order by `position + 0`, the expression those indexes hold (see there).
+    The cut-off filter keeps the no-skip guarantee on every path.
+    """
+    filtered = bool(query.types) or query.stream_prefix is not None
+    pos = "(position + 0)" if filtered else "position"
+    params: dict[str, Any] = {"lo": query.from_position, "limit": query.limit}
+    conditions = [f"{pos} >= %(lo)s", _CUTOFF_FILTER]
+    if query.to_position is not None:
+        conditions.append(f"{pos} <= %(hi)s")
+        params["hi"] = query.to_position
+    needs_sort = False
+    if query.stream_prefix is not None:
+        category = _category(query.stream_prefix)
+        if category is not None:
+            conditions.append("split_part(stream_id, '-', 1) = %(category)s"
+                              " AND strpos(stream_id, '-') > 0")
+            params["category"] = category
+        else:
+            prefix = query.stream_prefix
+            conditions.append("stream_id ~>=~ %(prefix_lo)s AND stream_id ~<~ %(prefix_hi)s")
+            params["prefix_lo"] = prefix
+            params["prefix_hi"] = prefix[:-1] + chr(ord(prefix[-1]) + 1)
+            needs_sort = not query.types
+    where = " AND ".join(conditions)
+    direction = " DESC" if query.backwards else ""
+    if len(query.types) == 1:
+        where += " AND type = %(t0)s"
+        params["t0"] = query.types[0]
+    if len(query.types) > 1:
+        branches = []
+        for n, type_ in enumerate(query.types):
+            params[f"t{n}"] = type_
+            branches.append(f"(SELECT {_EVENT_COLUMNS} FROM es_events WHERE type = %(t{n})s "
+                            f"AND {where} ORDER BY {pos}{direction} LIMIT %(limit)s)")
+        sql = (f"SELECT {_EVENT_COLUMNS} FROM ({' UNION ALL '.join(branches)}) AS e "
+               f"ORDER BY position{direction} LIMIT %(limit)s")
+        needs_sort = True  # at most (types x limit) rows, each branch already in order
+    else:
+        sql = (f"SELECT {_EVENT_COLUMNS} FROM es_events WHERE {where} "
+               f"ORDER BY {pos}{direction} LIMIT %(limit)s")
+    return sql.encode(), params, needs_sort

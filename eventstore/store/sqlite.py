@@ -6,35 +6,45 @@ import contextlib
 import json
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from uuid import UUID
 
-from eventstore.errors import ConcurrencyError, SchemaError, StoreUnavailable, ValidationError
+from eventstore.errors import (
+    CheckpointConflict,
+    ConcurrencyError,
+    SchemaError,
+    StoreUnavailable,
+    ValidationError,
+)
 from eventstore.events import (
     AppendResult,
+    Checkpoint,
     Expected,
     ExpectedVersion,
     NewEvent,
     RecordedEvent,
-    validate_expected,
+    StreamAppend,
+    validate_checkpoint,
     validate_stream_id,
 )
 from eventstore.store.base import EventStore, StoreStats
 from eventstore.store.encoding import (
-    check_append,
+    check_append_many,
     check_read_all,
     check_read_stream,
-    earlier_append,
+    check_resent_checkpoint,
+    conflicts,
+    earlier_appends,
 )
 
 # SQLite lets one transaction write at a time (BEGIN IMMEDIATE takes the write lock), so a
 # position from AUTOINCREMENT is allocated and committed before the next writer starts:
 # commit order is position order and a reader of the global log can never skip an event.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 #: Projection checkpoints and dead letters; also the schema of a pod's local read-model file.
 PROJECTION_SCHEMA = """
 CREATE TABLE IF NOT EXISTS es_projection_checkpoints (
@@ -90,6 +100,12 @@ CREATE TABLE IF NOT EXISTS es_events_archive (
     archived_at    TEXT NOT NULL,
     UNIQUE (stream_id, version)
 );
+CREATE INDEX IF NOT EXISTS es_events_type_position ON es_events (type, position);
+CREATE TABLE IF NOT EXISTS es_consumer_checkpoints (
+    consumer   TEXT PRIMARY KEY,
+    position   INTEGER NOT NULL,
+    updated_at TEXT NOT NULL
+);
 """ + PROJECTION_SCHEMA
 _COLUMNS = "position, id, stream_id, version, type, schema_version, payload, metadata, recorded_at"
 
@@ -115,7 +131,12 @@ class SQLiteEventStore(EventStore):
         self._write_lock = threading.Lock()
         self._appended = threading.Condition()
         self._closed = False
-        self._connections: list[sqlite3.Connection] = []
+        # Every connection, and how many calls are using each right now. sqlite3 crashes
+        # the interpreter when a connection is closed while another thread runs a query
+        # on it, so close() waits for calls in flight and never closes a busy connection:
+        # a call still running after that wait closes its own connection when it ends.
+        self._state = threading.Condition()
+        self._connections: dict[sqlite3.Connection, int] = {}
         self._memory = self.path == ":memory:"
         if self._memory:
             # One shared connection: every :memory: connection is a separate database.
@@ -142,22 +163,49 @@ class SQLiteEventStore(EventStore):
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("PRAGMA foreign_keys=ON")
-        self._connections.append(conn)
+        with self._state:
+            self._connections[conn] = 0
         return conn
 
     @contextmanager
     def _conn(self) -> Iterator[sqlite3.Connection]:
+        if self._memory:
+            with self._write_lock, self._using(lambda: self._shared) as conn, \
+                    _translated_errors():
+                yield conn
+            return
+        with self._using(self._thread_connection) as conn, _translated_errors():
+            yield conn
+
+    def _thread_connection(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None or conn not in self._connections:
+            conn = self._local.conn = self._open()
+        return conn
+
+    @contextmanager
+    def _using(self, get: Callable[[], sqlite3.Connection]) -> Iterator[sqlite3.Connection]:
+        """A connection marked busy for the duration of one call (see __init__)."""
         if self._closed:
             raise StoreUnavailable("the event store is closed")
-        if self._memory:
-            with self._write_lock, _translated_errors():
-                yield self._shared
-            return
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = self._local.conn = self._open()
-        with _translated_errors():
+        conn = get()
+        with self._state:
+            if self._closed:  # closed while we opened it
+                if not self._connections.get(conn):
+                    self._connections.pop(conn, None)
+                    conn.close()
+                raise StoreUnavailable("the event store is closed")
+            self._connections[conn] = self._connections.get(conn, 0) + 1
+        try:
             yield conn
+        finally:
+            with self._state:
+                self._connections[conn] -= 1
+                if self._connections[conn] == 0:
+                    if self._closed:  # close() left it to us
+                        del self._connections[conn]
+                        conn.close()
+                    self._state.notify_all()
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
@@ -188,43 +236,81 @@ class SQLiteEventStore(EventStore):
         events: Sequence[NewEvent],
         expected_version: Expected = ExpectedVersion.ANY,
     ) -> AppendResult:
-        expected = validate_expected(expected_version)
-        encoded = check_append(stream_id, events, self.max_payload_bytes,
-                               self.max_events_per_append)
-        ids = [str(e.id) for e in events]
+        return self.append_many([StreamAppend(stream_id, events, expected_version)])[0]
+
+    def append_many(self, appends: Sequence[StreamAppend], *,
+                    checkpoint: Checkpoint | None = None) -> list[AppendResult]:
+        checked = check_append_many(appends, self.max_payload_bytes, self.max_events_per_append)
+        if checkpoint is not None:
+            validate_checkpoint(checkpoint)
+        elif not checked:
+            raise ValidationError("append_many has nothing to do: give appends or a checkpoint")
+        ids = [str(e.id) for item, _, _ in checked for e in item.events]
+        results: list[AppendResult] = []
         with self._write() as conn:
-            row = conn.execute("SELECT version FROM es_streams WHERE stream_id = ?",
-                               (stream_id,)).fetchone()
-            current = int(row[0]) if row else 0
-            stored = conn.execute(
-                f"SELECT id, stream_id, version, position FROM es_events WHERE id IN "
-                f"({','.join('?' * len(ids))}) ORDER BY version", ids
-            ).fetchall()
-            earlier = earlier_append(stream_id, ids, stored)
+            stored = []
+            for start in range(0, len(ids), 500):
+                chunk = ids[start:start + 500]
+                stored.extend(conn.execute(
+                    "SELECT id, stream_id, version, position FROM es_events WHERE id IN "
+                    f"({','.join('?' * len(chunk))})", chunk).fetchall())
+            earlier = earlier_appends([item for item, _, _ in checked], stored) if ids else None
+            if checkpoint is not None:
+                self._move_checkpoint(conn, checkpoint, resent=earlier is not None)
             if earlier is not None:
                 return earlier
-            if _conflicts(expected, current):
-                raise ConcurrencyError(
-                    stream_id, expected.value if isinstance(expected, ExpectedVersion) else
-                    expected, current)
             now = datetime.now(UTC).isoformat()
-            positions = []
-            for n, (event, (payload, metadata)) in enumerate(zip(events, encoded, strict=True)):
-                cur = conn.execute(
-                    f"INSERT INTO es_events ({_COLUMNS.removeprefix('position, ')}) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (str(event.id), stream_id, current + n + 1, event.type, event.schema_version,
-                     payload, metadata, now),
+            for item, expected, encoded in checked:
+                row = conn.execute("SELECT version FROM es_streams WHERE stream_id = ?",
+                                   (item.stream_id,)).fetchone()
+                current = int(row[0]) if row else 0
+                if conflicts(expected, current):
+                    raise ConcurrencyError(
+                        item.stream_id, expected.value if isinstance(expected, ExpectedVersion)
+                        else expected, current)
+                positions = []
+                for n, (event, (payload, metadata)) in enumerate(
+                        zip(item.events, encoded, strict=True)):
+                    cur = conn.execute(
+                        f"INSERT INTO es_events ({_COLUMNS.removeprefix('position, ')}) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        (str(event.id), item.stream_id, current + n + 1, event.type,
+                         event.schema_version, payload, metadata, now),
+                    )
+                    positions.append(int(cur.lastrowid or 0))
+                last = current + len(item.events)
+                conn.execute(
+                    "INSERT INTO es_streams (stream_id, version) VALUES (?, ?) "
+                    "ON CONFLICT (stream_id) DO UPDATE SET version = excluded.version",
+                    (item.stream_id, last),
                 )
-                positions.append(int(cur.lastrowid or 0))
-            conn.execute(
-                "INSERT INTO es_streams (stream_id, version) VALUES (?, ?) "
-                "ON CONFLICT (stream_id) DO UPDATE SET version = excluded.version",
-                (stream_id, current + len(events)),
-            )
-        with self._appended:
-            self._appended.notify_all()
-        return AppendResult(stream_id, current + 1, current + len(events), tuple(positions))
+                results.append(AppendResult(item.stream_id, current + 1, last, tuple(positions)))
+        if results:
+            with self._appended:
+                self._appended.notify_all()
+        return results
+
+    @staticmethod
+    def _move_checkpoint(conn: sqlite3.Connection, checkpoint: Checkpoint, resent: bool) -> None:
+        row = conn.execute("SELECT position FROM es_consumer_checkpoints WHERE consumer = ?",
+                           (checkpoint.consumer,)).fetchone()
+        if resent:  # idempotent only with its checkpoint already in place
+            check_resent_checkpoint(checkpoint, None if row is None else int(row[0]))
+            return
+        if row is not None and int(row[0]) >= checkpoint.position:
+            raise CheckpointConflict(checkpoint.consumer, checkpoint.position, int(row[0]))
+        conn.execute(
+            "INSERT INTO es_consumer_checkpoints (consumer, position, updated_at) "
+            "VALUES (?, ?, ?) ON CONFLICT (consumer) DO UPDATE SET "
+            "position = excluded.position, updated_at = excluded.updated_at",
+            (checkpoint.consumer, checkpoint.position, datetime.now(UTC).isoformat()))
+
+    def read_checkpoint(self, consumer: str) -> int | None:
+        validate_checkpoint(Checkpoint(consumer, 0))
+        with self._conn() as conn:
+            row = conn.execute("SELECT position FROM es_consumer_checkpoints WHERE consumer = ?",
+                               (consumer,)).fetchone()
+        return None if row is None else int(row[0])
 
     def read_stream(
         self,
@@ -283,19 +369,51 @@ class SQLiteEventStore(EventStore):
             return conn.execute(f"DELETE FROM es_events WHERE {where}",
                                 (stream_id, up_to_version, cutoff)).rowcount
 
-    def read_all(self, from_position: int = 0, limit: int = 1000) -> list[RecordedEvent]:
-        check_read_all(from_position, limit)
+    def read_all(self, from_position: int = 0, limit: int = 1000, *,
+                 to_position: int | None = None, types: Sequence[str] | None = None,
+                 stream_prefix: str | None = None, backwards: bool = False
+                 ) -> list[RecordedEvent]:
+        query = check_read_all(from_position, limit, to_position, types, stream_prefix,
+                               backwards)
+        sql = [f"SELECT {_COLUMNS} FROM es_events WHERE position >= ?"]
+        params: list[Any] = [query.from_position]
+        if query.to_position is not None:
+            sql.append("AND position <= ?")
+            params.append(query.to_position)
+        if query.types:
+            sql.append(f"AND type IN ({','.join('?' * len(query.types))})")
+            params.extend(query.types)
+        if query.stream_prefix is not None:
+            # A range on the (stream_id, version) index; ids are ASCII, so adding 1 to the
+            # last character gives the first string past every id with this prefix.
+            prefix = query.stream_prefix
+            sql.append("AND stream_id >= ? AND stream_id < ?")
+            params.extend([prefix, prefix[:-1] + chr(ord(prefix[-1]) + 1)])
+        sql.append("ORDER BY position DESC LIMIT ?" if query.backwards else
+                   "ORDER BY position LIMIT ?")
+        params.append(query.limit)
         with self._conn() as conn:
-            rows = conn.execute(
-                f"SELECT {_COLUMNS} FROM es_events WHERE position >= ? ORDER BY position LIMIT ?",
-                (from_position, limit),
-            ).fetchall()
+            rows = conn.execute(" ".join(sql), params).fetchall()
         return [_row_to_event(r) for r in rows]
 
-    def wait_for_events(self, after_position: int, timeout: float) -> bool:
+    def head_position(self) -> int:
+        # SQLite commits in position order: the highest position is settled.
+        with self._conn() as conn:
+            row = conn.execute("SELECT max(position) FROM es_events").fetchone()
+        return int(row[0] or 0)
+
+    def wait_for_events(self, after_position: int, timeout: float,
+                        interrupt: threading.Event | None = None) -> bool:
         # Wakes at once for appends in this process; other processes are seen by polling.
+        timeout = timeout if self._memory else min(timeout, 0.25)
         with self._appended:
-            return self._appended.wait(timeout=min(timeout, 0.25) if not self._memory else timeout)
+            if interrupt is not None and interrupt.is_set():
+                return False
+            return self._appended.wait(timeout=timeout)
+
+    def wake_waiters(self) -> None:
+        with self._appended:
+            self._appended.notify_all()
 
     def stream_version(self, stream_id: str) -> int:
         validate_stream_id(stream_id)
@@ -315,11 +433,17 @@ class SQLiteEventStore(EventStore):
         return StoreStats(events=int(events), streams=int(streams), archived_events=int(archived),
                           bytes=int(pages) * int(page_size), head_position=int(head))
 
-    def close(self) -> None:
-        self._closed = True
-        for conn in self._connections:
-            conn.close()
-        self._connections.clear()
+    def close(self, timeout: float = 30.0) -> None:
+        """Refuse new calls (StoreUnavailable), wait up to `timeout` seconds for the calls
+        in flight, and close the connections. A call still running after that closes its
+        own connection when it ends: a connection is never closed under a running query."""
+        with self._state:
+            self._closed = True
+            self._state.wait_for(lambda: not any(self._connections.values()), timeout)
+            for conn, busy in list(self._connections.items()):
+                if not busy:
+                    del self._connections[conn]
+                    conn.close()
         with self._appended:
             self._appended.notify_all()
 
@@ -347,13 +471,7 @@ def _translated_errors() -> Iterator[None]:
             raise SchemaError(
                 "the event store schema is missing: run `eventstore migrate` first") from exc
         raise StoreUnavailable(f"SQLite error: {exc}") from exc
-
-
-def _conflicts(expected: Expected, current: int) -> bool:
-    if expected is ExpectedVersion.ANY:
-        return False
-    if expected is ExpectedVersion.NO_STREAM:
-        return current > 0
-    if expected is ExpectedVersion.STREAM_EXISTS:
-        return current == 0
-    return expected != current
+    except sqlite3.ProgrammingError as exc:
+        if "closed" in str(exc):
+            raise StoreUnavailable("the event store is closed") from exc
+        raise

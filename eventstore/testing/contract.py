@@ -4,14 +4,28 @@ provide a `store` fixture that yields a fresh, migrated, empty store."""
 from __future__ import annotations
 
 import threading
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import uuid4
 
 import pytest
 
-from eventstore.errors import ConcurrencyError, SchemaError, ValidationError
-from eventstore.events import ExpectedVersion, NewEvent
+from eventstore.errors import (
+    CheckpointConflict,
+    ConcurrencyError,
+    SchemaError,
+    StoreUnavailable,
+    ValidationError,
+)
+from eventstore.events import (
+    AppendResult,
+    Checkpoint,
+    ExpectedVersion,
+    NewEvent,
+    RecordedEvent,
+    StreamAppend,
+)
 from eventstore.store.base import EventStore
 
 
@@ -278,6 +292,284 @@ class EventStoreContract:
         result = store.append("big", events)
         assert result.next_expected_version == 2000
         assert [e.payload["i"] for e in store.read_stream("big")] == list(range(2000))
+
+
+    # -- append_many ---------------------------------------------------------------------
+
+    def test_append_many_writes_every_stream_atomically(self, store: EventStore) -> None:
+        store.append("a", [ev(0)])
+        results = store.append_many([StreamAppend("a", [ev(1), ev(2)], 1),
+                                     StreamAppend("b", [ev(3)], ExpectedVersion.NO_STREAM),
+                                     StreamAppend("c", [ev(4)])])
+        assert [(r.stream_id, r.first_version, r.next_expected_version) for r in results] == [
+            ("a", 2, 3), ("b", 1, 1), ("c", 1, 1)]
+        positions = [p for r in results for p in r.positions]
+        assert positions == sorted(positions) and len(set(positions)) == 4
+        log = store.read_all()
+        assert [e.payload["n"] for e in log] == [0, 1, 2, 3, 4]
+        assert [e.position for e in log[1:]] == positions
+        assert [e.version for e in store.read_stream("a")] == [1, 2, 3]
+
+    def test_append_many_is_all_or_nothing_and_names_the_failing_stream(
+            self, store: EventStore) -> None:
+        store.append("a", [ev(0)])
+        store.append("b", [ev(0), ev(1)])
+        with pytest.raises(ConcurrencyError) as info:
+            store.append_many([StreamAppend("a", [ev(1)], 1), StreamAppend("new", [ev(2)]),
+                               StreamAppend("b", [ev(3)], 1)])
+        assert (info.value.stream_id, info.value.actual_version) == ("b", 2)
+        assert "'b'" in str(info.value)
+        assert len(store.read_all()) == 3
+        assert store.stream_version("a") == 1 and store.stream_version("new") == 0
+        with pytest.raises(ValidationError):
+            store.append_many([StreamAppend("a", [ev(1)]),
+                               StreamAppend("x", [NewEvent(type="T", payload={"x": object()})])])
+        assert len(store.read_all()) == 3
+
+    def test_append_many_resend_is_idempotent(self, store: EventStore) -> None:
+        batch = [StreamAppend("a", [ev(1), ev(2)], 0), StreamAppend("b", [ev(3)], 0)]
+        first = store.append_many(batch)
+        store.append("a", [ev(4)])
+        again = store.append_many(batch)
+        assert all(r.idempotent for r in again) and not any(r.idempotent for r in first)
+        assert [r.positions for r in again] == [r.positions for r in first]
+        assert len(store.read_all()) == 4
+        with pytest.raises(ValidationError, match="already stored"):
+            store.append_many([batch[0], StreamAppend("c", [ev(5)])])
+        assert store.stream_version("c") == 0
+
+    @pytest.mark.parametrize("appends", [
+        "not a list", [StreamAppend("a", [ev()]), StreamAppend("a", [ev()])],
+        [StreamAppend("bad id", [ev()])], [StreamAppend("a", [])],
+        [StreamAppend("a", [ev()], -1)], [("a", [ev()])], []])
+    def test_append_many_refuses_bad_input(self, store: EventStore, appends: Any) -> None:
+        with pytest.raises(ValidationError):
+            store.append_many(appends)
+        assert store.read_all() == []
+
+    def test_append_many_refuses_one_event_id_in_two_streams(self, store: EventStore) -> None:
+        event = ev()
+        with pytest.raises(ValidationError, match="twice"):
+            store.append_many([StreamAppend("a", [event]), StreamAppend("b", [event])])
+
+    def test_append_many_races_keep_versions_dense(self, store: EventStore) -> None:
+        """Threads append_many to overlapping streams with exact expectations: every
+        acknowledged batch is stored whole, every refusal names a stream that moved."""
+        streams = ["r0", "r1", "r2"]
+        acked: list[list[AppendResult]] = []
+        errors: list[BaseException] = []
+
+        def writer(n: int) -> None:
+            for i in range(20):
+                pair = [streams[(n + i) % 3], streams[(n + i + 1) % 3]]
+                try:
+                    expected = [store.stream_version(s) for s in pair]
+                    acked.append(store.append_many(
+                        [StreamAppend(s, [ev(i)], v) for s, v in zip(pair, expected,
+                                                                      strict=True)]))
+                except ConcurrencyError as exc:
+                    assert exc.stream_id in pair
+                except BaseException as exc:
+                    errors.append(exc)
+
+        threads = [threading.Thread(target=writer, args=(n,)) for n in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert not errors
+        for stream in streams:
+            assert [e.version for e in store.read_stream(stream)] == list(
+                range(1, store.stream_version(stream) + 1))
+        assert len(store.read_all(limit=10_000)) == 2 * len(acked)
+
+    # -- filtered, bounded and backwards reads of the log --------------------------------
+
+    def _filter_log(self, store: EventStore) -> list[RecordedEvent]:
+        for i in range(12):
+            stream = ["account-1", "account-2", "order-1", "accounting-9"][i % 4]
+            store.append(stream, [ev(i, type=["Opened", "Deposited", "Placed"][i % 3])])
+        return store.read_all()
+
+    def test_read_all_filters_by_type(self, store: EventStore) -> None:
+        log = self._filter_log(store)
+        page = store.read_all(types=["Deposited", "Placed"])
+        assert [e.id for e in page] == [e.id for e in log if e.type in ("Deposited", "Placed")]
+        assert store.read_all(types=["Nothing"]) == []
+        assert store.read_all(types=[]) == log
+        paged: list[RecordedEvent] = []
+        position = 0
+        while chunk := store.read_all(position, limit=3, types=["Opened"]):
+            paged.extend(chunk)
+            position = chunk[-1].position + 1
+        assert [e.id for e in paged] == [e.id for e in log if e.type == "Opened"]
+
+    def test_read_all_filters_by_stream_prefix(self, store: EventStore) -> None:
+        log = self._filter_log(store)
+        for prefix in ("account-", "account", "acc", "order-1", "a", "account-1"):
+            assert [e.id for e in store.read_all(stream_prefix=prefix)] == [
+                e.id for e in log if e.aggregate_id.startswith(prefix)], prefix
+            assert [e.id for e in store.read_all(stream_prefix=prefix, backwards=True)] == [
+                e.id for e in reversed(log) if e.aggregate_id.startswith(prefix)], prefix
+        assert [e.id for e in store.read_all(stream_prefix="account-", types=["Opened"])] == [
+            e.id for e in log if e.aggregate_id.startswith("account-") and e.type == "Opened"]
+        for bad in ("a b", "x/", "", "é"):
+            with pytest.raises(ValidationError, match="stream_prefix"):
+                store.read_all(stream_prefix=bad)
+
+    def test_read_all_bounds_and_backwards_paging(self, store: EventStore) -> None:
+        log = self._filter_log(store)
+        assert store.read_all(to_position=log[4].position) == log[:5]
+        assert store.read_all(log[2].position, to_position=log[4].position) == log[2:5]
+        assert store.read_all(backwards=True) == log[::-1]
+        assert store.read_all(backwards=True, limit=2) == log[:-3:-1]
+        back: list[RecordedEvent] = []
+        upper: int | None = None
+        while chunk := store.read_all(limit=5, backwards=True, to_position=upper):
+            back.extend(chunk)
+            upper = chunk[-1].position - 1
+            if upper < 0:
+                break
+        assert back == log[::-1]
+        assert store.read_all(log[3].position, backwards=True, to_position=log[6].position) == \
+            log[6:2:-1]
+        assert store.read_all(backwards=True, types=["Placed"], limit=2) == \
+            [e for e in reversed(log) if e.type == "Placed"][:2]
+        with pytest.raises(ValidationError, match="to_position"):
+            store.read_all(to_position=-1)
+        with pytest.raises(ValidationError, match="types"):
+            store.read_all(types="Opened")
+        with pytest.raises(ValidationError, match="types"):
+            store.read_all(types=["bad type"])
+
+    def test_head_position(self, store: EventStore) -> None:
+        assert store.head_position() == 0
+        store.append("s", [ev(), ev()])
+        assert store.head_position() == store.read_all()[-1].position
+        store.append_many([StreamAppend("a", [ev()]), StreamAppend("b", [ev()])])
+        assert store.head_position() == store.read_all(backwards=True, limit=1)[0].position
+
+    # -- subscriptions ---------------------------------------------------------------------
+
+    def test_subscribe_with_filters_and_upper_bound(self, store: EventStore) -> None:
+        log = self._filter_log(store)
+        wanted = [e for e in log if e.type == "Opened" and e.aggregate_id.startswith("account-")]
+        assert len(wanted) == 2
+        with store.subscribe(types=["Opened"], stream_prefix="account-", idle_timeout=5) as sub:
+            got = []
+            for event in sub:
+                got.append(event)
+                if event.id == wanted[-1].id:
+                    break
+        assert got == wanted
+        bounded = list(store.subscribe(to_position=log[5].position, poll_interval=30))
+        assert bounded == log[:6]
+        assert list(store.subscribe(log[6].position, to_position=log[5].position)) == []
+
+    def test_subscription_closed_from_another_thread_ends_promptly(
+            self, store: EventStore) -> None:
+        store.append("s", [ev(0)])
+        threads_before = threading.active_count()
+        subscription = store.subscribe(poll_interval=60)
+        received: list[RecordedEvent] = []
+        ended = threading.Event()
+
+        def follow() -> None:
+            received.extend(subscription)
+            ended.set()
+
+        thread = threading.Thread(target=follow)
+        thread.start()
+        deadline = time.monotonic() + 10
+        while not received and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.2)  # now waiting for events (the poll interval is 60 s)
+        started = time.monotonic()
+        subscription.close()
+        assert ended.wait(5), "the subscription did not end after close()"
+        assert time.monotonic() - started < 2
+        thread.join(5)
+        assert subscription.closed and len(received) == 1
+        assert list(subscription) == []
+        # No thread of its own is left (a backend may keep one listener for all).
+        assert threading.active_count() <= threads_before + 1
+
+    # -- consumer checkpoints ----------------------------------------------------------------
+
+    def test_checkpoints_move_forward_only(self, store: EventStore) -> None:
+        assert store.read_checkpoint("billing") is None
+        store.save_checkpoint("billing", 5)
+        assert store.read_checkpoint("billing") == 5
+        store.save_checkpoint("billing", 9)
+        for behind in (9, 3):
+            with pytest.raises(CheckpointConflict) as info:
+                store.save_checkpoint("billing", behind)
+            assert (info.value.stored_position, info.value.position) == (9, behind)
+        assert store.read_checkpoint("billing") == 9
+        assert store.read_checkpoint("other") is None
+        with pytest.raises(ValidationError, match="consumer"):
+            store.save_checkpoint("bad name", 1)
+        with pytest.raises(ValidationError, match="position"):
+            store.save_checkpoint("billing", -1)
+
+    def test_checkpoint_commits_atomically_with_append_many(self, store: EventStore) -> None:
+        store.append("in", [ev(1)])
+        handled = store.read_all()[0].position
+        out = [StreamAppend("out-1", [ev(2)], 0), StreamAppend("out-2", [ev(3)], 0)]
+        store.append_many(out, checkpoint=Checkpoint("proc", handled))
+        assert store.read_checkpoint("proc") == handled
+        assert store.stream_version("out-1") == 1
+        # A second instance handling the same event: refused, and its events are not stored.
+        with pytest.raises(CheckpointConflict):
+            store.append_many([StreamAppend("out-3", [ev(4)])],
+                              checkpoint=Checkpoint("proc", handled))
+        assert store.stream_version("out-3") == 0
+        # A conflict on a stream leaves the checkpoint where it was.
+        with pytest.raises(ConcurrencyError):
+            store.append_many([StreamAppend("out-1", [ev(5)], 0)],
+                              checkpoint=Checkpoint("proc", handled + 1))
+        assert store.read_checkpoint("proc") == handled
+        # Re-sending the committed unit (a lost reply) is idempotent, checkpoint included.
+        again = store.append_many(out, checkpoint=Checkpoint("proc", handled))
+        assert all(r.idempotent for r in again)
+        assert store.read_checkpoint("proc") == handled
+        # Events stored without a checkpoint are not a re-send of a unit that has one:
+        # refused, and the checkpoint stays.
+        for checkpoint in (Checkpoint("proc", handled + 5), Checkpoint("fresh", 1)):
+            with pytest.raises(ValidationError, match="already stored"):
+                store.append_many(out, checkpoint=checkpoint)
+        assert store.read_checkpoint("proc") == handled
+        assert store.read_checkpoint("fresh") is None
+        with pytest.raises(ValidationError):
+            store.append_many([])
+
+    # -- closing -----------------------------------------------------------------------
+
+    def test_close_under_running_readers_gives_store_unavailable(self, store: EventStore) -> None:
+        store.append("s", [ev(i) for i in range(500)])
+        errors: list[BaseException] = []
+        started = threading.Barrier(4)
+
+        def read() -> None:
+            started.wait()
+            try:
+                while True:
+                    store.read_all(limit=500)
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=read) for _ in range(3)]
+        for thread in threads:
+            thread.start()
+        started.wait()
+        store.close()
+        for thread in threads:
+            thread.join(30)
+        assert not any(t.is_alive() for t in threads)
+        assert [type(e) for e in errors] == [StoreUnavailable] * 3, errors
+        with pytest.raises(StoreUnavailable):
+            store.read_all()
+        store.close()  # closing twice is harmless
 
 
 class UnmigratedContract:
