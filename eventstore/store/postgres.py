@@ -712,10 +712,14 @@ class _Refused(Exception):
 
 
 def _category(prefix: str) -> str | None:
-    """The category a stream-id prefix names ("account-" -> "account"), or None."""
-    if prefix.endswith("-") and "-" not in prefix[:-1]:
-        return prefix[:-1]
-    return None
+    """The one category every stream with this prefix is in ("account-1" -> "account"),
+    or None when the prefix has no "-" (it may then span several categories)."""
+    category, dash, _ = prefix.partition("-")
+    return category if dash else None
+
+
+#: A stream's category as the category index holds it (see migration 3).
+_CATEGORY = "(split_part(stream_id, '-', 1) COLLATE \"C\")"
 
 
 def log_query_sql(query: LogQuery) -> tuple[bytes, dict[str, Any], bool]:
@@ -725,8 +729,9 @@ def log_query_sql(query: LogQuery) -> tuple[bytes, dict[str, Any], bool]:
     of migration 3 in position order, so a page costs about its own size: by type, one
     index scan per type, each stopped after a page, the pages then merged (each branch
     has its own ORDER BY and LIMIT: flattened into one UNION ALL, the planner loses
-    `type = ...` as an equality and walks the whole log); by category, one index scan.
-    Any other stream prefix takes a range of stream ids and sorts it. Filtered reads
+    `type = ...` as an equality and walks the whole log); by a stream prefix with a "-",
+    one index scan of its category; by one without (it may span several categories), a
+    range of categories, sorted. Filtered reads
     bound and order by `position + 0`, the expression those indexes hold (see there).
     The cut-off filter keeps the no-skip guarantee on every path.
     """
@@ -739,17 +744,19 @@ def log_query_sql(query: LogQuery) -> tuple[bytes, dict[str, Any], bool]:
         params["hi"] = query.to_position
     needs_sort = False
     if query.stream_prefix is not None:
-        category = _category(query.stream_prefix)
-        if category is not None:
-            conditions.append("split_part(stream_id, '-', 1) = %(category)s"
-                              " AND strpos(stream_id, '-') > 0")
+        prefix = query.stream_prefix
+        category = _category(prefix)
+        if category is not None:  # one category: its index range is in position order
+            conditions.append(f'{_CATEGORY} = %(category)s')
             params["category"] = category
-        else:
-            prefix = query.stream_prefix
-            conditions.append("stream_id ~>=~ %(prefix_lo)s AND stream_id ~<~ %(prefix_hi)s")
-            params["prefix_lo"] = prefix
-            params["prefix_hi"] = prefix[:-1] + chr(ord(prefix[-1]) + 1)
+        else:  # a range of categories ("acc" covers "account" and "accrual"): then sorted
+            conditions.append(f"{_CATEGORY} >= %(cat_lo)s AND {_CATEGORY} < %(cat_hi)s")
+            params["cat_lo"] = prefix
+            params["cat_hi"] = prefix[:-1] + chr(ord(prefix[-1]) + 1)
             needs_sort = not query.types
+        # The category alone would take "account" (no "-") for the prefix "account-".
+        conditions.append("starts_with(stream_id, %(prefix)s)")
+        params["prefix"] = prefix
     where = " AND ".join(conditions)
     direction = " DESC" if query.backwards else ""
     if len(query.types) == 1:

@@ -91,13 +91,14 @@ CREATE INDEX es_events_archive_partition_position
 """,
     # 3: consumer checkpoints (committed with append_many), and the indexes of filtered
     # reads of the global log. A filtered read walks one of these in position order
-    # instead of the whole log: by type, by category (the part of a stream id before its
-    # first "-", EventStoreDB's convention: the prefix "account-" reads account-1,
-    # account-2, ...) or by any other stream-id prefix (a range of stream ids, then
-    # sorted). Their second column is `position + 0`, and filtered reads bound and order
-    # by that expression: only these indexes serve it, so the planner cannot prefer
-    # walking the primary key (the whole log) with a filter, which it would for a
-    # common type, and which is slow when that type is rare past the reader's position.
+    # instead of the whole log: by type, or by category (the part of a stream id before
+    # its first "-", EventStoreDB's convention: the prefix "account-" reads account-1,
+    # account-2, ...; any prefix is a category, or a range of categories, plus a filter).
+    # Categories are compared in the "C" collation, where a range of strings is a prefix.
+    # The second column is `position + 0`, and filtered reads bound and order by that
+    # expression: only these indexes serve it, so the planner cannot prefer walking the
+    # primary key (the whole log) with a filter, which it would for a common type, and
+    # which is slow when that type is rare past the reader's position.
     r"""
 CREATE TABLE es_consumer_checkpoints (
     consumer    text PRIMARY KEY,
@@ -107,8 +108,7 @@ CREATE TABLE es_consumer_checkpoints (
 
 CREATE INDEX es_events_type_position ON es_events (type, (position + 0));
 CREATE INDEX es_events_category_position
-    ON es_events ((split_part(stream_id, '-', 1)), (position + 0));
-CREATE INDEX es_events_stream_prefix ON es_events (stream_id text_pattern_ops, (position + 0));
+    ON es_events ((split_part(stream_id, '-', 1) COLLATE "C"), (position + 0));
 """,
 ]
 

@@ -413,6 +413,9 @@ class EventStoreContract:
                 e.id for e in reversed(log) if e.aggregate_id.startswith(prefix)], prefix
         assert [e.id for e in store.read_all(stream_prefix="account-", types=["Opened"])] == [
             e.id for e in log if e.aggregate_id.startswith("account-") and e.type == "Opened"]
+        store.append("account", [ev(99)])  # its category is "account", but no "-"
+        assert "account" not in {e.aggregate_id for e in store.read_all(stream_prefix="account-")}
+        assert "account" in {e.aggregate_id for e in store.read_all(stream_prefix="acc")}
         for bad in ("a b", "x/", "", "é"):
             with pytest.raises(ValidationError, match="stream_prefix"):
                 store.read_all(stream_prefix=bad)
