@@ -118,6 +118,13 @@ def deployment(node: Node, local_images: None, timings: Timings) -> Iterator[Dep
             node.ctr("images", "rm", f"{repository}:{UPGRADE_TAG}", check=False)
 
 
+@pytest.fixture(autouse=True)
+def timed_scenario(request: pytest.FixtureRequest, timings: Timings) -> Iterator[None]:
+    """Each scenario's whole time (its own phases are listed under it)."""
+    with timings.phase(f"scenario {request.node.name.removeprefix('test_')}"):
+        yield
+
+
 def test_operator_runs_as_a_pod_from_the_local_image(deployment: Deployment) -> None:
     scenarios.check_operator_pod(deployment)
 

@@ -21,8 +21,9 @@ idempotently (or with a conflict whose stream already holds that id), so an
 acknowledgement is never counted twice and never lost silently. Every HTTP status (and
 every transport error, by exception name) the writers saw is counted.
 
-Prints `WORKLOAD STARTED` once the first append is acknowledged, `ACKED <n>` about every
-second, and at the end one JSON line: {"acked": {stream: [event ids in version order]},
+Prints `WORKLOAD STARTED` once the first append is acknowledged, `ACKED <n>` and
+`STATUSES {"201": n, ...}` (the counts so far) about every second, and at the end one JSON
+line: {"acked": {stream: [event ids in version order]},
 "retries": n, "statuses": {"201": n, "503": n, "ConnectError": n, ...}, "failures": [...]}.
 It stops at `--seconds`, or as soon as `--stop-file` exists.
 """
@@ -169,6 +170,8 @@ def load(args: argparse.Namespace, token: str) -> int:
             print("WORKLOAD STARTED", flush=True)
             announced = True
         print(f"ACKED {sum(len(w.acked) for w in writers)}", flush=True)
+        with lock:
+            print(f"STATUSES {json.dumps(dict(statuses))}", flush=True)
         if args.stop_file is not None and args.stop_file.exists():
             stop.set()
         if time.monotonic() > until + RETRY_FOR_SECONDS + 30:
