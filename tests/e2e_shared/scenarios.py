@@ -825,7 +825,7 @@ def run_disruption(dep: Deployment, job_name: str, what: str, disrupt: Callable[
     acked = report["acked"]
     total = sum(len(ids) for ids in acked.values())
     print(f"{what}: {total} acknowledged appends, {report['retries']} retried attempts, "
-          f"statuses {report['statuses']}")
+          f"statuses {report['statuses']}, slowest request of each (s) {report.get('slowest')}")
     assert report["failures"] == [], report["failures"]
     assert total > 0
     dep.record(acked)
@@ -890,12 +890,15 @@ def check_postgres_deleted_under_load(dep: Deployment) -> None:
 
     def disrupt(job: WorkloadJob) -> None:
         # The node(s) cordoned, the re-created PostgreSQL pod waits unscheduled: the outage
-        # lasts until the clients have seen the store's answer to it (a 503), not a lucky
-        # instant. Uncordoned, the pod comes back on its claim.
+        # lasts until the clients have seen the store's answer to it (a 503) and every store
+        # pod has reported itself NotReady, not a lucky instant. Uncordoned, the pod comes
+        # back on its claim, and the store pods must become Ready again by themselves.
         with cordoned(dep):
             dep.kube.kubectl_run("delete", "pod", victim, "-n", dep.namespace, "--wait=false")
             assertions.poll(lambda: job.statuses().get("503"), 120,
                             "a 503 to the workload while PostgreSQL is away")
+            assertions.poll(lambda: not any(pod_ready(p) for p in dep.store_pods()), 120,
+                            "the store pods to report NotReady while PostgreSQL is away")
             outage.update(job.statuses())
 
     outage: dict[str, int] = {}
@@ -905,6 +908,9 @@ def check_postgres_deleted_under_load(dep: Deployment) -> None:
     statuses = report["statuses"]
     assert "500" not in statuses, f"the store answered 500 while PostgreSQL was away: {statuses}"
     assert "503" in statuses, f"no 503 while PostgreSQL was away (statuses {statuses})"
+    hung = {k: v for k, v in statuses.items() if k in ("ReadTimeout", "WriteTimeout", "PoolTimeout")}
+    assert not hung, (f"requests hung past the client's timeout instead of a 503: {hung} "
+                      f"(slowest: {report.get('slowest')})")
     unexpected = sorted(s for s in statuses if s.isdigit() and s not in ("200", "201", "409", "503"))
     assert unexpected == [], f"unexpected HTTP statuses: {statuses}"
     restarts = {p["metadata"]["name"]: sum(s["restartCount"] for s in p["status"]["containerStatuses"])
