@@ -3,7 +3,7 @@ PYTHON ?= python3
 PYTEST_ARGS ?=
 
 .PHONY: install demo test test-unit lint bench pg-up mongo-up k8s-build \
-        ferretdb-build k8s-up coredns-build cluster-up cluster-down images deps e2e-kind image chart-lint crd test-k8s operator-run serve test-server
+        ferretdb-build k8s-up coredns-build cluster-up cluster-down images deps e2e-kind e2e-node image chart-lint crd test-k8s operator-run serve test-server
 
 install:  ## the library, the operator and the dev tools, pinned
 	$(PYTHON) -m pip install -q -e '.[operator,dev]'
@@ -85,6 +85,9 @@ image:  ## the store server + operator image (needs a Docker engine with BuildKi
 
 e2e-kind: install  ## kind cluster + image + chart + workload; skipped with the reason without Docker/kind
 	$(PYTHON) -m pytest tests/e2e_kind -rs $(PYTEST_ARGS)
+
+e2e-node: install  ## the product on real pods of the one-node cluster (root): up, images, chart, scenarios, down
+	$(PYTHON) -m pytest tests/e2e_node -rs $(PYTEST_ARGS)
 
 chart-lint:  ## helm lint --strict of the chart with every test values file
 	HELM=$$(bash scripts/k8s/build.sh | tail -n1)/helm; \

@@ -46,6 +46,13 @@ def deployment(kind_cluster: KindCluster, store_image: str) -> Iterator[Deployme
         print("kind suite timings:\n  " + "\n  ".join(TIMINGS.lines()))
 
 
+@pytest.fixture(autouse=True)
+def timed_scenario(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Each scenario's whole time (its own phases are listed under it)."""
+    with TIMINGS.phase(f"scenario {request.node.name.removeprefix('test_')}"):
+        yield
+
+
 def test_operator_runs_as_a_pod(deployment: Deployment) -> None:
     scenarios.check_operator_pod(deployment)
 

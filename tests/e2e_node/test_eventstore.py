@@ -26,6 +26,7 @@ Phase timings are printed at the end of the session (conftest.py).
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,7 +35,7 @@ from typing import Any
 import pytest
 
 from eventstore_operator import names
-from tests.e2e_node.conftest import NodeSession
+from tests.e2e_node.conftest import NodeSession, unavailable
 from tests.e2e_shared import scenarios
 from tests.e2e_shared.access import DirectAccess, Timings
 from tests.e2e_shared.scenarios import Deployment
@@ -84,8 +85,15 @@ class NodeCluster:
 
 @pytest.fixture(scope="module")
 def local_images(node_session: NodeSession, timings: Timings) -> None:
-    """Every image the pods run, built (cached by content) and in the node's containerd."""
+    """Every image the pods run, built (cached by content) and in the node's containerd.
+    Skipped (failed with EVENTSTORE_REQUIRE_NODE=1) when an image must be built and the
+    tools to build it are missing."""
     timings.phases.setdefault("cluster up (or adopted)", node_session.up_seconds)
+    uncached = [key for key, recipe in images.RECIPES.items() if not recipe.archive_path().exists()]
+    tools = [tool for tool in ("debootstrap", "go") if shutil.which(tool) is None]
+    if uncached and tools:
+        unavailable(f"the images {', '.join(uncached)} are not built (`make images`) and this machine "
+                    f"lacks {', '.join(tools)} to build them")
     with timings.phase("images (build if changed, import)"):
         images.ensure_imported(Path(node_session.node.containerd_address))
 
@@ -116,6 +124,13 @@ def deployment(node: Node, local_images: None, timings: Timings) -> Iterator[Dep
                                 "--timeout=240s", check=False, timeout=300)
             repository = images.STORE_IMAGE.rsplit(":", 1)[0]
             node.ctr("images", "rm", f"{repository}:{UPGRADE_TAG}", check=False)
+
+
+@pytest.fixture(autouse=True)
+def timed_scenario(request: pytest.FixtureRequest, timings: Timings) -> Iterator[None]:
+    """Each scenario's whole time (its own phases are listed under it)."""
+    with timings.phase(f"scenario {request.node.name.removeprefix('test_')}"):
+        yield
 
 
 def test_operator_runs_as_a_pod_from_the_local_image(deployment: Deployment) -> None:

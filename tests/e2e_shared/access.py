@@ -125,25 +125,33 @@ class PortForwardAccess:
 
 
 class Timings:
-    """Seconds per phase, in the order they ran (printed at the end of a suite)."""
+    """Seconds per phase, in the order the phases began; a phase begun inside another is
+    listed under it, indented (printed at the end of a suite)."""
 
     def __init__(self) -> None:
         self.phases: dict[str, float] = {}
+        self.depth: dict[str, int] = {}
+        self._level = 0
 
     @contextlib.contextmanager
     def phase(self, what: str) -> Iterator[None]:
+        name, n = what, 2
+        while name in self.phases:
+            name, n = f"{what} #{n}", n + 1
+        self.phases[name] = 0.0
+        self.depth[name] = self._level
+        self._level += 1
         started = time.monotonic()
         try:
             yield
         finally:
-            name, n = what, 2
-            while name in self.phases:
-                name, n = f"{what} #{n}", n + 1
+            self._level -= 1
             self.phases[name] = round(time.monotonic() - started, 1)
 
     def lines(self) -> list[str]:
-        width = max((len(k) for k in self.phases), default=0)
-        return [f"{what:<{width}}  {seconds:7.1f} s" for what, seconds in self.phases.items()]
+        labels = {name: "  " * self.depth.get(name, 0) + name for name in self.phases}
+        width = max((len(label) for label in labels.values()), default=0)
+        return [f"{labels[name]:<{width}}  {seconds:7.1f} s" for name, seconds in self.phases.items()]
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.phases)

@@ -26,7 +26,7 @@ import subprocess
 import tempfile
 import threading
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -316,6 +316,12 @@ class WorkloadJob:
         """Appends acknowledged so far (the workload's last `ACKED n` line)."""
         counts = re.findall(r"^ACKED (\d+)$", self.logs(), re.M)
         return int(counts[-1]) if counts else 0
+
+    def statuses(self) -> dict[str, int]:
+        """HTTP statuses (and transport errors) the workload has seen so far."""
+        lines = re.findall(r"^STATUSES (\{.*\})$", self.logs(), re.M)
+        counts: dict[str, int] = json.loads(lines[-1]) if lines else {}
+        return counts
 
     def wait_acked(self, at_least: int, timeout: float, what: str) -> int:
         return assertions.poll(lambda: (n := self.acked()) >= at_least and n, timeout,
@@ -703,10 +709,33 @@ def check_invalid_configmap_edit_keeps_last_good(dep: Deployment) -> None:
     assert {p["metadata"]["name"]: p["metadata"]["uid"] for p in dep.store_pods()} == uids
 
 
-def metric_value(text: str, name: str, labels: str) -> float:
+def metric_value(text: str, name: str, labels: str = "") -> float:
     """One sample of a Prometheus text exposition (0 when the series does not exist yet)."""
-    match = re.search(rf"^{re.escape(name)}\{{{re.escape(labels)}\}} (\S+)$", text, re.M)
+    series = re.escape(name) + (rf"\{{{re.escape(labels)}\}}" if labels else "")
+    match = re.search(rf"^{series} (\S+)$", text, re.M)
     return float(match.group(1)) if match else 0.0
+
+
+def serving_pod(dep: Deployment, at_least: int = 20) -> str:
+    """The store pod that acknowledges the most of the current load (its own
+    eventstore_events_appended_total grows fastest), so a disruption of it hits clients:
+    the Service spreads connections, not requests, and a pod may have none."""
+
+    def appended() -> dict[str, float]:
+        counts = {}
+        for pod in dep.store_pod_names():
+            with dep.pod_http(pod) as http:
+                counts[pod] = metric_value(http.get("/metrics").text, "eventstore_events_appended_total")
+        return counts
+
+    start = appended()
+
+    def grown() -> str | None:
+        now = appended()
+        pod = max(now, key=lambda p: now[p] - start.get(p, 0.0))
+        return pod if now[pod] - start.get(pod, 0.0) >= at_least else None
+
+    return assertions.poll(grown, 60, f"a store pod to acknowledge {at_least} appends of the load")
 
 
 def check_store_pod_restart_keeps_its_data(dep: Deployment) -> None:
@@ -771,8 +800,9 @@ def check_store_pod_restart_keeps_its_data(dep: Deployment) -> None:
                         f"{pod}'s read model to follow a new event after the restart")
 
 
-def run_disruption(dep: Deployment, job_name: str, what: str, disrupt: Any, recovered: Any) -> dict[str, Any]:
-    """A load workload in the cluster; once it runs, `disrupt()`, wait for `recovered()`,
+def run_disruption(dep: Deployment, job_name: str, what: str, disrupt: Callable[[WorkloadJob], None],
+                   recovered: Callable[[], bool]) -> dict[str, Any]:
+    """A load workload in the cluster; once it runs, `disrupt(job)`, wait for `recovered()`,
     let the workload get acknowledgements again, stop it and return its report (after
     checking that the store holds every acknowledged append, once)."""
     job = dep.workload(job_name, "--seconds", "600", "--stop-file", "/tmp/stop", "--writers", "4",
@@ -782,7 +812,7 @@ def run_disruption(dep: Deployment, job_name: str, what: str, disrupt: Any, reco
                         "the workload's first acknowledged append")
         base = job.wait_acked(job.acked() + 20, 60, "before the disruption")
         with dep.timings.phase(what):
-            disrupt()
+            disrupt(job)
             assertions.poll(recovered, dep.ready_timeout, f"recovery after: {what}", interval=1)
         job.wait_acked(max(job.acked(), base) + 20, 120, f"after recovery from: {what}")
         job.stop()
@@ -795,7 +825,7 @@ def run_disruption(dep: Deployment, job_name: str, what: str, disrupt: Any, reco
     acked = report["acked"]
     total = sum(len(ids) for ids in acked.values())
     print(f"{what}: {total} acknowledged appends, {report['retries']} retried attempts, "
-          f"statuses {report['statuses']}")
+          f"statuses {report['statuses']}, slowest request of each (s) {report.get('slowest')}")
     assert report["failures"] == [], report["failures"]
     assert total > 0
     dep.record(acked)
@@ -804,23 +834,46 @@ def run_disruption(dep: Deployment, job_name: str, what: str, disrupt: Any, reco
     return report
 
 
+def replaced_and_ready(dep: Deployment, pod: str, old: Mapping[str, Any]) -> bool:
+    """Pod `pod` exists again under a new uid, and is Ready itself."""
+    current = dep.get("pod", pod)
+    return bool(current and current["metadata"]["uid"] != old["metadata"]["uid"] and pod_ready(current))
+
+
+@contextlib.contextmanager
+def cordoned(dep: Deployment) -> Iterator[None]:
+    """Every schedulable node cordoned for the block (so a deleted pod cannot come back
+    yet), and uncordoned after it, whatever happens."""
+    nodes = [n["metadata"]["name"] for n in dep.kube.kubectl_json("get", "nodes")["items"]
+             if not n["spec"].get("unschedulable")]
+    try:
+        for node in nodes:
+            dep.kube.kubectl_run("cordon", node)
+        yield
+    finally:
+        for node in nodes:
+            dep.kube.kubectl_run("uncordon", node, check=False)
+
+
 def check_store_pod_deleted_under_load(dep: Deployment) -> None:
     """One store pod deleted while in-cluster clients append: no acknowledged append is
     lost or doubled, and no request ever got a 500."""
     dep.wait_all_ready()
-    victim = f"{names.store(dep.name)}-1"
-    old = dep.get("pod", victim)
-    assert old is not None
+    chosen: dict[str, Any] = {}
 
-    def disrupt() -> None:
+    def disrupt(job: WorkloadJob) -> None:
+        victim = serving_pod(dep)
+        old = dep.get("pod", victim)
+        assert old is not None
+        chosen.update(name=victim, old=old)
         dep.kube.kubectl_run("delete", "pod", victim, "-n", dep.namespace, "--wait=false")
 
     def recovered() -> bool:
-        pod = dep.get("pod", victim)
-        return bool(pod and pod["metadata"]["uid"] != old["metadata"]["uid"] and dep.all_ready())
+        return replaced_and_ready(dep, chosen["name"], chosen["old"]) and dep.all_ready()
 
     report = run_disruption(dep, "e2e-load-store", "store pod deleted under load -> replaced, Ready",
                             disrupt, recovered)
+    print(f"deleted {chosen['name']}, which was serving the load")
     assert "500" not in report["statuses"], report["statuses"]
 
 
@@ -835,18 +888,29 @@ def check_postgres_deleted_under_load(dep: Deployment) -> None:
     restarts_before = {p["metadata"]["name"]: sum(s["restartCount"] for s in p["status"]["containerStatuses"])
                        for p in dep.store_pods()}
 
-    def disrupt() -> None:
-        dep.kube.kubectl_run("delete", "pod", victim, "-n", dep.namespace, "--wait=false")
+    def disrupt(job: WorkloadJob) -> None:
+        # The node(s) cordoned, the re-created PostgreSQL pod waits unscheduled: the outage
+        # lasts until the clients have seen the store's answer to it (a 503) and every store
+        # pod has reported itself NotReady, not a lucky instant. Uncordoned, the pod comes
+        # back on its claim, and the store pods must become Ready again by themselves.
+        with cordoned(dep):
+            dep.kube.kubectl_run("delete", "pod", victim, "-n", dep.namespace, "--wait=false")
+            assertions.poll(lambda: job.statuses().get("503"), 120,
+                            "a 503 to the workload while PostgreSQL is away")
+            assertions.poll(lambda: not any(pod_ready(p) for p in dep.store_pods()), 120,
+                            "the store pods to report NotReady while PostgreSQL is away")
+            outage.update(job.statuses())
 
-    def recovered() -> bool:
-        pod = dep.get("pod", victim)
-        return bool(pod and pod["metadata"]["uid"] != old["metadata"]["uid"] and dep.all_ready())
-
+    outage: dict[str, int] = {}
     report = run_disruption(dep, "e2e-load-postgres", "PostgreSQL pod deleted under load -> store recovered",
-                            disrupt, recovered)
+                            disrupt, lambda: replaced_and_ready(dep, victim, old) and dep.all_ready())
+    print(f"statuses while PostgreSQL was away: {outage}")
     statuses = report["statuses"]
     assert "500" not in statuses, f"the store answered 500 while PostgreSQL was away: {statuses}"
     assert "503" in statuses, f"no 503 while PostgreSQL was away (statuses {statuses})"
+    hung = {k: v for k, v in statuses.items() if k in ("ReadTimeout", "WriteTimeout", "PoolTimeout")}
+    assert not hung, (f"requests hung past the client's timeout instead of a 503: {hung} "
+                      f"(slowest: {report.get('slowest')})")
     unexpected = sorted(s for s in statuses if s.isdigit() and s not in ("200", "201", "409", "503"))
     assert unexpected == [], f"unexpected HTTP statuses: {statuses}"
     restarts = {p["metadata"]["name"]: sum(s["restartCount"] for s in p["status"]["containerStatuses"])

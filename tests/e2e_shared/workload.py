@@ -21,9 +21,11 @@ idempotently (or with a conflict whose stream already holds that id), so an
 acknowledgement is never counted twice and never lost silently. Every HTTP status (and
 every transport error, by exception name) the writers saw is counted.
 
-Prints `WORKLOAD STARTED` once the first append is acknowledged, `ACKED <n>` about every
-second, and at the end one JSON line: {"acked": {stream: [event ids in version order]},
-"retries": n, "statuses": {"201": n, "503": n, "ConnectError": n, ...}, "failures": [...]}.
+Prints `WORKLOAD STARTED` once the first append is acknowledged, `ACKED <n>` and
+`STATUSES {"201": n, ...}` (the counts so far) about every second, and at the end one JSON
+line: {"acked": {stream: [event ids in version order]},
+"retries": n, "statuses": {"201": n, "503": n, "ConnectError": n, ...}, "slowest": {"201":
+seconds, ...}, "failures": [...]}.
 It stops at `--seconds`, or as soon as `--stop-file` exists.
 """
 
@@ -49,24 +51,28 @@ RETRY_FOR_SECONDS = 180.0  # longer than a store pod or the database takes to co
 
 
 class CountingTransport(httpx.HTTPTransport):
-    """Counts every response status, and every transport error by its exception name."""
+    """Counts every response status, and every transport error by its exception name, and
+    keeps the slowest request of each (seconds)."""
 
-    def __init__(self, counts: Counter[str], lock: threading.Lock) -> None:
+    def __init__(self, counts: Counter[str], slowest: dict[str, float], lock: threading.Lock) -> None:
         super().__init__()
         self.counts = counts
+        self.slowest = slowest
         self.lock = lock
 
-    def _count(self, key: str) -> None:
+    def _count(self, key: str, seconds: float) -> None:
         with self.lock:
             self.counts[key] += 1
+            self.slowest[key] = round(max(self.slowest.get(key, 0.0), seconds), 3)
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
+        started = time.monotonic()
         try:
             response = super().handle_request(request)
         except httpx.TransportError as exc:
-            self._count(type(exc).__name__)
+            self._count(type(exc).__name__, time.monotonic() - started)
             raise
-        self._count(str(response.status_code))
+        self._count(str(response.status_code), time.monotonic() - started)
         return response
 
 
@@ -154,10 +160,13 @@ def load(args: argparse.Namespace, token: str) -> int:
     stop = threading.Event()
     started = threading.Event()
     statuses: Counter[str] = Counter()
+    slowest: dict[str, float] = {}
     lock = threading.Lock()
     # One client (connection pool) per writer: a reset connection affects one stream only.
-    writers = [Writer(EventStoreClient(args.url, token, timeout=10.0,
-                                       transport=CountingTransport(statuses, lock)),
+    # The timeout is well above the store's own waits for its database (10 s), so what the
+    # store answers during an outage is seen, not the client giving up first.
+    writers = [Writer(EventStoreClient(args.url, token, timeout=args.timeout,
+                                       transport=CountingTransport(statuses, slowest, lock)),
                       f"{args.prefix}-{i}", until, stop, started)
                for i in range(args.writers)]
     began = time.monotonic()
@@ -169,6 +178,8 @@ def load(args: argparse.Namespace, token: str) -> int:
             print("WORKLOAD STARTED", flush=True)
             announced = True
         print(f"ACKED {sum(len(w.acked) for w in writers)}", flush=True)
+        with lock:
+            print(f"STATUSES {json.dumps(dict(statuses))}", flush=True)
         if args.stop_file is not None and args.stop_file.exists():
             stop.set()
         if time.monotonic() > until + RETRY_FOR_SECONDS + 30:
@@ -178,6 +189,7 @@ def load(args: argparse.Namespace, token: str) -> int:
         "acked": {w.stream: w.acked for w in writers},
         "retries": sum(w.retries for w in writers),
         "statuses": dict(statuses),
+        "slowest": slowest,
         "seconds": round(time.monotonic() - began, 1),
         "failures": [f for w in writers for f in w.failures]
         + [f"{w.stream}: still running" for w in writers if w.is_alive()],
@@ -238,6 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=60.0, help="load: at most this long")
     parser.add_argument("--stop-file", type=Path, help="load: stop once this file exists")
     parser.add_argument("--writers", type=int, default=4)
+    parser.add_argument("--timeout", type=float, default=30.0, help="load: seconds per request")
     parser.add_argument("--prefix", default=f"load-{uuid.uuid4().hex[:8]}")
     args = parser.parse_args(argv)
     token = args.token_file.read_text().strip()
