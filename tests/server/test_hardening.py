@@ -485,3 +485,21 @@ def test_every_error_has_the_same_shape_and_422s_do_not_echo_the_input(
         assert set(body) >= {"error", "message"}, body
         assert "detail" not in body
     assert "s3cr3t-" not in replies[0].text and len(replies[0].content) < 2000
+
+
+@pytest.mark.parametrize("content_type", [None, "text/plain", "application/x-www-form-urlencoded",
+                                          "multipart/form-data; boundary=x"])
+def test_appends_that_are_not_json_are_a_415(server: ServerProcess,
+                                             content_type: str | None) -> None:
+    """Before: a JSON body sent as text/plain (what a browser form may post cross-site)
+    was appended."""
+    import json
+
+    body = json.dumps(_append_body(uuid4(), 1)).encode()
+    headers = {"content-type": content_type} if content_type else {}
+    with server.client() as http:
+        response = http.post("/streams/s-415", content=body, headers=headers)
+        assert response.status_code == 415, response.text
+        assert response.json()["error"] == "unsupported_media_type"
+        assert http.post("/streams/s-415", content=body, headers={
+            "content-type": "application/json; charset=utf-8"}).status_code == 201
