@@ -93,6 +93,17 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
+def _explain(message: str) -> str:
+    """The JSON parser's message, or a clearer one where it misleads: a lone UTF-16
+    surrogate escape (\\ud800 to \\udfff) is reported as "unexpected end of hex escape"
+    or, for a trailing one, as a "leading" surrogate."""
+    if "unexpected end of hex escape" in message or "surrogate" in message:
+        position = message.rsplit(" at ", 1)[-1] if " at line " in message else ""
+        return ("Invalid JSON: an unpaired UTF-16 surrogate escape (\\ud800 to \\udfff)"
+                + (f" at {position}" if position else "") + "; send valid Unicode")
+    return message
+
+
 def _error(status: int, kind: str, message: str, **extra: Any) -> JSONResponse:
     return JSONResponse({"error": kind, "message": message, **extra}, status_code=status)
 
@@ -213,9 +224,10 @@ def create_app(services: Services, token: str, max_body_bytes: int = 4 * 1024 * 
     # 422 names where and why, never echoing the input (which may be megabytes).
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        details = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""),
+        details = [{"loc": list(e.get("loc", ())), "msg": _explain(e.get("msg", "")),
                     "type": e.get("type", "")} for e in exc.errors()[:20]]
-        where = "; ".join(f"{'.'.join(map(str, d['loc']))}: {d['msg']}" for d in details[:5])
+        where = "; ".join(": ".join(filter(None, ('.'.join(map(str, d['loc'])), d['msg'])))
+                          for d in details[:5])
         return JSONResponse({"error": "invalid_request", "message": where[:2000],
                              "details": details}, status_code=422)
 

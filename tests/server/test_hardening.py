@@ -503,3 +503,14 @@ def test_appends_that_are_not_json_are_a_415(server: ServerProcess,
         assert response.json()["error"] == "unsupported_media_type"
         assert http.post("/streams/s-415", content=body, headers={
             "content-type": "application/json; charset=utf-8"}).status_code == 201
+
+
+@pytest.mark.parametrize("escape", ["\\ud800", "\\udc00", "\\ud800x"])
+def test_a_lone_surrogate_is_explained(server: ServerProcess, escape: str) -> None:
+    """Before: 'unexpected end of hex escape', or a trailing surrogate called leading."""
+    body = ('{"events":[{"type":"A","payload":{"k":"' + escape + '"}}]}').encode()
+    with server.client() as http:
+        response = http.post("/streams/s", content=body,
+                             headers={"content-type": "application/json"})
+    assert response.status_code == 422
+    assert "unpaired UTF-16 surrogate" in response.json()["message"], response.text
