@@ -33,6 +33,15 @@ class AppendRoute:
         if stream_id is None:
             await self.app(scope, receive, send)
             return
+        if not is_json(scope):
+            # Refused before the body is read: an HTML form or text/plain post (what a
+            # browser may send cross-site without asking first) never reaches the store.
+            reply = (b'{"error":"unsupported_media_type","message":"send the append as '
+                     b'Content-Type: application/json"}')
+            await send({"type": "http.response.start", "status": 415,
+                        "headers": [_JSON, (b"content-length", str(len(reply)).encode())]})
+            await send({"type": "http.response.body", "body": reply})
+            return
         body = await read_body(receive)
         if body is None:
             return  # the client went away
@@ -44,6 +53,16 @@ class AppendRoute:
         await send({"type": "http.response.start", "status": status,
                     "headers": [_JSON, (b"content-length", str(len(reply)).encode())]})
         await send({"type": "http.response.body", "body": reply})
+
+
+def is_json(scope: Scope) -> bool:
+    """True when the request says its body is JSON (application/json or a +json type)."""
+    for name, value in scope.get("headers") or []:
+        if name == b"content-type":
+            media: bytes = value.split(b";", 1)[0].strip().lower()
+            return media == b"application/json" or (media.startswith(b"application/")
+                                                     and media.endswith(b"+json"))
+    return False
 
 
 def _stream_id(scope: Scope) -> str | None:

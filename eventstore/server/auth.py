@@ -51,7 +51,13 @@ class GuardMiddleware:
         if scope["type"] != "http":  # lifespan
             await self.app(scope, receive, send)
             return
-        headers = dict(scope.get("headers") or [])
+        raw_headers = scope.get("headers") or []
+        headers = dict(raw_headers)
+        if sum(name == b"authorization" for name, _ in raw_headers) > 1:
+            # Which one would count differs between proxies and servers; refuse both.
+            await _reply(send, 400, {"error": "bad_request",
+                                     "message": "send one Authorization header, not several"})
+            return
         if scope["path"] not in PUBLIC_PATHS and not token_matches(
                 self.token, headers.get(b"authorization")):
             await _reply(send, 401, {

@@ -82,8 +82,9 @@ class ServerConfig:
         """Read the pod's environment.
 
         Events: EVENTSTORE_URL, else EVENT_DB_HOST, EVENT_DB_PORT (5432), EVENT_DB_NAME
-        (eventstore), EVENT_DB_USER, EVENT_DB_PASSWORD or EVENT_DB_PASSWORD_FILE; else the
-        embedded SQLite file <data dir>/events.db.
+        (eventstore), EVENT_DB_USER, EVENT_DB_PASSWORD or EVENT_DB_PASSWORD_FILE,
+        EVENT_DB_SSLMODE (libpq's; unset: libpq's default, prefer) and
+        EVENT_DB_SSLROOTCERT; else the embedded SQLite file <data dir>/events.db.
         Snapshots: SNAPSHOT_STORE_URL, else SNAPSHOT_DB_HOST, SNAPSHOT_DB_PORT (27017),
         SNAPSHOT_DB_NAME (eventstore), SNAPSHOT_DB_USER, SNAPSHOT_DB_PASSWORD(_FILE),
         SNAPSHOT_DB_AUTH_SOURCE (admin); else <data dir>/snapshots.db.
@@ -255,7 +256,20 @@ def _postgres_url(env: Mapping[str, str]) -> str:
     port = _port(env, "EVENT_DB_PORT", 5432)
     name = env.get("EVENT_DB_NAME") or "eventstore"
     auth = _userinfo(env.get("EVENT_DB_USER"), _secret(env, "EVENT_DB_PASSWORD"))
-    return f"postgresql://{auth}{_host(host)}:{port}/{quote(name, safe='')}"
+    query = ""
+    sslmode = env.get("EVENT_DB_SSLMODE")
+    if sslmode:
+        if sslmode not in SSL_MODES:
+            raise ConfigError(f"EVENT_DB_SSLMODE: {sslmode!r} is not one of "
+                              f"{', '.join(SSL_MODES)}")
+        query = f"?sslmode={sslmode}"
+        if env.get("EVENT_DB_SSLROOTCERT"):
+            query += "&sslrootcert=" + quote(env["EVENT_DB_SSLROOTCERT"], safe="/")
+    return f"postgresql://{auth}{_host(host)}:{port}/{quote(name, safe='')}{query}"
+
+
+#: libpq's sslmode values; verify-full checks the server's certificate and name.
+SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 
 
 def _mongo_url(env: Mapping[str, str]) -> str:

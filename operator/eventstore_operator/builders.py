@@ -81,6 +81,10 @@ def _apply_defaults(schema: Mapping[str, Any], value: Any) -> Any:
     return value
 
 
+#: Seconds a store pod keeps serving after its deletion, before SIGTERM (see lifecycle).
+PRE_STOP_SECONDS = 5
+
+
 def normalize_spec(spec: Mapping[str, Any] | None) -> Obj:
     """The spec with every CRD default applied; the CRD schema is the one source."""
     result: Obj = _apply_defaults(spec_schema(), dict(spec or {}))
@@ -343,12 +347,17 @@ def store_statefulset(owner: Owner, spec: Mapping[str, Any], config_hash: str, c
             "timeoutSeconds": 2,
             "failureThreshold": 2,
         },
+        # A deleted pod leaves the Service's endpoints while kube-proxies and clients
+        # catch up; until then requests still arrive. The pause keeps serving them, and
+        # only then does SIGTERM make the server stop listening and drain (25 s).
+        "lifecycle": {"preStop": {"sleep": {"seconds": PRE_STOP_SECONDS}}},
         "securityContext": _restricted_container_security(),
     }
     pod_spec: Obj = {
         "automountServiceAccountToken": False,  # the store never calls the Kubernetes API
         "enableServiceLinks": False,
-        "terminationGracePeriodSeconds": 30,
+        # The preStop pause, the server's 25 s drain, and a margin.
+        "terminationGracePeriodSeconds": PRE_STOP_SECONDS + 25 + 5,
         "securityContext": _pod_security(RUN_AS_USER),
         "affinity": {
             "podAntiAffinity": {

@@ -446,3 +446,71 @@ def test_pages_are_bounded_in_bytes_and_say_where_to_go_on(
             list(range(20, 5, -1))
         assert len(client.read_all(limit=1000)) == 20
         assert [e.version for e in client.subscribe(idle_timeout=1)] == list(range(1, 21))
+
+
+def test_two_authorization_headers_are_a_400(server: ServerProcess) -> None:
+    """Before: the last of two headers counted here, while a proxy may check the first."""
+    with socket.create_connection(_address(server)) as sock:
+        sock.sendall(f"GET /all HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {server.token}\r\n"
+                     f"Authorization: Bearer {server.token}\r\nConnection: close\r\n\r\n"
+                     .encode())
+        sock.settimeout(10)
+        reply = sock.recv(4096)
+    assert reply.startswith(b"HTTP/1.1 400 "), reply[:200]
+
+
+def test_trailing_slash_is_a_404_not_a_redirect(server: ServerProcess) -> None:
+    with server.client() as http:
+        response = http.get("/all/")
+    assert response.status_code == 404
+    assert response.json()["error"] == "not_found"
+
+
+def test_every_error_has_the_same_shape_and_422s_do_not_echo_the_input(
+        server: ServerProcess) -> None:
+    secret_blob = "s3cr3t-" * 20_000
+    with server.client() as http:
+        replies = [
+            http.post("/streams/x", json={"events": [{"type": "A", "payload": {},
+                                                      "surprise": secret_blob}]}),
+            http.get("/all", params={"limit": 100_000}),
+            http.post("/streams/x", content=b"{nope", headers={"content-type":
+                                                              "application/json"}),
+            http.get("/nowhere"),
+            http.delete("/all"),
+        ]
+    assert [r.status_code for r in replies] == [422, 422, 422, 404, 405]
+    for reply in replies:
+        body = reply.json()
+        assert set(body) >= {"error", "message"}, body
+        assert "detail" not in body
+    assert "s3cr3t-" not in replies[0].text and len(replies[0].content) < 2000
+
+
+@pytest.mark.parametrize("content_type", [None, "text/plain", "application/x-www-form-urlencoded",
+                                          "multipart/form-data; boundary=x"])
+def test_appends_that_are_not_json_are_a_415(server: ServerProcess,
+                                             content_type: str | None) -> None:
+    """Before: a JSON body sent as text/plain (what a browser form may post cross-site)
+    was appended."""
+    import json
+
+    body = json.dumps(_append_body(uuid4(), 1)).encode()
+    headers = {"content-type": content_type} if content_type else {}
+    with server.client() as http:
+        response = http.post("/streams/s-415", content=body, headers=headers)
+        assert response.status_code == 415, response.text
+        assert response.json()["error"] == "unsupported_media_type"
+        assert http.post("/streams/s-415", content=body, headers={
+            "content-type": "application/json; charset=utf-8"}).status_code == 201
+
+
+@pytest.mark.parametrize("escape", ["\\ud800", "\\udc00", "\\ud800x"])
+def test_a_lone_surrogate_is_explained(server: ServerProcess, escape: str) -> None:
+    """Before: 'unexpected end of hex escape', or a trailing surrogate called leading."""
+    body = ('{"events":[{"type":"A","payload":{"k":"' + escape + '"}}]}').encode()
+    with server.client() as http:
+        response = http.post("/streams/s", content=body,
+                             headers={"content-type": "application/json"})
+    assert response.status_code == 422
+    assert "unpaired UTF-16 surrogate" in response.json()["message"], response.text

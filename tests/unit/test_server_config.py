@@ -131,3 +131,13 @@ def test_an_empty_token_never_matches() -> None:
     assert not token_matches(b"", b"Bearer ")
     assert not token_matches(b"", b"Bearer")
     assert not token_matches(b"", b"Bearer    ")
+
+
+def test_postgres_tls_mode(tmp_path: Path) -> None:
+    base = {"EVENT_DB_HOST": "pg", "EVENTSTORE_API_TOKEN": "tok-0123456789abcdef"}
+    config = ServerConfig.from_env(_env(tmp_path, **base, EVENT_DB_SSLMODE="verify-full",
+                                        EVENT_DB_SSLROOTCERT="/etc/pg/ca.crt"))
+    assert config.event_store_url.endswith("/eventstore?sslmode=verify-full"
+                                           "&sslrootcert=/etc/pg/ca.crt")
+    with pytest.raises(ConfigError, match="EVENT_DB_SSLMODE"):
+        ServerConfig.from_env(_env(tmp_path, **base, EVENT_DB_SSLMODE="yes-please"))

@@ -307,3 +307,13 @@ def test_pdb_allows_one_disruption(replicas: int) -> None:
     sts = builders.store_statefulset(OWNER, {"replicas": replicas}, "h", "cm")
     assert pdb["spec"]["maxUnavailable"] == 1
     assert sts["spec"]["replicas"] == replicas
+
+
+def test_store_pods_pause_before_sigterm_and_have_time_to_drain() -> None:
+    """Endpoints lag a pod's deletion: the pod keeps serving during a preStop pause, then
+    SIGTERM drains (uvicorn's 25 s) within the grace period."""
+    sts = builders.store_statefulset(OWNER, {}, "h", "cm")
+    pod = sts["spec"]["template"]["spec"]
+    pause = container(sts)["lifecycle"]["preStop"]["sleep"]["seconds"]
+    assert pause >= 5
+    assert pod["terminationGracePeriodSeconds"] >= pause + 25
