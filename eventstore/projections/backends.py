@@ -59,6 +59,8 @@ MEMBER_LOCK_CLASS = 714_203
 SETUP_LOCK = 714_204
 #: Retention runs on one replica at a time.
 RETENTION_LOCK = 714_205
+#: Seconds `close` waits for a connection in use before leaving it to the process's end.
+CLOSE_WAIT_S = 2.0
 
 _COLUMNS = ("position, id, stream_id, version, type, schema_version, payload, metadata, "
             "recorded_at")
@@ -101,11 +103,16 @@ class PostgresBackend:
     dialect: Dialect = "postgresql"
     partitions = PROJECTION_PARTITIONS
 
-    def __init__(self, url: str, pool_size: int = 8) -> None:
+    def __init__(self, url: str, pool_size: int = 8, pool_timeout: float = 10.0) -> None:
+        from eventstore.store.postgres import liveness_kwargs
+
         self.url = url
+        # The wait for a connection is bounded like the store's: with the database gone,
+        # a worker gives up in `pool_timeout` rather than psycopg_pool's 30 s, so a pod
+        # shutting down (grace period 30 s) is not held by workers waiting on the pool.
         self._pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
-            url, min_size=1, max_size=pool_size, kwargs={"autocommit": True}, open=False,
-            name="eventstore-projections")
+            url, min_size=1, max_size=pool_size, open=False, name="eventstore-projections",
+            kwargs={"autocommit": True, **liveness_kwargs(pool_timeout)}, timeout=pool_timeout)
         self._pool.open(wait=True, timeout=30)
         self._lock_conn: psycopg.Connection[Any] | None = None
         self._lock_guard = threading.Lock()
@@ -229,8 +236,19 @@ class PostgresBackend:
         return int(row[0]), row[1]
 
     def close(self) -> None:
-        self.drop_locks()
-        self._pool.close()
+        """Release the lock connection and the pool, in bounded time: with the database
+        stalled, the rebalance thread can be stuck in a query on the lock connection, holding
+        its guard; then that connection is left to end with the process (and its locks with
+        it) rather than holding up a pod's shutdown."""
+        if self._lock_guard.acquire(timeout=CLOSE_WAIT_S):
+            try:
+                if self._lock_conn is not None:
+                    with suppress(psycopg.Error):
+                        self._lock_conn.close()
+                self._lock_conn = None
+            finally:
+                self._lock_guard.release()
+        self._pool.close(timeout=CLOSE_WAIT_S)
 
 
 class SQLiteBackend:
@@ -380,7 +398,7 @@ def backend_for(store: EventStore, pool_size: int = 8) -> PostgresBackend | SQLi
     from eventstore.store.sqlite import SQLiteEventStore
 
     if isinstance(store, PostgresEventStore):
-        return PostgresBackend(store.url, pool_size=pool_size)
+        return PostgresBackend(store.url, pool_size=pool_size, pool_timeout=store.pool_timeout)
     if isinstance(store, SQLiteEventStore):
         if store.path == ":memory:":
             from eventstore.errors import ValidationError

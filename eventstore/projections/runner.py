@@ -149,8 +149,12 @@ class ProjectionRunner:
         thread.start()
         self._threads.append(thread)
 
-    def stop(self, timeout: float = 30.0) -> None:
-        """Finish the batches in flight, release every partition and close connections."""
+    def stop(self, timeout: float = 10.0) -> None:
+        """Finish the batches in flight, release every partition and close connections.
+
+        Bounded (a store pod has 30 s between SIGTERM and SIGKILL, the HTTP drain included):
+        a batch still running after `timeout` is cut off when the pool closes, and rolls
+        back; its checkpoint has not moved, so it is done again, by this pod or another."""
         self._stopping.set()
         with self._cond:
             self._cond.notify_all()

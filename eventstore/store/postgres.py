@@ -226,7 +226,7 @@ class PostgresEventStore(EventStore):
         options = PLANNER_OPTIONS
         if statement_timeout is not None:
             options += f" -c statement_timeout={int(statement_timeout * 1000)}"
-        return {"autocommit": True, "options": options, **_liveness_kwargs(connect_timeout)}
+        return {"autocommit": True, "options": options, **liveness_kwargs(connect_timeout)}
 
     # -- schema ------------------------------------------------------------------------
 
@@ -575,7 +575,7 @@ class PostgresEventStore(EventStore):
                     if conn is None or conn.closed:
                         conn = psycopg.connect(self.url, autocommit=True,
                                                options="-c synchronous_commit=off",
-                                               **_liveness_kwargs(self.pool_timeout))
+                                               **liveness_kwargs(self.pool_timeout))
                     conn.execute(f"NOTIFY {NOTIFY_CHANNEL}")
                 except Exception:
                     log.debug("NOTIFY failed; subscribers will poll", exc_info=True)
@@ -602,7 +602,7 @@ class PostgresEventStore(EventStore):
         while not self._closed:
             try:
                 with psycopg.connect(self.url, autocommit=True,
-                                     **_liveness_kwargs(self.pool_timeout)) as conn:
+                                     **liveness_kwargs(self.pool_timeout)) as conn:
                     conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
                     self._wake()  # we may have missed a notification while reconnecting
                     while not self._closed:
@@ -669,7 +669,7 @@ def connection_lost(exc: BaseException) -> bool:
     return not state or state.startswith(("08", "57P"))
 
 
-def _liveness_kwargs(connect_timeout: float) -> dict[str, Any]:
+def liveness_kwargs(connect_timeout: float) -> dict[str, Any]:
     """libpq settings that notice a dead or unreachable server: a connect timeout, TCP
     keepalives, and a TCP user timeout for sent data that is never acknowledged."""
     seconds = max(2, int(connect_timeout))  # libpq takes whole seconds, at least 2

@@ -212,3 +212,32 @@ def test_appends_come_back_after_the_database_restarts(
         assert set(acknowledged) <= stored
     finally:
         database.stop()
+
+
+def test_sigterm_while_postgresql_is_gone_exits_within_the_grace_period(
+        servers: Callable[..., ServerProcess], tmp_path: Path) -> None:
+    """Seen on real pods at `helm uninstall`: with PostgreSQL gone (its pod deleted; packets
+    to it go unanswered), projection workers hung in their reads, and stopping the runner
+    waited 30 s for them, so a store pod overran its 30 s grace period and was SIGKILLed.
+    Here PostgreSQL is frozen (SIGSTOP), which hangs the reads the same way. Now the
+    runner's stop is bounded (10 s) and its pool's waits are the store's."""
+    from tests.server.test_hardening import _signal_postgres
+
+    database = PostgresServer().start()
+    try:
+        config = write_settings(tmp_path / "with-projection", projections=(
+            'projections:\n  balances: "eventstore.projections.bank:AccountBalances"\n'))
+        server = servers({"EVENTSTORE_URL": database.url, "EVENTSTORE_CONFIG_DIR": str(config)})
+        with server.client() as http:
+            for n in range(20):
+                assert http.post(f"/streams/acc-{n}", json={"events": [
+                    {"type": "AccountOpened", "payload": {"owner": "x"}}]}).status_code == 201
+        _signal_postgres(database, signal.SIGSTOP)
+        time.sleep(3)  # the workers' next reads now hang
+        started = time.monotonic()
+        server.stop(signal.SIGTERM, timeout=90)
+        took = time.monotonic() - started
+        assert took < 25, f"SIGTERM took {took:.1f}s with PostgreSQL frozen:\n{server.log()[-3000:]}"
+    finally:
+        _signal_postgres(database, signal.SIGCONT)
+        database.stop()
