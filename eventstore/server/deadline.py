@@ -30,7 +30,10 @@ log = logging.getLogger(__name__)
 class DeadlineMiddleware:
     """Answers 503 when the app has not started a response within `timeout` seconds.
 
-    At most `max_abandoned` requests are left running behind a 503 at once; past that,
+    The app runs in the request's own task, with one timer beside it (no extra task per
+    request: this sits on the append hot path). When the timer fires first, a 503 goes
+    out from a small task of its own and whatever the app sends later is dropped. At
+    most `max_abandoned` requests are left running behind a 503 at once; past that,
     requests are answered 503 straight away, so a database that never resumes cannot
     pile up unbounded work.
     """
@@ -41,45 +44,43 @@ class DeadlineMiddleware:
         self.timeout = timeout
         self.max_abandoned = max_abandoned
         self.exempt = exempt
-        self._abandoned: set[asyncio.Task[None]] = set()
+        self.abandoned = 0
+        self._replies: set[asyncio.Task[None]] = set()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in self.exempt:
             await self.app(scope, receive, send)
             return
-        if len(self._abandoned) >= self.max_abandoned:
-            await self._unavailable(send, f"{len(self._abandoned)} earlier requests are still "
+        if self.abandoned >= self.max_abandoned:
+            await self._unavailable(send, f"{self.abandoned} earlier requests are still "
                                           "waiting on the database")
             return
-        started = asyncio.Event()
-        abandoned = False
+        state = _Request()
 
-        async def send_until_abandoned(message: Message) -> None:
-            if abandoned:
+        async def send_unless_abandoned(message: Message) -> None:
+            if state.abandoned:
                 return  # the client already has its 503
             if message["type"] == "http.response.start":
-                started.set()
+                state.started = True
             await send(message)
 
-        task = asyncio.ensure_future(self.app(scope, receive, send_until_abandoned))
-        waiter = asyncio.ensure_future(started.wait())
+        timer = asyncio.get_running_loop().call_later(self.timeout, self._expire, state, send)
         try:
-            await asyncio.wait({task, waiter}, timeout=self.timeout,
-                               return_when=asyncio.FIRST_COMPLETED)
+            await self.app(scope, receive, send_unless_abandoned)
         finally:
-            waiter.cancel()
-        if not started.is_set() and not task.done():
-            abandoned = True
-            self._abandoned.add(task)
-            task.add_done_callback(self._finished_abandoned)
-            await self._unavailable(send, f"no answer within {self.timeout:g}s")
-            return
-        await task  # the response is under way: let it finish (streams may run long)
+            timer.cancel()
+            if state.abandoned:
+                self.abandoned -= 1
 
-    def _finished_abandoned(self, task: asyncio.Task[None]) -> None:
-        self._abandoned.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.debug("an abandoned request failed", exc_info=task.exception())
+    def _expire(self, state: _Request, send: Send) -> None:
+        if state.started:
+            return  # the response is under way (streams may run long)
+        state.abandoned = True
+        self.abandoned += 1
+        reply = asyncio.ensure_future(self._unavailable(send, f"no answer within "
+                                                              f"{self.timeout:g}s"))
+        self._replies.add(reply)
+        reply.add_done_callback(self._replies.discard)
 
     @staticmethod
     async def _unavailable(send: Send, why: str) -> None:
@@ -89,10 +90,23 @@ class DeadlineMiddleware:
                        "EVENTSTORE_DB_TIMEOUT_SECONDS); retry later. An append's outcome is "
                        "unknown: re-send it with the same event ids (that is idempotent)"
         }).encode()
-        await send({"type": "http.response.start", "status": 503, "headers": [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()), (b"retry-after", b"1")]})
-        await send({"type": "http.response.body", "body": body})
+        try:
+            await send({"type": "http.response.start", "status": 503, "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()), (b"retry-after", b"1")]})
+            await send({"type": "http.response.body", "body": body})
+        except OSError:  # the client is gone
+            log.debug("could not send a 503", exc_info=True)
+
+
+class _Request:
+    """One request's progress, shared by its sends and its timer."""
+
+    __slots__ = ("abandoned", "started")
+
+    def __init__(self) -> None:
+        self.started = False
+        self.abandoned = False
 
 
 class ReadinessCheck:
