@@ -3,7 +3,8 @@
 No API calls and no randomness here: handlers read the cluster, call these, and
 apply the results. Every object carries the recommended labels and a controller
 owner reference to the EventStore, so the garbage collector removes it with its
-owner.
+owner; except what the kept data needs (generated Secrets, the user's ConfigMap),
+which stays with the volume claims: see `_kept_meta`.
 
 How the settings reach the pods: the user edits the ConfigMap `<name>-config`
 (created once from the spec or the defaults). The operator validates each edit and
@@ -25,8 +26,10 @@ from eventstore.settings import (
     CONFIG_DIR_ENV,
     CONFIG_FILES,
     ProjectionSettings,
+    Settings,
     StoreSettings,
     render_config_data,
+    settings_hash,
 )
 from eventstore_operator import names
 from eventstore_operator.crd import SETTINGS_FIELDS, spec_schema
@@ -114,6 +117,21 @@ def _meta(owner: Owner, name: str, component: str, **extra: Any) -> Obj:
     return meta
 
 
+def _kept_meta(owner: Owner, name: str, component: str, **extra: Any) -> Obj:
+    """Metadata of an object that lives as long as the data, not as the EventStore.
+
+    No owner reference: deleting the EventStore keeps it, like the volume claims, and an
+    EventStore re-created with the same name finds it and uses it again (generated
+    passwords still match the kept databases; the user's settings are not reset). The
+    label says so, and `kubectl delete pvc,secret,configmap -l
+    app.kubernetes.io/instance=<name>` removes them together with the data.
+    """
+    meta = _meta(owner, name, component, **extra)
+    del meta["ownerReferences"]
+    meta["labels"][names.LABEL_KEPT_WITH_DATA] = "true"
+    return meta
+
+
 def _secret_env(env_name: str, secret: str, key: str) -> Obj:
     return {"name": env_name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
 
@@ -181,13 +199,19 @@ def seed_settings(spec: Mapping[str, Any]) -> tuple[StoreSettings, ProjectionSet
     return StoreSettings(**store), ProjectionSettings(**projections)
 
 
+def seed_hash(spec: Mapping[str, Any]) -> str:
+    """A hash of the settings spec.settings seeds (on the ConfigMap it seeded)."""
+    store, projections = seed_settings(spec)
+    return settings_hash(Settings(store=store, projections=projections))
+
+
 def user_config_map(owner: Owner, spec: Mapping[str, Any]) -> Obj:
     """The tuning ConfigMap, created once and then owned by the user's edits."""
     store, projections = seed_settings(spec)
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
-        "metadata": _meta(
+        "metadata": _kept_meta(
             owner,
             names.config(owner.name),
             names.COMPONENT_CONFIG,
@@ -196,7 +220,8 @@ def user_config_map(owner: Owner, spec: Mapping[str, Any]) -> Obj:
                     "Tuning settings of this EventStore. Edit freely: the operator validates "
                     "each edit, rolls the store pods on a valid one and reports an invalid "
                     "one on the EventStore's status (kubectl describe eventstore)."
-                )
+                ),
+                names.ANNOTATION_SEED_HASH: seed_hash(spec),
             },
         ),
         "data": render_config_data(store, projections),
@@ -232,7 +257,7 @@ def credentials_secret(owner: Owner, db_name: str, component: str, password: str
     return {
         "apiVersion": "v1",
         "kind": "Secret",
-        "metadata": _meta(owner, names.credentials(db_name), component),
+        "metadata": _kept_meta(owner, names.credentials(db_name), component),
         "type": "Opaque",
         "stringData": {names.USERNAME_KEY: "eventstore", names.PASSWORD_KEY: password},
     }
@@ -242,9 +267,34 @@ def api_token_secret(owner: Owner, token: str) -> Obj:
     return {
         "apiVersion": "v1",
         "kind": "Secret",
-        "metadata": _meta(owner, names.api_token(owner.name), names.COMPONENT_API_TOKEN),
+        "metadata": _kept_meta(owner, names.api_token(owner.name), names.COMPONENT_API_TOKEN),
         "type": "Opaque",
         "stringData": {names.TOKEN_KEY: token},
+    }
+
+
+def app_secret(owner: Owner, token: str | None) -> Obj:
+    """What an application needs to connect: url, host, port and the API token.
+
+    The operator cannot read Secrets, so the token is written only when it is generated
+    together with `<name>-api-token`; a connection Secret made later (for a store created
+    by an older operator) names the token's Secret in `tokenSecret` instead.
+    """
+    host = f"{names.store(owner.name)}.{owner.namespace}.svc"
+    data = {
+        "url": f"http://{host}:{names.HTTP_PORT}",
+        "host": host,
+        "port": str(names.HTTP_PORT),
+        "tokenSecret": names.api_token(owner.name),
+    }
+    if token is not None:
+        data[names.TOKEN_KEY] = token
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": _kept_meta(owner, names.app_secret(owner.name), names.COMPONENT_APP),
+        "type": "Opaque",
+        "stringData": data,
     }
 
 
@@ -659,6 +709,69 @@ def store_objects(owner: Owner, spec: Mapping[str, Any], config_hash: str, confi
         pod_disruption_budget(owner),
         store_statefulset(owner, spec, config_hash, config_map),
     ]
+
+
+def image_of(statefulset: Mapping[str, Any] | None) -> str | None:
+    """The image of a StatefulSet's first container (None: no StatefulSet)."""
+    containers = (((statefulset or {}).get("spec") or {}).get("template") or {}).get("spec", {}).get(
+        "containers"
+    ) or []
+    return str(containers[0]["image"]) if containers else None
+
+
+def image_major(image: str) -> int | None:
+    """The major version in an image's tag: postgres:16.4-bookworm -> 16, mongo:7 -> 7.
+
+    None when the tag says no version (latest, a digest only, a name without a tag):
+    then no upgrade guard can apply.
+    """
+    ref = image.split("@", 1)[0]
+    last = ref.rsplit("/", 1)[-1]
+    if ":" not in last:
+        return None
+    tag = last.split(":", 1)[1]
+    digits = ""
+    for ch in tag:
+        if not ch.isdigit():
+            break
+        digits += ch
+    return int(digits) if digits else None
+
+
+def major_upgrade_refusal(component: str, old: str | None, new: str, allowed: bool) -> str | None:
+    """Why an in-cluster database image change is held back, or None if it may roll.
+
+    A different major version is refused unless `allowMajorVersionUpgrade` is set:
+    PostgreSQL will not start on another major's data directory, and MongoDB upgrades
+    one major at a time after featureCompatibilityVersion is raised.
+    """
+    if old is None or allowed or old == new:
+        return None
+    old_major, new_major = image_major(old), image_major(new)
+    if old_major is None or new_major is None or old_major == new_major:
+        return None
+    if component == names.COMPONENT_POSTGRES:
+        what = "PostgreSQL"
+        path = (
+            "PostgreSQL does not start on a data directory of another major version. Upgrade "
+            "path (README, 'Upgrading PostgreSQL or MongoDB'): back up the events (`eventstore "
+            "backup`), restore them into a new EventStore running the new image, switch the "
+            "clients; or upgrade the data directory yourself (pg_upgrade) and then set "
+            "spec.postgres.allowMajorVersionUpgrade: true"
+        )
+    else:
+        what = "MongoDB"
+        path = (
+            "MongoDB upgrades one major version at a time, after `db.adminCommand({"
+            f"setFeatureCompatibilityVersion: '{old_major}.0'}})` on the old version. Upgrade "
+            "path (README, 'Upgrading PostgreSQL or MongoDB'): check that, then set "
+            "spec.mongodb.allowMajorVersionUpgrade: true (snapshots can also be rebuilt "
+            "from the events on an empty volume)"
+        )
+    return (
+        f"spec.{component}.image {new} is {what} {new_major}, but {names.KIND} keeps running "
+        f"{old} ({what} {old_major}): a major-version change is refused. {path}"
+    )
 
 
 def claim_size(statefulset: Mapping[str, Any]) -> tuple[str | None, str | None]:

@@ -190,7 +190,18 @@ def _database_schema(
                 "default": image,
                 "minLength": 1,
                 "maxLength": 512,
-                "description": "Image of the in-cluster database.",
+                "description": (
+                    "Image of the in-cluster database. A change of major version (for "
+                    "example 16 to 17) is refused unless allowMajorVersionUpgrade is set."
+                ),
+            },
+            "allowMajorVersionUpgrade": {
+                "type": "boolean",
+                "default": False,
+                "description": (
+                    "Let a change of the image's major version roll the database (after "
+                    "you upgraded its data: see the README's 'Upgrading PostgreSQL or MongoDB')."
+                ),
             },
             "storage": _storage_schema(storage, f"in-cluster {what}"),
             "resources": _resources_schema(requests, {"memory": "1Gi"}),
@@ -327,6 +338,15 @@ def status_schema() -> dict[str, Any]:
                 "type": "string",
                 "description": "The immutable ConfigMap the store pods mount.",
             },
+            "image": {
+                "type": "string",
+                "description": "The image the store StatefulSet runs.",
+            },
+            "images": {
+                "type": "object",
+                "description": "The image each StatefulSet runs (store, postgres, mongodb).",
+                "additionalProperties": {"type": "string"},
+            },
             "conditions": {
                 "type": "array",
                 "items": _condition_schema(),
@@ -341,6 +361,7 @@ def build_crd() -> dict[str, Any]:
     """The CRD as a dict (apiextensions.k8s.io/v1)."""
     ready = '.status.conditions[?(@.type=="Ready")].status'
     config_valid = '.status.conditions[?(@.type=="ConfigValid")].status'
+    reconciled = '.status.conditions[?(@.type=="Reconciled")].status'
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
@@ -374,7 +395,9 @@ def build_crd() -> dict[str, Any]:
                             "jsonPath": ".status.readyReplicas",
                         },
                         {"name": "Config-Valid", "type": "string", "jsonPath": config_valid},
+                        {"name": "Reconciled", "type": "string", "jsonPath": reconciled},
                         {"name": "Config-Hash", "type": "string", "jsonPath": ".status.configHash"},
+                        {"name": "Image", "type": "string", "jsonPath": ".status.image", "priority": 1},
                         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
                     ],
                     "schema": {

@@ -37,7 +37,7 @@ import kopf
 from kubernetes.utils import parse_quantity
 
 from eventstore.registry import check_store_settings
-from eventstore.settings import SettingsError, config_hash, validate_config_data
+from eventstore.settings import SettingsError, settings_hash, validate_config_data
 from eventstore_operator import builders, kube, names
 from eventstore_operator.builders import Obj, Owner
 
@@ -88,7 +88,12 @@ def _merge_conditions(previous: list[Obj], updates: list[Obj]) -> list[Obj]:
     by_type = {c["type"]: c for c in previous if "type" in c}
     for c in updates:
         by_type[c["type"]] = c
-    order = [names.CONDITION_READY, names.CONDITION_CONFIG_VALID, names.CONDITION_RECONCILED]
+    order = [
+        names.CONDITION_READY,
+        names.CONDITION_CONFIG_VALID,
+        names.CONDITION_RECONCILED,
+        names.CONDITION_SETTINGS_SEEDED,
+    ]
     return sorted(by_type.values(), key=lambda c: order.index(c["type"]) if c["type"] in order else 9)
 
 
@@ -157,13 +162,20 @@ def _ensure_secrets(body: Obj, owner: Owner, spec: Obj, logger: Any) -> None:
     for secret_name, component in builders.generated_secret_names(owner, spec):
         db = ""
         if component == names.COMPONENT_API_TOKEN:
-            obj = builders.api_token_secret(owner, secrets.token_urlsafe(32))
+            token = secrets.token_urlsafe(32)
+            created = kube.create(builders.api_token_secret(owner, token)) is not None
+            # Create only (409 keeps the existing one): with the token when it is new.
+            if kube.create(builders.app_secret(owner, token if created else None)) is not None:
+                logger.info("created Secret %s", names.app_secret(owner.name))
+            if not created:
+                continue
         else:
             db = secret_name.removesuffix("-credentials")
             obj = builders.credentials_secret(owner, db, component, secrets.token_urlsafe(24))
-        # Create only: an existing Secret (409) keeps its generated value forever.
-        if kube.create(obj) is None:
-            continue
+            # Create only: an existing Secret (409) keeps its generated value forever,
+            # also across a delete and re-create of the EventStore (no owner reference).
+            if kube.create(obj) is None:
+                continue
         logger.info("created Secret %s", secret_name)
         if db and kube.get("StatefulSet", owner.namespace, db) is not None:
             # The database was initialised with the lost password; a new one cannot match.
@@ -180,6 +192,15 @@ def _ensure_secrets(body: Obj, owner: Owner, spec: Obj, logger: Any) -> None:
 def _user_config(body: Obj, owner: Owner, spec: Obj) -> Obj:
     found = kube.get("ConfigMap", owner.namespace, names.config(owner.name))
     if found is not None:
+        if found["metadata"].get("ownerReferences"):
+            # Made by an older operator, owned by the EventStore: release it so it is
+            # kept with the data when the EventStore is deleted.
+            found = kube.merge_patch(
+                "ConfigMap",
+                owner.namespace,
+                names.config(owner.name),
+                {"metadata": {"ownerReferences": None, "labels": {names.LABEL_KEPT_WITH_DATA: "true"}}},
+            )
         return found
     seed = builders.user_config_map(owner, spec)
     created = kube.create(seed)
@@ -247,12 +268,14 @@ def _reconcile(body: Obj, logger: Any) -> None:
     try:
         # As the pods will load it, registered aggregates imported (the operator runs the
         # store's image, so what imports here imports in the pods).
-        check_store_settings(validate_config_data(data).store)
+        parsed = validate_config_data(data)
+        check_store_settings(parsed.store)
         error: SettingsError | None = None
     except SettingsError as exc:
         error = exc
     if error is None:
-        digest = config_hash(data)
+        # Over the parsed settings: a comment-only edit keeps the hash (no roll).
+        digest = settings_hash(parsed)
         kube.create(builders.config_snapshot(owner, data, digest))  # 409: already there
         if applied_hash and applied_hash != digest:
             kube.post_event(
@@ -287,13 +310,21 @@ def _reconcile(body: Obj, logger: Any) -> None:
 
     # Databases first (the store pods need them), then the store itself.
     db_sts: dict[str, Obj | None] = {}
+    refusals: list[str] = []
     for obj in builders.in_cluster_databases(owner, spec):
         if obj["kind"] == "StatefulSet":
-            db_sts[obj["metadata"]["labels"][names.LABEL_COMPONENT]] = _apply_statefulset(obj, logger, body)
+            component = obj["metadata"]["labels"][names.LABEL_COMPONENT]
+            refusal = _hold_major_upgrade(obj, spec[component])
+            if refusal:
+                refusals.append(refusal)
+            db_sts[component] = _apply_statefulset(obj, logger, body)
         else:
             kube.apply(obj)
+    _report_refusals(body, previous, refusals, logger)
 
     store: Obj | None = None
+    seed_cond = _seed_condition(body, owner, spec, user_cm, previous, generation)
+
     if applied_hash and applied_cm:
         for obj in builders.store_objects(owner, spec, applied_hash, applied_cm):
             if obj["kind"] == "StatefulSet":
@@ -309,6 +340,15 @@ def _reconcile(body: Obj, logger: Any) -> None:
             "all child objects are up to date",
             generation,
         )
+        if refusals:
+            reconciled = condition(
+                previous,
+                names.CONDITION_RECONCILED,
+                False,
+                "MajorVersionUpgradeRefused",
+                " ".join(refusals),
+                generation,
+            )
     else:
         reconciled = condition(
             previous,
@@ -332,13 +372,82 @@ def _reconcile(body: Obj, logger: Any) -> None:
         "observedGeneration": generation,
         "replicas": int(spec["replicas"]),
         "readyReplicas": _ready_replicas(store),
-        "conditions": _merge_conditions(previous, [ready, config_cond, reconciled]),
+        "conditions": _merge_conditions(previous, [ready, config_cond, reconciled, seed_cond]),
     }
+    images = {
+        label: image
+        for label, sts in {names.COMPONENT_STORE: store, **db_sts}.items()
+        if (image := builders.image_of(sts))
+    }
+    if images:
+        new_status["images"] = images
+    if store is not None:
+        new_status["image"] = builders.image_of(store)
     if applied_hash:
         new_status["configHash"] = applied_hash
     if applied_cm:
         new_status["configMapName"] = applied_cm
     _patch_status(body, new_status)
+
+
+def _hold_major_upgrade(obj: Obj, db_spec: Obj) -> str | None:
+    """Keep a database StatefulSet on its running image when the spec changes the major
+    version without `allowMajorVersionUpgrade`; returns the refusal, if any."""
+    meta = obj["metadata"]
+    running = builders.image_of(kube.get("StatefulSet", meta["namespace"], meta["name"]))
+    wanted = builders.image_of(obj) or ""
+    refusal = builders.major_upgrade_refusal(
+        meta["labels"][names.LABEL_COMPONENT],
+        running,
+        wanted,
+        bool(db_spec.get("allowMajorVersionUpgrade")),
+    )
+    if refusal and running:
+        obj["spec"]["template"]["spec"]["containers"][0]["image"] = running
+    return refusal
+
+
+def _report_refusals(body: Obj, previous: list[Obj], refusals: list[str], logger: Any) -> None:
+    """One Warning Event per new refusal (the resync must not repeat it every pass)."""
+    old = next((c for c in previous if c.get("type") == names.CONDITION_RECONCILED), None)
+    message = " ".join(refusals)
+    repeated = old and old.get("reason") == "MajorVersionUpgradeRefused" and old.get("message") == message
+    if refusals and not repeated:
+        kube.post_event(body, "Warning", "MajorVersionUpgradeRefused", message)
+        logger.warning("%s", message)
+
+
+def _seed_condition(
+    body: Obj, owner: Owner, spec: Obj, user_cm: Obj, previous: list[Obj], generation: int
+) -> Obj:
+    """Whether spec.settings still matches what seeded the ConfigMap (issue 13 #6).
+
+    spec.settings only seeds `<name>-config` when it is created; after that the
+    ConfigMap is the tuning surface. A later change of spec.settings (or a re-created
+    EventStore finding the kept ConfigMap) is said so, once, rather than ignored silently.
+    """
+    seeded = (user_cm.get("metadata", {}).get("annotations") or {}).get(names.ANNOTATION_SEED_HASH)
+    wanted = builders.seed_hash(spec)
+    cm = names.config(owner.name)
+    if seeded is None or seeded == wanted:
+        return condition(
+            previous,
+            names.CONDITION_SETTINGS_SEEDED,
+            True,
+            "Seeded",
+            f"spec.settings seeded {cm}; edit {cm} to tune the store",
+            generation,
+        )
+    message = (
+        f"spec.settings differs from what seeded {cm}, and only seeds it when the ConfigMap "
+        f"is created: the store runs {cm}. Edit it instead (kubectl edit configmap {cm})"
+    )
+    old = next((c for c in previous if c.get("type") == names.CONDITION_SETTINGS_SEEDED), None)
+    if not old or old.get("status") != "False":
+        kube.post_event(body, "Warning", "SpecSettingsIgnored", message)
+    return condition(
+        previous, names.CONDITION_SETTINGS_SEEDED, False, "SpecSettingsIgnored", message, generation
+    )
 
 
 def reconcile(namespace: str, name: str, logger: Any = log) -> None:
@@ -359,6 +468,11 @@ def _report_failure(body: Obj, exc: Exception) -> None:
     previous: list[Obj] = status.get("conditions") or []
     generation = int(body["metadata"].get("generation") or 0)
     failed = condition(previous, names.CONDITION_RECONCILED, False, "ReconcileFailed", str(exc), generation)
+    old = next((c for c in previous if c.get("type") == names.CONDITION_RECONCILED), None)
+    if not old or old.get("reason") != "ReconcileFailed" or old.get("message") != str(exc):
+        # The operator's own Event: kopf posts none for failures of the resync thread or of
+        # the watch-event handlers, and the condition alone is easy to miss (issue 13 #4).
+        kube.post_event(body, "Warning", "ReconcileFailed", str(exc))
     try:
         _patch_status(body, {"conditions": _merge_conditions(previous, [failed])})
     except (kopf.TemporaryError, kopf.PermanentError) as patch_exc:

@@ -142,11 +142,15 @@ def assert_store_objects(
     found = children(kube, namespace, name)
 
     # Every child is owned (controller reference) by the EventStore: the garbage collector
-    # removes them with it.
+    # removes them with it. Except what the data needs (generated Secrets, the user's
+    # ConfigMap): no owner, kept with the volume claims.
     for kind, suffix in CHILD_SUFFIXES:
         key = (kind, name + suffix)
         assert key in found, f"missing {kind} {name + suffix}; have {sorted(found)}"
         refs = found[key]["metadata"].get("ownerReferences") or []
+        if names.LABEL_KEPT_WITH_DATA in found[key]["metadata"].get("labels", {}):
+            assert not refs, f"{key} is kept with the data but has owner references: {refs}"
+            continue
         owners = [(r["kind"], r["name"], r["uid"], r.get("controller")) for r in refs]
         assert owners == [(names.KIND, name, uid, True)], f"{key} owner references: {owners}"
 

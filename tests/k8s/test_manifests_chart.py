@@ -244,7 +244,11 @@ def test_install_upgrade_uninstall(
 
     def leftovers() -> list[str]:
         items = kubectl.list(kinds, namespace, "app.kubernetes.io/part-of=eventstore")
-        return [f"{o['kind']}/{o['metadata']['name']}" for o in items]
+        return [
+            f"{o['kind']}/{o['metadata']['name']}"
+            for o in items
+            if names.LABEL_KEPT_WITH_DATA not in o["metadata"].get("labels", {})
+        ]
 
     try:
         wait_for(lambda: not leftovers(), 60, "uninstall to leave no orphans")
@@ -252,4 +256,12 @@ def test_install_upgrade_uninstall(
         raise AssertionError(f"{exc}: {leftovers()}") from None
     # Kept on purpose (documented in NOTES.txt and the README): the volumes and the CRD.
     assert {c["metadata"]["name"] for c in kubectl.list("pvc", namespace)} == claims_before
+    # ... and what that data needs: a later `helm install` finds the same credentials and
+    # settings (issue 13 #1).
+    kept = kubectl.list("secrets,configmaps", namespace, f"{names.LABEL_KEPT_WITH_DATA}=true")
+    assert {o["metadata"]["name"] for o in kept} >= {
+        "eventstore-config",
+        "eventstore-postgres-credentials",
+        "eventstore-mongodb-credentials",
+    }
     assert kubectl.get("crd", names.CRD_NAME, "default") is not None

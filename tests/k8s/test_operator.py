@@ -56,6 +56,7 @@ CHILDREN = {
     ("Secret", "demo-api-token"),
     ("Secret", "demo-postgres-credentials"),
     ("Secret", "demo-mongodb-credentials"),
+    ("Secret", "demo-app"),
     ("NetworkPolicy", "demo-postgres"),
     ("NetworkPolicy", "demo-mongodb"),
 }
@@ -85,6 +86,16 @@ def operator(kubectl: Kubectl, namespace: str, tmp_path: Path) -> Iterator[Opera
 def owned_children(kubectl: Kubectl, namespace: str) -> dict[tuple[str, str], dict[str, Any]]:
     items = kubectl.list(CHILD_KINDS, namespace, f"{names.LABEL_INSTANCE}={NAME}")
     return {(o["kind"], o["metadata"]["name"]): o for o in items}
+
+
+def collectable_children(kubectl: Kubectl, namespace: str) -> dict[tuple[str, str], dict[str, Any]]:
+    """The children the garbage collector removes with the EventStore (not those kept
+    with the data: generated Secrets and the user's ConfigMap)."""
+    return {
+        key: obj
+        for key, obj in owned_children(kubectl, namespace).items()
+        if names.LABEL_KEPT_WITH_DATA not in obj["metadata"].get("labels", {})
+    }
 
 
 def eventstore(kubectl: Kubectl, namespace: str) -> dict[str, Any] | None:
@@ -156,8 +167,19 @@ def test_example_converges_with_every_child(
     uid = body["metadata"]["uid"]
     children = owned_children(kubectl, namespace)
     for key in CHILDREN:
+        if names.LABEL_KEPT_WITH_DATA in children[key]["metadata"]["labels"]:
+            assert not children[key]["metadata"].get("ownerReferences"), key
+            continue
         refs = children[key]["metadata"]["ownerReferences"]
         assert [(r["kind"], r["uid"], r["controller"]) for r in refs] == [("EventStore", uid, True)]
+    kept = {k for k, o in children.items() if names.LABEL_KEPT_WITH_DATA in o["metadata"]["labels"]}
+    assert kept == {
+        ("ConfigMap", "demo-config"),
+        ("Secret", "demo-api-token"),
+        ("Secret", "demo-app"),
+        ("Secret", "demo-postgres-credentials"),
+        ("Secret", "demo-mongodb-credentials"),
+    }
 
     sts = children[("StatefulSet", "demo")]
     assert sts["spec"]["replicas"] == 3
@@ -490,14 +512,48 @@ def test_deleting_the_eventstore_garbage_collects_children(
     kubectl.run("delete", "eventstore", NAME, "-n", namespace, "--wait=true", timeout=60)
 
     def gone() -> bool:
-        left = owned_children(kubectl, namespace)
+        left = collectable_children(kubectl, namespace)
         return not left
 
     try:
         wait_for(gone, 60, "the garbage collector to delete every child")
     except AssertionError as exc:
-        raise AssertionError(f"{exc}: left {sorted(owned_children(kubectl, namespace))}") from None
+        raise AssertionError(f"{exc}: left {sorted(collectable_children(kubectl, namespace))}") from None
     operator.assert_running()
+
+
+def test_recreated_eventstore_keeps_credentials_and_settings(
+    kubectl: Kubectl, namespace: str, operator: OperatorProcess
+) -> None:
+    """Issue 13 #1: delete then re-apply must not lose access to the kept data."""
+    kubectl.run("apply", "-n", namespace, "-f", str(EXAMPLE))
+    wait_converged(kubectl, namespace, operator)
+    patch_config(kubectl, namespace, "snapshot_frequency: 7\n")
+    wait_for(
+        lambda: (eventstore(kubectl, namespace) or {}).get("status", {}).get("configHash")
+        != config_hash(example_config_data()),
+        20,
+        "the edit to be applied",
+    )
+    secrets = ("demo-postgres-credentials", "demo-mongodb-credentials", "demo-api-token", "demo-app")
+    before = {s: (kubectl.get("secret", s, namespace) or {}).get("data") for s in secrets}
+    old_uid = (eventstore(kubectl, namespace) or {})["metadata"]["uid"]
+
+    kubectl.run("delete", "eventstore", NAME, "-n", namespace, "--wait=true", timeout=60)
+    wait_for(lambda: not collectable_children(kubectl, namespace), 60, "the owned children to go")
+    time.sleep(1)  # the garbage collector had its chance at the rest too
+    for s in secrets:
+        assert kubectl.get("secret", s, namespace) is not None, f"Secret {s} was deleted with the EventStore"
+
+    kubectl.run("apply", "-n", namespace, "-f", str(EXAMPLE))
+    body = wait_converged(kubectl, namespace, operator)
+    assert body["metadata"]["uid"] != old_uid
+    after = {s: (kubectl.get("secret", s, namespace) or {}).get("data") for s in secrets}
+    assert after == before, "credentials were regenerated: the kept databases expect the old ones"
+    cm = kubectl.get("configmap", "demo-config", namespace)
+    assert cm is not None and cm["data"][EVENT_STORE_FILE] == "snapshot_frequency: 7\n"
+    assert template_hash(kubectl, namespace) == config_hash(cm["data"])
+    assert not events(kubectl, namespace, "CredentialsRegenerated")
 
 
 def test_eventstore_deleted_while_the_operator_is_down_is_collected(
@@ -507,7 +563,7 @@ def test_eventstore_deleted_while_the_operator_is_down_is_collected(
     wait_converged(kubectl, namespace, operator)
     operator.stop()
     kubectl.run("delete", "eventstore", NAME, "-n", namespace, "--wait=true", timeout=30)
-    wait_for(lambda: not owned_children(kubectl, namespace), 60, "children to be collected")
+    wait_for(lambda: not collectable_children(kubectl, namespace), 60, "children to be collected")
 
 
 def test_operator_restarted_mid_reconcile_converges(
@@ -525,7 +581,7 @@ def test_operator_restarted_mid_reconcile_converges(
     body = wait_converged(kubectl, namespace, operator, timeout=30)
     assert condition(body, names.CONDITION_CONFIG_VALID)
     # Exactly one generated value per Secret: the restart did not regenerate them.
-    assert len(kubectl.list("secrets", namespace, f"{names.LABEL_INSTANCE}={NAME}")) == 3
+    assert len(kubectl.list("secrets", namespace, f"{names.LABEL_INSTANCE}={NAME}")) == 4
     operator.assert_running()
 
 
@@ -605,8 +661,35 @@ def test_two_eventstores_in_one_namespace_stay_apart(
     assert env["EVENT_DB_HOST"]["value"] == "ledger-postgres"
 
     kubectl.run("delete", "eventstore", NAME, "-n", namespace, "--wait=true", timeout=60)
-    wait_for(lambda: not owned_children(kubectl, namespace), 60, "demo's children to go")
+    wait_for(lambda: not collectable_children(kubectl, namespace), 60, "demo's children to go")
     time.sleep(2)
     assert ledger() is not None, "deleting one EventStore touched the other's children"
     body = kubectl.get("eventstore", "ledger", namespace)
     assert (condition(body, names.CONDITION_RECONCILED) or {}).get("status") == "True"
+
+
+def test_comment_only_config_edit_does_not_roll(
+    kubectl: Kubectl, namespace: str, operator: OperatorProcess
+) -> None:
+    """Issue 13 #7: the pod template's hash is over the parsed settings."""
+    kubectl.run("apply", "-n", namespace, "-f", str(EXAMPLE))
+    wait_converged(kubectl, namespace, operator)
+    before = kubectl.get("statefulset", NAME, namespace)
+    assert before is not None
+    cm = kubectl.get("configmap", f"{NAME}-config", namespace)
+    assert cm is not None
+    patch_config(kubectl, namespace, "# a comment only\n" + cm["data"][EVENT_STORE_FILE] + "\n# the end\n")
+    time.sleep(5)  # more than a resync (3 s) and the ConfigMap watch
+    after = kubectl.get("statefulset", NAME, namespace)
+    assert after is not None
+    assert after["metadata"]["generation"] == before["metadata"]["generation"], "the pods rolled"
+    assert not events(kubectl, namespace, "ConfigApplied")
+
+    patch_config(kubectl, namespace, "snapshot_frequency: 0\nretention_days: 0\n")
+
+    def reported() -> str | None:
+        cond = condition(eventstore(kubectl, namespace), names.CONDITION_CONFIG_VALID)
+        return cond["message"] if cond and cond["status"] == "False" else None
+
+    message = wait_for(reported, 20, "the invalid edit to be reported")
+    assert "snapshot_frequency:" in message and "retention_days:" in message, message

@@ -132,6 +132,7 @@ def test_first_reconcile_creates_everything(fake: FakeKube) -> None:
         ("Secret", "demo-api-token"),
         ("Secret", "demo-postgres-credentials"),
         ("Secret", "demo-mongodb-credentials"),
+        ("Secret", "demo-app"),
         ("StatefulSet", "demo-postgres"),
         ("StatefulSet", "demo-mongodb"),
         ("Service", "demo-postgres"),
@@ -352,3 +353,133 @@ def test_claims_that_cannot_grow_are_reported(fake: FakeKube) -> None:
         handlers.reconcile("ns", "demo")  # no claim exists: every patch fails
     (warning,) = [m for k, r, m in fake.events if r == "VolumeResizeFailed"]
     assert "3 volume claim(s) to 200Gi" in warning
+
+
+def test_app_secret_carries_the_generated_token(fake: FakeKube) -> None:
+    handlers.reconcile("ns", "demo")
+    token = fake.objects[("Secret", "ns", "demo-api-token")]["stringData"]["token"]
+    assert fake.objects[("Secret", "ns", "demo-app")]["stringData"]["token"] == token
+
+
+def test_recreated_eventstore_keeps_credentials_and_settings(fake: FakeKube) -> None:
+    """Delete (the garbage collector removes owned children only) then re-create."""
+    handlers.reconcile("ns", "demo")
+    edit_config(fake, "snapshot_frequency: 7\n")
+    handlers.reconcile("ns", "demo")
+    before = {k: copy.deepcopy(v) for k, v in fake.objects.items() if k[0] in ("Secret", "ConfigMap")}
+    for key, obj in list(fake.objects.items()):  # what the garbage collector does
+        if any(r.get("uid") == "u1" for r in obj["metadata"].get("ownerReferences") or []):
+            del fake.objects[key]
+    kept = {k for k in before if k in fake.objects}
+    assert {n for _, _, n in kept} >= {
+        "demo-config", "demo-api-token", "demo-app", "demo-postgres-credentials", "demo-mongodb-credentials"
+    }
+    es(fake)["metadata"]["uid"] = "u2"  # the re-created EventStore
+    del es(fake)["status"]
+    handlers.reconcile("ns", "demo")
+    for key in kept:
+        assert fake.objects[key] == before[key], key
+    assert es(fake)["status"]["configHash"] == config_hash(before[("ConfigMap", "ns", "demo-config")]["data"])
+    assert not [e for e in fake.events if e[1] == "CredentialsRegenerated"]
+
+
+def test_an_owned_config_map_from_an_older_operator_is_released(fake: FakeKube) -> None:
+    handlers.reconcile("ns", "demo")
+    cm = fake.objects[("ConfigMap", "ns", "demo-config")]
+    cm["metadata"]["ownerReferences"] = [{"kind": "EventStore", "uid": "u1", "name": "demo"}]
+    handlers.reconcile("ns", "demo")
+    meta = fake.objects[("ConfigMap", "ns", "demo-config")]["metadata"]
+    assert "ownerReferences" not in meta and meta["labels"][names.LABEL_KEPT_WITH_DATA] == "true"
+
+
+def test_comment_only_edit_does_not_roll(fake: FakeKube) -> None:
+    """Issue 13 #7: the hash is over the parsed settings, not the text."""
+    edit = "snapshot_frequency: 50\n"
+    handlers.reconcile("ns", "demo")
+    edit_config(fake, edit)
+    handlers.reconcile("ns", "demo")
+    rolled = template_hash(fake)
+    edit_config(fake, "# tuned for the ledger\nsnapshot_frequency:   50   # was 100\n")
+    handlers.reconcile("ns", "demo")
+    assert template_hash(fake) == rolled
+    assert [r for _, r, _ in fake.events].count("ConfigApplied") == 1
+
+
+def test_invalid_edit_reports_every_error(fake: FakeKube) -> None:
+    handlers.reconcile("ns", "demo")
+    edit_config(fake, "snapshot_frequency: 0\nretention_days: 0\n")
+    handlers.reconcile("ns", "demo")
+    message = conditions(fake)["ConfigValid"]["message"]
+    assert "snapshot_frequency:" in message and "retention_days:" in message
+
+
+def db_image(fake: FakeKube, name: str) -> str:
+    pod = fake.objects[("StatefulSet", "ns", name)]["spec"]["template"]["spec"]
+    image: str = pod["containers"][0]["image"]
+    return image
+
+
+def test_major_database_upgrade_is_refused_unless_asked(fake: FakeKube) -> None:
+    """Issue 13 #2."""
+    handlers.reconcile("ns", "demo")
+    es(fake)["spec"]["postgres"] = {"image": "postgres:17"}
+    es(fake)["spec"]["mongodb"] = {"image": "mongo:7.0.14"}  # a minor update rolls
+    handlers.reconcile("ns", "demo")
+    handlers.reconcile("ns", "demo")  # the resync must not repeat the Event
+    assert db_image(fake, "demo-postgres") == "postgres:16"
+    assert db_image(fake, "demo-mongodb") == "mongo:7.0.14"
+    cond = conditions(fake)["Reconciled"]
+    assert cond["status"] == "False" and cond["reason"] == "MajorVersionUpgradeRefused"
+    assert "PostgreSQL 17" in cond["message"] and "PostgreSQL 16" in cond["message"]
+    warnings = [m for k, r, m in fake.events if r == "MajorVersionUpgradeRefused"]
+    assert len(warnings) == 1 and "allowMajorVersionUpgrade" in warnings[0]
+    assert es(fake)["status"]["images"]["postgres"] == "postgres:16"
+
+    es(fake)["spec"]["postgres"] = {"image": "postgres:17", "allowMajorVersionUpgrade": True}
+    handlers.reconcile("ns", "demo")
+    assert db_image(fake, "demo-postgres") == "postgres:17"
+    assert conditions(fake)["Reconciled"]["status"] == "True"
+
+
+def test_status_shows_the_images(fake: FakeKube) -> None:
+    handlers.reconcile("ns", "demo")
+    status = es(fake)["status"]
+    assert status["image"] == names.DEFAULT_IMAGE
+    assert status["images"] == {
+        "store": names.DEFAULT_IMAGE,
+        "postgres": names.DEFAULT_POSTGRES_IMAGE,
+        "mongodb": names.DEFAULT_MONGODB_IMAGE,
+    }
+
+
+def test_every_reconcile_failure_is_a_warning_event(fake: FakeKube, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 13 #4: a StatefulSet the API server refuses (422) is a Warning Event too."""
+    real_apply = fake.apply
+
+    def refuse(obj: dict[str, Any]) -> dict[str, Any]:
+        if obj["kind"] == "StatefulSet" and obj["metadata"]["name"] == "demo":
+            raise kopf.PermanentError("apply StatefulSet ns/demo: HTTP 422: storage must be positive")
+        return real_apply(obj)
+
+    monkeypatch.setattr(kube, "apply", refuse)
+    for _ in range(2):
+        with pytest.raises(kopf.PermanentError):
+            handlers.reconcile("ns", "demo")
+    (warning,) = [m for k, r, m in fake.events if r == "ReconcileFailed"]
+    assert "HTTP 422" in warning
+    assert conditions(fake)["Reconciled"]["reason"] == "ReconcileFailed"
+
+
+def test_spec_settings_changed_after_creation_is_reported(fake: FakeKube) -> None:
+    """Issue 13 #6: spec.settings only seeds the ConfigMap; a later change says so."""
+    handlers.reconcile("ns", "demo")
+    assert conditions(fake)["SettingsSeeded"]["status"] == "True"
+    es(fake)["spec"]["settings"] = {"snapshotFrequency": 10}
+    handlers.reconcile("ns", "demo")
+    handlers.reconcile("ns", "demo")
+    cond = conditions(fake)["SettingsSeeded"]
+    assert cond["status"] == "False" and "kubectl edit configmap demo-config" in cond["message"]
+    assert [r for _, r, _ in fake.events].count("SpecSettingsIgnored") == 1
+    es(fake)["spec"]["settings"] = {"snapshotFrequency": 100}
+    handlers.reconcile("ns", "demo")
+    assert conditions(fake)["SettingsSeeded"]["status"] == "True"
