@@ -18,6 +18,7 @@ that restarts later still starts with the last good settings.
 from __future__ import annotations
 
 import copy
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -84,9 +85,17 @@ def _apply_defaults(schema: Mapping[str, Any], value: Any) -> Any:
     return value
 
 
+#: The store image when spec.image is unset: the operator's own image. The chart sets
+#: EVENTSTORE_DEFAULT_IMAGE from image.repository/image.tag, so `helm upgrade --set
+#: image.tag=...` rolls the stores that leave spec.image unset, not only the operator.
+DEFAULT_STORE_IMAGE = os.environ.get("EVENTSTORE_DEFAULT_IMAGE") or names.DEFAULT_IMAGE
+
+
 def normalize_spec(spec: Mapping[str, Any] | None) -> Obj:
-    """The spec with every CRD default applied; the CRD schema is the one source."""
+    """The spec with every CRD default applied; the CRD schema is the one source
+    (spec.image aside: `DEFAULT_STORE_IMAGE`)."""
     result: Obj = _apply_defaults(spec_schema(), dict(spec or {}))
+    result.setdefault("image", DEFAULT_STORE_IMAGE)
     return result
 
 

@@ -274,11 +274,17 @@ def spec_schema() -> dict[str, Any]:
         "description": "Desired state of an event store deployment.",
         "properties": {
             "image": {
+                # No schema default on purpose: the API server would write it into every
+                # EventStore at creation, and `helm upgrade --set image.tag=...` could then
+                # never roll the stores (issue 13 #5). Unset means the operator's default.
                 "type": "string",
-                "default": names.DEFAULT_IMAGE,
                 "minLength": 1,
                 "maxLength": 512,
-                "description": "Image of the store pods (runs `eventstore serve`).",
+                "description": (
+                    "Image of the store pods (runs `eventstore serve`). Unset: the operator's "
+                    "own image (EVENTSTORE_DEFAULT_IMAGE, which the chart sets from image.tag), "
+                    "so upgrading the operator rolls the store pods too."
+                ),
             },
             "imagePullPolicy": {
                 "type": "string",

@@ -24,6 +24,7 @@ importing this module twice, or running it in tests, never doubles handlers.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import secrets
@@ -528,9 +529,34 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     )
     settings.persistence.finalizer = f"{names.GROUP}/operator"
     # No CRD/namespace observation: needs no cluster-wide read access (least privilege).
-    # The EventStore CRD must exist when the operator starts.
+    # A missing EventStore CRD is waited for by `wait_for_crd` instead.
     settings.scanning.disabled = True
     settings.posting.level = logging.WARNING  # handler failures become Warning Events
+
+
+#: Seconds between checks for the EventStore CRD while the operator waits for it.
+CRD_POLL_SECONDS = 2.0
+
+
+@kopf.on.startup(registry=registry)
+async def wait_for_crd(logger: Any, **_: Any) -> None:
+    """Start watching only once the EventStore CRD is served (issue 13 #10).
+
+    With scanning disabled (least privilege: no cluster-wide read of CRDs), kopf looks
+    up the resources to watch once, when its watchers start; an operator started
+    before the CRD existed would never watch EventStores. kopf starts its watchers
+    after the startup handlers, so this one waits, asking API discovery (readable by
+    every authenticated client) until the group version serves the resource.
+    """
+    waited = 0.0
+    while not await asyncio.to_thread(kube.served, names.API_VERSION, names.PLURAL):
+        if waited % 60 == 0:
+            logger.warning(
+                "the %s CRD is not installed yet: waiting for it (kubectl apply -f manifests/crd.yaml)",
+                names.CRD_NAME,
+            )
+        await asyncio.sleep(CRD_POLL_SECONDS)
+        waited += CRD_POLL_SECONDS
 
 
 @kopf.on.login(registry=registry)

@@ -225,7 +225,9 @@ def test_example_converges_with_every_child(
 
     table = kubectl.run("get", "eventstores", "-n", namespace).stdout
     header = table.splitlines()[0].split()
-    assert header == ["NAME", "READY", "REPLICAS", "READY-REPLICAS", "CONFIG-VALID", "CONFIG-HASH", "AGE"]
+    assert header == [
+        "NAME", "READY", "REPLICAS", "READY-REPLICAS", "CONFIG-VALID", "RECONCILED", "CONFIG-HASH", "AGE"
+    ]
     assert digest in table
 
     # The controller manager's StatefulSet controller acts on what the operator wrote.
@@ -693,3 +695,104 @@ def test_comment_only_config_edit_does_not_roll(
 
     message = wait_for(reported, 20, "the invalid edit to be reported")
     assert "snapshot_frequency:" in message and "retention_days:" in message, message
+
+
+def patch_spec(kubectl: Kubectl, namespace: str, spec: dict[str, Any]) -> None:
+    kubectl.run(
+        "patch", "eventstore", NAME, "-n", namespace, "--type=merge", "-p", json.dumps({"spec": spec})
+    )
+
+
+def reconciled_reason(kubectl: Kubectl, namespace: str, reason: str) -> dict[str, Any] | None:
+    cond = condition(eventstore(kubectl, namespace), names.CONDITION_RECONCILED)
+    return cond if cond and cond.get("reason") == reason else None
+
+
+def test_statefulset_refused_by_the_api_server_is_a_warning_event(
+    kubectl: Kubectl, namespace: str, operator: OperatorProcess
+) -> None:
+    """Issue 13 #4: storage.size "0" passes the CRD, the StatefulSet is refused (422)."""
+    body = yaml.safe_load(EXAMPLE.read_text())
+    body["spec"]["storage"] = {"size": "0"}
+    kubectl.apply(yaml.safe_dump(body), namespace)
+    wait_for(lambda: events(kubectl, namespace, "ReconcileFailed"), 30, "a ReconcileFailed Warning Event")
+    (event, *_) = events(kubectl, namespace, "ReconcileFailed")
+    assert event["type"] == "Warning" and "StatefulSet" in event["message"], event["message"]
+    cond = condition(eventstore(kubectl, namespace), names.CONDITION_RECONCILED)
+    assert cond and cond["status"] == "False"
+    table = kubectl.run("get", "eventstores", "-n", namespace).stdout
+    header, row = table.splitlines()[:2]
+    assert "RECONCILED" in header.split(), header
+    start = header.index("RECONCILED")
+    assert row[start:].split()[0] == "False", table
+
+
+def test_major_database_upgrade_is_refused_unless_asked(
+    kubectl: Kubectl, namespace: str, operator: OperatorProcess
+) -> None:
+    """Issue 13 #2: postgres:16 -> 17 is held back with a False condition and an Event."""
+    kubectl.run("apply", "-n", namespace, "-f", str(EXAMPLE))
+    wait_converged(kubectl, namespace, operator)
+
+    def image(name: str) -> str:
+        sts = kubectl.get("statefulset", name, namespace) or {}
+        return str(sts["spec"]["template"]["spec"]["containers"][0]["image"])
+
+    patch_spec(
+        kubectl, namespace, {"postgres": {"image": "postgres:17"}, "mongodb": {"image": "mongo:7.0.14"}}
+    )
+    cond = wait_for(
+        lambda: reconciled_reason(kubectl, namespace, "MajorVersionUpgradeRefused"), 20, "the refusal"
+    )
+    assert cond["status"] == "False" and "PostgreSQL 17" in cond["message"], cond
+    (event,) = events(kubectl, namespace, "MajorVersionUpgradeRefused")
+    assert event["type"] == "Warning"
+    assert "postgres:16" in event["message"] and "allowMajorVersionUpgrade" in event["message"]
+    assert image("demo-postgres") == "postgres:16"
+    assert image("demo-mongodb") == "mongo:7.0.14"  # a minor update rolls
+
+    patch_spec(kubectl, namespace, {"postgres": {"allowMajorVersionUpgrade": True}})
+    wait_for(lambda: image("demo-postgres") == "postgres:17", 20, "the asked-for upgrade")
+    wait_converged(kubectl, namespace, operator)
+    status = (eventstore(kubectl, namespace) or {})["status"]
+    assert status["images"]["postgres"] == "postgres:17"
+    assert status["image"] == image(NAME)
+
+
+def test_spec_settings_change_after_creation_is_reported(
+    kubectl: Kubectl, namespace: str, operator: OperatorProcess
+) -> None:
+    """Issue 13 #6: spec.settings only seeds the ConfigMap; changing it later says so."""
+    kubectl.run("apply", "-n", namespace, "-f", str(EXAMPLE))
+    wait_converged(kubectl, namespace, operator)
+    patch_spec(kubectl, namespace, {"settings": {"snapshotFrequency": 7}})
+
+    def ignored() -> dict[str, Any] | None:
+        cond = condition(eventstore(kubectl, namespace), names.CONDITION_SETTINGS_SEEDED)
+        return cond if cond and cond["status"] == "False" else None
+
+    cond = wait_for(ignored, 20, "the SettingsSeeded condition to turn False")
+    assert "kubectl edit configmap demo-config" in cond["message"]
+    assert events(kubectl, namespace, "SpecSettingsIgnored")
+
+
+def test_operator_started_before_the_crd_watches_once_it_appears(
+    kubectl: Kubectl, namespace: str, tmp_path: Path
+) -> None:
+    """Issue 13 #10. The resync is made slow, so only a watch can converge in time."""
+    kubectl.apply(manifest("rbac.yaml", namespace))
+    kubeconfig = service_account_kubeconfig(kubectl, namespace, tmp_path)
+    kubectl.run("delete", "crd", names.CRD_NAME, "--ignore-not-found", "--wait=true", timeout=60)
+    op = OperatorProcess(kubeconfig, namespace, tmp_path)
+    op.env["EVENTSTORE_OPERATOR_RESYNC_SECONDS"] = "600"
+    try:
+        op.start()
+        wait_for(lambda: "CRD is not installed yet" in op.logs(), 30, "the operator to wait for the CRD")
+        op.assert_running()
+        install_crd(kubectl)
+        kubectl.run("apply", "-n", namespace, "-f", str(EXAMPLE))
+        wait_converged(kubectl, namespace, op, timeout=30)
+    finally:
+        op.stop()
+        install_crd(kubectl)  # the rest of the session needs it
+    op.assert_clean_logs()
