@@ -156,6 +156,14 @@ def _apply_statefulset(
                 "re-creating the StatefulSet with the new claim template",
                 delay=2,
             )
+        old_image, new_image = builders.image_of(existing), builders.image_of(obj)
+        if owner_body is not None and old_image != new_image:
+            kube.post_event(
+                owner_body,
+                "Normal",
+                "ImageUpdated",
+                f"StatefulSet {meta['name']}: image {old_image} -> {new_image}; rolling its pods",
+            )
     return kube.apply(obj)
 
 

@@ -438,6 +438,11 @@ def test_major_database_upgrade_is_refused_unless_asked(fake: FakeKube) -> None:
     es(fake)["spec"]["postgres"] = {"image": "postgres:17", "allowMajorVersionUpgrade": True}
     handlers.reconcile("ns", "demo")
     assert db_image(fake, "demo-postgres") == "postgres:17"
+    rolled = [m for _, r, m in fake.events if r == "ImageUpdated"]
+    assert rolled == [
+        "StatefulSet demo-mongodb: image mongo:7 -> mongo:7.0.14; rolling its pods",
+        "StatefulSet demo-postgres: image postgres:16 -> postgres:17; rolling its pods",
+    ]
     assert conditions(fake)["Reconciled"]["status"] == "True"
 
 
