@@ -234,6 +234,51 @@ def stats(url: str | None, as_json: bool) -> None:
         click.echo(f"{key:>16}: {value}")
 
 
+def _postgres_store(url: str | None) -> Any:
+    from eventstore.store.base import EventStore
+
+    resolved = _store_url(url)
+    if not resolved.startswith(("postgresql://", "postgres://")):
+        _fail("backup and restore need a PostgreSQL event store (--url postgresql://...)")
+    return EventStore.connect(resolved)
+
+
+@main.command()
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--url", help="Event store URL (default: from the environment, as `serve`).")
+def backup(directory: Path, url: str | None) -> None:
+    """Back up the events written since the last backup in DIRECTORY (a new segment)."""
+    from eventstore import backup as backups
+
+    try:
+        with _postgres_store(url) as store:
+            segment = backups.backup(store, directory)
+    except EventStoreError as exc:
+        _fail(f"{type(exc).__name__}: {exc}")
+        return
+    if segment is None:
+        click.echo("nothing new since the last backup")
+        return
+    click.echo(f"{segment.file}: {segment.events} events, positions "
+               f"{segment.after_position + 1}..{segment.to_position}, sha256 {segment.sha256}")
+
+
+@main.command()
+@click.argument("directory", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.option("--url", help="Event store URL (default: from the environment, as `serve`).")
+def restore(directory: Path, url: str | None) -> None:
+    """Restore every segment in DIRECTORY into an empty event store."""
+    from eventstore import backup as backups
+
+    try:
+        with _postgres_store(url) as store:
+            count = backups.restore(store, directory)
+    except EventStoreError as exc:
+        _fail(f"{type(exc).__name__}: {exc}")
+        return
+    click.echo(f"restored {count} events")
+
+
 @main.command()
 @click.option("--url", help="Event store URL. Default: sqlite:///<temp dir>/eventstore-demo.db "
                             "(a fresh file each run).")
