@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import copy
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -781,6 +781,116 @@ def major_upgrade_refusal(component: str, old: str | None, new: str, allowed: bo
         f"spec.{component}.image {new} is {what} {new_major}, but {names.KIND} keeps running "
         f"{old} ({what} {old_major}): a major-version change is refused. {path}"
     )
+
+
+def _backup_pod(owner: Owner, spec: Obj, args: list[str], claim: str) -> Obj:
+    """A pod that runs `eventstore <args>` against the in-cluster PostgreSQL, with the
+    backup volume `claim` at /backup."""
+    container: Obj = {
+        "name": args[0],
+        "image": spec["image"],
+        "imagePullPolicy": spec["imagePullPolicy"],
+        "command": ["eventstore"],
+        "args": args,
+        "env": [e for e in store_env(owner, spec) if e["name"].startswith("EVENT_DB_")],
+        "volumeMounts": [{"name": "target", "mountPath": names.BACKUP_DIR}],
+        "securityContext": _restricted_container_security(),
+    }
+    return {
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "securityContext": _pod_security(RUN_AS_USER),
+        "containers": [container],
+        "volumes": [{"name": "target", "persistentVolumeClaim": {"claimName": claim}}],
+    }
+
+
+def restore_job(owner: Owner, spec: Mapping[str, Any]) -> Obj | None:
+    """The Job that restores spec.restore.from into the new, empty PostgreSQL (None: unset).
+
+    Retried (backoffLimit) while PostgreSQL is still starting; `eventstore restore`
+    refuses a database that is not empty, so a retry after a partial failure says so.
+    """
+    spec = normalize_spec(spec)
+    restore = spec.get("restore")
+    if not restore:
+        return None
+    component = names.COMPONENT_RESTORE
+    pod = _backup_pod(owner, spec, ["restore", names.BACKUP_DIR], restore["from"]["pvc"]["claimName"])
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": _meta(owner, names.restore(owner.name), component),
+        "spec": {
+            "backoffLimit": 10,
+            "template": {"metadata": {"labels": labels(owner, component)}, "spec": pod},
+        },
+    }
+
+
+def job_finished(job: Mapping[str, Any] | None) -> tuple[bool, str] | None:
+    """(succeeded, time) once a Job is Complete or Failed, else None."""
+    for c in ((job or {}).get("status") or {}).get("conditions") or []:
+        if c.get("type") in ("Complete", "Failed") and c.get("status") == "True":
+            return c["type"] == "Complete", str(c.get("lastTransitionTime") or "")
+    return None
+
+
+def backup_cronjob(owner: Owner, spec: Mapping[str, Any]) -> Obj | None:
+    """The CronJob that runs `eventstore backup` on spec.backup's schedule (None: unset).
+
+    Each run adds one segment (the events since the last one) to the target volume;
+    concurrencyPolicy Forbid keeps two runs from writing the same manifest.
+    """
+    spec = normalize_spec(spec)
+    backup = spec.get("backup")
+    if not backup:
+        return None
+    component = names.COMPONENT_BACKUP
+    pod_spec = _backup_pod(owner, spec, ["backup", names.BACKUP_DIR], backup["target"]["pvc"]["claimName"])
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "CronJob",
+        "metadata": _meta(owner, names.backup(owner.name), component),
+        "spec": {
+            "schedule": backup["schedule"],
+            "suspend": bool(backup.get("suspend")),
+            "concurrencyPolicy": "Forbid",
+            "successfulJobsHistoryLimit": 3,
+            "failedJobsHistoryLimit": 3,
+            "jobTemplate": {
+                "metadata": {"labels": labels(owner, component)},
+                "spec": {
+                    "backoffLimit": 2,
+                    "template": {"metadata": {"labels": labels(owner, component)}, "spec": pod_spec},
+                },
+            },
+        },
+    }
+
+
+def backup_status(jobs: Sequence[Mapping[str, Any]]) -> tuple[Obj | None, bool | None, str]:
+    """(lastBackup, succeeded, message) from the backup Jobs: the newest finished Job
+    decides the condition; the newest successful one is the last backup."""
+
+    def finished(job: Mapping[str, Any]) -> tuple[str, bool] | None:
+        done = job_finished(job)
+        return (done[1], done[0]) if done else None
+
+    done = sorted(
+        ((f, job) for job in jobs if (f := finished(job)) is not None), key=lambda item: item[0][0]
+    )
+    last_ok = next(((f, j) for f, j in reversed(done) if f[1]), None)
+    last = {"job": last_ok[1]["metadata"]["name"], "completionTime": last_ok[0][0]} if last_ok else None
+    if not done:
+        return last, None, "no backup has finished yet"
+    (when, ok), job = done[-1]
+    name = job["metadata"]["name"]
+    if ok:
+        return last, True, f"backup Job {name} succeeded at {when}"
+    namespace = job["metadata"].get("namespace", "")
+    return last, False, f"backup Job {name} failed at {when}: kubectl logs -n {namespace} job/{name}"
 
 
 def claim_size(statefulset: Mapping[str, Any]) -> tuple[str | None, str | None]:

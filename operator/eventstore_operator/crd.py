@@ -311,6 +311,74 @@ def spec_schema() -> dict[str, Any]:
             "storage": _storage_schema("100Gi", "store"),
             "resources": _resources_schema({"cpu": "250m", "memory": "256Mi"}, {"memory": "1Gi"}),
             "settings": _settings_schema(),
+            "backup": {
+                "type": "object",
+                "description": (
+                    "Scheduled incremental backups of the events (`eventstore backup`) by a "
+                    "CronJob <name>-backup; status.lastBackup and the BackupSucceeded "
+                    "condition report them. Snapshots are not backed up: the snapshotter "
+                    "rebuilds them."
+                ),
+                "required": ["schedule", "target"],
+                "properties": {
+                    "schedule": {
+                        "type": "string",
+                        "minLength": 9,
+                        "maxLength": 100,
+                        "description": "Cron schedule, e.g. '0 * * * *' (hourly).",
+                    },
+                    "suspend": {"type": "boolean", "default": False},
+                    "target": {
+                        "type": "object",
+                        "required": ["pvc"],
+                        "description": (
+                            "Where the segments and their manifest go: an existing "
+                            "PersistentVolumeClaim (an S3 bucket is not supported yet)."
+                        ),
+                        "properties": {
+                            "pvc": {
+                                "type": "object",
+                                "required": ["claimName"],
+                                "properties": {
+                                    "claimName": {
+                                        "type": "string",
+                                        "maxLength": 253,
+                                        "pattern": DNS_LABEL_PATTERN,
+                                    }
+                                },
+                            }
+                        },
+                    },
+                },
+            },
+            "restore": {
+                "type": "object",
+                "description": (
+                    "Create this EventStore from a backup (`eventstore restore`): when the "
+                    "EventStore is created, a Job <name>-restore restores every segment into "
+                    "the empty PostgreSQL before any store pod starts. Ignored afterwards."
+                ),
+                "required": ["from"],
+                "properties": {
+                    "from": {
+                        "type": "object",
+                        "required": ["pvc"],
+                        "properties": {
+                            "pvc": {
+                                "type": "object",
+                                "required": ["claimName"],
+                                "properties": {
+                                    "claimName": {
+                                        "type": "string",
+                                        "maxLength": 253,
+                                        "pattern": DNS_LABEL_PATTERN,
+                                    }
+                                },
+                            }
+                        },
+                    }
+                },
+            },
             "postgres": _database_schema(
                 "PostgreSQL (events)",
                 names.DEFAULT_POSTGRES_IMAGE,
@@ -347,6 +415,22 @@ def status_schema() -> dict[str, Any]:
             "image": {
                 "type": "string",
                 "description": "The image the store StatefulSet runs.",
+            },
+            "restore": {
+                "type": "object",
+                "description": "The restore this EventStore was created from (spec.restore).",
+                "properties": {
+                    "job": {"type": "string"},
+                    "completionTime": {"type": "string", "format": "date-time"},
+                },
+            },
+            "lastBackup": {
+                "type": "object",
+                "description": "The last successful backup Job (spec.backup).",
+                "properties": {
+                    "job": {"type": "string"},
+                    "completionTime": {"type": "string", "format": "date-time"},
+                },
             },
             "images": {
                 "type": "object",

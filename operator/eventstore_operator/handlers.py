@@ -94,6 +94,8 @@ def _merge_conditions(previous: list[Obj], updates: list[Obj]) -> list[Obj]:
         names.CONDITION_CONFIG_VALID,
         names.CONDITION_RECONCILED,
         names.CONDITION_SETTINGS_SEEDED,
+        names.CONDITION_BACKUP,
+        names.CONDITION_RESTORED,
     ]
     return sorted(by_type.values(), key=lambda c: order.index(c["type"]) if c["type"] in order else 9)
 
@@ -334,7 +336,18 @@ def _reconcile(body: Obj, logger: Any) -> None:
     store: Obj | None = None
     seed_cond = _seed_condition(body, owner, spec, user_cm, previous, generation)
 
-    if applied_hash and applied_cm:
+    restore_cond, restored, hold = _reconcile_restore(owner, spec, status, previous, generation, body)
+
+    if hold:
+        reconciled = condition(
+            previous,
+            names.CONDITION_RECONCILED,
+            False,
+            "WaitingForRestore",
+            f"the store pods start once Job {names.restore(owner.name)} has restored the backup",
+            generation,
+        )
+    elif applied_hash and applied_cm:
         for obj in builders.store_objects(owner, spec, applied_hash, applied_cm):
             if obj["kind"] == "StatefulSet":
                 store = _apply_statefulset(obj, logger, body)
@@ -368,6 +381,8 @@ def _reconcile(body: Obj, logger: Any) -> None:
             generation,
         )
 
+    backup_cond, last_backup = _reconcile_backup(owner, spec, previous, generation, body)
+
     ok, ready_message = readiness(spec, store, db_sts)
     ready = condition(
         previous,
@@ -381,8 +396,18 @@ def _reconcile(body: Obj, logger: Any) -> None:
         "observedGeneration": generation,
         "replicas": int(spec["replicas"]),
         "readyReplicas": _ready_replicas(store),
-        "conditions": _merge_conditions(previous, [ready, config_cond, reconciled, seed_cond]),
+        "conditions": [
+            c
+            for c in _merge_conditions(
+                previous, [ready, config_cond, reconciled, seed_cond, *backup_cond, *restore_cond]
+            )
+            if backup_cond or c.get("type") != names.CONDITION_BACKUP  # spec.backup removed
+        ],
     }
+    if last_backup:
+        new_status["lastBackup"] = last_backup
+    if restored:
+        new_status["restore"] = restored
     images = {
         label: image
         for label, sts in {names.COMPONENT_STORE: store, **db_sts}.items()
@@ -397,6 +422,74 @@ def _reconcile(body: Obj, logger: Any) -> None:
     if applied_cm:
         new_status["configMapName"] = applied_cm
     _patch_status(body, new_status)
+
+
+def _reconcile_backup(
+    owner: Owner, spec: Obj, previous: list[Obj], generation: int, body: Obj
+) -> tuple[list[Obj], Obj | None]:
+    """Apply (or remove) the backup CronJob; the BackupSucceeded condition from its Jobs."""
+    cronjob = builders.backup_cronjob(owner, spec)
+    if cronjob is None:
+        if any(c.get("type") == names.CONDITION_BACKUP for c in previous):
+            kube.delete("CronJob", owner.namespace, names.backup(owner.name))
+        return [], None
+    kube.apply(cronjob)
+    jobs = kube.list_objects("Job", owner.namespace, builders.selector_labels(owner, names.COMPONENT_BACKUP))
+    last, succeeded, message = builders.backup_status(jobs)
+    old = next((c for c in previous if c.get("type") == names.CONDITION_BACKUP), None)
+    if succeeded is False and not (old and old.get("status") == "False" and old.get("message") == message):
+        kube.post_event(body, "Warning", "BackupFailed", message)
+    cond = condition(
+        previous,
+        names.CONDITION_BACKUP,
+        succeeded is not False,
+        {None: "NoBackupYet", True: "Succeeded", False: "BackupFailed"}[succeeded],
+        message,
+        generation,
+    )
+    return [cond], last
+
+
+def _reconcile_restore(
+    owner: Owner, spec: Obj, status: Obj, previous: list[Obj], generation: int, body: Obj
+) -> tuple[list[Obj], Obj | None, bool]:
+    """spec.restore: run the restore Job once, before any store pod; (conditions, the
+    status.restore record, whether the store must wait)."""
+    job = builders.restore_job(owner, spec)
+    if job is None:
+        return [], None, False
+    name = names.restore(owner.name)
+
+    def result(ok: bool, reason: str, message: str) -> list[Obj]:
+        return [condition(previous, names.CONDITION_RESTORED, ok, reason, message, generation)]
+
+    done: Obj | None = status.get("restore")
+    if done:
+        message = f"restored by Job {done.get('job')} at {done.get('completionTime')}"
+        return result(True, "Restored", message), done, False
+    if kube.get("StatefulSet", owner.namespace, names.store(owner.name)) is not None:
+        message = "spec.restore only applies when the EventStore is created: the store exists already"
+        return result(False, "NotApplicable", message), None, False
+    kube.create(job)  # 409: running or finished already
+    selector = builders.selector_labels(owner, names.COMPONENT_RESTORE)
+    jobs = kube.list_objects("Job", owner.namespace, selector)
+    finished = builders.job_finished(next((j for j in jobs if j["metadata"]["name"] == name), None))
+    if finished is None:
+        message = f"Job {name} is restoring the backup; the store pods wait for it"
+        return result(False, "Restoring", message), None, True
+    ok, when = finished
+    if ok:
+        record = {"job": name, "completionTime": when}
+        message = f"restored by Job {name} at {when}"
+        return result(True, "Restored", message), record, False
+    message = (
+        f"Job {name} failed at {when} (kubectl logs -n {owner.namespace} job/{name}); fix the cause, "
+        f"then delete the Job to retry"
+    )
+    old = next((c for c in previous if c.get("type") == names.CONDITION_RESTORED), None)
+    if not old or old.get("reason") != "RestoreFailed":
+        kube.post_event(body, "Warning", "RestoreFailed", message)
+    return result(False, "RestoreFailed", message), None, True
 
 
 def _hold_major_upgrade(obj: Obj, db_spec: Obj) -> str | None:

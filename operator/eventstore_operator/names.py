@@ -37,6 +37,8 @@ COMPONENT_CONFIG = "config"  # the user's ConfigMap, the tuning surface
 COMPONENT_CONFIG_SNAPSHOT = "config-snapshot"  # immutable copies of valid configs the pods mount
 COMPONENT_API_TOKEN = "api-token"
 COMPONENT_APP = "app"  # the connection Secret for applications
+COMPONENT_BACKUP = "backup"  # the backup CronJob and its Jobs
+COMPONENT_RESTORE = "restore"  # the restore Job
 
 # Annotations
 ANNOTATION_CONFIG_HASH = f"{GROUP}/config-hash"
@@ -47,11 +49,14 @@ ANNOTATION_PREFIX = GROUP  # kopf's progress and diff-base annotations live unde
 CONDITION_READY = "Ready"
 CONDITION_CONFIG_VALID = "ConfigValid"
 CONDITION_RECONCILED = "Reconciled"
+CONDITION_RESTORED = "Restored"  # spec.restore: the restore Job finished
+CONDITION_BACKUP = "BackupSucceeded"  # the last backup Job succeeded
 CONDITION_SETTINGS_SEEDED = "SettingsSeeded"  # spec.settings still matches the seeded ConfigMap
 
 # Paths and ports inside the store pod (the contract with `eventstore serve`)
 CONFIG_DIR = "/etc/eventstore"
 DATA_DIR = "/data"
+BACKUP_DIR = "/backup"  # where the backup Job mounts its target volume
 TOKEN_DIR = "/var/run/secrets/eventstore"
 TOKEN_KEY = "token"
 TOKEN_FILE = f"{TOKEN_DIR}/{TOKEN_KEY}"
@@ -101,6 +106,16 @@ def api_token(name: str) -> str:
 def app_secret(name: str) -> str:
     """The connection Secret for applications (url, host, port, token), as CloudNativePG's."""
     return f"{name}-app"
+
+
+def backup(name: str) -> str:
+    """The backup CronJob (its Jobs are named by the CronJob controller)."""
+    return f"{name}-backup"
+
+
+def restore(name: str) -> str:
+    """The Job that restores a backup into a new EventStore (spec.restore)."""
+    return f"{name}-restore"
 
 
 def postgres(name: str) -> str:

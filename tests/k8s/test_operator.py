@@ -603,6 +603,9 @@ def test_operator_service_account_permissions(kubectl: Kubectl, namespace: str) 
         ("patch", "networkpolicies.networking.k8s.io", namespace),
         ("patch", "persistentvolumeclaims", namespace),
         ("create", "events", namespace),
+        ("patch", "cronjobs.batch", namespace),
+        ("list", "jobs.batch", namespace),
+        ("create", "jobs.batch", namespace),
     ]
     denied: list[tuple[str, str, str | None]] = [
         ("get", "secrets", namespace),  # it creates Secrets, never reads them
@@ -796,3 +799,48 @@ def test_operator_started_before_the_crd_watches_once_it_appears(
         op.stop()
         install_crd(kubectl)  # the rest of the session needs it
     op.assert_clean_logs()
+
+
+def test_spec_backup_runs_a_cronjob(kubectl: Kubectl, namespace: str, operator: OperatorProcess) -> None:
+    """Issue 13 #3 (operator side): spec.backup becomes a CronJob running `eventstore backup`
+    onto the target claim; removing it removes the CronJob."""
+    body = yaml.safe_load(EXAMPLE.read_text())
+    body["spec"]["backup"] = {"schedule": "0 3 * * *", "target": {"pvc": {"claimName": "backups"}}}
+    kubectl.apply(yaml.safe_dump(body), namespace)
+    wait_converged(kubectl, namespace, operator)
+    cron = wait_for(lambda: kubectl.get("cronjob", "demo-backup", namespace), 20, "the backup CronJob")
+    pod = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    assert c["command"] + c["args"] == ["eventstore", "backup", "/backup"]
+    assert {e["name"] for e in c["env"]} >= {"EVENT_DB_HOST", "EVENT_DB_PASSWORD"}
+    assert pod["volumes"][0]["persistentVolumeClaim"]["claimName"] == "backups"
+    cond = wait_for(
+        lambda: condition(eventstore(kubectl, namespace), names.CONDITION_BACKUP), 20, "BackupSucceeded"
+    )
+    assert cond["reason"] == "NoBackupYet", cond
+
+    patch = json.dumps([{"op": "remove", "path": "/spec/backup"}])
+    kubectl.run("patch", "eventstore", NAME, "-n", namespace, "--type=json", "-p", patch)
+    wait_for(lambda: kubectl.get("cronjob", "demo-backup", namespace) is None, 20, "the CronJob to go")
+
+
+def test_spec_restore_runs_a_job_before_the_store(
+    kubectl: Kubectl, namespace: str, operator: OperatorProcess
+) -> None:
+    """Issue 13 #3 (operator side): spec.restore.from makes a restore Job, and the store
+    StatefulSet waits for it (no kubelet here: the Job never finishes)."""
+    body = yaml.safe_load(EXAMPLE.read_text())
+    body["spec"]["restore"] = {"from": {"pvc": {"claimName": "backups"}}}
+    kubectl.apply(yaml.safe_dump(body), namespace)
+    job = wait_for(lambda: kubectl.get("job", "demo-restore", namespace), 30, "the restore Job")
+    (c,) = job["spec"]["template"]["spec"]["containers"]
+    assert c["command"] + c["args"] == ["eventstore", "restore", "/backup"]
+    cond = wait_for(
+        lambda: reconciled_reason(kubectl, namespace, "WaitingForRestore"), 20, "the store to wait"
+    )
+    assert "demo-restore" in cond["message"]
+    assert kubectl.get("statefulset", "demo-postgres", namespace) is not None
+    time.sleep(4)  # a resync later, still no store
+    assert kubectl.get("statefulset", NAME, namespace) is None
+    restored = condition(eventstore(kubectl, namespace), names.CONDITION_RESTORED)
+    assert restored and restored["reason"] == "Restoring"

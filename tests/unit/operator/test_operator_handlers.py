@@ -488,3 +488,72 @@ def test_spec_settings_changed_after_creation_is_reported(fake: FakeKube) -> Non
     es(fake)["spec"]["settings"] = {"snapshotFrequency": 100}
     handlers.reconcile("ns", "demo")
     assert conditions(fake)["SettingsSeeded"]["status"] == "True"
+
+
+def _job(name: str, kind: str, when: str) -> dict[str, Any]:
+    return {
+        "kind": "Job",
+        "metadata": {
+            "name": name,
+            "namespace": "ns",
+            "labels": {"app.kubernetes.io/name": "eventstore", "app.kubernetes.io/instance": "demo",
+                       "app.kubernetes.io/component": "backup"},
+        },
+        "status": {"conditions": [{"type": kind, "status": "True", "lastTransitionTime": when}]},
+    }
+
+
+def test_spec_backup_runs_a_cronjob_and_reports_the_last_backup(fake: FakeKube) -> None:
+    es(fake)["spec"]["backup"] = {"schedule": "0 * * * *", "target": {"pvc": {"claimName": "backups"}}}
+    handlers.reconcile("ns", "demo")
+    cron = fake.objects[("CronJob", "ns", "demo-backup")]
+    assert cron["spec"]["schedule"] == "0 * * * *" and cron["spec"]["concurrencyPolicy"] == "Forbid"
+    pod = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    assert pod["containers"][0]["args"] == ["backup", "/backup"]
+    assert pod["volumes"][0]["persistentVolumeClaim"]["claimName"] == "backups"
+    assert conditions(fake)["BackupSucceeded"]["reason"] == "NoBackupYet"
+
+    fake.objects[("Job", "ns", "demo-backup-1")] = _job("demo-backup-1", "Complete", "2026-01-01T01:00:00Z")
+    fake.objects[("Job", "ns", "demo-backup-2")] = _job("demo-backup-2", "Failed", "2026-01-01T02:00:00Z")
+    handlers.reconcile("ns", "demo")
+    handlers.reconcile("ns", "demo")
+    last = es(fake)["status"]["lastBackup"]
+    assert last == {"job": "demo-backup-1", "completionTime": "2026-01-01T01:00:00Z"}
+    cond = conditions(fake)["BackupSucceeded"]
+    assert cond["status"] == "False" and "demo-backup-2 failed" in cond["message"]
+    assert [r for _, r, _ in fake.events].count("BackupFailed") == 1
+
+    del es(fake)["spec"]["backup"]
+    handlers.reconcile("ns", "demo")
+    assert ("CronJob", "ns", "demo-backup") not in fake.objects
+    assert "BackupSucceeded" not in conditions(fake)
+
+
+def test_spec_restore_runs_a_job_before_any_store_pod(fake: FakeKube) -> None:
+    es(fake)["spec"]["restore"] = {"from": {"pvc": {"claimName": "backups"}}}
+    handlers.reconcile("ns", "demo")
+    job = fake.objects[("Job", "ns", "demo-restore")]
+    pod = job["spec"]["template"]["spec"]
+    assert pod["containers"][0]["args"] == ["restore", "/backup"]
+    assert pod["volumes"][0]["persistentVolumeClaim"]["claimName"] == "backups"
+    assert ("StatefulSet", "ns", "demo-postgres") in fake.objects  # the database first
+    assert ("StatefulSet", "ns", "demo") not in fake.objects  # no store pod yet
+    assert conditions(fake)["Reconciled"]["reason"] == "WaitingForRestore"
+    assert conditions(fake)["Restored"]["reason"] == "Restoring"
+
+    job["status"] = {"conditions": [{"type": "Failed", "status": "True", "lastTransitionTime": "t1"}]}
+    handlers.reconcile("ns", "demo")
+    handlers.reconcile("ns", "demo")
+    assert conditions(fake)["Restored"]["reason"] == "RestoreFailed"
+    assert [r for _, r, _ in fake.events].count("RestoreFailed") == 1
+    assert ("StatefulSet", "ns", "demo") not in fake.objects
+
+    job["status"] = {"conditions": [{"type": "Complete", "status": "True", "lastTransitionTime": "t2"}]}
+    handlers.reconcile("ns", "demo")
+    assert ("StatefulSet", "ns", "demo") in fake.objects
+    assert es(fake)["status"]["restore"] == {"job": "demo-restore", "completionTime": "t2"}
+    del fake.objects[("Job", "ns", "demo-restore")]  # e.g. cleaned up: the status remembers
+    handlers.reconcile("ns", "demo")
+    assert ("Job", "ns", "demo-restore") not in fake.objects
+    assert conditions(fake)["Restored"]["status"] == "True"
+    assert conditions(fake)["Reconciled"]["status"] == "True"
