@@ -14,7 +14,7 @@ renumbered (PostgreSQL positions are built from the writing transaction's id, se
 eventstore/store/postgres_schema.py), so consumers' checkpoints start over after a
 restore; snapshots are rebuilt by the snapshotter. Limits: an event archived by
 retention after its segment was written comes back in the log, not in the archive;
-PostgreSQL only (the target is a directory: a mounted volume, or a synced bucket).
+PostgreSQL only. Targets: a directory (a mounted volume) or an S3-compatible bucket.
 """
 
 from __future__ import annotations
@@ -22,10 +22,11 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from eventstore.errors import EventStoreError
 
@@ -49,33 +50,103 @@ class Segment:
     created: str
 
 
-def _read_manifest(directory: Path) -> list[Segment]:
-    path = directory / MANIFEST
-    if not path.exists():
+class Target(Protocol):
+    """Where segments and the manifest live: a directory (a mounted volume) or a bucket."""
+
+    def read(self, name: str) -> bytes | None: ...
+
+    def write(self, name: str, data: bytes) -> None: ...
+
+
+class DirectoryTarget:
+    def __init__(self, directory: Path) -> None:
+        self.directory = Path(directory)
+
+    def __str__(self) -> str:
+        return str(self.directory)
+
+    def read(self, name: str) -> bytes | None:
+        path = self.directory / name
+        return path.read_bytes() if path.exists() else None
+
+    def write(self, name: str, data: bytes) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        tmp = self.directory / (name + ".tmp")
+        tmp.write_bytes(data)
+        tmp.replace(self.directory / name)  # atomic: never a half-written manifest
+
+
+class S3Target:
+    """An S3-compatible bucket (AWS, MinIO, SeaweedFS, moto). Credentials come from the
+    usual AWS environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY), the endpoint from
+    AWS_ENDPOINT_URL (or EVENTSTORE_S3_ENDPOINT)."""
+
+    def __init__(self, bucket: str, prefix: str) -> None:
+        try:
+            import boto3  # type: ignore[import-untyped]
+        except ImportError:  # pragma: no cover - depends on the install
+            raise BackupError("s3:// targets need boto3: pip install boto3") from None
+        endpoint = os.environ.get("EVENTSTORE_S3_ENDPOINT") or os.environ.get("AWS_ENDPOINT_URL")
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        self.client = boto3.client("s3", endpoint_url=endpoint or None)
+
+    def __str__(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}"
+
+    def _key(self, name: str) -> str:
+        return f"{self.prefix}/{name}" if self.prefix else name
+
+    def read(self, name: str) -> bytes | None:
+        try:
+            body = self.client.get_object(Bucket=self.bucket, Key=self._key(name))["Body"]
+            data: bytes = body.read()
+            return data
+        except self.client.exceptions.NoSuchKey:
+            return None
+        except Exception as exc:  # botocore's errors: named for what failed, not leaked
+            raise BackupError(f"{self}: cannot read {name}: {exc}") from None
+
+    def write(self, name: str, data: bytes) -> None:
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=self._key(name), Body=data)
+        except Exception as exc:
+            raise BackupError(f"{self}: cannot write {name}: {exc}") from None
+
+
+def target(location: str | Path) -> Target:
+    """`s3://bucket/prefix` or a directory path."""
+    text = str(location)
+    if text.startswith("s3://"):
+        bucket, _, prefix = text.removeprefix("s3://").partition("/")
+        if not bucket:
+            raise BackupError(f"{text}: no bucket name (s3://bucket/prefix)")
+        return S3Target(bucket, prefix)
+    return DirectoryTarget(Path(text))
+
+
+def _read_manifest(where: Target) -> list[Segment]:
+    raw = where.read(MANIFEST)
+    if raw is None:
         return []
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(raw)
         if data.get("format") != FORMAT:
-            raise BackupError(f"{path}: unknown format {data.get('format')!r}")
+            raise BackupError(f"{where}/{MANIFEST}: unknown format {data.get('format')!r}")
         return [Segment(**s) for s in data["segments"]]
     except (ValueError, KeyError, TypeError) as exc:
-        raise BackupError(f"{path}: unreadable manifest: {exc}") from None
+        raise BackupError(f"{where}/{MANIFEST}: unreadable manifest: {exc}") from None
 
 
-def _write_manifest(directory: Path, segments: list[Segment]) -> None:
-    tmp = directory / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps({"format": FORMAT, "segments": [vars(s) for s in segments]}, indent=1))
-    tmp.replace(directory / MANIFEST)
+def _write_manifest(where: Target, segments: list[Segment]) -> None:
+    text = json.dumps({"format": FORMAT, "segments": [vars(s) for s in segments]}, indent=1)
+    where.write(MANIFEST, text.encode())
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def backup(store: Any, directory: Path) -> Segment | None:
+def backup(store: Any, location: str | Path) -> Segment | None:
     """Write the events after the last segment as a new segment; None if there are none."""
-    directory.mkdir(parents=True, exist_ok=True)
-    segments = _read_manifest(directory)
+    where = target(location)
+    segments = _read_manifest(where)
     after = segments[-1].to_position if segments else 0
     head = int(store.head_position())
     if head <= after:
@@ -84,50 +155,52 @@ def backup(store: Any, directory: Path) -> Segment | None:
     if not rows:
         return None
     name = f"segment-{len(segments) + 1:06d}-{after}-{head}.jsonl.gz"
-    path = directory / name
-    with gzip.open(path, "wt", encoding="utf-8") as out:
-        for row in rows:
-            out.write(json.dumps(row, sort_keys=True, separators=(",", ":")) + "\n")
+    text = "".join(json.dumps(row, sort_keys=True, separators=(",", ":")) + "\n" for row in rows)
+    data = gzip.compress(text.encode("utf-8"), mtime=0)
+    where.write(name, data)  # the segment first: a manifest never names a missing one
     segment = Segment(
         file=name,
         after_position=after,
         to_position=head,
         events=len(rows),
-        sha256=_sha256(path),
+        sha256=hashlib.sha256(data).hexdigest(),
         created=datetime.now(UTC).isoformat(),
     )
-    _write_manifest(directory, [*segments, segment])
+    _write_manifest(where, [*segments, segment])
     return segment
 
 
-def verify(directory: Path) -> list[Segment]:
-    """The manifest's segments, each present and matching its checksum, else BackupError."""
-    segments = _read_manifest(directory)
+def verify(location: str | Path) -> list[tuple[Segment, bytes]]:
+    """The manifest's segments with their data, each present and matching its checksum,
+    else BackupError naming the segment."""
+    where = target(location)
+    segments = _read_manifest(where)
     if not segments:
-        raise BackupError(f"{directory}: no backup here (no {MANIFEST} or no segments)")
+        raise BackupError(f"{where}: no backup here (no {MANIFEST} or no segments)")
     after = 0
+    out = []
     for s in segments:
-        path = directory / s.file
         if s.after_position != after:
             raise BackupError(f"segment {s.file}: starts after {s.after_position}, expected {after}")
-        if not path.exists():
-            raise BackupError(f"segment {s.file} is missing from {directory}")
-        if _sha256(path) != s.sha256:
+        data = where.read(s.file)
+        if data is None:
+            raise BackupError(f"segment {s.file} is missing from {where}")
+        if hashlib.sha256(data).hexdigest() != s.sha256:
             raise BackupError(f"segment {s.file} is corrupted: its sha256 does not match the manifest")
+        out.append((s, data))
         after = s.to_position
-    return segments
+    return out
 
 
-def restore(store: Any, directory: Path) -> int:
+def restore(store: Any, location: str | Path) -> int:
     """Restore every segment into an empty store; returns the number of events."""
-    segments = verify(directory)
+    segments = verify(location)
     store.migrate()
     if not store.is_empty():
         raise BackupError("the target database is not empty: restore only into an empty one")
     total = 0
-    for s in segments:
-        with gzip.open(directory / s.file, "rt", encoding="utf-8") as src:
-            rows = [json.loads(line) for line in src]
+    for s, data in segments:
+        rows = [json.loads(line) for line in gzip.decompress(data).decode("utf-8").splitlines()]
         if len(rows) != s.events:
             raise BackupError(f"segment {s.file}: {len(rows)} events, the manifest says {s.events}")
         # One transaction per chunk: each takes a later transaction id, so order holds.

@@ -244,15 +244,17 @@ def _postgres_store(url: str | None) -> Any:
 
 
 @main.command()
-@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("location")
 @click.option("--url", help="Event store URL (default: from the environment, as `serve`).")
-def backup(directory: Path, url: str | None) -> None:
-    """Back up the events written since the last backup in DIRECTORY (a new segment)."""
+def backup(location: str, url: str | None) -> None:
+    """Back up the events written since the last backup in LOCATION (a new segment).
+
+    LOCATION is a directory or s3://bucket/prefix (AWS_* credentials, AWS_ENDPOINT_URL)."""
     from eventstore import backup as backups
 
     try:
         with _postgres_store(url) as store:
-            segment = backups.backup(store, directory)
+            segment = backups.backup(store, location)
     except EventStoreError as exc:
         _fail(f"{type(exc).__name__}: {exc}")
         return
@@ -264,15 +266,15 @@ def backup(directory: Path, url: str | None) -> None:
 
 
 @main.command()
-@click.argument("directory", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.argument("location")
 @click.option("--url", help="Event store URL (default: from the environment, as `serve`).")
-def restore(directory: Path, url: str | None) -> None:
-    """Restore every segment in DIRECTORY into an empty event store."""
+def restore(location: str, url: str | None) -> None:
+    """Restore every segment in LOCATION (a directory or s3://...) into an empty event store."""
     from eventstore import backup as backups
 
     try:
         with _postgres_store(url) as store:
-            count = backups.restore(store, directory)
+            count = backups.restore(store, location)
     except EventStoreError as exc:
         _fail(f"{type(exc).__name__}: {exc}")
         return

@@ -4,6 +4,12 @@ from __future__ import annotations
 
 import gzip
 import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -102,3 +108,67 @@ def test_a_corrupted_segment_is_refused_by_name(postgres_server: PostgresServer,
 def test_backup_needs_postgres(url: str, tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["backup", str(tmp_path), "--url", url])
     assert result.exit_code == 1 and "PostgreSQL" in result.output
+
+
+@pytest.fixture
+def s3_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """moto's standalone S3-compatible server (a real HTTP server) on a free port."""
+    import boto3
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = (tmp_path / "moto.log").open("wb")
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(url + "/moto-api/", timeout=1)
+                break
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise RuntimeError(f"moto did not start: {(tmp_path / 'moto.log').read_text()}") from None
+                time.sleep(0.2)
+        for key, value in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
+                           "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": url}.items():
+            monkeypatch.setenv(key, value)
+        boto3.client("s3", endpoint_url=url).create_bucket(Bucket="backups")
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        log.close()
+
+
+def test_backup_to_an_s3_bucket_and_restore(
+        postgres_server: PostgresServer, s3_server: str) -> None:
+    import boto3
+
+    source_url = postgres_server.create_database("backup_s3_source")
+    target_url = postgres_server.create_database("backup_s3_target")
+    runner = CliRunner()
+    location = "s3://backups/demo"
+    with EventStore.connect(source_url) as store:
+        store.migrate()
+        _append(store, "a", 3)
+        assert runner.invoke(main, ["backup", location, "--url", source_url]).exit_code == 0
+        _append(store, "b", 2)
+        result = runner.invoke(main, ["backup", location, "--url", source_url])
+        assert result.exit_code == 0, result.output
+        expected = _log(store)
+    client = boto3.client("s3", endpoint_url=s3_server)
+    keys = sorted(o["Key"] for o in client.list_objects_v2(Bucket="backups")["Contents"])
+    assert keys[0] == "demo/manifest.json" and len(keys) == 3
+    result = runner.invoke(main, ["restore", location, "--url", target_url])
+    assert result.exit_code == 0, result.output
+    with EventStore.connect(target_url) as store:
+        assert _log(store) == expected
+
+    segment = keys[2]
+    client.put_object(Bucket="backups", Key=segment, Body=b"not what was written")
+    other = postgres_server.create_database("backup_s3_other")
+    result = runner.invoke(main, ["restore", location, "--url", other])
+    assert result.exit_code == 1 and f"segment {segment.removeprefix('demo/')} is corrupted" in result.output
