@@ -783,17 +783,33 @@ def major_upgrade_refusal(component: str, old: str | None, new: str, allowed: bo
     )
 
 
-def _backup_pod(owner: Owner, spec: Obj, args: list[str], claim: str) -> Obj:
-    """A pod that runs `eventstore <args>` against the in-cluster PostgreSQL, with the
-    backup volume `claim` at /backup."""
+def _backup_pod(owner: Owner, spec: Obj, command: str, where: Mapping[str, Any]) -> Obj:
+    """A pod that runs `eventstore backup|restore LOCATION` against the event store's
+    PostgreSQL; LOCATION is /backup (the claim `where.pvc` mounted there) or
+    s3://bucket/prefix (`where.s3`, credentials from its Secret)."""
+    env = [e for e in store_env(owner, spec) if e["name"].startswith("EVENT_DB_")]
+    mounts: list[Obj] = []
+    volumes: list[Obj] = []
+    if where.get("s3"):
+        s3 = where["s3"]
+        location = f"s3://{s3['bucket']}/{s3.get('prefix') or owner.name}"
+        secret = s3["credentialsSecret"]["name"]
+        env += [_secret_env(k, secret, k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")]
+        if s3.get("endpoint"):
+            env.append(_value_env("AWS_ENDPOINT_URL", s3["endpoint"]))
+        env.append(_value_env("AWS_DEFAULT_REGION", s3.get("region") or "us-east-1"))
+    else:
+        location = names.BACKUP_DIR
+        mounts.append({"name": "target", "mountPath": names.BACKUP_DIR})
+        volumes.append({"name": "target", "persistentVolumeClaim": {"claimName": where["pvc"]["claimName"]}})
     container: Obj = {
-        "name": args[0],
+        "name": command,
         "image": spec["image"],
         "imagePullPolicy": spec["imagePullPolicy"],
         "command": ["eventstore"],
-        "args": args,
-        "env": [e for e in store_env(owner, spec) if e["name"].startswith("EVENT_DB_")],
-        "volumeMounts": [{"name": "target", "mountPath": names.BACKUP_DIR}],
+        "args": [command, location],
+        "env": env,
+        "volumeMounts": mounts,
         "securityContext": _restricted_container_security(),
     }
     return {
@@ -802,7 +818,7 @@ def _backup_pod(owner: Owner, spec: Obj, args: list[str], claim: str) -> Obj:
         "enableServiceLinks": False,
         "securityContext": _pod_security(RUN_AS_USER),
         "containers": [container],
-        "volumes": [{"name": "target", "persistentVolumeClaim": {"claimName": claim}}],
+        "volumes": volumes,
     }
 
 
@@ -817,7 +833,7 @@ def restore_job(owner: Owner, spec: Mapping[str, Any]) -> Obj | None:
     if not restore:
         return None
     component = names.COMPONENT_RESTORE
-    pod = _backup_pod(owner, spec, ["restore", names.BACKUP_DIR], restore["from"]["pvc"]["claimName"])
+    pod = _backup_pod(owner, spec, "restore", restore["from"])
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -848,7 +864,7 @@ def backup_cronjob(owner: Owner, spec: Mapping[str, Any]) -> Obj | None:
     if not backup:
         return None
     component = names.COMPONENT_BACKUP
-    pod_spec = _backup_pod(owner, spec, ["backup", names.BACKUP_DIR], backup["target"]["pvc"]["claimName"])
+    pod_spec = _backup_pod(owner, spec, "backup", backup["target"])
     return {
         "apiVersion": "batch/v1",
         "kind": "CronJob",

@@ -267,6 +267,50 @@ def _condition_schema() -> dict[str, Any]:
     }
 
 
+def _backup_target_schema(description: str) -> dict[str, Any]:
+    """A backup location: an existing PersistentVolumeClaim or an S3-compatible bucket."""
+    return {
+        "type": "object",
+        "description": description,
+        "properties": {
+            "pvc": {
+                "type": "object",
+                "description": "An existing PersistentVolumeClaim, mounted at /backup.",
+                "required": ["claimName"],
+                "properties": {
+                    "claimName": {"type": "string", "maxLength": 253, "pattern": DNS_LABEL_PATTERN}
+                },
+            },
+            "s3": {
+                "type": "object",
+                "description": "An S3-compatible bucket (AWS S3, MinIO, SeaweedFS, ...).",
+                "required": ["bucket", "credentialsSecret"],
+                "properties": {
+                    "bucket": {"type": "string", "minLength": 3, "maxLength": 63},
+                    "prefix": {"type": "string", "maxLength": 512, "description": "Key prefix."},
+                    "endpoint": {
+                        "type": "string",
+                        "maxLength": 512,
+                        "description": "Endpoint URL; unset: AWS S3.",
+                    },
+                    "region": {"type": "string", "maxLength": 64},
+                    "credentialsSecret": {
+                        "type": "object",
+                        "description": "A Secret with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY.",
+                        "required": ["name"],
+                        "properties": {
+                            "name": {"type": "string", "maxLength": 253, "pattern": DNS_LABEL_PATTERN}
+                        },
+                    },
+                },
+            },
+        },
+        "x-kubernetes-validations": [
+            {"rule": "has(self.pvc) != has(self.s3)", "message": "give exactly one of pvc and s3"}
+        ],
+    }
+
+
 def spec_schema() -> dict[str, Any]:
     """The OpenAPI schema of `.spec`."""
     return {
@@ -328,27 +372,9 @@ def spec_schema() -> dict[str, Any]:
                         "description": "Cron schedule, e.g. '0 * * * *' (hourly).",
                     },
                     "suspend": {"type": "boolean", "default": False},
-                    "target": {
-                        "type": "object",
-                        "required": ["pvc"],
-                        "description": (
-                            "Where the segments and their manifest go: an existing "
-                            "PersistentVolumeClaim (an S3 bucket is not supported yet)."
-                        ),
-                        "properties": {
-                            "pvc": {
-                                "type": "object",
-                                "required": ["claimName"],
-                                "properties": {
-                                    "claimName": {
-                                        "type": "string",
-                                        "maxLength": 253,
-                                        "pattern": DNS_LABEL_PATTERN,
-                                    }
-                                },
-                            }
-                        },
-                    },
+                    "target": _backup_target_schema(
+                        "Where the segments and their manifest go."
+                    ),
                 },
             },
             "restore": {
@@ -360,23 +386,7 @@ def spec_schema() -> dict[str, Any]:
                 ),
                 "required": ["from"],
                 "properties": {
-                    "from": {
-                        "type": "object",
-                        "required": ["pvc"],
-                        "properties": {
-                            "pvc": {
-                                "type": "object",
-                                "required": ["claimName"],
-                                "properties": {
-                                    "claimName": {
-                                        "type": "string",
-                                        "maxLength": 253,
-                                        "pattern": DNS_LABEL_PATTERN,
-                                    }
-                                },
-                            }
-                        },
-                    }
+                    "from": _backup_target_schema("The backup to restore (as spec.backup.target).")
                 },
             },
             "postgres": _database_schema(

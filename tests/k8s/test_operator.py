@@ -819,6 +819,21 @@ def test_spec_backup_runs_a_cronjob(kubectl: Kubectl, namespace: str, operator: 
     )
     assert cond["reason"] == "NoBackupYet", cond
 
+    # An S3-compatible bucket instead; both targets at once is refused by the API server.
+    s3 = {"bucket": "backups", "endpoint": "http://minio:9000", "credentialsSecret": {"name": "s3"}}
+    patch_spec(kubectl, namespace, {"backup": {"target": {"pvc": None, "s3": s3}}})
+    wait_for(
+        lambda: (kubectl.get("cronjob", "demo-backup", namespace) or {})["spec"]["jobTemplate"]["spec"][
+            "template"]["spec"]["containers"][0]["args"] == ["backup", "s3://backups/demo"],
+        20,
+        "the CronJob to back up to the bucket",
+    )
+    both = kubectl.run(
+        "patch", "eventstore", NAME, "-n", namespace, "--type=merge", "-p",
+        json.dumps({"spec": {"backup": {"target": {"pvc": {"claimName": "x"}}}}}), check=False,
+    )
+    assert both.returncode != 0 and "exactly one of pvc and s3" in both.stderr, both.stderr
+
     patch = json.dumps([{"op": "remove", "path": "/spec/backup"}])
     kubectl.run("patch", "eventstore", NAME, "-n", namespace, "--type=json", "-p", patch)
     wait_for(lambda: kubectl.get("cronjob", "demo-backup", namespace) is None, 20, "the CronJob to go")

@@ -363,3 +363,21 @@ def test_major_upgrade_refusal() -> None:
     assert refuse("postgres", "postgres:16.2", "postgres:16.4", False) is None  # minor rolls
     assert refuse("postgres", None, "postgres:17", False) is None  # a new database
     assert refuse("postgres", "postgres:17", "postgres:16", False)  # a downgrade neither
+
+
+def test_backup_to_an_s3_bucket() -> None:
+    spec = {"backup": {"schedule": "0 * * * *", "target": {"s3": {
+        "bucket": "b", "endpoint": "http://minio:9000", "credentialsSecret": {"name": "s3-creds"}}}}}
+    cron = builders.backup_cronjob(OWNER, spec)
+    assert cron is not None
+    pod = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    assert c["args"] == ["backup", "s3://b/demo"] and pod["volumes"] == []
+    env = {e["name"]: e for e in c["env"]}
+    assert env["AWS_ENDPOINT_URL"]["value"] == "http://minio:9000"
+    assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"] == {
+        "name": "s3-creds", "key": "AWS_SECRET_ACCESS_KEY"}
+    assert env["EVENT_DB_HOST"]["value"] == "demo-postgres"
+    restore = builders.restore_job(OWNER, {"restore": {"from": spec["backup"]["target"]}})
+    assert restore is not None
+    assert restore["spec"]["template"]["spec"]["containers"][0]["args"] == ["restore", "s3://b/demo"]
