@@ -170,6 +170,12 @@ def backup(store: Any, location: str | Path) -> Segment | None:
     return segment
 
 
+def last_position(location: str | Path) -> int:
+    """The highest position the backup at `location` holds (0: none)."""
+    segments = _read_manifest(target(location))
+    return segments[-1].to_position if segments else 0
+
+
 def verify(location: str | Path) -> list[tuple[Segment, bytes]]:
     """The manifest's segments with their data, each present and matching its checksum,
     else BackupError naming the segment."""

@@ -258,11 +258,16 @@ def backup(location: str, url: str | None) -> None:
     except EventStoreError as exc:
         _fail(f"{type(exc).__name__}: {exc}")
         return
+    result_file = os.environ.get("EVENTSTORE_BACKUP_RESULT_FILE")
     if segment is None:
         click.echo("nothing new since the last backup")
-        return
-    click.echo(f"{segment.file}: {segment.events} events, positions "
-               f"{segment.after_position + 1}..{segment.to_position}, sha256 {segment.sha256}")
+    else:
+        click.echo(f"{segment.file}: {segment.events} events, positions "
+                   f"{segment.after_position + 1}..{segment.to_position}, sha256 {segment.sha256}")
+    if result_file:
+        # For the operator's status: a Job writes it to its termination message.
+        Path(result_file).write_text(json.dumps({"position": backups.last_position(location),
+                                                 "segment": segment.file if segment else None}))
 
 
 @main.command()

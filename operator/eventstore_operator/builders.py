@@ -18,6 +18,7 @@ that restarts later still starts with the last good settings.
 from __future__ import annotations
 
 import copy
+import json
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -865,6 +866,9 @@ def backup_cronjob(owner: Owner, spec: Mapping[str, Any]) -> Obj | None:
         return None
     component = names.COMPONENT_BACKUP
     pod_spec = _backup_pod(owner, spec, "backup", backup["target"])
+    # The backed-up position, for status.lastBackup: the Job's termination message.
+    result = _value_env("EVENTSTORE_BACKUP_RESULT_FILE", "/dev/termination-log")
+    pod_spec["containers"][0]["env"].append(result)
     return {
         "apiVersion": "batch/v1",
         "kind": "CronJob",
@@ -907,6 +911,18 @@ def backup_status(jobs: Sequence[Mapping[str, Any]]) -> tuple[Obj | None, bool |
         return last, True, f"backup Job {name} succeeded at {when}"
     namespace = job["metadata"].get("namespace", "")
     return last, False, f"backup Job {name} failed at {when}: kubectl logs -n {namespace} job/{name}"
+
+
+def backup_position(pods: Sequence[Mapping[str, Any]]) -> int | None:
+    """The position a backup Job's pod reported in its termination message, if any."""
+    for pod in pods:
+        for status in (pod.get("status") or {}).get("containerStatuses") or []:
+            message = ((status.get("state") or {}).get("terminated") or {}).get("message")
+            try:
+                return int(json.loads(message or "")["position"])
+            except (ValueError, KeyError, TypeError):
+                continue
+    return None
 
 
 def claim_size(statefulset: Mapping[str, Any]) -> tuple[str | None, str | None]:

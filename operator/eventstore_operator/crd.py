@@ -439,6 +439,11 @@ def status_schema() -> dict[str, Any]:
                 "description": "The last successful backup Job (spec.backup).",
                 "properties": {
                     "job": {"type": "string"},
+                    "position": {
+                        "type": "integer",
+                        "format": "int64",
+                        "description": "The highest event position the backup holds.",
+                    },
                     "completionTime": {"type": "string", "format": "date-time"},
                 },
             },

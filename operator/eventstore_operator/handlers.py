@@ -436,6 +436,11 @@ def _reconcile_backup(
     kube.apply(cronjob)
     jobs = kube.list_objects("Job", owner.namespace, builders.selector_labels(owner, names.COMPONENT_BACKUP))
     last, succeeded, message = builders.backup_status(jobs)
+    if last:
+        pods = kube.list_objects("Pod", owner.namespace, {"batch.kubernetes.io/job-name": last["job"]})
+        position = builders.backup_position(pods)
+        if position is not None:
+            last["position"] = position
     old = next((c for c in previous if c.get("type") == names.CONDITION_BACKUP), None)
     if succeeded is False and not (old and old.get("status") == "False" and old.get("message") == message):
         kube.post_event(body, "Warning", "BackupFailed", message)

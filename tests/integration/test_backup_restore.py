@@ -53,8 +53,11 @@ def test_backup_incremental_restore_gives_an_identical_log(
         _append(store, "account-9", 2)
         second = runner.invoke(main, ["backup", str(target_dir), "--url", source_url])
         assert second.exit_code == 0, second.output
-        again = runner.invoke(main, ["backup", str(target_dir), "--url", source_url])
+        result_file = tmp_path / "result.json"
+        again = runner.invoke(main, ["backup", str(target_dir), "--url", source_url],
+                              env={"EVENTSTORE_BACKUP_RESULT_FILE": str(result_file)})
         assert "nothing new" in again.output
+        assert json.loads(result_file.read_text()) == {"position": store.head_position(), "segment": None}
         expected_log = _log(store)
         expected_versions = {s: store.read_stream(s)[-1].version
                              for s in ("account-0", "account-1", "account-9")}

@@ -515,10 +515,17 @@ def test_spec_backup_runs_a_cronjob_and_reports_the_last_backup(fake: FakeKube) 
 
     fake.objects[("Job", "ns", "demo-backup-1")] = _job("demo-backup-1", "Complete", "2026-01-01T01:00:00Z")
     fake.objects[("Job", "ns", "demo-backup-2")] = _job("demo-backup-2", "Failed", "2026-01-01T02:00:00Z")
+    fake.objects[("Pod", "ns", "demo-backup-1-x")] = {
+        "kind": "Pod",
+        "metadata": {"name": "demo-backup-1-x", "namespace": "ns",
+                     "labels": {"batch.kubernetes.io/job-name": "demo-backup-1"}},
+        "status": {"containerStatuses": [{"state": {"terminated": {
+            "exitCode": 0, "message": '{"position": 4194305, "segment": "segment-000001.jsonl.gz"}'}}}]},
+    }
     handlers.reconcile("ns", "demo")
     handlers.reconcile("ns", "demo")
     last = es(fake)["status"]["lastBackup"]
-    assert last == {"job": "demo-backup-1", "completionTime": "2026-01-01T01:00:00Z"}
+    assert last == {"job": "demo-backup-1", "completionTime": "2026-01-01T01:00:00Z", "position": 4194305}
     cond = conditions(fake)["BackupSucceeded"]
     assert cond["status"] == "False" and "demo-backup-2 failed" in cond["message"]
     assert [r for _, r, _ in fake.events].count("BackupFailed") == 1
