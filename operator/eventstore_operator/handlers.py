@@ -325,10 +325,11 @@ def _reconcile(body: Obj, logger: Any) -> None:
     for obj in builders.in_cluster_databases(owner, spec):
         if obj["kind"] == "StatefulSet":
             component = obj["metadata"]["labels"][names.LABEL_COMPONENT]
-            refusal = _hold_major_upgrade(obj, spec[component])
+            refusal = _hold_major_upgrade(obj, spec[component], user_cm)
             if refusal:
                 refusals.append(refusal)
             db_sts[component] = _apply_statefulset(obj, logger, body)
+            _record_data_image(owner, user_cm, component, builders.image_of(db_sts[component]))
         else:
             kube.apply(obj)
     _report_refusals(body, previous, refusals, logger)
@@ -497,14 +498,24 @@ def _reconcile_restore(
     return result(False, "RestoreFailed", message), None, True
 
 
-def _hold_major_upgrade(obj: Obj, db_spec: Obj) -> str | None:
+def _data_image_annotation(component: str) -> str:
+    return f"{names.GROUP}/{component}-image"
+
+
+def _hold_major_upgrade(obj: Obj, db_spec: Obj, user_cm: Obj) -> str | None:
     """Keep a database StatefulSet on its running image when the spec changes the major
-    version without `allowMajorVersionUpgrade`; returns the refusal, if any."""
+    version without `allowMajorVersionUpgrade`; returns the refusal, if any.
+
+    "Running" is the StatefulSet's image, or, when there is none (an EventStore deleted
+    and re-created over its kept volumes), the image the data last ran with, recorded on
+    the kept ConfigMap by `_record_data_image`."""
     meta = obj["metadata"]
-    running = builders.image_of(kube.get("StatefulSet", meta["namespace"], meta["name"]))
+    component = meta["labels"][names.LABEL_COMPONENT]
+    recorded = (user_cm.get("metadata", {}).get("annotations") or {}).get(_data_image_annotation(component))
+    running = builders.image_of(kube.get("StatefulSet", meta["namespace"], meta["name"])) or recorded
     wanted = builders.image_of(obj) or ""
     refusal = builders.major_upgrade_refusal(
-        meta["labels"][names.LABEL_COMPONENT],
+        component,
         running,
         wanted,
         bool(db_spec.get("allowMajorVersionUpgrade")),
@@ -512,6 +523,14 @@ def _hold_major_upgrade(obj: Obj, db_spec: Obj) -> str | None:
     if refusal and running:
         obj["spec"]["template"]["spec"]["containers"][0]["image"] = running
     return refusal
+
+
+def _record_data_image(owner: Owner, user_cm: Obj, component: str, image: str | None) -> None:
+    """Note on the kept ConfigMap which image the database's data runs with (see above)."""
+    key = _data_image_annotation(component)
+    if image and (user_cm.get("metadata", {}).get("annotations") or {}).get(key) != image:
+        patch = {"metadata": {"annotations": {key: image}}}
+        kube.merge_patch("ConfigMap", owner.namespace, names.config(owner.name), patch)
 
 
 def _report_refusals(body: Obj, previous: list[Obj], refusals: list[str], logger: Any) -> None:

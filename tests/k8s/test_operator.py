@@ -607,6 +607,7 @@ def test_operator_service_account_permissions(kubectl: Kubectl, namespace: str) 
         ("list", "jobs.batch", namespace),
         ("create", "jobs.batch", namespace),
         ("list", "pods", namespace),  # a backup Job's pod reports the position it reached
+        ("patch", "configmaps", namespace),
     ]
     denied: list[tuple[str, str, str | None]] = [
         ("get", "secrets", namespace),  # it creates Secrets, never reads them
@@ -860,3 +861,41 @@ def test_spec_restore_runs_a_job_before_the_store(
     assert kubectl.get("statefulset", NAME, namespace) is None
     restored = condition(eventstore(kubectl, namespace), names.CONDITION_RESTORED)
     assert restored and restored["reason"] == "Restoring"
+
+
+def test_config_map_owned_by_an_older_operator_is_released(
+    kubectl: Kubectl, namespace: str, operator: OperatorProcess
+) -> None:
+    """Issue 13 #1 on upgrade: the user's ConfigMap loses the owner reference an older
+    operator gave it, so deleting the EventStore no longer deletes it."""
+    kubectl.run("apply", "-n", namespace, "-f", str(EXAMPLE))
+    body = wait_converged(kubectl, namespace, operator)
+    ref = {"apiVersion": names.API_VERSION, "kind": names.KIND, "name": NAME,
+           "uid": body["metadata"]["uid"], "controller": True}
+    patch = json.dumps({"metadata": {"ownerReferences": [ref]}})
+    kubectl.run("patch", "configmap", f"{NAME}-config", "-n", namespace, "--type=merge", "-p", patch)
+    wait_for(
+        lambda: not (kubectl.get("configmap", f"{NAME}-config", namespace) or {"metadata": {"x": 1}})[
+            "metadata"].get("ownerReferences"),
+        20,
+        "the owner reference to be removed",
+    )
+
+
+def test_major_upgrade_over_kept_data_is_refused(
+    kubectl: Kubectl, namespace: str, operator: OperatorProcess
+) -> None:
+    """Delete, then re-create with postgres:17 over the kept PostgreSQL 16 volumes."""
+    kubectl.run("apply", "-n", namespace, "-f", str(EXAMPLE))
+    wait_converged(kubectl, namespace, operator)
+    kubectl.run("delete", "eventstore", NAME, "-n", namespace, "--wait=true", timeout=60)
+    wait_for(lambda: not collectable_children(kubectl, namespace), 60, "the owned children to go")
+    body = yaml.safe_load(EXAMPLE.read_text())
+    body["spec"]["postgres"]["image"] = "postgres:17"
+    kubectl.apply(yaml.safe_dump(body), namespace)
+    cond = wait_for(
+        lambda: reconciled_reason(kubectl, namespace, "MajorVersionUpgradeRefused"), 30, "the refusal"
+    )
+    assert "postgres:16" in cond["message"], cond
+    sts = kubectl.get("statefulset", "demo-postgres", namespace)
+    assert sts is not None and sts["spec"]["template"]["spec"]["containers"][0]["image"] == "postgres:16"

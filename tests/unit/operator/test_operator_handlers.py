@@ -564,3 +564,20 @@ def test_spec_restore_runs_a_job_before_any_store_pod(fake: FakeKube) -> None:
     assert ("Job", "ns", "demo-restore") not in fake.objects
     assert conditions(fake)["Restored"]["status"] == "True"
     assert conditions(fake)["Reconciled"]["status"] == "True"
+
+
+def test_major_upgrade_is_refused_over_kept_data_too(fake: FakeKube) -> None:
+    """Delete (the database StatefulSet goes), then re-create with postgres:17 over the
+    kept PostgreSQL 16 volume: still refused (the kept ConfigMap remembers the image)."""
+    handlers.reconcile("ns", "demo")
+    annotations = fake.objects[("ConfigMap", "ns", "demo-config")]["metadata"]["annotations"]
+    assert annotations["eventstore.io/postgres-image"] == "postgres:16"
+    for key, obj in list(fake.objects.items()):
+        if obj["metadata"].get("ownerReferences"):
+            del fake.objects[key]
+    es(fake)["metadata"]["uid"] = "u2"
+    del es(fake)["status"]
+    es(fake)["spec"]["postgres"] = {"image": "postgres:17"}
+    handlers.reconcile("ns", "demo")
+    assert db_image(fake, "demo-postgres") == "postgres:16"
+    assert conditions(fake)["Reconciled"]["reason"] == "MajorVersionUpgradeRefused"
