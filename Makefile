@@ -37,8 +37,8 @@ crd:  ## regenerate the CRD in manifests/, the chart's crds/ and values.schema.j
 test-k8s: k8s-build  ## only the tests against the local control plane
 	$(PYTHON) -m pytest tests/k8s $(PYTEST_ARGS)
 
-operator-run:  ## the operator against your current kubeconfig, watching NS
-	$(PYTHON) -m eventstore_operator --namespace $(NS) --verbose
+operator-run:  ## the operator from this checkout, current kubeconfig; NS=ns (default: every namespace)
+	$(PYTHON) -m eventstore_operator $(if $(NS),--namespace $(NS),--all-namespaces) --verbose
 
 bench: install  ## prints a table and writes bench-results/results.json
 	$(PYTHON) -m bench.run

@@ -242,6 +242,58 @@ def stats(url: str | None, as_json: bool) -> None:
         click.echo(f"{key:>16}: {value}")
 
 
+def _postgres_store(url: str | None) -> Any:
+    from eventstore.store.base import EventStore
+
+    resolved = _store_url(url)
+    if not resolved.startswith(("postgresql://", "postgres://")):
+        _fail("backup and restore need a PostgreSQL event store (--url postgresql://...)")
+    return EventStore.connect(resolved)
+
+
+@main.command()
+@click.argument("location")
+@click.option("--url", help="Event store URL (default: from the environment, as `serve`).")
+def backup(location: str, url: str | None) -> None:
+    """Back up the events written since the last backup in LOCATION (a new segment).
+
+    LOCATION is a directory or s3://bucket/prefix (AWS_* credentials, AWS_ENDPOINT_URL)."""
+    from eventstore import backup as backups
+
+    try:
+        with _postgres_store(url) as store:
+            segment = backups.backup(store, location)
+    except EventStoreError as exc:
+        _fail(f"{type(exc).__name__}: {exc}")
+        return
+    result_file = os.environ.get("EVENTSTORE_BACKUP_RESULT_FILE")
+    if segment is None:
+        click.echo("nothing new since the last backup")
+    else:
+        click.echo(f"{segment.file}: {segment.events} events, positions "
+                   f"{segment.after_position + 1}..{segment.to_position}, sha256 {segment.sha256}")
+    if result_file:
+        # For the operator's status: a Job writes it to its termination message.
+        Path(result_file).write_text(json.dumps({"position": backups.last_position(location),
+                                                 "segment": segment.file if segment else None}))
+
+
+@main.command()
+@click.argument("location")
+@click.option("--url", help="Event store URL (default: from the environment, as `serve`).")
+def restore(location: str, url: str | None) -> None:
+    """Restore every segment in LOCATION (a directory or s3://...) into an empty event store."""
+    from eventstore import backup as backups
+
+    try:
+        with _postgres_store(url) as store:
+            count = backups.restore(store, location)
+    except EventStoreError as exc:
+        _fail(f"{type(exc).__name__}: {exc}")
+        return
+    click.echo(f"restored {count} events")
+
+
 @main.command()
 @click.option("--url", help="Event store URL. Default: sqlite:///<temp dir>/eventstore-demo.db "
                             "(a fresh file each run).")

@@ -60,14 +60,27 @@ SNAPSHOTTER = "snapshotter"
 class SettingsError(EventStoreError, ValueError):
     """A settings file was refused; the message names the file, the key and the reason."""
 
-    def __init__(self, file: str, key: str, reason: str) -> None:
+    def __init__(
+        self, file: str, key: str, reason: str, others: tuple[tuple[str, str, str], ...] = ()
+    ) -> None:
         self.file = file
         self.key = key
         self.reason = reason
-        super().__init__(f"{file}: {key}: {reason}")
+        #: Every further refusal as (file, key, reason): an edit reports all its errors.
+        self.others = tuple(others)
+        super().__init__("; ".join(f"{f}: {k}: {r}" for f, k, r in self.errors))
+
+    @property
+    def errors(self) -> tuple[tuple[str, str, str], ...]:
+        return ((self.file, self.key, self.reason), *self.others)
+
+    @classmethod
+    def combine(cls, errors: list[SettingsError]) -> SettingsError:
+        every = [e for error in errors for e in error.errors]
+        return cls(*every[0], others=tuple(every[1:]))
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.file, self.key, self.reason))
+        return (type(self), (self.file, self.key, self.reason, self.others))
 
 
 def _check_projection_name(name: str) -> str:
@@ -253,10 +266,7 @@ def _parse(text: str, file: str, model: type[BaseModel]) -> Any:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise SettingsError(file, DOCUMENT_KEY, f"invalid YAML{where}: {problem}") from None
+        raise SettingsError(file, DOCUMENT_KEY, f"invalid YAML{_yaml_where(exc)}") from None
     if data is None:  # an empty file (or only comments) means "all defaults"
         data = {}
     if not isinstance(data, dict):
@@ -271,8 +281,28 @@ def _parse(text: str, file: str, model: type[BaseModel]) -> Any:
     try:
         return model.model_validate(data)
     except PydanticValidationError as exc:
-        first = exc.errors()[0]
-        raise SettingsError(file, _key(first["loc"]), _reason(first, model)) from None
+        every = [(file, _key(e["loc"]), _reason(e, model)) for e in exc.errors()]
+        raise SettingsError(*every[0], others=tuple(every[1:])) from None
+
+
+def _yaml_where(exc: yaml.YAMLError) -> str:
+    """Where the YAML is broken: the line of the bad construct, not only where the parser
+    noticed. An unclosed bracket or quote, or a key without its colon, is noticed lines
+    later (at the next key); PyYAML's context mark is where that construct started."""
+    problem = str(getattr(exc, "problem", None) or exc)
+    noticed = getattr(exc, "problem_mark", None)
+    started = getattr(exc, "context_mark", None)
+    context = str(getattr(exc, "context", None) or "")
+    if started is not None and noticed is not None and started.line < noticed.line and (
+        "scanning" in context or "flow" in context
+    ):
+        return (
+            f" at line {started.line + 1}, column {started.column + 1}: {context} started here, "
+            f"{problem} (noticed at line {noticed.line + 1})"
+        )
+    if noticed is not None:
+        return f" at line {noticed.line + 1}, column {noticed.column + 1}: {problem}"
+    return f": {problem}"
 
 
 def parse_store_settings(text: str, file: str = EVENT_STORE_FILE) -> StoreSettings:
@@ -334,15 +364,35 @@ def validate_config_data(data: Mapping[str, str]) -> Settings:
             )
         if not isinstance(data[name], str):
             raise SettingsError(name, FILE_KEY, "the file content must be text")
-    return Settings(
-        store=parse_store_settings(data.get(EVENT_STORE_FILE, ""), EVENT_STORE_FILE),
-        projections=parse_projection_settings(data.get(PROJECTIONS_FILE, ""), PROJECTIONS_FILE),
-    )
+    errors: list[SettingsError] = []
+    store: StoreSettings | None = None
+    projections: ProjectionSettings | None = None
+    try:
+        store = parse_store_settings(data.get(EVENT_STORE_FILE, ""), EVENT_STORE_FILE)
+    except SettingsError as exc:
+        errors.append(exc)
+    try:
+        projections = parse_projection_settings(data.get(PROJECTIONS_FILE, ""), PROJECTIONS_FILE)
+    except SettingsError as exc:
+        errors.append(exc)
+    if errors or store is None or projections is None:
+        raise SettingsError.combine(errors)
+    return Settings(store=store, projections=projections)
 
 
 def config_hash(data: Mapping[str, str]) -> str:
-    """A short, stable sha256 of ConfigMap data: the same files give the same hash."""
-    canonical = json.dumps(dict(sorted(data.items())), sort_keys=True, separators=(",", ":"))
+    """A short, stable sha256 of the settings valid ConfigMap data parses to.
+
+    Over the parsed values, not the text: an edit of comments, spacing or key order
+    gives the same hash, so it does not roll the store pods. Raises `SettingsError`
+    for data `validate_config_data` refuses.
+    """
+    return settings_hash(validate_config_data(data))
+
+
+def settings_hash(settings: Settings) -> str:
+    """A short, stable sha256 of settings (what the pod template carries)."""
+    canonical = json.dumps(settings.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -616,6 +617,77 @@ class PostgresEventStore(EventStore):
         with self._wakeups:
             self._wakeup_count += 1
             self._wakeups.notify_all()
+
+    # -- backup and restore (eventstore/backup.py) ------------------------------------
+
+    def export_rows(self, after_position: int, up_to_position: int) -> list[dict[str, Any]]:
+        """Every event of the log and the archive with after < position <= up_to, in
+        position order, as plain JSON-ready rows (the archive's flagged `archived_at`)."""
+        columns = f"{_EVENT_COLUMNS}, NULL::timestamptz AS archived_at"
+        archive_columns = f"{_EVENT_COLUMNS}, archived_at"
+        with self._connection() as conn:
+            cur = conn.execute(
+                f"SELECT {columns} FROM es_events WHERE position > %s AND position <= %s"
+                f" UNION ALL SELECT {archive_columns} FROM es_events_archive"
+                " WHERE position > %s AND position <= %s ORDER BY 1",
+                (after_position, up_to_position, after_position, up_to_position),
+            )
+            rows = cur.fetchall()
+        return [
+            {
+                "position": r[0], "id": str(r[1]), "stream_id": r[2], "version": r[3], "type": r[4],
+                "schema_version": r[5], "payload": r[6], "metadata": r[7],
+                "recorded_at": r[8].isoformat(),
+                "archived_at": r[9].isoformat() if r[9] is not None else None,
+            }
+            for r in rows
+        ]
+
+    def is_empty(self) -> bool:
+        with self._connection() as conn:
+            row = conn.execute(
+                "SELECT NOT EXISTS (SELECT 1 FROM es_events)"
+                " AND NOT EXISTS (SELECT 1 FROM es_events_archive)"
+            ).fetchone()
+        return bool(row and row[0])
+
+    def import_rows(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Insert exported rows, in their order, in one transaction.
+
+        Positions are renumbered the way appends number them, from this transaction's id
+        (see postgres_schema.py): a restored position must sort below every later append
+        and above the readers' cutoff, which the source database's values would not in
+        another PostgreSQL cluster. Their order is kept; ids, streams, versions, types,
+        payloads, metadata and timestamps are restored as they were.
+        """
+        if len(rows) >= 1 << 20:
+            raise ValidationError("at most 1,048,575 events per import transaction")
+        batch = json.dumps(list(rows))
+        position = "(pg_current_xact_id()::text::bigint << 20) | (u.n - 1)"
+        recordset = (
+            "ROWS FROM (jsonb_to_recordset(%s::jsonb) AS (id uuid, stream_id text, version bigint,"
+            " type text, schema_version integer, payload jsonb, metadata jsonb,"
+            " recorded_at timestamptz, archived_at timestamptz)) WITH ORDINALITY AS"
+            " u(id, stream_id, version, type, schema_version, payload, metadata, recorded_at,"
+            " archived_at, n)"
+        )
+        with self._connection() as conn, conn.transaction():
+            conn.execute(
+                "INSERT INTO es_events (position, id, stream_id, version, type, schema_version,"
+                " payload, metadata, recorded_at, tx_id)"
+                f" SELECT {position}, u.id, u.stream_id, u.version, u.type, u.schema_version,"
+                f" u.payload, u.metadata, u.recorded_at, pg_current_xact_id() FROM {recordset}"
+                " WHERE u.archived_at IS NULL",
+                (batch,),
+            )
+            conn.execute(
+                "INSERT INTO es_events_archive (position, id, stream_id, version, type,"
+                " schema_version, payload, metadata, recorded_at, tx_id, archived_at)"
+                f" SELECT {position}, u.id, u.stream_id, u.version, u.type, u.schema_version,"
+                " u.payload, u.metadata, u.recorded_at, pg_current_xact_id(), u.archived_at"
+                f" FROM {recordset} WHERE u.archived_at IS NOT NULL",
+                (batch,),
+            )
 
     # -- plumbing ----------------------------------------------------------------------
 

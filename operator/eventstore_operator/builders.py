@@ -3,7 +3,8 @@
 No API calls and no randomness here: handlers read the cluster, call these, and
 apply the results. Every object carries the recommended labels and a controller
 owner reference to the EventStore, so the garbage collector removes it with its
-owner.
+owner; except what the kept data needs (generated Secrets, the user's ConfigMap),
+which stays with the volume claims: see `_kept_meta`.
 
 How the settings reach the pods: the user edits the ConfigMap `<name>-config`
 (created once from the spec or the defaults). The operator validates each edit and
@@ -17,7 +18,9 @@ that restarts later still starts with the last good settings.
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+import json
+import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,8 +28,10 @@ from eventstore.settings import (
     CONFIG_DIR_ENV,
     CONFIG_FILES,
     ProjectionSettings,
+    Settings,
     StoreSettings,
     render_config_data,
+    settings_hash,
 )
 from eventstore_operator import names
 from eventstore_operator.crd import SETTINGS_FIELDS, spec_schema
@@ -83,11 +88,17 @@ def _apply_defaults(schema: Mapping[str, Any], value: Any) -> Any:
 
 #: Seconds a store pod keeps serving after its deletion, before SIGTERM (see lifecycle).
 PRE_STOP_SECONDS = 5
+#: The store image when spec.image is unset: the operator's own image. The chart sets
+#: EVENTSTORE_DEFAULT_IMAGE from image.repository/image.tag, so `helm upgrade --set
+#: image.tag=...` rolls the stores that leave spec.image unset, not only the operator.
+DEFAULT_STORE_IMAGE = os.environ.get("EVENTSTORE_DEFAULT_IMAGE") or names.DEFAULT_IMAGE
 
 
 def normalize_spec(spec: Mapping[str, Any] | None) -> Obj:
-    """The spec with every CRD default applied; the CRD schema is the one source."""
+    """The spec with every CRD default applied; the CRD schema is the one source
+    (spec.image aside: `DEFAULT_STORE_IMAGE`)."""
     result: Obj = _apply_defaults(spec_schema(), dict(spec or {}))
+    result.setdefault("image", DEFAULT_STORE_IMAGE)
     return result
 
 
@@ -115,6 +126,21 @@ def _meta(owner: Owner, name: str, component: str, **extra: Any) -> Obj:
         "ownerReferences": [owner.reference()],
     }
     meta.update(extra)
+    return meta
+
+
+def _kept_meta(owner: Owner, name: str, component: str, **extra: Any) -> Obj:
+    """Metadata of an object that lives as long as the data, not as the EventStore.
+
+    No owner reference: deleting the EventStore keeps it, like the volume claims, and an
+    EventStore re-created with the same name finds it and uses it again (generated
+    passwords still match the kept databases; the user's settings are not reset). The
+    label says so, and `kubectl delete pvc,secret,configmap -l
+    app.kubernetes.io/instance=<name>` removes them together with the data.
+    """
+    meta = _meta(owner, name, component, **extra)
+    del meta["ownerReferences"]
+    meta["labels"][names.LABEL_KEPT_WITH_DATA] = "true"
     return meta
 
 
@@ -185,13 +211,19 @@ def seed_settings(spec: Mapping[str, Any]) -> tuple[StoreSettings, ProjectionSet
     return StoreSettings(**store), ProjectionSettings(**projections)
 
 
+def seed_hash(spec: Mapping[str, Any]) -> str:
+    """A hash of the settings spec.settings seeds (on the ConfigMap it seeded)."""
+    store, projections = seed_settings(spec)
+    return settings_hash(Settings(store=store, projections=projections))
+
+
 def user_config_map(owner: Owner, spec: Mapping[str, Any]) -> Obj:
     """The tuning ConfigMap, created once and then owned by the user's edits."""
     store, projections = seed_settings(spec)
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
-        "metadata": _meta(
+        "metadata": _kept_meta(
             owner,
             names.config(owner.name),
             names.COMPONENT_CONFIG,
@@ -200,7 +232,8 @@ def user_config_map(owner: Owner, spec: Mapping[str, Any]) -> Obj:
                     "Tuning settings of this EventStore. Edit freely: the operator validates "
                     "each edit, rolls the store pods on a valid one and reports an invalid "
                     "one on the EventStore's status (kubectl describe eventstore)."
-                )
+                ),
+                names.ANNOTATION_SEED_HASH: seed_hash(spec),
             },
         ),
         "data": render_config_data(store, projections),
@@ -236,7 +269,7 @@ def credentials_secret(owner: Owner, db_name: str, component: str, password: str
     return {
         "apiVersion": "v1",
         "kind": "Secret",
-        "metadata": _meta(owner, names.credentials(db_name), component),
+        "metadata": _kept_meta(owner, names.credentials(db_name), component),
         "type": "Opaque",
         "stringData": {names.USERNAME_KEY: "eventstore", names.PASSWORD_KEY: password},
     }
@@ -246,9 +279,34 @@ def api_token_secret(owner: Owner, token: str) -> Obj:
     return {
         "apiVersion": "v1",
         "kind": "Secret",
-        "metadata": _meta(owner, names.api_token(owner.name), names.COMPONENT_API_TOKEN),
+        "metadata": _kept_meta(owner, names.api_token(owner.name), names.COMPONENT_API_TOKEN),
         "type": "Opaque",
         "stringData": {names.TOKEN_KEY: token},
+    }
+
+
+def app_secret(owner: Owner, token: str | None) -> Obj:
+    """What an application needs to connect: url, host, port and the API token.
+
+    The operator cannot read Secrets, so the token is written only when it is generated
+    together with `<name>-api-token`; a connection Secret made later (for a store created
+    by an older operator) names the token's Secret in `tokenSecret` instead.
+    """
+    host = f"{names.store(owner.name)}.{owner.namespace}.svc"
+    data = {
+        "url": f"http://{host}:{names.HTTP_PORT}",
+        "host": host,
+        "port": str(names.HTTP_PORT),
+        "tokenSecret": names.api_token(owner.name),
+    }
+    if token is not None:
+        data[names.TOKEN_KEY] = token
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": _kept_meta(owner, names.app_secret(owner.name), names.COMPONENT_APP),
+        "type": "Opaque",
+        "stringData": data,
     }
 
 
@@ -668,6 +726,210 @@ def store_objects(owner: Owner, spec: Mapping[str, Any], config_hash: str, confi
         pod_disruption_budget(owner),
         store_statefulset(owner, spec, config_hash, config_map),
     ]
+
+
+def image_of(statefulset: Mapping[str, Any] | None) -> str | None:
+    """The image of a StatefulSet's first container (None: no StatefulSet)."""
+    containers = (((statefulset or {}).get("spec") or {}).get("template") or {}).get("spec", {}).get(
+        "containers"
+    ) or []
+    return str(containers[0]["image"]) if containers else None
+
+
+def image_major(image: str) -> int | None:
+    """The major version in an image's tag: postgres:16.4-bookworm -> 16, mongo:7 -> 7.
+
+    None when the tag says no version (latest, a digest only, a name without a tag):
+    then no upgrade guard can apply.
+    """
+    ref = image.split("@", 1)[0]
+    last = ref.rsplit("/", 1)[-1]
+    if ":" not in last:
+        return None
+    tag = last.split(":", 1)[1]
+    digits = ""
+    for ch in tag:
+        if not ch.isdigit():
+            break
+        digits += ch
+    return int(digits) if digits else None
+
+
+def major_upgrade_refusal(component: str, old: str | None, new: str, allowed: bool) -> str | None:
+    """Why an in-cluster database image change is held back, or None if it may roll.
+
+    A different major version is refused unless `allowMajorVersionUpgrade` is set:
+    PostgreSQL will not start on another major's data directory, and MongoDB upgrades
+    one major at a time after featureCompatibilityVersion is raised.
+    """
+    if old is None or allowed or old == new:
+        return None
+    old_major, new_major = image_major(old), image_major(new)
+    if old_major is None or new_major is None or old_major == new_major:
+        return None
+    if component == names.COMPONENT_POSTGRES:
+        what = "PostgreSQL"
+        path = (
+            "PostgreSQL does not start on a data directory of another major version. Upgrade "
+            "path (README, 'Upgrading PostgreSQL or MongoDB'): back up the events (`eventstore "
+            "backup`), restore them into a new EventStore running the new image, switch the "
+            "clients; or upgrade the data directory yourself (pg_upgrade) and then set "
+            "spec.postgres.allowMajorVersionUpgrade: true"
+        )
+    else:
+        what = "MongoDB"
+        path = (
+            "MongoDB upgrades one major version at a time, after `db.adminCommand({"
+            f"setFeatureCompatibilityVersion: '{old_major}.0'}})` on the old version. Upgrade "
+            "path (README, 'Upgrading PostgreSQL or MongoDB'): check that, then set "
+            "spec.mongodb.allowMajorVersionUpgrade: true (snapshots can also be rebuilt "
+            "from the events on an empty volume)"
+        )
+    return (
+        f"spec.{component}.image {new} is {what} {new_major}, but {names.KIND} keeps running "
+        f"{old} ({what} {old_major}): a major-version change is refused. {path}"
+    )
+
+
+def _backup_pod(owner: Owner, spec: Obj, command: str, where: Mapping[str, Any]) -> Obj:
+    """A pod that runs `eventstore backup|restore LOCATION` against the event store's
+    PostgreSQL; LOCATION is /backup (the claim `where.pvc` mounted there) or
+    s3://bucket/prefix (`where.s3`, credentials from its Secret)."""
+    env = [e for e in store_env(owner, spec) if e["name"].startswith("EVENT_DB_")]
+    mounts: list[Obj] = []
+    volumes: list[Obj] = []
+    if where.get("s3"):
+        s3 = where["s3"]
+        location = f"s3://{s3['bucket']}/{s3.get('prefix') or owner.name}"
+        secret = s3["credentialsSecret"]["name"]
+        env += [_secret_env(k, secret, k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")]
+        if s3.get("endpoint"):
+            env.append(_value_env("AWS_ENDPOINT_URL", s3["endpoint"]))
+        env.append(_value_env("AWS_DEFAULT_REGION", s3.get("region") or "us-east-1"))
+    else:
+        location = names.BACKUP_DIR
+        mounts.append({"name": "target", "mountPath": names.BACKUP_DIR})
+        volumes.append({"name": "target", "persistentVolumeClaim": {"claimName": where["pvc"]["claimName"]}})
+    container: Obj = {
+        "name": command,
+        "image": spec["image"],
+        "imagePullPolicy": spec["imagePullPolicy"],
+        "command": ["eventstore"],
+        "args": [command, location],
+        "env": env,
+        "volumeMounts": mounts,
+        "securityContext": _restricted_container_security(),
+    }
+    return {
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "securityContext": _pod_security(RUN_AS_USER),
+        "containers": [container],
+        "volumes": volumes,
+    }
+
+
+def restore_job(owner: Owner, spec: Mapping[str, Any]) -> Obj | None:
+    """The Job that restores spec.restore.from into the new, empty PostgreSQL (None: unset).
+
+    Retried (backoffLimit) while PostgreSQL is still starting; `eventstore restore`
+    refuses a database that is not empty, so a retry after a partial failure says so.
+    """
+    spec = normalize_spec(spec)
+    restore = spec.get("restore")
+    if not restore:
+        return None
+    component = names.COMPONENT_RESTORE
+    pod = _backup_pod(owner, spec, "restore", restore["from"])
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": _meta(owner, names.restore(owner.name), component),
+        "spec": {
+            "backoffLimit": 10,
+            "template": {"metadata": {"labels": labels(owner, component)}, "spec": pod},
+        },
+    }
+
+
+def job_finished(job: Mapping[str, Any] | None) -> tuple[bool, str] | None:
+    """(succeeded, time) once a Job is Complete or Failed, else None."""
+    for c in ((job or {}).get("status") or {}).get("conditions") or []:
+        if c.get("type") in ("Complete", "Failed") and c.get("status") == "True":
+            return c["type"] == "Complete", str(c.get("lastTransitionTime") or "")
+    return None
+
+
+def backup_cronjob(owner: Owner, spec: Mapping[str, Any]) -> Obj | None:
+    """The CronJob that runs `eventstore backup` on spec.backup's schedule (None: unset).
+
+    Each run adds one segment (the events since the last one) to the target volume;
+    concurrencyPolicy Forbid keeps two runs from writing the same manifest.
+    """
+    spec = normalize_spec(spec)
+    backup = spec.get("backup")
+    if not backup:
+        return None
+    component = names.COMPONENT_BACKUP
+    pod_spec = _backup_pod(owner, spec, "backup", backup["target"])
+    # The backed-up position, for status.lastBackup: the Job's termination message.
+    result = _value_env("EVENTSTORE_BACKUP_RESULT_FILE", "/dev/termination-log")
+    pod_spec["containers"][0]["env"].append(result)
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "CronJob",
+        "metadata": _meta(owner, names.backup(owner.name), component),
+        "spec": {
+            "schedule": backup["schedule"],
+            "suspend": bool(backup.get("suspend")),
+            "concurrencyPolicy": "Forbid",
+            "successfulJobsHistoryLimit": 3,
+            "failedJobsHistoryLimit": 3,
+            "jobTemplate": {
+                "metadata": {"labels": labels(owner, component)},
+                "spec": {
+                    "backoffLimit": 2,
+                    "template": {"metadata": {"labels": labels(owner, component)}, "spec": pod_spec},
+                },
+            },
+        },
+    }
+
+
+def backup_status(jobs: Sequence[Mapping[str, Any]]) -> tuple[Obj | None, bool | None, str]:
+    """(lastBackup, succeeded, message) from the backup Jobs: the newest finished Job
+    decides the condition; the newest successful one is the last backup."""
+
+    def finished(job: Mapping[str, Any]) -> tuple[str, bool] | None:
+        done = job_finished(job)
+        return (done[1], done[0]) if done else None
+
+    done = sorted(
+        ((f, job) for job in jobs if (f := finished(job)) is not None), key=lambda item: item[0][0]
+    )
+    last_ok = next(((f, j) for f, j in reversed(done) if f[1]), None)
+    last = {"job": last_ok[1]["metadata"]["name"], "completionTime": last_ok[0][0]} if last_ok else None
+    if not done:
+        return last, None, "no backup has finished yet"
+    (when, ok), job = done[-1]
+    name = job["metadata"]["name"]
+    if ok:
+        return last, True, f"backup Job {name} succeeded at {when}"
+    namespace = job["metadata"].get("namespace", "")
+    return last, False, f"backup Job {name} failed at {when}: kubectl logs -n {namespace} job/{name}"
+
+
+def backup_position(pods: Sequence[Mapping[str, Any]]) -> int | None:
+    """The position a backup Job's pod reported in its termination message, if any."""
+    for pod in pods:
+        for status in (pod.get("status") or {}).get("containerStatuses") or []:
+            message = ((status.get("state") or {}).get("terminated") or {}).get("message")
+            try:
+                return int(json.loads(message or "")["position"])
+            except (ValueError, KeyError, TypeError):
+                continue
+    return None
 
 
 def claim_size(statefulset: Mapping[str, Any]) -> tuple[str | None, str | None]:

@@ -190,7 +190,18 @@ def _database_schema(
                 "default": image,
                 "minLength": 1,
                 "maxLength": 512,
-                "description": "Image of the in-cluster database.",
+                "description": (
+                    "Image of the in-cluster database. A change of major version (for "
+                    "example 16 to 17) is refused unless allowMajorVersionUpgrade is set."
+                ),
+            },
+            "allowMajorVersionUpgrade": {
+                "type": "boolean",
+                "default": False,
+                "description": (
+                    "Let a change of the image's major version roll the database (after "
+                    "you upgraded its data: see the README's 'Upgrading PostgreSQL or MongoDB')."
+                ),
             },
             "storage": _storage_schema(storage, f"in-cluster {what}"),
             "resources": _resources_schema(requests, {"memory": "1Gi"}),
@@ -256,6 +267,50 @@ def _condition_schema() -> dict[str, Any]:
     }
 
 
+def _backup_target_schema(description: str) -> dict[str, Any]:
+    """A backup location: an existing PersistentVolumeClaim or an S3-compatible bucket."""
+    return {
+        "type": "object",
+        "description": description,
+        "properties": {
+            "pvc": {
+                "type": "object",
+                "description": "An existing PersistentVolumeClaim, mounted at /backup.",
+                "required": ["claimName"],
+                "properties": {
+                    "claimName": {"type": "string", "maxLength": 253, "pattern": DNS_LABEL_PATTERN}
+                },
+            },
+            "s3": {
+                "type": "object",
+                "description": "An S3-compatible bucket (AWS S3, MinIO, SeaweedFS, ...).",
+                "required": ["bucket", "credentialsSecret"],
+                "properties": {
+                    "bucket": {"type": "string", "minLength": 3, "maxLength": 63},
+                    "prefix": {"type": "string", "maxLength": 512, "description": "Key prefix."},
+                    "endpoint": {
+                        "type": "string",
+                        "maxLength": 512,
+                        "description": "Endpoint URL; unset: AWS S3.",
+                    },
+                    "region": {"type": "string", "maxLength": 64},
+                    "credentialsSecret": {
+                        "type": "object",
+                        "description": "A Secret with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY.",
+                        "required": ["name"],
+                        "properties": {
+                            "name": {"type": "string", "maxLength": 253, "pattern": DNS_LABEL_PATTERN}
+                        },
+                    },
+                },
+            },
+        },
+        "x-kubernetes-validations": [
+            {"rule": "has(self.pvc) != has(self.s3)", "message": "give exactly one of pvc and s3"}
+        ],
+    }
+
+
 def spec_schema() -> dict[str, Any]:
     """The OpenAPI schema of `.spec`."""
     return {
@@ -263,11 +318,17 @@ def spec_schema() -> dict[str, Any]:
         "description": "Desired state of an event store deployment.",
         "properties": {
             "image": {
+                # No schema default on purpose: the API server would write it into every
+                # EventStore at creation, and `helm upgrade --set image.tag=...` could then
+                # never roll the stores (issue 13 #5). Unset means the operator's default.
                 "type": "string",
-                "default": names.DEFAULT_IMAGE,
                 "minLength": 1,
                 "maxLength": 512,
-                "description": "Image of the store pods (runs `eventstore serve`).",
+                "description": (
+                    "Image of the store pods (runs `eventstore serve`). Unset: the operator's "
+                    "own image (EVENTSTORE_DEFAULT_IMAGE, which the chart sets from image.tag), "
+                    "so upgrading the operator rolls the store pods too."
+                ),
             },
             "imagePullPolicy": {
                 "type": "string",
@@ -294,6 +355,40 @@ def spec_schema() -> dict[str, Any]:
             "storage": _storage_schema("100Gi", "store"),
             "resources": _resources_schema({"cpu": "250m", "memory": "256Mi"}, {"memory": "1Gi"}),
             "settings": _settings_schema(),
+            "backup": {
+                "type": "object",
+                "description": (
+                    "Scheduled incremental backups of the events (`eventstore backup`) by a "
+                    "CronJob <name>-backup; status.lastBackup and the BackupSucceeded "
+                    "condition report them. Snapshots are not backed up: the snapshotter "
+                    "rebuilds them."
+                ),
+                "required": ["schedule", "target"],
+                "properties": {
+                    "schedule": {
+                        "type": "string",
+                        "minLength": 9,
+                        "maxLength": 100,
+                        "description": "Cron schedule, e.g. '0 * * * *' (hourly).",
+                    },
+                    "suspend": {"type": "boolean", "default": False},
+                    "target": _backup_target_schema(
+                        "Where the segments and their manifest go."
+                    ),
+                },
+            },
+            "restore": {
+                "type": "object",
+                "description": (
+                    "Create this EventStore from a backup (`eventstore restore`): when the "
+                    "EventStore is created, a Job <name>-restore restores every segment into "
+                    "the empty PostgreSQL before any store pod starts. Ignored afterwards."
+                ),
+                "required": ["from"],
+                "properties": {
+                    "from": _backup_target_schema("The backup to restore (as spec.backup.target).")
+                },
+            },
             "postgres": _database_schema(
                 "PostgreSQL (events)",
                 names.DEFAULT_POSTGRES_IMAGE,
@@ -327,6 +422,36 @@ def status_schema() -> dict[str, Any]:
                 "type": "string",
                 "description": "The immutable ConfigMap the store pods mount.",
             },
+            "image": {
+                "type": "string",
+                "description": "The image the store StatefulSet runs.",
+            },
+            "restore": {
+                "type": "object",
+                "description": "The restore this EventStore was created from (spec.restore).",
+                "properties": {
+                    "job": {"type": "string"},
+                    "completionTime": {"type": "string", "format": "date-time"},
+                },
+            },
+            "lastBackup": {
+                "type": "object",
+                "description": "The last successful backup Job (spec.backup).",
+                "properties": {
+                    "job": {"type": "string"},
+                    "position": {
+                        "type": "integer",
+                        "format": "int64",
+                        "description": "The highest event position the backup holds.",
+                    },
+                    "completionTime": {"type": "string", "format": "date-time"},
+                },
+            },
+            "images": {
+                "type": "object",
+                "description": "The image each StatefulSet runs (store, postgres, mongodb).",
+                "additionalProperties": {"type": "string"},
+            },
             "conditions": {
                 "type": "array",
                 "items": _condition_schema(),
@@ -341,6 +466,7 @@ def build_crd() -> dict[str, Any]:
     """The CRD as a dict (apiextensions.k8s.io/v1)."""
     ready = '.status.conditions[?(@.type=="Ready")].status'
     config_valid = '.status.conditions[?(@.type=="ConfigValid")].status'
+    reconciled = '.status.conditions[?(@.type=="Reconciled")].status'
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
@@ -374,7 +500,9 @@ def build_crd() -> dict[str, Any]:
                             "jsonPath": ".status.readyReplicas",
                         },
                         {"name": "Config-Valid", "type": "string", "jsonPath": config_valid},
+                        {"name": "Reconciled", "type": "string", "jsonPath": reconciled},
                         {"name": "Config-Hash", "type": "string", "jsonPath": ".status.configHash"},
+                        {"name": "Image", "type": "string", "jsonPath": ".status.image", "priority": 1},
                         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
                     ],
                     "schema": {

@@ -24,6 +24,7 @@ importing this module twice, or running it in tests, never doubles handlers.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import secrets
@@ -37,7 +38,7 @@ import kopf
 from kubernetes.utils import parse_quantity
 
 from eventstore.registry import check_store_settings
-from eventstore.settings import SettingsError, config_hash, validate_config_data
+from eventstore.settings import SettingsError, settings_hash, validate_config_data
 from eventstore_operator import builders, kube, names, trust
 from eventstore_operator.builders import Obj, Owner
 
@@ -90,7 +91,14 @@ def _merge_conditions(previous: list[Obj], updates: list[Obj]) -> list[Obj]:
     by_type = {c["type"]: c for c in previous if "type" in c}
     for c in updates:
         by_type[c["type"]] = c
-    order = [names.CONDITION_READY, names.CONDITION_CONFIG_VALID, names.CONDITION_RECONCILED]
+    order = [
+        names.CONDITION_READY,
+        names.CONDITION_CONFIG_VALID,
+        names.CONDITION_RECONCILED,
+        names.CONDITION_SETTINGS_SEEDED,
+        names.CONDITION_BACKUP,
+        names.CONDITION_RESTORED,
+    ]
     return sorted(by_type.values(), key=lambda c: order.index(c["type"]) if c["type"] in order else 9)
 
 
@@ -152,6 +160,14 @@ def _apply_statefulset(
                 "re-creating the StatefulSet with the new claim template",
                 delay=2,
             )
+        old_image, new_image = builders.image_of(existing), builders.image_of(obj)
+        if owner_body is not None and old_image != new_image:
+            kube.post_event(
+                owner_body,
+                "Normal",
+                "ImageUpdated",
+                f"StatefulSet {meta['name']}: image {old_image} -> {new_image}; rolling its pods",
+            )
     return kube.apply(obj)
 
 
@@ -175,13 +191,20 @@ def _ensure_secrets(body: Obj, owner: Owner, spec: Obj, logger: Any) -> None:
     for secret_name, component in builders.generated_secret_names(owner, spec):
         db = ""
         if component == names.COMPONENT_API_TOKEN:
-            obj = builders.api_token_secret(owner, secrets.token_urlsafe(32))
+            token = secrets.token_urlsafe(32)
+            created = kube.create(builders.api_token_secret(owner, token)) is not None
+            # Create only (409 keeps the existing one): with the token when it is new.
+            if kube.create(builders.app_secret(owner, token if created else None)) is not None:
+                logger.info("created Secret %s", names.app_secret(owner.name))
+            if not created:
+                continue
         else:
             db = secret_name.removesuffix("-credentials")
             obj = builders.credentials_secret(owner, db, component, secrets.token_urlsafe(24))
-        # Create only: an existing Secret (409) keeps its generated value forever.
-        if kube.create(obj) is None:
-            continue
+            # Create only: an existing Secret (409) keeps its generated value forever,
+            # also across a delete and re-create of the EventStore (no owner reference).
+            if kube.create(obj) is None:
+                continue
         logger.info("created Secret %s", secret_name)
         if db and kube.get("StatefulSet", owner.namespace, db) is not None:
             # The database was initialised with the lost password; a new one cannot match.
@@ -198,6 +221,15 @@ def _ensure_secrets(body: Obj, owner: Owner, spec: Obj, logger: Any) -> None:
 def _user_config(body: Obj, owner: Owner, spec: Obj) -> Obj:
     found = kube.get("ConfigMap", owner.namespace, names.config(owner.name))
     if found is not None:
+        if found["metadata"].get("ownerReferences"):
+            # Made by an older operator, owned by the EventStore: release it so it is
+            # kept with the data when the EventStore is deleted.
+            found = kube.merge_patch(
+                "ConfigMap",
+                owner.namespace,
+                names.config(owner.name),
+                {"metadata": {"ownerReferences": None, "labels": {names.LABEL_KEPT_WITH_DATA: "true"}}},
+            )
         return found
     seed = builders.user_config_map(owner, spec)
     created = kube.create(seed)
@@ -266,12 +298,14 @@ def _reconcile(body: Obj, logger: Any) -> None:
     try:
         # As the pods will load it, registered aggregates imported (the operator runs the
         # store's image, so what imports here imports in the pods).
-        check_store_settings(validate_config_data(data).store)
+        parsed = validate_config_data(data)
+        check_store_settings(parsed.store)
         error: SettingsError | None = None
     except SettingsError as exc:
         error = exc
     if error is None:
-        digest = config_hash(data)
+        # Over the parsed settings: a comment-only edit keeps the hash (no roll).
+        digest = settings_hash(parsed)
         kube.create(builders.config_snapshot(owner, data, digest))  # 409: already there
         if applied_hash and applied_hash != digest:
             kube.post_event(
@@ -306,14 +340,34 @@ def _reconcile(body: Obj, logger: Any) -> None:
 
     # Databases first (the store pods need them), then the store itself.
     db_sts: dict[str, Obj | None] = {}
+    refusals: list[str] = []
     for obj in builders.in_cluster_databases(owner, spec):
         if obj["kind"] == "StatefulSet":
-            db_sts[obj["metadata"]["labels"][names.LABEL_COMPONENT]] = _apply_statefulset(obj, logger, body)
+            component = obj["metadata"]["labels"][names.LABEL_COMPONENT]
+            refusal = _hold_major_upgrade(obj, spec[component], user_cm)
+            if refusal:
+                refusals.append(refusal)
+            db_sts[component] = _apply_statefulset(obj, logger, body)
+            _record_data_image(owner, user_cm, component, builders.image_of(db_sts[component]))
         else:
             kube.apply(obj)
+    _report_refusals(body, previous, refusals, logger)
 
     store: Obj | None = None
-    if applied_hash and applied_cm:
+    seed_cond = _seed_condition(body, owner, spec, user_cm, previous, generation)
+
+    restore_cond, restored, hold = _reconcile_restore(owner, spec, status, previous, generation, body)
+
+    if hold:
+        reconciled = condition(
+            previous,
+            names.CONDITION_RECONCILED,
+            False,
+            "WaitingForRestore",
+            f"the store pods start once Job {names.restore(owner.name)} has restored the backup",
+            generation,
+        )
+    elif applied_hash and applied_cm:
         for obj in builders.store_objects(owner, spec, applied_hash, applied_cm):
             if obj["kind"] == "StatefulSet":
                 store = _apply_statefulset(obj, logger, body)
@@ -328,6 +382,15 @@ def _reconcile(body: Obj, logger: Any) -> None:
             "all child objects are up to date",
             generation,
         )
+        if refusals:
+            reconciled = condition(
+                previous,
+                names.CONDITION_RECONCILED,
+                False,
+                "MajorVersionUpgradeRefused",
+                " ".join(refusals),
+                generation,
+            )
     else:
         reconciled = condition(
             previous,
@@ -337,6 +400,8 @@ def _reconcile(body: Obj, logger: Any) -> None:
             f"fix {names.config(owner.name)}: the store needs one valid configuration",
             generation,
         )
+
+    backup_cond, last_backup = _reconcile_backup(owner, spec, previous, generation, body)
 
     ok, ready_message = readiness(spec, store, db_sts)
     ready = condition(
@@ -351,13 +416,183 @@ def _reconcile(body: Obj, logger: Any) -> None:
         "observedGeneration": generation,
         "replicas": int(spec["replicas"]),
         "readyReplicas": _ready_replicas(store),
-        "conditions": _merge_conditions(previous, [ready, config_cond, reconciled]),
+        "conditions": [
+            c
+            for c in _merge_conditions(
+                previous, [ready, config_cond, reconciled, seed_cond, *backup_cond, *restore_cond]
+            )
+            if backup_cond or c.get("type") != names.CONDITION_BACKUP  # spec.backup removed
+        ],
     }
+    if last_backup:
+        new_status["lastBackup"] = last_backup
+    if restored:
+        new_status["restore"] = restored
+    images = {
+        label: image
+        for label, sts in {names.COMPONENT_STORE: store, **db_sts}.items()
+        if (image := builders.image_of(sts))
+    }
+    if images:
+        new_status["images"] = images
+    if store is not None:
+        new_status["image"] = builders.image_of(store)
     if applied_hash:
         new_status["configHash"] = applied_hash
     if applied_cm:
         new_status["configMapName"] = applied_cm
     _patch_status(body, new_status)
+
+
+def _reconcile_backup(
+    owner: Owner, spec: Obj, previous: list[Obj], generation: int, body: Obj
+) -> tuple[list[Obj], Obj | None]:
+    """Apply (or remove) the backup CronJob; the BackupSucceeded condition from its Jobs."""
+    cronjob = builders.backup_cronjob(owner, spec)
+    if cronjob is None:
+        if any(c.get("type") == names.CONDITION_BACKUP for c in previous):
+            kube.delete("CronJob", owner.namespace, names.backup(owner.name))
+        return [], None
+    kube.apply(cronjob)
+    jobs = kube.list_objects("Job", owner.namespace, builders.selector_labels(owner, names.COMPONENT_BACKUP))
+    last, succeeded, message = builders.backup_status(jobs)
+    if last:
+        pods = kube.list_objects("Pod", owner.namespace, {"batch.kubernetes.io/job-name": last["job"]})
+        position = builders.backup_position(pods)
+        if position is not None:
+            last["position"] = position
+    old = next((c for c in previous if c.get("type") == names.CONDITION_BACKUP), None)
+    if succeeded is False and not (old and old.get("status") == "False" and old.get("message") == message):
+        kube.post_event(body, "Warning", "BackupFailed", message)
+    cond = condition(
+        previous,
+        names.CONDITION_BACKUP,
+        succeeded is not False,
+        {None: "NoBackupYet", True: "Succeeded", False: "BackupFailed"}[succeeded],
+        message,
+        generation,
+    )
+    return [cond], last
+
+
+def _reconcile_restore(
+    owner: Owner, spec: Obj, status: Obj, previous: list[Obj], generation: int, body: Obj
+) -> tuple[list[Obj], Obj | None, bool]:
+    """spec.restore: run the restore Job once, before any store pod; (conditions, the
+    status.restore record, whether the store must wait)."""
+    job = builders.restore_job(owner, spec)
+    if job is None:
+        return [], None, False
+    name = names.restore(owner.name)
+
+    def result(ok: bool, reason: str, message: str) -> list[Obj]:
+        return [condition(previous, names.CONDITION_RESTORED, ok, reason, message, generation)]
+
+    done: Obj | None = status.get("restore")
+    if done:
+        message = f"restored by Job {done.get('job')} at {done.get('completionTime')}"
+        return result(True, "Restored", message), done, False
+    if kube.get("StatefulSet", owner.namespace, names.store(owner.name)) is not None:
+        message = "spec.restore only applies when the EventStore is created: the store exists already"
+        return result(False, "NotApplicable", message), None, False
+    kube.create(job)  # 409: running or finished already
+    selector = builders.selector_labels(owner, names.COMPONENT_RESTORE)
+    jobs = kube.list_objects("Job", owner.namespace, selector)
+    finished = builders.job_finished(next((j for j in jobs if j["metadata"]["name"] == name), None))
+    if finished is None:
+        message = f"Job {name} is restoring the backup; the store pods wait for it"
+        return result(False, "Restoring", message), None, True
+    ok, when = finished
+    if ok:
+        record = {"job": name, "completionTime": when}
+        message = f"restored by Job {name} at {when}"
+        return result(True, "Restored", message), record, False
+    message = (
+        f"Job {name} failed at {when} (kubectl logs -n {owner.namespace} job/{name}); fix the cause, "
+        f"then delete the Job to retry"
+    )
+    old = next((c for c in previous if c.get("type") == names.CONDITION_RESTORED), None)
+    if not old or old.get("reason") != "RestoreFailed":
+        kube.post_event(body, "Warning", "RestoreFailed", message)
+    return result(False, "RestoreFailed", message), None, True
+
+
+def _data_image_annotation(component: str) -> str:
+    return f"{names.GROUP}/{component}-image"
+
+
+def _hold_major_upgrade(obj: Obj, db_spec: Obj, user_cm: Obj) -> str | None:
+    """Keep a database StatefulSet on its running image when the spec changes the major
+    version without `allowMajorVersionUpgrade`; returns the refusal, if any.
+
+    "Running" is the StatefulSet's image, or, when there is none (an EventStore deleted
+    and re-created over its kept volumes), the image the data last ran with, recorded on
+    the kept ConfigMap by `_record_data_image`."""
+    meta = obj["metadata"]
+    component = meta["labels"][names.LABEL_COMPONENT]
+    recorded = (user_cm.get("metadata", {}).get("annotations") or {}).get(_data_image_annotation(component))
+    running = builders.image_of(kube.get("StatefulSet", meta["namespace"], meta["name"])) or recorded
+    wanted = builders.image_of(obj) or ""
+    refusal = builders.major_upgrade_refusal(
+        component,
+        running,
+        wanted,
+        bool(db_spec.get("allowMajorVersionUpgrade")),
+    )
+    if refusal and running:
+        obj["spec"]["template"]["spec"]["containers"][0]["image"] = running
+    return refusal
+
+
+def _record_data_image(owner: Owner, user_cm: Obj, component: str, image: str | None) -> None:
+    """Note on the kept ConfigMap which image the database's data runs with (see above)."""
+    key = _data_image_annotation(component)
+    if image and (user_cm.get("metadata", {}).get("annotations") or {}).get(key) != image:
+        patch = {"metadata": {"annotations": {key: image}}}
+        kube.merge_patch("ConfigMap", owner.namespace, names.config(owner.name), patch)
+
+
+def _report_refusals(body: Obj, previous: list[Obj], refusals: list[str], logger: Any) -> None:
+    """One Warning Event per new refusal (the resync must not repeat it every pass)."""
+    old = next((c for c in previous if c.get("type") == names.CONDITION_RECONCILED), None)
+    message = " ".join(refusals)
+    repeated = old and old.get("reason") == "MajorVersionUpgradeRefused" and old.get("message") == message
+    if refusals and not repeated:
+        kube.post_event(body, "Warning", "MajorVersionUpgradeRefused", message)
+        logger.warning("%s", message)
+
+
+def _seed_condition(
+    body: Obj, owner: Owner, spec: Obj, user_cm: Obj, previous: list[Obj], generation: int
+) -> Obj:
+    """Whether spec.settings still matches what seeded the ConfigMap (issue 13 #6).
+
+    spec.settings only seeds `<name>-config` when it is created; after that the
+    ConfigMap is the tuning surface. A later change of spec.settings (or a re-created
+    EventStore finding the kept ConfigMap) is said so, once, rather than ignored silently.
+    """
+    seeded = (user_cm.get("metadata", {}).get("annotations") or {}).get(names.ANNOTATION_SEED_HASH)
+    wanted = builders.seed_hash(spec)
+    cm = names.config(owner.name)
+    if seeded is None or seeded == wanted:
+        return condition(
+            previous,
+            names.CONDITION_SETTINGS_SEEDED,
+            True,
+            "Seeded",
+            f"spec.settings seeded {cm}; edit {cm} to tune the store",
+            generation,
+        )
+    message = (
+        f"spec.settings differs from what seeded {cm}, and only seeds it when the ConfigMap "
+        f"is created: the store runs {cm}. Edit it instead (kubectl edit configmap {cm})"
+    )
+    old = next((c for c in previous if c.get("type") == names.CONDITION_SETTINGS_SEEDED), None)
+    if not old or old.get("status") != "False":
+        kube.post_event(body, "Warning", "SpecSettingsIgnored", message)
+    return condition(
+        previous, names.CONDITION_SETTINGS_SEEDED, False, "SpecSettingsIgnored", message, generation
+    )
 
 
 def reconcile(namespace: str, name: str, logger: Any = log) -> None:
@@ -378,6 +613,11 @@ def _report_failure(body: Obj, exc: Exception) -> None:
     previous: list[Obj] = status.get("conditions") or []
     generation = int(body["metadata"].get("generation") or 0)
     failed = condition(previous, names.CONDITION_RECONCILED, False, "ReconcileFailed", str(exc), generation)
+    old = next((c for c in previous if c.get("type") == names.CONDITION_RECONCILED), None)
+    if not old or old.get("reason") != "ReconcileFailed" or old.get("message") != str(exc):
+        # The operator's own Event: kopf posts none for failures of the resync thread or of
+        # the watch-event handlers, and the condition alone is easy to miss (issue 13 #4).
+        kube.post_event(body, "Warning", "ReconcileFailed", str(exc))
     try:
         _patch_status(body, {"conditions": _merge_conditions(previous, [failed])})
     except (kopf.TemporaryError, kopf.PermanentError) as patch_exc:
@@ -433,9 +673,34 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     )
     settings.persistence.finalizer = f"{names.GROUP}/operator"
     # No CRD/namespace observation: needs no cluster-wide read access (least privilege).
-    # The EventStore CRD must exist when the operator starts.
+    # A missing EventStore CRD is waited for by `wait_for_crd` instead.
     settings.scanning.disabled = True
     settings.posting.level = logging.WARNING  # handler failures become Warning Events
+
+
+#: Seconds between checks for the EventStore CRD while the operator waits for it.
+CRD_POLL_SECONDS = 2.0
+
+
+@kopf.on.startup(registry=registry)
+async def wait_for_crd(logger: Any, **_: Any) -> None:
+    """Start watching only once the EventStore CRD is served (issue 13 #10).
+
+    With scanning disabled (least privilege: no cluster-wide read of CRDs), kopf looks
+    up the resources to watch once, when its watchers start; an operator started
+    before the CRD existed would never watch EventStores. kopf starts its watchers
+    after the startup handlers, so this one waits, asking API discovery (readable by
+    every authenticated client) until the group version serves the resource.
+    """
+    waited = 0.0
+    while not await asyncio.to_thread(kube.served, names.API_VERSION, names.PLURAL):
+        if waited % 60 == 0:
+            logger.warning(
+                "the %s CRD is not installed yet: waiting for it (kubectl apply -f manifests/crd.yaml)",
+                names.CRD_NAME,
+            )
+        await asyncio.sleep(CRD_POLL_SECONDS)
+        waited += CRD_POLL_SECONDS
 
 
 @kopf.on.login(registry=registry)

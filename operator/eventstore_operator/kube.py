@@ -47,6 +47,9 @@ KINDS: dict[str, tuple[str, str]] = {
     "StatefulSet": ("/apis/apps/v1", "statefulsets"),
     "PodDisruptionBudget": ("/apis/policy/v1", "poddisruptionbudgets"),
     "NetworkPolicy": ("/apis/networking.k8s.io/v1", "networkpolicies"),
+    "CronJob": ("/apis/batch/v1", "cronjobs"),
+    "Job": ("/apis/batch/v1", "jobs"),
+    "Pod": ("/api/v1", "pods"),
     names.KIND: (f"/apis/{names.API_VERSION}", names.PLURAL),
 }
 
@@ -161,6 +164,23 @@ def get(kind: str, namespace: str, name: str) -> Obj | None:
         raise translate(exc, f"get {kind} {namespace}/{name}") from exc
     except (urllib3.exceptions.HTTPError, OSError) as exc:
         raise translate(exc, f"get {kind} {namespace}/{name}") from exc
+
+
+def served(api_version: str, plural: str) -> bool:
+    """Whether API discovery lists `plural` in `api_version` (a CRD installed and served).
+
+    Any error but 404 counts as "not yet" too (logged): the caller polls.
+    """
+    try:
+        found = request("GET", f"/apis/{api_version}")
+    except ApiException as exc:
+        if exc.status != 404:
+            log.warning("discovery of %s: HTTP %s", api_version, exc.status)
+        return False
+    except (urllib3.exceptions.HTTPError, OSError) as exc:
+        log.warning("discovery of %s: %s", api_version, exc)
+        return False
+    return any(r.get("name") == plural for r in found.get("resources") or [])
 
 
 def list_objects(kind: str, namespace: str | None, selector: Mapping[str, str] | None = None) -> list[Obj]:

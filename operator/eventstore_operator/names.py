@@ -26,6 +26,8 @@ LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 LABEL_PART_OF = "app.kubernetes.io/part-of"
 LABEL_VERSION = "app.kubernetes.io/version"
 APP_NAME = "eventstore"
+#: On objects kept when the EventStore is deleted (they belong with its data).
+LABEL_KEPT_WITH_DATA = f"{GROUP}/kept-with-data"
 LABEL_SERVICE_ROLE = f"{GROUP}/service"  # "client" or "headless" on Services
 
 COMPONENT_STORE = "store"
@@ -34,19 +36,27 @@ COMPONENT_MONGODB = "mongodb"
 COMPONENT_CONFIG = "config"  # the user's ConfigMap, the tuning surface
 COMPONENT_CONFIG_SNAPSHOT = "config-snapshot"  # immutable copies of valid configs the pods mount
 COMPONENT_API_TOKEN = "api-token"
+COMPONENT_APP = "app"  # the connection Secret for applications
+COMPONENT_BACKUP = "backup"  # the backup CronJob and its Jobs
+COMPONENT_RESTORE = "restore"  # the restore Job
 
 # Annotations
 ANNOTATION_CONFIG_HASH = f"{GROUP}/config-hash"
+ANNOTATION_SEED_HASH = f"{GROUP}/seeded-from"  # on the user's ConfigMap: hash of spec.settings
 ANNOTATION_PREFIX = GROUP  # kopf's progress and diff-base annotations live under it
 
 # Condition types on EventStore.status.conditions
 CONDITION_READY = "Ready"
 CONDITION_CONFIG_VALID = "ConfigValid"
 CONDITION_RECONCILED = "Reconciled"
+CONDITION_RESTORED = "Restored"  # spec.restore: the restore Job finished
+CONDITION_BACKUP = "BackupSucceeded"  # the last backup Job succeeded
+CONDITION_SETTINGS_SEEDED = "SettingsSeeded"  # spec.settings still matches the seeded ConfigMap
 
 # Paths and ports inside the store pod (the contract with `eventstore serve`)
 CONFIG_DIR = "/etc/eventstore"
 DATA_DIR = "/data"
+BACKUP_DIR = "/backup"  # where the backup Job mounts its target volume
 TOKEN_DIR = "/var/run/secrets/eventstore"
 TOKEN_KEY = "token"
 TOKEN_FILE = f"{TOKEN_DIR}/{TOKEN_KEY}"
@@ -91,6 +101,21 @@ def config_snapshot(name: str, digest: str) -> str:
 
 def api_token(name: str) -> str:
     return f"{name}-api-token"
+
+
+def app_secret(name: str) -> str:
+    """The connection Secret for applications (url, host, port, token), as CloudNativePG's."""
+    return f"{name}-app"
+
+
+def backup(name: str) -> str:
+    """The backup CronJob (its Jobs are named by the CronJob controller)."""
+    return f"{name}-backup"
+
+
+def restore(name: str) -> str:
+    """The Job that restores a backup into a new EventStore (spec.restore)."""
+    return f"{name}-restore"
 
 
 def postgres(name: str) -> str:

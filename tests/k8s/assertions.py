@@ -142,11 +142,15 @@ def assert_store_objects(
     found = children(kube, namespace, name)
 
     # Every child is owned (controller reference) by the EventStore: the garbage collector
-    # removes them with it.
+    # removes them with it. Except what the data needs (generated Secrets, the user's
+    # ConfigMap): no owner, kept with the volume claims.
     for kind, suffix in CHILD_SUFFIXES:
         key = (kind, name + suffix)
         assert key in found, f"missing {kind} {name + suffix}; have {sorted(found)}"
         refs = found[key]["metadata"].get("ownerReferences") or []
+        if names.LABEL_KEPT_WITH_DATA in found[key]["metadata"].get("labels", {}):
+            assert not refs, f"{key} is kept with the data but has owner references: {refs}"
+            continue
         owners = [(r["kind"], r["name"], r["uid"], r.get("controller")) for r in refs]
         assert owners == [(names.KIND, name, uid, True)], f"{key} owner references: {owners}"
 
@@ -267,7 +271,8 @@ def assert_configmap_edit_rolls(
 
 def assert_no_orphans(kube: Kube, namespace: str, name: str, timeout: float = 90) -> list[dict[str, Any]]:
     """After the EventStore is gone: every child is garbage-collected except the store's
-    PersistentVolumeClaims (kept on purpose: the data). Returns the PVCs left."""
+    PersistentVolumeClaims (kept on purpose: the data) and what the data needs (generated
+    Secrets, the user's ConfigMap: labelled kept-with-data). Returns the PVCs left."""
 
     def deleted() -> bool:
         return get(kube, "eventstore", name, namespace) is None
@@ -281,12 +286,22 @@ def assert_no_orphans(kube: Kube, namespace: str, name: str, timeout: float = 90
             f"{exc}; finalizers {meta.get('finalizers')}, deletionTimestamp {meta.get('deletionTimestamp')}"
         ) from None
 
+    def collectable() -> dict[tuple[str, str], dict[str, Any]]:
+        return {
+            key: obj
+            for key, obj in children(kube, namespace, name).items()
+            if names.LABEL_KEPT_WITH_DATA not in obj["metadata"].get("labels", {})
+        }
+
     def gone() -> bool:
-        return not children(kube, namespace, name)
+        return not collectable()
 
     try:
         poll(gone, timeout, f"the children of {name} to be garbage-collected")
     except AssertionError as exc:
-        raise AssertionError(f"{exc}; left: {sorted(children(kube, namespace, name))}") from None
+        raise AssertionError(f"{exc}; left: {sorted(collectable())}") from None
+    kept = set(children(kube, namespace, name))
+    assert ("ConfigMap", names.config(name)) in kept, f"the user's ConfigMap was not kept: {sorted(kept)}"
+    assert ("Secret", names.api_token(name)) in kept, f"the API token was not kept: {sorted(kept)}"
     claims: list[dict[str, Any]] = kube.kubectl_json("get", "pvc", "-n", namespace)["items"]
     return claims

@@ -564,7 +564,7 @@ def test_install_reconcile_roll_upgrade_uninstall(
     assert operator_objects(kube, namespace) == {}
     assert releases(helm, kube, namespace) == []
     claims_after = assertions.assert_no_orphans(kube, namespace, STORE)
-    # Kept on purpose (NOTES.txt, README): the volumes and the CRD.
+    # Kept on purpose (NOTES.txt, README): the volumes, what they need, and the CRD.
     assert {c["metadata"]["name"] for c in claims_after} == claims_before
     assert any(name.startswith(f"data-{names.store(STORE)}-") for name in claims_before)
     # The clean-up command the README and NOTES.txt give selects exactly those claims.

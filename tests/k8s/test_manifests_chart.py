@@ -186,6 +186,34 @@ def store_of(kubectl: Kubectl, namespace: str) -> dict[str, Any] | None:
     return kubectl.get("statefulset", "eventstore", namespace)
 
 
+def test_upgrading_the_image_tag_rolls_the_store(
+    helm: Helm, kubectl: Kubectl, namespace: str, release: OperatorProcess
+) -> None:
+    """Issue 13 #5: `helm upgrade --set image.tag=...` upgrades the store, not only the
+    operator (an EventStore without spec.image runs the operator's image)."""
+    sts = wait_for(lambda: store_of(kubectl, namespace), 30, "the chart's EventStore to converge")
+    assert sts["spec"]["template"]["spec"]["containers"][0]["image"] == names.DEFAULT_IMAGE
+    helm.run("upgrade", RELEASE, str(CHART), "-n", namespace, "--reuse-values", "--set", "image.tag=0.2.0")
+    deployment = kubectl.get("deployment", CHART_SA, namespace)
+    assert deployment is not None
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert container["image"] == env["EVENTSTORE_DEFAULT_IMAGE"] == "ghcr.io/eventstore-py/eventstore:0.2.0"
+    # The Deployment's rollout, here: the local operator restarts with the new env.
+    release.stop()
+    release.env["EVENTSTORE_DEFAULT_IMAGE"] = env["EVENTSTORE_DEFAULT_IMAGE"]
+    release.start()
+
+    def rolled() -> bool:
+        s = store_of(kubectl, namespace)
+        return bool(s and s["spec"]["template"]["spec"]["containers"][0]["image"] == container["image"])
+
+    wait_for(rolled, 30, "the store StatefulSet to run the upgraded image")
+    body = kubectl.get("eventstore", "eventstore", namespace)
+    assert body is not None and "image" not in body["spec"]
+    assert body["status"]["image"] == container["image"]
+
+
 def test_install_upgrade_uninstall(
     helm: Helm, kubectl: Kubectl, namespace: str, release: OperatorProcess
 ) -> None:
@@ -244,7 +272,11 @@ def test_install_upgrade_uninstall(
 
     def leftovers() -> list[str]:
         items = kubectl.list(kinds, namespace, "app.kubernetes.io/part-of=eventstore")
-        return [f"{o['kind']}/{o['metadata']['name']}" for o in items]
+        return [
+            f"{o['kind']}/{o['metadata']['name']}"
+            for o in items
+            if names.LABEL_KEPT_WITH_DATA not in o["metadata"].get("labels", {})
+        ]
 
     try:
         wait_for(lambda: not leftovers(), 60, "uninstall to leave no orphans")
@@ -252,4 +284,31 @@ def test_install_upgrade_uninstall(
         raise AssertionError(f"{exc}: {leftovers()}") from None
     # Kept on purpose (documented in NOTES.txt and the README): the volumes and the CRD.
     assert {c["metadata"]["name"] for c in kubectl.list("pvc", namespace)} == claims_before
+    # ... and what that data needs: a later `helm install` finds the same credentials and
+    # settings (issue 13 #1).
+    kept = kubectl.list("secrets,configmaps", namespace, f"{names.LABEL_KEPT_WITH_DATA}=true")
+    assert {o["metadata"]["name"] for o in kept} >= {
+        "eventstore-config",
+        "eventstore-postgres-credentials",
+        "eventstore-mongodb-credentials",
+    }
     assert kubectl.get("crd", names.CRD_NAME, "default") is not None
+
+
+def test_create_namespace_without_pod_security_label_is_said(
+    helm: Helm, kubectl: Kubectl, namespace: str
+) -> None:
+    """Issue 13 #9: helm cannot label the namespace it creates; the notes say how."""
+    fresh = f"{namespace}-new"
+    try:
+        out = helm.run("install", RELEASE, str(CHART), "-n", fresh, "--create-namespace").stdout
+        assert f"WARNING: namespace {fresh} has no pod-security.kubernetes.io/enforce label" in out, out
+        assert f"kubectl label namespace {fresh} pod-security.kubernetes.io/enforce=restricted" in out
+        helm.run("uninstall", RELEASE, "-n", fresh)
+        kubectl.run("label", "namespace", fresh, "pod-security.kubernetes.io/enforce=restricted")
+        out = helm.run("install", RELEASE, str(CHART), "-n", fresh).stdout
+        assert "WARNING" not in out, out
+        assert "app.kubernetes.io/instance=<name>" in out  # the clean-up targets one EventStore
+    finally:
+        helm.run("uninstall", RELEASE, "-n", fresh, check=False)
+        kubectl.run("delete", "namespace", fresh, "--wait=false", "--ignore-not-found", check=False)

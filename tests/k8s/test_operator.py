@@ -56,6 +56,7 @@ CHILDREN = {
     ("Secret", "demo-api-token"),
     ("Secret", "demo-postgres-credentials"),
     ("Secret", "demo-mongodb-credentials"),
+    ("Secret", "demo-app"),
     ("NetworkPolicy", "demo-postgres"),
     ("NetworkPolicy", "demo-mongodb"),
 }
@@ -85,6 +86,16 @@ def operator(kubectl: Kubectl, namespace: str, tmp_path: Path) -> Iterator[Opera
 def owned_children(kubectl: Kubectl, namespace: str) -> dict[tuple[str, str], dict[str, Any]]:
     items = kubectl.list(CHILD_KINDS, namespace, f"{names.LABEL_INSTANCE}={NAME}")
     return {(o["kind"], o["metadata"]["name"]): o for o in items}
+
+
+def collectable_children(kubectl: Kubectl, namespace: str) -> dict[tuple[str, str], dict[str, Any]]:
+    """The children the garbage collector removes with the EventStore (not those kept
+    with the data: generated Secrets and the user's ConfigMap)."""
+    return {
+        key: obj
+        for key, obj in owned_children(kubectl, namespace).items()
+        if names.LABEL_KEPT_WITH_DATA not in obj["metadata"].get("labels", {})
+    }
 
 
 def eventstore(kubectl: Kubectl, namespace: str) -> dict[str, Any] | None:
@@ -156,8 +167,19 @@ def test_example_converges_with_every_child(
     uid = body["metadata"]["uid"]
     children = owned_children(kubectl, namespace)
     for key in CHILDREN:
+        if names.LABEL_KEPT_WITH_DATA in children[key]["metadata"]["labels"]:
+            assert not children[key]["metadata"].get("ownerReferences"), key
+            continue
         refs = children[key]["metadata"]["ownerReferences"]
         assert [(r["kind"], r["uid"], r["controller"]) for r in refs] == [("EventStore", uid, True)]
+    kept = {k for k, o in children.items() if names.LABEL_KEPT_WITH_DATA in o["metadata"]["labels"]}
+    assert kept == {
+        ("ConfigMap", "demo-config"),
+        ("Secret", "demo-api-token"),
+        ("Secret", "demo-app"),
+        ("Secret", "demo-postgres-credentials"),
+        ("Secret", "demo-mongodb-credentials"),
+    }
 
     sts = children[("StatefulSet", "demo")]
     assert sts["spec"]["replicas"] == 3
@@ -203,7 +225,9 @@ def test_example_converges_with_every_child(
 
     table = kubectl.run("get", "eventstores", "-n", namespace).stdout
     header = table.splitlines()[0].split()
-    assert header == ["NAME", "READY", "REPLICAS", "READY-REPLICAS", "CONFIG-VALID", "CONFIG-HASH", "AGE"]
+    assert header == [
+        "NAME", "READY", "REPLICAS", "READY-REPLICAS", "CONFIG-VALID", "RECONCILED", "CONFIG-HASH", "AGE"
+    ]
     assert digest in table
 
     # The controller manager's StatefulSet controller acts on what the operator wrote.
@@ -490,14 +514,48 @@ def test_deleting_the_eventstore_garbage_collects_children(
     kubectl.run("delete", "eventstore", NAME, "-n", namespace, "--wait=true", timeout=60)
 
     def gone() -> bool:
-        left = owned_children(kubectl, namespace)
+        left = collectable_children(kubectl, namespace)
         return not left
 
     try:
         wait_for(gone, 60, "the garbage collector to delete every child")
     except AssertionError as exc:
-        raise AssertionError(f"{exc}: left {sorted(owned_children(kubectl, namespace))}") from None
+        raise AssertionError(f"{exc}: left {sorted(collectable_children(kubectl, namespace))}") from None
     operator.assert_running()
+
+
+def test_recreated_eventstore_keeps_credentials_and_settings(
+    kubectl: Kubectl, namespace: str, operator: OperatorProcess
+) -> None:
+    """Issue 13 #1: delete then re-apply must not lose access to the kept data."""
+    kubectl.run("apply", "-n", namespace, "-f", str(EXAMPLE))
+    wait_converged(kubectl, namespace, operator)
+    patch_config(kubectl, namespace, "snapshot_frequency: 7\n")
+    wait_for(
+        lambda: (eventstore(kubectl, namespace) or {}).get("status", {}).get("configHash")
+        != config_hash(example_config_data()),
+        20,
+        "the edit to be applied",
+    )
+    secrets = ("demo-postgres-credentials", "demo-mongodb-credentials", "demo-api-token", "demo-app")
+    before = {s: (kubectl.get("secret", s, namespace) or {}).get("data") for s in secrets}
+    old_uid = (eventstore(kubectl, namespace) or {})["metadata"]["uid"]
+
+    kubectl.run("delete", "eventstore", NAME, "-n", namespace, "--wait=true", timeout=60)
+    wait_for(lambda: not collectable_children(kubectl, namespace), 60, "the owned children to go")
+    time.sleep(1)  # the garbage collector had its chance at the rest too
+    for s in secrets:
+        assert kubectl.get("secret", s, namespace) is not None, f"Secret {s} was deleted with the EventStore"
+
+    kubectl.run("apply", "-n", namespace, "-f", str(EXAMPLE))
+    body = wait_converged(kubectl, namespace, operator)
+    assert body["metadata"]["uid"] != old_uid
+    after = {s: (kubectl.get("secret", s, namespace) or {}).get("data") for s in secrets}
+    assert after == before, "credentials were regenerated: the kept databases expect the old ones"
+    cm = kubectl.get("configmap", "demo-config", namespace)
+    assert cm is not None and cm["data"][EVENT_STORE_FILE] == "snapshot_frequency: 7\n"
+    assert template_hash(kubectl, namespace) == config_hash(cm["data"])
+    assert not events(kubectl, namespace, "CredentialsRegenerated")
 
 
 def test_eventstore_deleted_while_the_operator_is_down_is_collected(
@@ -507,7 +565,7 @@ def test_eventstore_deleted_while_the_operator_is_down_is_collected(
     wait_converged(kubectl, namespace, operator)
     operator.stop()
     kubectl.run("delete", "eventstore", NAME, "-n", namespace, "--wait=true", timeout=30)
-    wait_for(lambda: not owned_children(kubectl, namespace), 60, "children to be collected")
+    wait_for(lambda: not collectable_children(kubectl, namespace), 60, "children to be collected")
 
 
 def test_operator_restarted_mid_reconcile_converges(
@@ -525,7 +583,7 @@ def test_operator_restarted_mid_reconcile_converges(
     body = wait_converged(kubectl, namespace, operator, timeout=30)
     assert condition(body, names.CONDITION_CONFIG_VALID)
     # Exactly one generated value per Secret: the restart did not regenerate them.
-    assert len(kubectl.list("secrets", namespace, f"{names.LABEL_INSTANCE}={NAME}")) == 3
+    assert len(kubectl.list("secrets", namespace, f"{names.LABEL_INSTANCE}={NAME}")) == 4
     operator.assert_running()
 
 
@@ -546,6 +604,11 @@ def test_operator_service_account_permissions(kubectl: Kubectl, namespace: str) 
         ("patch", "networkpolicies.networking.k8s.io", namespace),
         ("patch", "persistentvolumeclaims", namespace),
         ("create", "events", namespace),
+        ("patch", "cronjobs.batch", namespace),
+        ("list", "jobs.batch", namespace),
+        ("create", "jobs.batch", namespace),
+        ("list", "pods", namespace),  # a backup Job's pod reports the position it reached
+        ("patch", "configmaps", namespace),
     ]
     denied: list[tuple[str, str, str | None]] = [
         ("list", "secrets", namespace),  # it never lists or watches Secrets
@@ -610,8 +673,234 @@ def test_two_eventstores_in_one_namespace_stay_apart(
     assert env["EVENT_DB_HOST"]["value"] == "ledger-postgres"
 
     kubectl.run("delete", "eventstore", NAME, "-n", namespace, "--wait=true", timeout=60)
-    wait_for(lambda: not owned_children(kubectl, namespace), 60, "demo's children to go")
+    wait_for(lambda: not collectable_children(kubectl, namespace), 60, "demo's children to go")
     time.sleep(2)
     assert ledger() is not None, "deleting one EventStore touched the other's children"
     body = kubectl.get("eventstore", "ledger", namespace)
     assert (condition(body, names.CONDITION_RECONCILED) or {}).get("status") == "True"
+
+
+def test_comment_only_config_edit_does_not_roll(
+    kubectl: Kubectl, namespace: str, operator: OperatorProcess
+) -> None:
+    """Issue 13 #7: the pod template's hash is over the parsed settings."""
+    kubectl.run("apply", "-n", namespace, "-f", str(EXAMPLE))
+    wait_converged(kubectl, namespace, operator)
+    before = kubectl.get("statefulset", NAME, namespace)
+    assert before is not None
+    cm = kubectl.get("configmap", f"{NAME}-config", namespace)
+    assert cm is not None
+    patch_config(kubectl, namespace, "# a comment only\n" + cm["data"][EVENT_STORE_FILE] + "\n# the end\n")
+    time.sleep(5)  # more than a resync (3 s) and the ConfigMap watch
+    after = kubectl.get("statefulset", NAME, namespace)
+    assert after is not None
+    assert after["metadata"]["generation"] == before["metadata"]["generation"], "the pods rolled"
+    assert not events(kubectl, namespace, "ConfigApplied")
+
+    patch_config(kubectl, namespace, "snapshot_frequency: 0\nretention_days: 0\n")
+
+    def reported() -> str | None:
+        cond = condition(eventstore(kubectl, namespace), names.CONDITION_CONFIG_VALID)
+        return cond["message"] if cond and cond["status"] == "False" else None
+
+    message = wait_for(reported, 20, "the invalid edit to be reported")
+    assert "snapshot_frequency:" in message and "retention_days:" in message, message
+
+
+def patch_spec(kubectl: Kubectl, namespace: str, spec: dict[str, Any]) -> None:
+    kubectl.run(
+        "patch", "eventstore", NAME, "-n", namespace, "--type=merge", "-p", json.dumps({"spec": spec})
+    )
+
+
+def reconciled_reason(kubectl: Kubectl, namespace: str, reason: str) -> dict[str, Any] | None:
+    cond = condition(eventstore(kubectl, namespace), names.CONDITION_RECONCILED)
+    return cond if cond and cond.get("reason") == reason else None
+
+
+def test_statefulset_refused_by_the_api_server_is_a_warning_event(
+    kubectl: Kubectl, namespace: str, operator: OperatorProcess
+) -> None:
+    """Issue 13 #4: storage.size "0" passes the CRD, the StatefulSet is refused (422)."""
+    body = yaml.safe_load(EXAMPLE.read_text())
+    body["spec"]["storage"] = {"size": "0"}
+    kubectl.apply(yaml.safe_dump(body), namespace)
+    wait_for(lambda: events(kubectl, namespace, "ReconcileFailed"), 30, "a ReconcileFailed Warning Event")
+    (event, *_) = events(kubectl, namespace, "ReconcileFailed")
+    assert event["type"] == "Warning" and "StatefulSet" in event["message"], event["message"]
+    cond = condition(eventstore(kubectl, namespace), names.CONDITION_RECONCILED)
+    assert cond and cond["status"] == "False"
+    table = kubectl.run("get", "eventstores", "-n", namespace).stdout
+    header, row = table.splitlines()[:2]
+    assert "RECONCILED" in header.split(), header
+    start = header.index("RECONCILED")
+    assert row[start:].split()[0] == "False", table
+
+
+def test_major_database_upgrade_is_refused_unless_asked(
+    kubectl: Kubectl, namespace: str, operator: OperatorProcess
+) -> None:
+    """Issue 13 #2: postgres:16 -> 17 is held back with a False condition and an Event."""
+    kubectl.run("apply", "-n", namespace, "-f", str(EXAMPLE))
+    wait_converged(kubectl, namespace, operator)
+
+    def image(name: str) -> str:
+        sts = kubectl.get("statefulset", name, namespace) or {}
+        return str(sts["spec"]["template"]["spec"]["containers"][0]["image"])
+
+    patch_spec(
+        kubectl, namespace, {"postgres": {"image": "postgres:17"}, "mongodb": {"image": "mongo:7.0.14"}}
+    )
+    cond = wait_for(
+        lambda: reconciled_reason(kubectl, namespace, "MajorVersionUpgradeRefused"), 20, "the refusal"
+    )
+    assert cond["status"] == "False" and "PostgreSQL 17" in cond["message"], cond
+    (event,) = events(kubectl, namespace, "MajorVersionUpgradeRefused")
+    assert event["type"] == "Warning"
+    assert "postgres:16" in event["message"] and "allowMajorVersionUpgrade" in event["message"]
+    assert image("demo-postgres") == "postgres:16"
+    assert image("demo-mongodb") == "mongo:7.0.14"  # a minor update rolls
+
+    patch_spec(kubectl, namespace, {"postgres": {"allowMajorVersionUpgrade": True}})
+    wait_for(lambda: image("demo-postgres") == "postgres:17", 20, "the asked-for upgrade")
+    wait_converged(kubectl, namespace, operator)
+    status = (eventstore(kubectl, namespace) or {})["status"]
+    assert status["images"]["postgres"] == "postgres:17"
+    assert status["image"] == image(NAME)
+
+
+def test_spec_settings_change_after_creation_is_reported(
+    kubectl: Kubectl, namespace: str, operator: OperatorProcess
+) -> None:
+    """Issue 13 #6: spec.settings only seeds the ConfigMap; changing it later says so."""
+    kubectl.run("apply", "-n", namespace, "-f", str(EXAMPLE))
+    wait_converged(kubectl, namespace, operator)
+    patch_spec(kubectl, namespace, {"settings": {"snapshotFrequency": 7}})
+
+    def ignored() -> dict[str, Any] | None:
+        cond = condition(eventstore(kubectl, namespace), names.CONDITION_SETTINGS_SEEDED)
+        return cond if cond and cond["status"] == "False" else None
+
+    cond = wait_for(ignored, 20, "the SettingsSeeded condition to turn False")
+    assert "kubectl edit configmap demo-config" in cond["message"]
+    assert events(kubectl, namespace, "SpecSettingsIgnored")
+
+
+def test_operator_started_before_the_crd_watches_once_it_appears(
+    kubectl: Kubectl, namespace: str, tmp_path: Path
+) -> None:
+    """Issue 13 #10. The resync is made slow, so only a watch can converge in time."""
+    kubectl.apply(manifest("rbac.yaml", namespace))
+    kubeconfig = service_account_kubeconfig(kubectl, namespace, tmp_path)
+    kubectl.run("delete", "crd", names.CRD_NAME, "--ignore-not-found", "--wait=true", timeout=60)
+    op = OperatorProcess(kubeconfig, namespace, tmp_path)
+    op.env["EVENTSTORE_OPERATOR_RESYNC_SECONDS"] = "600"
+    try:
+        op.start()
+        wait_for(lambda: "CRD is not installed yet" in op.logs(), 30, "the operator to wait for the CRD")
+        op.assert_running()
+        install_crd(kubectl)
+        kubectl.run("apply", "-n", namespace, "-f", str(EXAMPLE))
+        wait_converged(kubectl, namespace, op, timeout=30)
+    finally:
+        op.stop()
+        install_crd(kubectl)  # the rest of the session needs it
+    op.assert_clean_logs()
+
+
+def test_spec_backup_runs_a_cronjob(kubectl: Kubectl, namespace: str, operator: OperatorProcess) -> None:
+    """Issue 13 #3 (operator side): spec.backup becomes a CronJob running `eventstore backup`
+    onto the target claim; removing it removes the CronJob."""
+    body = yaml.safe_load(EXAMPLE.read_text())
+    body["spec"]["backup"] = {"schedule": "0 3 * * *", "target": {"pvc": {"claimName": "backups"}}}
+    kubectl.apply(yaml.safe_dump(body), namespace)
+    wait_converged(kubectl, namespace, operator)
+    cron = wait_for(lambda: kubectl.get("cronjob", "demo-backup", namespace), 20, "the backup CronJob")
+    pod = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    assert c["command"] + c["args"] == ["eventstore", "backup", "/backup"]
+    assert {e["name"] for e in c["env"]} >= {"EVENT_DB_HOST", "EVENT_DB_PASSWORD"}
+    assert pod["volumes"][0]["persistentVolumeClaim"]["claimName"] == "backups"
+    cond = wait_for(
+        lambda: condition(eventstore(kubectl, namespace), names.CONDITION_BACKUP), 20, "BackupSucceeded"
+    )
+    assert cond["reason"] == "NoBackupYet", cond
+
+    # An S3-compatible bucket instead; both targets at once is refused by the API server.
+    s3 = {"bucket": "backups", "endpoint": "http://minio:9000", "credentialsSecret": {"name": "s3"}}
+    patch_spec(kubectl, namespace, {"backup": {"target": {"pvc": None, "s3": s3}}})
+    wait_for(
+        lambda: (kubectl.get("cronjob", "demo-backup", namespace) or {})["spec"]["jobTemplate"]["spec"][
+            "template"]["spec"]["containers"][0]["args"] == ["backup", "s3://backups/demo"],
+        20,
+        "the CronJob to back up to the bucket",
+    )
+    both = kubectl.run(
+        "patch", "eventstore", NAME, "-n", namespace, "--type=merge", "-p",
+        json.dumps({"spec": {"backup": {"target": {"pvc": {"claimName": "x"}}}}}), check=False,
+    )
+    assert both.returncode != 0 and "exactly one of pvc and s3" in both.stderr, both.stderr
+
+    patch = json.dumps([{"op": "remove", "path": "/spec/backup"}])
+    kubectl.run("patch", "eventstore", NAME, "-n", namespace, "--type=json", "-p", patch)
+    wait_for(lambda: kubectl.get("cronjob", "demo-backup", namespace) is None, 20, "the CronJob to go")
+
+
+def test_spec_restore_runs_a_job_before_the_store(
+    kubectl: Kubectl, namespace: str, operator: OperatorProcess
+) -> None:
+    """Issue 13 #3 (operator side): spec.restore.from makes a restore Job, and the store
+    StatefulSet waits for it (no kubelet here: the Job never finishes)."""
+    body = yaml.safe_load(EXAMPLE.read_text())
+    body["spec"]["restore"] = {"from": {"pvc": {"claimName": "backups"}}}
+    kubectl.apply(yaml.safe_dump(body), namespace)
+    job = wait_for(lambda: kubectl.get("job", "demo-restore", namespace), 30, "the restore Job")
+    (c,) = job["spec"]["template"]["spec"]["containers"]
+    assert c["command"] + c["args"] == ["eventstore", "restore", "/backup"]
+    cond = wait_for(
+        lambda: reconciled_reason(kubectl, namespace, "WaitingForRestore"), 20, "the store to wait"
+    )
+    assert "demo-restore" in cond["message"]
+    assert kubectl.get("statefulset", "demo-postgres", namespace) is not None
+    time.sleep(4)  # a resync later, still no store
+    assert kubectl.get("statefulset", NAME, namespace) is None
+    restored = condition(eventstore(kubectl, namespace), names.CONDITION_RESTORED)
+    assert restored and restored["reason"] == "Restoring"
+
+
+def test_config_map_owned_by_an_older_operator_is_released(
+    kubectl: Kubectl, namespace: str, operator: OperatorProcess
+) -> None:
+    """Issue 13 #1 on upgrade: the user's ConfigMap loses the owner reference an older
+    operator gave it, so deleting the EventStore no longer deletes it."""
+    kubectl.run("apply", "-n", namespace, "-f", str(EXAMPLE))
+    body = wait_converged(kubectl, namespace, operator)
+    ref = {"apiVersion": names.API_VERSION, "kind": names.KIND, "name": NAME,
+           "uid": body["metadata"]["uid"], "controller": True}
+    patch = json.dumps({"metadata": {"ownerReferences": [ref]}})
+    kubectl.run("patch", "configmap", f"{NAME}-config", "-n", namespace, "--type=merge", "-p", patch)
+    wait_for(
+        lambda: not (kubectl.get("configmap", f"{NAME}-config", namespace) or {"metadata": {"x": 1}})[
+            "metadata"].get("ownerReferences"),
+        20,
+        "the owner reference to be removed",
+    )
+
+
+def test_major_upgrade_over_kept_data_is_refused(
+    kubectl: Kubectl, namespace: str, operator: OperatorProcess
+) -> None:
+    """Delete, then re-create with postgres:17 over the kept PostgreSQL 16 volumes."""
+    kubectl.run("apply", "-n", namespace, "-f", str(EXAMPLE))
+    wait_converged(kubectl, namespace, operator)
+    kubectl.run("delete", "eventstore", NAME, "-n", namespace, "--wait=true", timeout=60)
+    wait_for(lambda: not collectable_children(kubectl, namespace), 60, "the owned children to go")
+    body = yaml.safe_load(EXAMPLE.read_text())
+    body["spec"]["postgres"]["image"] = "postgres:17"
+    kubectl.apply(yaml.safe_dump(body), namespace)
+    cond = wait_for(
+        lambda: reconciled_reason(kubectl, namespace, "MajorVersionUpgradeRefused"), 30, "the refusal"
+    )
+    assert "postgres:16" in cond["message"], cond
+    sts = kubectl.get("statefulset", "demo-postgres", namespace)
+    assert sts is not None and sts["spec"]["template"]["spec"]["containers"][0]["image"] == "postgres:16"

@@ -161,6 +161,8 @@ class OperatorProcess:
         self.log_dir = log_dir
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
+        #: Extra environment for the next start (as a Deployment's env would set).
+        self.env: dict[str, str] = {}
 
     def start(self) -> None:
         self.starts += 1
@@ -169,6 +171,7 @@ class OperatorProcess:
             "KUBECONFIG": str(self.kubeconfig),
             "EVENTSTORE_OPERATOR_RESYNC_SECONDS": "3",
             "PYTHONUNBUFFERED": "1",
+            **self.env,
         }
         env.pop("KUBERNETES_SERVICE_HOST", None)  # never mistake this for in-cluster
         log = (self.log_dir / f"operator-{self.starts}.log").open("wb")

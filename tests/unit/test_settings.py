@@ -195,7 +195,46 @@ def test_config_hash_is_stable_and_sensitive() -> None:
     assert len(config_hash(a)) == 16 and int(config_hash(a), 16) >= 0
     assert config_hash(a) != config_hash({**a, EVENT_STORE_FILE: "snapshot_frequency: 51\n"})
     # A known value: the hash is part of the pod template, so it must not change by accident.
-    assert config_hash({}) == "44136fa355b3678a"
+    assert config_hash({}) == "a903ec60562b717b"
+
+
+def test_config_hash_ignores_comments_spacing_and_order() -> None:
+    """Issue 13 #7: a comment-only edit must not roll the store pods."""
+    a = {EVENT_STORE_FILE: "snapshot_frequency: 50\nretention_days: 30\n"}
+    b = {EVENT_STORE_FILE: "# tuned\nretention_days:   30   # a month\n\nsnapshot_frequency: 50\n"}
+    assert config_hash(a) == config_hash(b)
+    assert config_hash({}) == config_hash(render_defaults())
+
+
+def test_an_invalid_edit_reports_every_error() -> None:
+    data = {
+        EVENT_STORE_FILE: "snapshot_frequency: 0\nretention_days: -1\nbogus: 1\n",
+        PROJECTIONS_FILE: "workers: 0\n",
+    }
+    with pytest.raises(SettingsError) as info:
+        validate_config_data(data)
+    message = str(info.value)
+    for part in (
+        "event-store.yaml: snapshot_frequency: ",
+        "event-store.yaml: retention_days: ",
+        "event-store.yaml: bogus: unknown key",
+        "projections.yaml: workers: ",
+    ):
+        assert part in message, (part, message)
+    keys = [k for _, k, _ in info.value.errors]
+    assert keys == ["snapshot_frequency", "retention_days", "bogus", "workers"]
+    assert pickle.loads(pickle.dumps(info.value)).errors == info.value.errors
+
+
+@pytest.mark.parametrize(("text", "line"), [
+    ("snapshot_frequency: 50\nretention_days: [1, 2\nmax_events_per_aggregate: 3\n", 2),
+    ('snapshot_frequency: 50\nretention_days 3\nmax_events_per_aggregate: 3\n', 2),
+    ('snapshot_frequency: 50\n  retention_days: 3\n', 2),
+    ("aggregates:\n  Account: a:b\n Bad: x\nsnapshot_frequency: 3\n", 3),
+])
+def test_broken_yaml_names_the_bad_line(text: str, line: int) -> None:
+    with pytest.raises(SettingsError, match=rf"invalid YAML at line {line}, "):
+        validate_config_data({EVENT_STORE_FILE: text})
 
 
 def test_config_dir_from_env() -> None:

@@ -47,6 +47,7 @@ def all_objects(spec: dict[str, Any]) -> list[dict[str, Any]]:
         builders.config_snapshot(OWNER, render_defaults(), "h"),
         builders.api_token_secret(OWNER, "t"),
         builders.credentials_secret(OWNER, "demo-postgres", names.COMPONENT_POSTGRES, "p"),
+        builders.app_secret(OWNER, "t"),
     ]
     return objs
 
@@ -211,10 +212,39 @@ def test_services_and_pdb() -> None:
     assert pdb["spec"]["selector"]["matchLabels"] == builders.selector_labels(OWNER, "store")
 
 
+KEPT_WITH_DATA = {"demo-config", "demo-api-token", "demo-postgres-credentials", "demo-app"}
+
+
+def test_what_the_data_needs_is_kept_with_it() -> None:
+    """Generated Secrets and the user's ConfigMap have no owner: deleting the EventStore
+    keeps them with the volume claims, so a re-created EventStore finds them (issue 13)."""
+    kept = [o for o in all_objects({}) if o["metadata"]["name"] in KEPT_WITH_DATA]
+    assert {o["metadata"]["name"] for o in kept} == KEPT_WITH_DATA
+    for obj in kept:
+        assert "ownerReferences" not in obj["metadata"], obj["metadata"]["name"]
+        assert obj["metadata"]["labels"][names.LABEL_KEPT_WITH_DATA] == "true"
+        assert obj["metadata"]["labels"][names.LABEL_INSTANCE] == "demo"
+
+
+def test_app_secret_says_how_to_connect() -> None:
+    data = builders.app_secret(OWNER, "tok")["stringData"]
+    assert data == {
+        "url": "http://demo.team-a.svc:8080",
+        "host": "demo.team-a.svc",
+        "port": "8080",
+        "token": "tok",
+        "tokenSecret": "demo-api-token",
+    }
+    assert "token" not in builders.app_secret(OWNER, None)["stringData"]
+
+
 def test_every_object_is_owned_and_labelled() -> None:
     for obj in all_objects({}):
         meta = obj["metadata"]
         assert meta["namespace"] == "team-a"
+        assert meta["labels"][names.LABEL_MANAGED_BY] == "eventstore-operator"
+        if meta["name"] in KEPT_WITH_DATA:
+            continue
         assert meta["ownerReferences"] == [
             {
                 "apiVersion": "eventstore.io/v1alpha1",
@@ -317,3 +347,45 @@ def test_store_pods_pause_before_sigterm_and_have_time_to_drain() -> None:
     pause = container(sts)["lifecycle"]["preStop"]["sleep"]["seconds"]
     assert pause >= 5
     assert pod["terminationGracePeriodSeconds"] >= pause + 25
+@pytest.mark.parametrize(("image", "major"), [
+    ("postgres:16", 16),
+    ("postgres:16.4-bookworm", 16),
+    ("docker.io/library/mongo:7.0.12", 7),
+    ("registry:5000/team/postgres:17@sha256:abc", 17),
+    ("postgres", None),
+    ("postgres:latest", None),
+    ("registry:5000/postgres", None),
+])
+def test_image_major(image: str, major: int | None) -> None:
+    assert builders.image_major(image) == major
+
+
+def test_major_upgrade_refusal() -> None:
+    refuse = builders.major_upgrade_refusal
+    message = refuse("postgres", "postgres:16", "postgres:17", False)
+    assert message and "postgres:17 is PostgreSQL 17" in message and "postgres:16 (PostgreSQL 16)" in message
+    assert "allowMajorVersionUpgrade: true" in message and "Upgrading PostgreSQL or MongoDB" in message
+    mongo = refuse("mongodb", "mongo:7", "mongo:8", False)
+    assert mongo and "MongoDB 8" in mongo and "setFeatureCompatibilityVersion: '7.0'" in mongo
+    assert refuse("postgres", "postgres:16", "postgres:17", True) is None  # asked for
+    assert refuse("postgres", "postgres:16.2", "postgres:16.4", False) is None  # minor rolls
+    assert refuse("postgres", None, "postgres:17", False) is None  # a new database
+    assert refuse("postgres", "postgres:17", "postgres:16", False)  # a downgrade neither
+
+
+def test_backup_to_an_s3_bucket() -> None:
+    spec = {"backup": {"schedule": "0 * * * *", "target": {"s3": {
+        "bucket": "b", "endpoint": "http://minio:9000", "credentialsSecret": {"name": "s3-creds"}}}}}
+    cron = builders.backup_cronjob(OWNER, spec)
+    assert cron is not None
+    pod = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    assert c["args"] == ["backup", "s3://b/demo"] and pod["volumes"] == []
+    env = {e["name"]: e for e in c["env"]}
+    assert env["AWS_ENDPOINT_URL"]["value"] == "http://minio:9000"
+    assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"] == {
+        "name": "s3-creds", "key": "AWS_SECRET_ACCESS_KEY"}
+    assert env["EVENT_DB_HOST"]["value"] == "demo-postgres"
+    restore = builders.restore_job(OWNER, {"restore": {"from": spec["backup"]["target"]}})
+    assert restore is not None
+    assert restore["spec"]["template"]["spec"]["containers"][0]["args"] == ["restore", "s3://b/demo"]

@@ -14,7 +14,7 @@ from eventstore.settings import (
     ProjectionSettings,
     StoreSettings,
 )
-from eventstore_operator import crd, names
+from eventstore_operator import crd
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -102,7 +102,9 @@ def test_defaults_and_rules() -> None:
     rules = [r["rule"] for r in spec["storage"]["x-kubernetes-validations"]]
     assert any("quantity(self.size).compareTo(quantity(oldSelf.size)) >= 0" in r for r in rules)
     assert any("storageClassName" in r for r in rules)
-    assert spec["image"]["default"] == names.DEFAULT_IMAGE
+    # No default for the store image: the API server would freeze it into every
+    # EventStore, and upgrading the operator could not roll the stores (issue 13 #5).
+    assert "default" not in spec["image"]
     assert spec["postgres"]["properties"]["image"]["default"] == "postgres:16"
     assert spec["mongodb"]["properties"]["image"]["default"] == "mongo:7"
 

@@ -132,6 +132,7 @@ def test_first_reconcile_creates_everything(fake: FakeKube) -> None:
         ("Secret", "demo-api-token"),
         ("Secret", "demo-postgres-credentials"),
         ("Secret", "demo-mongodb-credentials"),
+        ("Secret", "demo-app"),
         ("StatefulSet", "demo-postgres"),
         ("StatefulSet", "demo-mongodb"),
         ("Service", "demo-postgres"),
@@ -407,3 +408,229 @@ def test_operator_flag_sets_the_image_allow_list(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr(handlers, "ALLOWED_IMAGE_PREFIXES", ())
     cli.main(["-n", "ns", "--allowed-image-prefix", "a/", "--allowed-image-prefix", "b/"])
     assert handlers.ALLOWED_IMAGE_PREFIXES == ("a/", "b/")
+def test_app_secret_carries_the_generated_token(fake: FakeKube) -> None:
+    handlers.reconcile("ns", "demo")
+    token = fake.objects[("Secret", "ns", "demo-api-token")]["stringData"]["token"]
+    assert fake.objects[("Secret", "ns", "demo-app")]["stringData"]["token"] == token
+
+
+def test_recreated_eventstore_keeps_credentials_and_settings(fake: FakeKube) -> None:
+    """Delete (the garbage collector removes owned children only) then re-create."""
+    handlers.reconcile("ns", "demo")
+    edit_config(fake, "snapshot_frequency: 7\n")
+    handlers.reconcile("ns", "demo")
+    before = {k: copy.deepcopy(v) for k, v in fake.objects.items() if k[0] in ("Secret", "ConfigMap")}
+    for key, obj in list(fake.objects.items()):  # what the garbage collector does
+        if any(r.get("uid") == "u1" for r in obj["metadata"].get("ownerReferences") or []):
+            del fake.objects[key]
+    kept = {k for k in before if k in fake.objects}
+    assert {n for _, _, n in kept} >= {
+        "demo-config", "demo-api-token", "demo-app", "demo-postgres-credentials", "demo-mongodb-credentials"
+    }
+    es(fake)["metadata"]["uid"] = "u2"  # the re-created EventStore
+    del es(fake)["status"]
+    handlers.reconcile("ns", "demo")
+    for key in kept:
+        assert fake.objects[key] == before[key], key
+    assert es(fake)["status"]["configHash"] == config_hash(before[("ConfigMap", "ns", "demo-config")]["data"])
+    assert not [e for e in fake.events if e[1] == "CredentialsRegenerated"]
+
+
+def test_an_owned_config_map_from_an_older_operator_is_released(fake: FakeKube) -> None:
+    handlers.reconcile("ns", "demo")
+    cm = fake.objects[("ConfigMap", "ns", "demo-config")]
+    cm["metadata"]["ownerReferences"] = [{"kind": "EventStore", "uid": "u1", "name": "demo"}]
+    handlers.reconcile("ns", "demo")
+    meta = fake.objects[("ConfigMap", "ns", "demo-config")]["metadata"]
+    assert "ownerReferences" not in meta and meta["labels"][names.LABEL_KEPT_WITH_DATA] == "true"
+
+
+def test_comment_only_edit_does_not_roll(fake: FakeKube) -> None:
+    """Issue 13 #7: the hash is over the parsed settings, not the text."""
+    edit = "snapshot_frequency: 50\n"
+    handlers.reconcile("ns", "demo")
+    edit_config(fake, edit)
+    handlers.reconcile("ns", "demo")
+    rolled = template_hash(fake)
+    edit_config(fake, "# tuned for the ledger\nsnapshot_frequency:   50   # was 100\n")
+    handlers.reconcile("ns", "demo")
+    assert template_hash(fake) == rolled
+    assert [r for _, r, _ in fake.events].count("ConfigApplied") == 1
+
+
+def test_invalid_edit_reports_every_error(fake: FakeKube) -> None:
+    handlers.reconcile("ns", "demo")
+    edit_config(fake, "snapshot_frequency: 0\nretention_days: 0\n")
+    handlers.reconcile("ns", "demo")
+    message = conditions(fake)["ConfigValid"]["message"]
+    assert "snapshot_frequency:" in message and "retention_days:" in message
+
+
+def db_image(fake: FakeKube, name: str) -> str:
+    pod = fake.objects[("StatefulSet", "ns", name)]["spec"]["template"]["spec"]
+    image: str = pod["containers"][0]["image"]
+    return image
+
+
+def test_major_database_upgrade_is_refused_unless_asked(fake: FakeKube) -> None:
+    """Issue 13 #2."""
+    handlers.reconcile("ns", "demo")
+    es(fake)["spec"]["postgres"] = {"image": "postgres:17"}
+    es(fake)["spec"]["mongodb"] = {"image": "mongo:7.0.14"}  # a minor update rolls
+    handlers.reconcile("ns", "demo")
+    handlers.reconcile("ns", "demo")  # the resync must not repeat the Event
+    assert db_image(fake, "demo-postgres") == "postgres:16"
+    assert db_image(fake, "demo-mongodb") == "mongo:7.0.14"
+    cond = conditions(fake)["Reconciled"]
+    assert cond["status"] == "False" and cond["reason"] == "MajorVersionUpgradeRefused"
+    assert "PostgreSQL 17" in cond["message"] and "PostgreSQL 16" in cond["message"]
+    warnings = [m for k, r, m in fake.events if r == "MajorVersionUpgradeRefused"]
+    assert len(warnings) == 1 and "allowMajorVersionUpgrade" in warnings[0]
+    assert es(fake)["status"]["images"]["postgres"] == "postgres:16"
+
+    es(fake)["spec"]["postgres"] = {"image": "postgres:17", "allowMajorVersionUpgrade": True}
+    handlers.reconcile("ns", "demo")
+    assert db_image(fake, "demo-postgres") == "postgres:17"
+    rolled = [m for _, r, m in fake.events if r == "ImageUpdated"]
+    assert rolled == [
+        "StatefulSet demo-mongodb: image mongo:7 -> mongo:7.0.14; rolling its pods",
+        "StatefulSet demo-postgres: image postgres:16 -> postgres:17; rolling its pods",
+    ]
+    assert conditions(fake)["Reconciled"]["status"] == "True"
+
+
+def test_status_shows_the_images(fake: FakeKube) -> None:
+    handlers.reconcile("ns", "demo")
+    status = es(fake)["status"]
+    assert status["image"] == names.DEFAULT_IMAGE
+    assert status["images"] == {
+        "store": names.DEFAULT_IMAGE,
+        "postgres": names.DEFAULT_POSTGRES_IMAGE,
+        "mongodb": names.DEFAULT_MONGODB_IMAGE,
+    }
+
+
+def test_every_reconcile_failure_is_a_warning_event(fake: FakeKube, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 13 #4: a StatefulSet the API server refuses (422) is a Warning Event too."""
+    real_apply = fake.apply
+
+    def refuse(obj: dict[str, Any]) -> dict[str, Any]:
+        if obj["kind"] == "StatefulSet" and obj["metadata"]["name"] == "demo":
+            raise kopf.PermanentError("apply StatefulSet ns/demo: HTTP 422: storage must be positive")
+        return real_apply(obj)
+
+    monkeypatch.setattr(kube, "apply", refuse)
+    for _ in range(2):
+        with pytest.raises(kopf.PermanentError):
+            handlers.reconcile("ns", "demo")
+    (warning,) = [m for k, r, m in fake.events if r == "ReconcileFailed"]
+    assert "HTTP 422" in warning
+    assert conditions(fake)["Reconciled"]["reason"] == "ReconcileFailed"
+
+
+def test_spec_settings_changed_after_creation_is_reported(fake: FakeKube) -> None:
+    """Issue 13 #6: spec.settings only seeds the ConfigMap; a later change says so."""
+    handlers.reconcile("ns", "demo")
+    assert conditions(fake)["SettingsSeeded"]["status"] == "True"
+    es(fake)["spec"]["settings"] = {"snapshotFrequency": 10}
+    handlers.reconcile("ns", "demo")
+    handlers.reconcile("ns", "demo")
+    cond = conditions(fake)["SettingsSeeded"]
+    assert cond["status"] == "False" and "kubectl edit configmap demo-config" in cond["message"]
+    assert [r for _, r, _ in fake.events].count("SpecSettingsIgnored") == 1
+    es(fake)["spec"]["settings"] = {"snapshotFrequency": 100}
+    handlers.reconcile("ns", "demo")
+    assert conditions(fake)["SettingsSeeded"]["status"] == "True"
+
+
+def _job(name: str, kind: str, when: str) -> dict[str, Any]:
+    return {
+        "kind": "Job",
+        "metadata": {
+            "name": name,
+            "namespace": "ns",
+            "labels": {"app.kubernetes.io/name": "eventstore", "app.kubernetes.io/instance": "demo",
+                       "app.kubernetes.io/component": "backup"},
+        },
+        "status": {"conditions": [{"type": kind, "status": "True", "lastTransitionTime": when}]},
+    }
+
+
+def test_spec_backup_runs_a_cronjob_and_reports_the_last_backup(fake: FakeKube) -> None:
+    es(fake)["spec"]["backup"] = {"schedule": "0 * * * *", "target": {"pvc": {"claimName": "backups"}}}
+    handlers.reconcile("ns", "demo")
+    cron = fake.objects[("CronJob", "ns", "demo-backup")]
+    assert cron["spec"]["schedule"] == "0 * * * *" and cron["spec"]["concurrencyPolicy"] == "Forbid"
+    pod = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    assert pod["containers"][0]["args"] == ["backup", "/backup"]
+    assert pod["volumes"][0]["persistentVolumeClaim"]["claimName"] == "backups"
+    assert conditions(fake)["BackupSucceeded"]["reason"] == "NoBackupYet"
+
+    fake.objects[("Job", "ns", "demo-backup-1")] = _job("demo-backup-1", "Complete", "2026-01-01T01:00:00Z")
+    fake.objects[("Job", "ns", "demo-backup-2")] = _job("demo-backup-2", "Failed", "2026-01-01T02:00:00Z")
+    fake.objects[("Pod", "ns", "demo-backup-1-x")] = {
+        "kind": "Pod",
+        "metadata": {"name": "demo-backup-1-x", "namespace": "ns",
+                     "labels": {"batch.kubernetes.io/job-name": "demo-backup-1"}},
+        "status": {"containerStatuses": [{"state": {"terminated": {
+            "exitCode": 0, "message": '{"position": 4194305, "segment": "segment-000001.jsonl.gz"}'}}}]},
+    }
+    handlers.reconcile("ns", "demo")
+    handlers.reconcile("ns", "demo")
+    last = es(fake)["status"]["lastBackup"]
+    assert last == {"job": "demo-backup-1", "completionTime": "2026-01-01T01:00:00Z", "position": 4194305}
+    cond = conditions(fake)["BackupSucceeded"]
+    assert cond["status"] == "False" and "demo-backup-2 failed" in cond["message"]
+    assert [r for _, r, _ in fake.events].count("BackupFailed") == 1
+
+    del es(fake)["spec"]["backup"]
+    handlers.reconcile("ns", "demo")
+    assert ("CronJob", "ns", "demo-backup") not in fake.objects
+    assert "BackupSucceeded" not in conditions(fake)
+
+
+def test_spec_restore_runs_a_job_before_any_store_pod(fake: FakeKube) -> None:
+    es(fake)["spec"]["restore"] = {"from": {"pvc": {"claimName": "backups"}}}
+    handlers.reconcile("ns", "demo")
+    job = fake.objects[("Job", "ns", "demo-restore")]
+    pod = job["spec"]["template"]["spec"]
+    assert pod["containers"][0]["args"] == ["restore", "/backup"]
+    assert pod["volumes"][0]["persistentVolumeClaim"]["claimName"] == "backups"
+    assert ("StatefulSet", "ns", "demo-postgres") in fake.objects  # the database first
+    assert ("StatefulSet", "ns", "demo") not in fake.objects  # no store pod yet
+    assert conditions(fake)["Reconciled"]["reason"] == "WaitingForRestore"
+    assert conditions(fake)["Restored"]["reason"] == "Restoring"
+
+    job["status"] = {"conditions": [{"type": "Failed", "status": "True", "lastTransitionTime": "t1"}]}
+    handlers.reconcile("ns", "demo")
+    handlers.reconcile("ns", "demo")
+    assert conditions(fake)["Restored"]["reason"] == "RestoreFailed"
+    assert [r for _, r, _ in fake.events].count("RestoreFailed") == 1
+    assert ("StatefulSet", "ns", "demo") not in fake.objects
+
+    job["status"] = {"conditions": [{"type": "Complete", "status": "True", "lastTransitionTime": "t2"}]}
+    handlers.reconcile("ns", "demo")
+    assert ("StatefulSet", "ns", "demo") in fake.objects
+    assert es(fake)["status"]["restore"] == {"job": "demo-restore", "completionTime": "t2"}
+    del fake.objects[("Job", "ns", "demo-restore")]  # e.g. cleaned up: the status remembers
+    handlers.reconcile("ns", "demo")
+    assert ("Job", "ns", "demo-restore") not in fake.objects
+    assert conditions(fake)["Restored"]["status"] == "True"
+    assert conditions(fake)["Reconciled"]["status"] == "True"
+
+
+def test_major_upgrade_is_refused_over_kept_data_too(fake: FakeKube) -> None:
+    """Delete (the database StatefulSet goes), then re-create with postgres:17 over the
+    kept PostgreSQL 16 volume: still refused (the kept ConfigMap remembers the image)."""
+    handlers.reconcile("ns", "demo")
+    annotations = fake.objects[("ConfigMap", "ns", "demo-config")]["metadata"]["annotations"]
+    assert annotations["eventstore.io/postgres-image"] == "postgres:16"
+    for key, obj in list(fake.objects.items()):
+        if obj["metadata"].get("ownerReferences"):
+            del fake.objects[key]
+    es(fake)["metadata"]["uid"] = "u2"
+    del es(fake)["status"]
+    es(fake)["spec"]["postgres"] = {"image": "postgres:17"}
+    handlers.reconcile("ns", "demo")
+    assert db_image(fake, "demo-postgres") == "postgres:16"
+    assert conditions(fake)["Reconciled"]["reason"] == "MajorVersionUpgradeRefused"
