@@ -115,8 +115,15 @@ def test_backup_needs_postgres(url: str, tmp_path: Path) -> None:
 
 @pytest.fixture
 def s3_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """moto's standalone S3-compatible server (a real HTTP server) on a free port."""
-    import boto3
+    """moto's standalone S3-compatible server (a real HTTP server) on a free port.
+
+    boto3 and moto cannot be installed next to the operator's kubernetes client (python-
+    dateutil: kubernetes 37 needs >= 3, botocore < 3), so `make install` has neither and
+    this test runs only where a developer installed them by hand."""
+    boto3 = pytest.importorskip(
+        "boto3", reason="boto3 conflicts with the kubernetes client's python-dateutil pin; "
+                        "the S3 target is not tested in CI (README: Backup and restore)")
+    pytest.importorskip("moto.server", reason="moto is not installed (see boto3 above)")
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
