@@ -183,7 +183,5 @@ def test_helm_uninstall_keeps_the_claims(deployment: Deployment) -> None:
     scenarios.check_helm_uninstall_keeps_the_claims(deployment)
 
 
-@pytest.mark.xfail(strict=True, raises=scenarios.CredentialsDropped,
-                   reason=scenarios.UNINSTALL_DROPS_CREDENTIALS)
 def test_helm_uninstall_keeps_the_credentials_to_reuse_the_claims(deployment: Deployment) -> None:
     scenarios.check_reinstall_reuses_the_claims(deployment)

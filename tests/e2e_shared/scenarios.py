@@ -955,12 +955,6 @@ def check_helm_upgrade_rolls_the_store(dep: Deployment, new_tag: str) -> None:
     dep.record({stream: [str(event.id)]})
 
 
-UNINSTALL_DROPS_CREDENTIALS = (
-    "helm uninstall deletes the EventStore, and with it (owner references) the generated "
-    "database credentials and API token; the kept claims then hold databases a new install "
-    "cannot open (another issue covers keeping them)")
-
-
 class CredentialsDropped(AssertionError):
     """The Secrets needed to reuse the kept claims did not survive `helm uninstall`."""
 
