@@ -918,7 +918,11 @@ class Node:
         wait("containerd")
         with _phase("bootstrap objects (StorageClass, RBAC)", started):
             self.apply(BOOTSTRAP_OBJECTS)
-        rest = [n for n in daemons if n not in ("etcd", "containerd", "kube-apiserver")]
+        # kube-router exits at once unless its Node object exists ("failed to identify the
+        # node"), which the kubelet registers only after it started: on a loaded machine
+        # that is seconds later. So it starts once the node is Ready.
+        late = [n for n in daemons if n == "kube-router"]
+        rest = [n for n in daemons if n not in ("etcd", "containerd", "kube-apiserver", *late)]
         for name in rest:
             ensure(name)
         for name in rest:
@@ -926,6 +930,9 @@ class Node:
         with _phase("node Ready", started):
             self._wait(f"node {NODE_NAME} Ready", self.node_ready, deadline,
                        ("kubelet", "containerd", "kube-apiserver"))
+        for name in late:
+            ensure(name)
+            wait(name, "kube-apiserver")
         with _phase("default ServiceAccount", started):
             sa_path = "/api/v1/namespaces/default/serviceaccounts/default"
             self._wait("the default ServiceAccount", lambda: self._api_get(sa_path) is not None,

@@ -361,7 +361,7 @@ def test_store_image_runs_as_10001_and_serves(ctr: Ctr, scratch: Path) -> None:
     mounts = [_bind(_owned_dir(scratch / "data", 10001), "/data"), _tmpfs("/tmp")]
     ctr.run(images.STORE_IMAGE, "store", ["eventstore", "serve", "--host", "127.0.0.1",
                                           "--port", str(port)],
-            env={"EVENTSTORE_API_TOKEN": "test-token"}, mounts=mounts)
+            env={"EVENTSTORE_API_TOKEN": "test-token-0123456789abcdef"}, mounts=mounts)
 
     def ready() -> bool:
         if not ctr.running("store"):
