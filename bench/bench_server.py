@@ -35,12 +35,15 @@ CLIENTS = 16
 PAYLOAD = {"amount": 1250, "currency": "EUR", "note": "benchmark deposit"}
 
 
-def _start_server(url: str, tmp: Path) -> tuple[subprocess.Popen[bytes], str]:
+def start_server(url: str, tmp: Path, extra_env: dict[str, str] | None = None,
+                 store_settings: str = "") -> tuple[subprocess.Popen[bytes], str]:
+    """`eventstore serve` on `url` (with `store_settings` as its event-store.yaml), ready."""
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(REPO), "EVENTSTORE_URL": url,
            "EVENTSTORE_API_TOKEN": TOKEN, "EVENTSTORE_DATA_DIR": str(tmp / "data"),
-           "EVENTSTORE_CONFIG_DIR": str(tmp / "config")}
+           "EVENTSTORE_CONFIG_DIR": str(tmp / "config"), **(extra_env or {})}
     (tmp / "config").mkdir(exist_ok=True)
+    (tmp / "config" / "event-store.yaml").write_text(store_settings)
     log = open(tmp / "server.log", "wb")  # noqa: SIM115 - lives as long as the process
     process = subprocess.Popen(
         [sys.executable, "-m", "eventstore.cli", "serve", "--host", "127.0.0.1", "--port",
@@ -165,7 +168,7 @@ def run(results: dict[str, Any], server: PostgresServer | None = None,
         url = server.create_database("bench_server")
         per_client = max(10, int(150 * scale))
         with tempfile.TemporaryDirectory(prefix="eventstore-bench-") as tmp:
-            process, base = _start_server(url, Path(tmp))
+            process, base = start_server(url, Path(tmp))
             store = EventStore.connect(url, pool_max_size=CLIENTS)
             try:
                 asyncio.run(_http_load(base, 20, "warm-http"))

@@ -7,11 +7,8 @@ Called by bench/run.py: `run(server, scale)` returns table rows.
 
 from __future__ import annotations
 
-import os
 import signal
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -20,6 +17,7 @@ from typing import Any
 import httpx
 import psycopg
 
+from bench.bench_server import TOKEN, start_server
 from eventstore import EventStore, NewEvent
 from eventstore.events import AGGREGATE_TYPE_KEY
 from eventstore.examples.bank import Account
@@ -30,10 +28,8 @@ from eventstore.settings import SNAPSHOTTER, ProjectionSettings, StoreSettings
 from eventstore.snapshots.base import SnapshotStore
 from eventstore.snapshotter import Snapshotter
 from tests.harness.ferretdb import FerretDBServer
-from tests.harness.postgres import PostgresServer, free_port
+from tests.harness.postgres import PostgresServer
 
-REPO = Path(__file__).resolve().parents[1]
-TOKEN = "bench-token-0123456789abcdef"
 TAG = {AGGREGATE_TYPE_KEY: "Account"}
 RUNNER = ProjectionSettings(workers=5, batch_size=100, retry_attempts=3)
 
@@ -92,35 +88,6 @@ def _latencies(base: str, path: str, requests: int) -> list[float]:
     return sorted(out)
 
 
-def _serve(url: str, mongo_url: str, tmp: Path) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    config = tmp / "config"
-    config.mkdir()
-    (config / "event-store.yaml").write_text(
-        'aggregates:\n  Account: "eventstore.examples.bank:Account"\n')
-    env = {**os.environ, "PYTHONPATH": str(REPO), "EVENTSTORE_URL": url,
-           "SNAPSHOT_STORE_URL": mongo_url, "EVENTSTORE_API_TOKEN": TOKEN,
-           "EVENTSTORE_DATA_DIR": str(tmp / "data"), "EVENTSTORE_CONFIG_DIR": str(config)}
-    log = open(tmp / "server.log", "wb")  # noqa: SIM115 - lives as long as the process
-    process = subprocess.Popen(
-        [sys.executable, "-m", "eventstore.cli", "serve", "--host", "127.0.0.1", "--port",
-         str(port), "--log-level", "warning"], env=env, stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
-                return process, base
-        except httpx.TransportError:
-            pass
-        if process.poll() is not None:
-            break
-        time.sleep(0.1)
-    process.kill()
-    raise RuntimeError("eventstore serve did not become ready:\n"
-                       + (tmp / "server.log").read_text(errors="replace")[-3000:])
-
-
 def _wait_snapshotted(base: str, timeout: float = 900) -> None:
     deadline = time.monotonic() + timeout
     with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {TOKEN}"}) as http:
@@ -174,7 +141,9 @@ def run(server: PostgresServer, scale: float = 1.0) -> list[dict[str, Any]]:
             for size in sizes:
                 _fill_one(filler, f"big-{size}", size)
         with tempfile.TemporaryDirectory(prefix="eventstore-bench-") as tmp:
-            process, base = _serve(url, f"{mongo.url}bench_aggregates", Path(tmp))
+            process, base = start_server(
+                url, Path(tmp), {"SNAPSHOT_STORE_URL": f"{mongo.url}bench_aggregates"},
+                'aggregates:\n  Account: "eventstore.examples.bank:Account"\n')
             try:
                 _wait_snapshotted(base)
                 p50s: dict[int, float] = {}
