@@ -346,14 +346,40 @@ def backend(owner: Owner, db_spec: Mapping[str, Any], in_cluster_name: str) -> B
     )
 
 
+def _password_dir(prefix: str) -> str:
+    return f"{names.CREDENTIALS_DIR}/{prefix.lower().replace('_', '-')}"
+
+
 def _backend_env(prefix: str, b: Backend) -> list[Obj]:
+    # The password is a mounted file (see password_volumes), not an environment variable:
+    # the environment shows in `kubectl describe`, crash dumps and child processes.
     return [
         _value_env(f"{prefix}_HOST", b.host),
         _value_env(f"{prefix}_PORT", str(b.port)),
         _value_env(f"{prefix}_NAME", b.database),
         _secret_env(f"{prefix}_USER", b.secret, b.username_key),
-        _secret_env(f"{prefix}_PASSWORD", b.secret, b.password_key),
+        _value_env(f"{prefix}_PASSWORD_FILE", f"{_password_dir(prefix)}/password"),
     ]
+
+
+def password_volumes(owner: Owner, spec: Mapping[str, Any],
+                     prefixes: tuple[str, ...] = ("EVENT_DB", "SNAPSHOT_DB")
+                     ) -> tuple[list[Obj], list[Obj]]:
+    """(volumes, volumeMounts) that put each database's password where `<prefix>_PASSWORD_FILE`
+    points: only that key of its Secret, readable by the pod's group (fsGroup)."""
+    spec = normalize_spec(spec)
+    backends = {"EVENT_DB": backend(owner, spec["postgres"], names.postgres(owner.name)),
+                "SNAPSHOT_DB": backend(owner, spec["mongodb"], names.mongodb(owner.name))}
+    volumes: list[Obj] = []
+    mounts: list[Obj] = []
+    for prefix in prefixes:
+        b = backends[prefix]
+        name = f"{prefix.lower().replace('_', '-')}-password"
+        volumes.append({"name": name, "secret": {
+            "secretName": b.secret, "items": [{"key": b.password_key, "path": "password"}],
+            "defaultMode": 0o440}})
+        mounts.append({"name": name, "mountPath": _password_dir(prefix), "readOnly": True})
+    return volumes, mounts
 
 
 def store_env(owner: Owner, spec: Mapping[str, Any]) -> list[Obj]:
@@ -386,6 +412,7 @@ def store_statefulset(owner: Owner, spec: Mapping[str, Any], config_hash: str, c
             {"name": names.data_volume(), "mountPath": names.DATA_DIR},
             {"name": "config", "mountPath": names.CONFIG_DIR, "readOnly": True},
             {"name": "api-token", "mountPath": names.TOKEN_DIR, "readOnly": True},
+            *password_volumes(owner, spec)[1],
             {"name": "tmp", "mountPath": "/tmp"},
         ],
         "startupProbe": {
@@ -448,6 +475,7 @@ def store_statefulset(owner: Owner, spec: Mapping[str, Any], config_hash: str, c
                     "defaultMode": 0o440,
                 },
             },
+            *password_volumes(owner, spec)[0],
             {"name": "tmp", "emptyDir": {"sizeLimit": "256Mi"}},
         ],
     }
@@ -796,8 +824,7 @@ def _backup_pod(owner: Owner, spec: Obj, command: str, where: Mapping[str, Any])
     PostgreSQL; LOCATION is /backup (the claim `where.pvc` mounted there) or
     s3://bucket/prefix (`where.s3`, credentials from its Secret)."""
     env = [e for e in store_env(owner, spec) if e["name"].startswith("EVENT_DB_")]
-    mounts: list[Obj] = []
-    volumes: list[Obj] = []
+    volumes, mounts = password_volumes(owner, spec, ("EVENT_DB",))
     if where.get("s3"):
         s3 = where["s3"]
         location = f"s3://{s3['bucket']}/{s3.get('prefix') or owner.name}"

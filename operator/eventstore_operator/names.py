@@ -60,6 +60,10 @@ BACKUP_DIR = "/backup"  # where the backup Job mounts its target volume
 TOKEN_DIR = "/var/run/secrets/eventstore"
 TOKEN_KEY = "token"
 TOKEN_FILE = f"{TOKEN_DIR}/{TOKEN_KEY}"
+#: Database passwords are mounted as files here (<dir>/event-db/password, ...snapshot-db/...)
+#: and named by EVENT_DB_PASSWORD_FILE / SNAPSHOT_DB_PASSWORD_FILE, never put in the env.
+#: (Not under TOKEN_DIR: that is a read-only Secret volume, where no mount point can be made.)
+CREDENTIALS_DIR = "/var/run/secrets/eventstore-db"
 HTTP_PORT = 8080
 HTTP_PORT_NAME = "http"
 POSTGRES_PORT = 5432

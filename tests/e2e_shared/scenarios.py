@@ -529,7 +529,8 @@ import pymongo
 env = os.environ
 name = env.get("SNAPSHOT_DB_NAME", "eventstore")
 url = "mongodb://%s:%s@%s:%s/%s?authSource=admin" % (
-    quote(env["SNAPSHOT_DB_USER"], safe=""), quote(env["SNAPSHOT_DB_PASSWORD"], safe=""),
+    quote(env["SNAPSHOT_DB_USER"], safe=""),
+    quote(open(env["SNAPSHOT_DB_PASSWORD_FILE"]).read().strip(), safe=""),
     env["SNAPSHOT_DB_HOST"], env.get("SNAPSHOT_DB_PORT", "27017"), name)
 db = pymongo.MongoClient(url, serverSelectionTimeoutMS=15000)[name]
 doc = db[sys.argv[1]].find_one({"aggregate_type": sys.argv[2], "aggregate_id": sys.argv[3]},

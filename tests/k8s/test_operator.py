@@ -196,7 +196,10 @@ def test_example_converges_with_every_child(
     env = {e["name"]: e for e in c["env"]}
     assert env["EVENT_DB_HOST"]["value"] == "demo-postgres"
     assert env["SNAPSHOT_DB_HOST"]["value"] == "demo-mongodb"
-    assert env["EVENT_DB_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == ("demo-postgres-credentials")
+    assert "EVENT_DB_PASSWORD" not in env  # a mounted file, never the environment
+    assert env["EVENT_DB_PASSWORD_FILE"]["value"] == "/var/run/secrets/eventstore-db/event-db/password"
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["event-db-password"]["secret"]["secretName"] == "demo-postgres-credentials"
     assert c["securityContext"]["capabilities"]["drop"] == ["ALL"]
     assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
 
@@ -819,8 +822,10 @@ def test_spec_backup_runs_a_cronjob(kubectl: Kubectl, namespace: str, operator: 
     pod = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
     (c,) = pod["containers"]
     assert c["command"] + c["args"] == ["eventstore", "backup", "/backup"]
-    assert {e["name"] for e in c["env"]} >= {"EVENT_DB_HOST", "EVENT_DB_PASSWORD"}
-    assert pod["volumes"][0]["persistentVolumeClaim"]["claimName"] == "backups"
+    assert {e["name"] for e in c["env"]} >= {"EVENT_DB_HOST", "EVENT_DB_PASSWORD_FILE"}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["target"]["persistentVolumeClaim"]["claimName"] == "backups"
+    assert volumes["event-db-password"]["secret"]["secretName"] == "demo-postgres-credentials"
     cond = wait_for(
         lambda: condition(eventstore(kubectl, namespace), names.CONDITION_BACKUP), 20, "BackupSucceeded"
     )

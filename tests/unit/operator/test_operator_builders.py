@@ -87,9 +87,11 @@ def test_store_env_and_secrets() -> None:
     assert env["SNAPSHOT_DB_HOST"] == "demo-mongodb"
     assert env["SNAPSHOT_DB_PORT"] == "27017"
     for prefix, secret in (("EVENT_DB", "demo-postgres"), ("SNAPSHOT_DB", "demo-mongodb")):
-        for var, key in (("USER", "username"), ("PASSWORD", "password")):
-            ref = env[f"{prefix}_{var}"]["secretKeyRef"]
-            assert ref == {"name": f"{secret}-credentials", "key": key}
+        assert env[f"{prefix}_USER"]["secretKeyRef"] == {"name": f"{secret}-credentials",
+                                                        "key": "username"}
+        # The password is a mounted file (issue 12), never an environment variable.
+        assert f"{prefix}_PASSWORD" not in env
+        assert env[f"{prefix}_PASSWORD_FILE"].endswith("/password")
 
 
 def test_store_volumes_point_at_snapshot_and_token() -> None:
@@ -161,9 +163,18 @@ def test_external_databases() -> None:
     assert env["EVENT_DB_PORT"] == "6432"
     assert env["EVENT_DB_NAME"] == "events"
     assert env["EVENT_DB_USER"]["secretKeyRef"] == {"name": "pg-creds", "key": "user"}
-    assert env["EVENT_DB_PASSWORD"]["secretKeyRef"] == {"name": "pg-creds", "key": "pw"}
     assert env["SNAPSHOT_DB_HOST"] == "mongo.example.com"
-    assert env["SNAPSHOT_DB_PASSWORD"]["secretKeyRef"] == {"name": "mongo-creds", "key": "password"}
+    # Passwords are mounted files: only the password key of each Secret, group-readable.
+    assert "EVENT_DB_PASSWORD" not in env and "SNAPSHOT_DB_PASSWORD" not in env
+    sts = builders.store_statefulset(OWNER, spec, "h", "cm")
+    volumes = {v["name"]: v["secret"] for v in sts["spec"]["template"]["spec"]["volumes"]
+               if "secret" in v}
+    mounts = {m["name"]: m["mountPath"] for m in container(sts)["volumeMounts"]}
+    assert volumes["event-db-password"] == {"secretName": "pg-creds", "defaultMode": 0o440,
+                                            "items": [{"key": "pw", "path": "password"}]}
+    assert volumes["snapshot-db-password"]["items"] == [{"key": "password", "path": "password"}]
+    assert env["EVENT_DB_PASSWORD_FILE"] == mounts["event-db-password"] + "/password"
+    assert env["SNAPSHOT_DB_PASSWORD_FILE"] == mounts["snapshot-db-password"] + "/password"
     assert builders.in_cluster_databases(OWNER, spec) == []
     assert builders.generated_secret_names(OWNER, spec) == [("demo-api-token", "api-token")]
 
@@ -380,7 +391,8 @@ def test_backup_to_an_s3_bucket() -> None:
     assert cron is not None
     pod = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
     (c,) = pod["containers"]
-    assert c["args"] == ["backup", "s3://b/demo"] and pod["volumes"] == []
+    assert c["args"] == ["backup", "s3://b/demo"]
+    assert [v["name"] for v in pod["volumes"]] == ["event-db-password"]  # no target volume
     env = {e["name"]: e for e in c["env"]}
     assert env["AWS_ENDPOINT_URL"]["value"] == "http://minio:9000"
     assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"] == {

@@ -381,8 +381,8 @@ def test_a_referenced_secret_without_the_opt_in_label_is_not_used(fake: FakeKube
     _external_postgres(fake, "someone-elses")
     handlers.reconcile("ns", "demo")
     sts = fake.objects[("StatefulSet", "ns", "demo")]
-    env = {e["name"]: e for e in sts["spec"]["template"]["spec"]["containers"][0]["env"]}
-    assert env["EVENT_DB_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == "someone-elses"
+    volumes = {v["name"]: v for v in sts["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["event-db-password"]["secret"]["secretName"] == "someone-elses"
 
 
 def test_images_outside_the_allow_list_are_refused(fake: FakeKube,
@@ -563,7 +563,8 @@ def test_spec_backup_runs_a_cronjob_and_reports_the_last_backup(fake: FakeKube) 
     assert cron["spec"]["schedule"] == "0 * * * *" and cron["spec"]["concurrencyPolicy"] == "Forbid"
     pod = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
     assert pod["containers"][0]["args"] == ["backup", "/backup"]
-    assert pod["volumes"][0]["persistentVolumeClaim"]["claimName"] == "backups"
+    target = {v["name"]: v for v in pod["volumes"]}["target"]
+    assert target["persistentVolumeClaim"]["claimName"] == "backups"
     assert conditions(fake)["BackupSucceeded"]["reason"] == "NoBackupYet"
 
     fake.objects[("Job", "ns", "demo-backup-1")] = _job("demo-backup-1", "Complete", "2026-01-01T01:00:00Z")
@@ -595,7 +596,8 @@ def test_spec_restore_runs_a_job_before_any_store_pod(fake: FakeKube) -> None:
     job = fake.objects[("Job", "ns", "demo-restore")]
     pod = job["spec"]["template"]["spec"]
     assert pod["containers"][0]["args"] == ["restore", "/backup"]
-    assert pod["volumes"][0]["persistentVolumeClaim"]["claimName"] == "backups"
+    target = {v["name"]: v for v in pod["volumes"]}["target"]
+    assert target["persistentVolumeClaim"]["claimName"] == "backups"
     assert ("StatefulSet", "ns", "demo-postgres") in fake.objects  # the database first
     assert ("StatefulSet", "ns", "demo") not in fake.objects  # no store pod yet
     assert conditions(fake)["Reconciled"]["reason"] == "WaitingForRestore"
