@@ -188,7 +188,8 @@ def test_store_pod_starts_from_the_operator_written_template(
     # The substitutions this machine needs (see the module docstring).
     assert env["EVENT_DB_HOST"] == "demo-postgres" and env["SNAPSHOT_DB_HOST"] == "demo-mongodb"
     env["EVENT_DB_HOST"], env["EVENT_DB_PORT"] = "127.0.0.1", str(postgres_server.port)
-    for key in ("EVENTSTORE_CONFIG_DIR", "EVENTSTORE_API_TOKEN_FILE"):
+    for key in ("EVENTSTORE_CONFIG_DIR", "EVENTSTORE_API_TOKEN_FILE", "EVENT_DB_PASSWORD_FILE",
+                "SNAPSHOT_DB_PASSWORD_FILE"):
         env[key] = str(root / env[key].lstrip("/"))
     data_mount = next(m for m in container["volumeMounts"] if m["name"] == names.data_volume())
     env["EVENTSTORE_DATA_DIR"] = str(root / data_mount["mountPath"].lstrip("/"))
