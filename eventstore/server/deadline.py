@@ -71,6 +71,11 @@ class DeadlineMiddleware:
             timer.cancel()
             if state.abandoned:
                 self.abandoned -= 1
+                if state.reply is not None:
+                    # The 503 goes out from its own task. If the app ends first (its sends
+                    # were dropped), returning now would let the server see a request that
+                    # ended without a response and answer 500 before the 503 is sent.
+                    await asyncio.shield(state.reply)
 
     def _expire(self, state: _Request, send: Send) -> None:
         if state.started:
@@ -79,6 +84,7 @@ class DeadlineMiddleware:
         self.abandoned += 1
         reply = asyncio.ensure_future(self._unavailable(send, f"no answer within "
                                                               f"{self.timeout:g}s"))
+        state.reply = reply
         self._replies.add(reply)
         reply.add_done_callback(self._replies.discard)
 
@@ -102,11 +108,12 @@ class DeadlineMiddleware:
 class _Request:
     """One request's progress, shared by its sends and its timer."""
 
-    __slots__ = ("abandoned", "started")
+    __slots__ = ("abandoned", "reply", "started")
 
     def __init__(self) -> None:
         self.started = False
         self.abandoned = False
+        self.reply: asyncio.Task[None] | None = None
 
 
 class ReadinessCheck:
