@@ -77,12 +77,6 @@ class StreamOut(BaseModel):
                                      "(as to_version when reading backwards) to read on.")
 
 
-class PageOut(BaseModel):
-    events: list[EventOut]
-    next_position: int = Field(description="Pass as from_position to read on.")
-    truncated: bool = Field(False, description="The byte budget cut the page short.")
-
-
 class SnapshotIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
