@@ -55,6 +55,7 @@ from eventstore.server.pages import DEFAULT_MAX_PAGE_BYTES, encode_page
 from eventstore.server.wire import (
     BIGINT,
     MAX_PAGE,
+    NO_DUPLICATE_KEYS,
     AppendIn,
     AppendOut,
     ConflictOut,
@@ -66,6 +67,7 @@ from eventstore.server.wire import (
     check_json,
     error_reply,
     event_to_dict,
+    refuse_duplicate_keys,
 )
 from eventstore.settings import Settings
 from eventstore.store.base import EventStore
@@ -277,6 +279,7 @@ def create_app(services: Services, token: str, max_body_bytes: int = 4 * 1024 * 
         except PydanticValidationError as exc:
             raise RequestValidationError(exc.errors(include_url=False, include_context=False,
                                                     include_input=False)) from None
+        refuse_duplicate_keys(raw)
         status, reply = await anyio.to_thread.run_sync(appends.reply, stream_id, body)
         return Response(reply, status_code=status, media_type="application/json")
 
@@ -361,7 +364,8 @@ def create_app(services: Services, token: str, max_body_bytes: int = 4 * 1024 * 
             taken_at=snapshot.taken_at).model_dump(mode="json"))
 
     @app.put("/streams/{stream_id}/snapshot", status_code=201, tags=["snapshots"],
-             summary="Store a snapshot of an aggregate", responses=_ERRORS)
+             summary="Store a snapshot of an aggregate", responses=_ERRORS,
+             dependencies=[NO_DUPLICATE_KEYS])
     def put_snapshot(stream_id: StreamId, body: Annotated[SnapshotIn, Body()]) -> SnapshotOut:
         from eventstore.snapshots.base import Snapshot
 

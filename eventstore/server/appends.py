@@ -20,7 +20,7 @@ from pydantic import ValidationError as PydanticValidationError
 from eventstore import metrics
 from eventstore.errors import ConcurrencyError, EventStoreError, ValidationError
 from eventstore.events import AppendResult, ExpectedVersion, NewEvent
-from eventstore.server.wire import AppendIn, check_json, error_reply
+from eventstore.server.wire import AppendIn, check_json, error_reply, has_duplicate_keys
 from eventstore.store.base import EventStore
 
 #: Bodies up to this size are validated and appended on the event loop.
@@ -115,6 +115,8 @@ def to_events(request: AppendIn) -> tuple[list[NewEvent], int | ExpectedVersion]
 
 
 def _parse(body: bytes) -> AppendIn | None:
+    if has_duplicate_keys(body):
+        return None  # the framework's route names the key (wire.refuse_duplicate_keys)
     try:
         return AppendIn.model_validate_json(body)
     except PydanticValidationError:

@@ -39,6 +39,7 @@ from eventstore.server.wire import (
     BIGINT,
     MAX_EVENTS_PER_REQUEST,
     MAX_PAGE,
+    NO_DUPLICATE_KEYS,
     AppendIn,
     AppendOut,
     ConflictOut,
@@ -243,7 +244,8 @@ def log_router(store: EventStore, max_page_bytes: int = DEFAULT_MAX_PAGE_BYTES) 
                              "(same event ids) returns the first results, `idempotent`.",
                  responses={409: {"model": ConflictOut | CheckpointConflictOut,
                                   "description": "A stream's expected version did not hold, "
-                                                 "or the checkpoint is behind"}})
+                                                 "or the checkpoint is behind"}},
+                 dependencies=[NO_DUPLICATE_KEYS])
     def append_many(body: Annotated[AppendManyIn, Body()]) -> Response:
         appends = []
         for item in body.appends:
@@ -271,7 +273,8 @@ def log_router(store: EventStore, max_page_bytes: int = DEFAULT_MAX_PAGE_BYTES) 
     @router.put("/checkpoints/{consumer}", tags=["checkpoints"],
                 summary="Move a consumer's checkpoint forward",
                 responses={409: {"model": CheckpointConflictOut,
-                                 "description": "The stored checkpoint is at or past it"}})
+                                 "description": "The stored checkpoint is at or past it"}},
+                dependencies=[NO_DUPLICATE_KEYS])
     def save_checkpoint(consumer: Consumer,
                         body: Annotated[CheckpointPositionIn, Body()]) -> Response:
         try:

@@ -514,3 +514,36 @@ def test_a_lone_surrogate_is_explained(server: ServerProcess, escape: str) -> No
                              headers={"content-type": "application/json"})
     assert response.status_code == 422
     assert "unpaired UTF-16 surrogate" in response.json()["message"], response.text
+
+
+@pytest.mark.parametrize(("method", "path", "body", "key", "where"), [
+    # The fast path (small body) and the thread path (over 64 KiB) of an append.
+    ("POST", "/streams/dup", '{"events":[{"type":"A","payload":{"amount":1,"amount":1000}}]}',
+     "amount", "events[0].payload"),
+    ("POST", "/streams/dup", '{"events":[{"type":"A","payload":{"pad":"' + "x" * 70_000
+     + '"},"metadata":{"m":{"k":1,"\\u006b":2}}}]}', "k", "events[0].metadata.m"),
+    ("POST", "/streams/dup", '{"expected_version":"any","expected_version":0,'
+     '"events":[{"type":"A","payload":{}}]}', "expected_version", "the top-level object"),
+    ("POST", "/append-many", '{"appends":[{"stream_id":"dup","events":[{"type":"A",'
+     '"type":"B","payload":{}}]}]}', "type", "appends[0].events[0]"),
+    ("PUT", "/checkpoints/c", '{"position":1,"position":2}', "position",
+     "the top-level object"),
+    ("PUT", "/streams/dup/snapshot", '{"aggregate_type":"A","version":1,"state":{"a":[{"b":1,'
+     '"b":2}]}}', "b", "state.a[0]"),
+], ids=["append", "large-append", "top-level", "append-many", "checkpoint", "snapshot"])
+def test_duplicate_json_keys_are_refused_naming_the_key(
+        server: ServerProcess, method: str, path: str, body: str, key: str,
+        where: str) -> None:
+    """Before: the last value of a repeated key was kept, silently."""
+    with server.client() as http:
+        response = http.request(method, path, content=body.encode(),
+                                headers={"content-type": "application/json"})
+        assert response.status_code == 400, response.text
+        reply = response.json()
+        assert reply["error"] == "validation_error"
+        assert f'duplicate key "{key}" in {where}' in reply["message"], reply
+        assert http.get("/streams/dup").json()["events"] == []
+        assert http.get("/checkpoints/c").json()["position"] is None
+        # The same bodies without the repetition are served as before.
+        assert http.post("/streams/dup", json={"events": [{"type": "A", "payload": {
+            "amount": 1, "Amount": 2}}]}).status_code == 201
