@@ -57,14 +57,16 @@ def serve(host: str, port: int, migrate: bool, log_level: str, access_log: bool)
     """Run the store server: HTTP API, projection workers, retention job, metrics.
 
     Backends, token and TLS come from the environment (see eventstore.server.config);
-    settings from $EVENTSTORE_CONFIG_DIR (default /etc/eventstore). SIGTERM drains
-    in-flight requests and exits 0.
+    settings from $EVENTSTORE_CONFIG_DIR (default /etc/eventstore). SIGTERM turns
+    /readyz 503 for EVENTSTORE_DRAIN_DELAY_SECONDS while requests are still served, then
+    drains in-flight requests and exits 0.
     """
     import uvicorn
 
     from eventstore.server.app import build_services, create_app
     from eventstore.server.config import ConfigError, ServerConfig, configure_logging
     from eventstore.server.protocol import guarded_protocol
+    from eventstore.server.shutdown import Draining, DrainingServer
     from eventstore.settings import Settings, SettingsError, load_settings
 
     configure_logging(log_level)
@@ -87,13 +89,14 @@ def serve(host: str, port: int, migrate: bool, log_level: str, access_log: bool)
         log.error("cannot start: %s", exc)
         _fail(f"cannot start: {type(exc).__name__}: {exc}", STARTUP_FAILURE)
         return
+    draining = Draining()
     app = create_app(services, token=config.api_token, max_body_bytes=config.max_body_bytes,
                      append_pool_size=config.db_append_pool_size,
                      max_replay_events=config.max_replay_events,
                      request_timeout=config.db_timeout_seconds,
                      max_subscribers=config.max_subscribers,
-                     max_page_bytes=config.max_page_bytes)
-    server = uvicorn.Server(uvicorn.Config(
+                     max_page_bytes=config.max_page_bytes, draining=draining)
+    server = DrainingServer(uvicorn.Config(
         app, host=host, port=port, log_config=None, lifespan="on", access_log=access_log,
         ssl_certfile=str(config.tls_cert_file) if config.tls_cert_file else None,
         ssl_keyfile=str(config.tls_key_file) if config.tls_key_file else None,
@@ -101,9 +104,9 @@ def serve(host: str, port: int, migrate: bool, log_level: str, access_log: bool)
         # Request heads bounded in size and time, connections in number: see protocol.py.
         http=guarded_protocol(max_head_bytes=config.max_header_bytes,
                               head_timeout=config.header_timeout_seconds,
-                              max_connections=config.max_connections),
+                              max_connections=config.max_connections, draining=draining),
         # Clients reach the pods through a Service, not a proxy that sets X-Forwarded-*.
-        proxy_headers=False))
+        proxy_headers=False), draining, delay=config.drain_delay_seconds)
     # uvicorn re-raises the signal that stopped it once it has drained; with these no-op
     # handlers in place that re-raise is harmless and a drained SIGTERM exits 0.
     for sig in (signal.SIGTERM, signal.SIGINT):

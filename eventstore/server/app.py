@@ -77,6 +77,7 @@ if TYPE_CHECKING:
     from eventstore.projections.runner import ProjectionRunner
     from eventstore.retention import RetentionJob
     from eventstore.server.config import ServerConfig
+    from eventstore.server.shutdown import Draining
     from eventstore.snapshots.base import SnapshotStore
 
 log = logging.getLogger(__name__)
@@ -181,13 +182,14 @@ def create_app(services: Services, token: str, max_body_bytes: int = 4 * 1024 * 
                append_threads: int = 16, append_pool_size: int = 16,
                max_replay_events: int = 100_000,
                request_timeout: float | None = None, max_subscribers: int = 100,
-               max_page_bytes: int = DEFAULT_MAX_PAGE_BYTES) -> ASGIApp:
+               max_page_bytes: int = DEFAULT_MAX_PAGE_BYTES,
+               draining: Draining | None = None) -> ASGIApp:
     """The API over ready services. Every path but /healthz and /readyz needs `token`.
 
     The FastAPI app sits inside plain ASGI layers: the token and body-size guard, the
     request deadline (503 past `request_timeout`, see deadline.py), the subscriber bound
     (limits.py), then the append fast path (see append_route.py), so an append skips the
-    framework.
+    framework. Once `draining` is active (SIGTERM, see shutdown.py), /readyz answers 503.
     """
 
     @asynccontextmanager
@@ -251,6 +253,9 @@ def create_app(services: Services, token: str, max_body_bytes: int = 4 * 1024 * 
     @app.get("/readyz", tags=["probes"], summary="Readiness: the database answers and the "
              "schema is current", responses={503: {"model": ErrorOut}})
     async def readyz() -> Response:
+        if draining is not None and draining.active:
+            return _error(503, "shutting_down", "this server is stopping (SIGTERM); it still "
+                          "serves requests until it has drained")
         if await readiness.ready():
             return JSONResponse({"status": "ready"})
         return _error(503, "not_ready", "the event database does not answer or its schema is "

@@ -42,6 +42,9 @@ DEFAULT_MAX_PAGE_BYTES = 4 * 1024 * 1024
 DEFAULT_MAX_SUBSCRIBERS = 100
 #: The longest a request waits on the database before it is answered 503.
 DEFAULT_DB_TIMEOUT_SECONDS = 5
+#: After SIGTERM, /readyz answers 503 this long while requests are still served, before
+#: the server stops listening and drains (see eventstore/server/shutdown.py).
+DEFAULT_DRAIN_DELAY_SECONDS = 5
 #: The generated token of a laptop server (no EVENT_DB_HOST), under the data dir.
 GENERATED_TOKEN_FILE = "api-token"
 
@@ -76,6 +79,7 @@ class ServerConfig:
     db_timeout_seconds: int = DEFAULT_DB_TIMEOUT_SECONDS
     max_subscribers: int = DEFAULT_MAX_SUBSCRIBERS
     max_page_bytes: int = DEFAULT_MAX_PAGE_BYTES
+    drain_delay_seconds: int = DEFAULT_DRAIN_DELAY_SECONDS
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ServerConfig:
@@ -103,6 +107,9 @@ class ServerConfig:
         EVENTSTORE_HEADER_TIMEOUT_SECONDS (10), EVENTSTORE_MAX_CONNECTIONS (1024),
         EVENTSTORE_DB_TIMEOUT_SECONDS (5), EVENTSTORE_MAX_SUBSCRIBERS (100),
         EVENTSTORE_MAX_PAGE_BYTES (4 MiB).
+        Shutdown: EVENTSTORE_DRAIN_DELAY_SECONDS (5; 0 stops at once): after SIGTERM,
+        /readyz answers 503 this long while requests are still served, then the server
+        drains.
         """
         env = os.environ if environ is None else environ
         data_dir = Path(env.get("EVENTSTORE_DATA_DIR") or DEFAULT_DATA_DIR)
@@ -159,6 +166,8 @@ class ServerConfig:
                                  1, 10_000),
             max_page_bytes=_int(env, "EVENTSTORE_MAX_PAGE_BYTES", DEFAULT_MAX_PAGE_BYTES,
                                 1024, 1024 * 1024 * 1024),
+            drain_delay_seconds=_int(env, "EVENTSTORE_DRAIN_DELAY_SECONDS",
+                                     DEFAULT_DRAIN_DELAY_SECONDS, 0, 300),
         )
 
     def describe(self) -> dict[str, Any]:

@@ -20,6 +20,9 @@ each a few lines on top of uvicorn's own protocol (pinned in pyproject.toml):
   request head must be complete within `head_timeout` seconds, however the bytes
   trickle in; otherwise the connection is closed (408).
 - connections: a connection past `max_connections` gets 503 and is closed at once.
+
+During the drain delay after SIGTERM (shutdown.py) every reply also closes its
+connection, so keep-alive clients reconnect to a pod that is not stopping.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ import json
 from typing import Any, ClassVar
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from eventstore.server.shutdown import Draining
 
 #: After an error reply, the connection reads and drops what the client still sends for
 #: this long before closing: closing with unread data makes the kernel send a reset,
@@ -42,6 +47,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     max_head_bytes: ClassVar[int] = 64 * 1024
     head_timeout: ClassVar[float] = 10.0
     max_connections: ClassVar[int] = 1024
+    draining: ClassVar[Draining | None] = None
 
     _head_bytes: int = 0
     _reading_head: bool = True
@@ -76,6 +82,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._reading_head = False
         self._cancel_head_timer()
         super().on_headers_complete()
+        if self.draining is not None and self.draining.active and self.cycle is not None:
+            self.cycle.keep_alive = False  # the reply says Connection: close
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
@@ -125,9 +133,9 @@ _STATUS_LINES = {
 }
 
 
-def guarded_protocol(*, max_head_bytes: int, head_timeout: float,
-                     max_connections: int) -> type[GuardedHttpToolsProtocol]:
+def guarded_protocol(*, max_head_bytes: int, head_timeout: float, max_connections: int,
+                     draining: Draining | None = None) -> type[GuardedHttpToolsProtocol]:
     """The protocol class to pass as uvicorn's `http`, with these limits."""
     limits: dict[str, Any] = {"max_head_bytes": max_head_bytes, "head_timeout": head_timeout,
-                              "max_connections": max_connections}
+                              "max_connections": max_connections, "draining": draining}
     return type("GuardedHttpToolsProtocol", (GuardedHttpToolsProtocol,), limits)

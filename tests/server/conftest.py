@@ -80,6 +80,8 @@ def start_server(tmp_path: Path, env: dict[str, str], *, name: str = "server",
         "EVENTSTORE_API_TOKEN": TOKEN,
         "EVENTSTORE_TLS_CERT_FILE": str(tmp_path / "no-cert"),
         "EVENTSTORE_TLS_KEY_FILE": str(tmp_path / "no-key"),
+        # SIGTERM stops at once, as tests expect; test_lifecycle covers the drain delay.
+        "EVENTSTORE_DRAIN_DELAY_SECONDS": "0",
         **env,
     }
     if not Path(full_env["EVENTSTORE_CONFIG_DIR"]).exists():

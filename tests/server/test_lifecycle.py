@@ -241,3 +241,46 @@ def test_sigterm_while_postgresql_is_gone_exits_within_the_grace_period(
     finally:
         _signal_postgres(database, signal.SIGCONT)
         database.stop()
+
+
+def test_sigterm_turns_readiness_false_while_requests_are_still_served(
+        servers: Callable[..., ServerProcess], postgres_url: str) -> None:
+    """Before: SIGTERM closed the listener at once, and only a preStop sleep in the pod
+    covered the seconds in which endpoints still sent requests here."""
+    server = servers({"EVENTSTORE_URL": postgres_url, "EVENTSTORE_DRAIN_DELAY_SECONDS": "4"})
+    with server.client() as http:
+        assert http.get("/readyz").status_code == 200
+        signalled = time.monotonic()
+        server.process.send_signal(signal.SIGTERM)
+        deadline = signalled + 2
+        while (ready := http.get("/readyz")).status_code == 200:
+            assert time.monotonic() < deadline, "/readyz still 200 two seconds after SIGTERM"
+            time.sleep(0.05)
+        assert ready.status_code == 503 and ready.json()["error"] == "shutting_down"
+        # Other requests are served as usual, on a fresh connection too, and say that
+        # the connection closes (clients move on to another pod).
+        with server.client() as fresh:
+            appended = fresh.post("/streams/draining", json={"events": [
+                {"type": "Deposited", "payload": {"amount": 1}}]})
+        assert appended.status_code == 201, appended.text
+        assert appended.headers.get("connection") == "close"
+        assert http.get("/streams/draining").json()["events"][0]["version"] == 1
+        assert time.monotonic() - signalled < 4, "the checks took longer than the delay"
+    assert server.process.wait(timeout=40) == 0
+    took = time.monotonic() - signalled
+    assert 4 <= took < 30, f"stopped {took:.1f}s after SIGTERM:\n{server.log()[-3000:]}"
+    assert "Application shutdown complete" in server.log()
+
+
+def test_a_second_sigterm_stops_without_waiting_out_the_delay(
+        servers: Callable[..., ServerProcess], postgres_url: str) -> None:
+    server = servers({"EVENTSTORE_URL": postgres_url, "EVENTSTORE_DRAIN_DELAY_SECONDS": "60"})
+    server.process.send_signal(signal.SIGTERM)
+    with server.client() as http:
+        deadline = time.monotonic() + 10
+        while http.get("/readyz").status_code == 200 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    started = time.monotonic()
+    server.process.send_signal(signal.SIGTERM)
+    assert server.process.wait(timeout=40) == 0
+    assert time.monotonic() - started < 20

@@ -141,3 +141,12 @@ def test_postgres_tls_mode(tmp_path: Path) -> None:
                                            "&sslrootcert=/etc/pg/ca.crt")
     with pytest.raises(ConfigError, match="EVENT_DB_SSLMODE"):
         ServerConfig.from_env(_env(tmp_path, **base, EVENT_DB_SSLMODE="yes-please"))
+
+
+def test_drain_delay_defaults_to_five_seconds_and_is_bounded(tmp_path: Path) -> None:
+    assert ServerConfig.from_env(_env(tmp_path)).drain_delay_seconds == 5
+    assert ServerConfig.from_env(_env(
+        tmp_path, EVENTSTORE_DRAIN_DELAY_SECONDS="0")).drain_delay_seconds == 0
+    for bad in ("-1", "301", "soon"):
+        with pytest.raises(ConfigError, match="EVENTSTORE_DRAIN_DELAY_SECONDS"):
+            ServerConfig.from_env(_env(tmp_path, EVENTSTORE_DRAIN_DELAY_SECONDS=bad))
