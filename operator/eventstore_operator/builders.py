@@ -86,8 +86,11 @@ def _apply_defaults(schema: Mapping[str, Any], value: Any) -> Any:
     return value
 
 
-#: Seconds a store pod keeps serving after its deletion, before SIGTERM (see lifecycle).
-PRE_STOP_SECONDS = 5
+#: Seconds a store pod keeps serving after SIGTERM with /readyz at 503, before it stops
+#: listening (EVENTSTORE_DRAIN_DELAY_SECONDS, see eventstore/server/shutdown.py).
+DRAIN_DELAY_SECONDS = 5
+#: uvicorn's drain of in-flight requests (`timeout_graceful_shutdown` in eventstore.cli).
+DRAIN_SECONDS = 25
 #: The store image when spec.image is unset: the operator's own image. The chart sets
 #: EVENTSTORE_DEFAULT_IMAGE from image.repository/image.tag, so `helm upgrade --set
 #: image.tag=...` rolls the stores that leave spec.image unset, not only the operator.
@@ -391,6 +394,7 @@ def store_env(owner: Owner, spec: Mapping[str, Any]) -> list[Obj]:
         *_backend_env("EVENT_DB", backend(owner, spec["postgres"], names.postgres(owner.name))),
         *_backend_env("SNAPSHOT_DB", backend(owner, spec["mongodb"], names.mongodb(owner.name))),
         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        _value_env("EVENTSTORE_DRAIN_DELAY_SECONDS", str(DRAIN_DELAY_SECONDS)),
     ]
 
 
@@ -433,16 +437,16 @@ def store_statefulset(owner: Owner, spec: Mapping[str, Any], config_hash: str, c
             "failureThreshold": 2,
         },
         # A deleted pod leaves the Service's endpoints while kube-proxies and clients
-        # catch up; until then requests still arrive. The pause keeps serving them, and
-        # only then does SIGTERM make the server stop listening and drain (25 s).
-        "lifecycle": {"preStop": {"sleep": {"seconds": PRE_STOP_SECONDS}}},
+        # catch up; until then requests still arrive. No preStop pause: on SIGTERM the
+        # server itself keeps serving them for DRAIN_DELAY_SECONDS with /readyz at 503,
+        # replies closing their connections, and only then stops listening and drains.
         "securityContext": _restricted_container_security(),
     }
     pod_spec: Obj = {
         "automountServiceAccountToken": False,  # the store never calls the Kubernetes API
         "enableServiceLinks": False,
-        # The preStop pause, the server's 25 s drain, and a margin.
-        "terminationGracePeriodSeconds": PRE_STOP_SECONDS + 25 + 5,
+        # The server's drain delay, its drain, and a margin for the app's shutdown.
+        "terminationGracePeriodSeconds": DRAIN_DELAY_SECONDS + DRAIN_SECONDS + 5,
         "securityContext": _pod_security(RUN_AS_USER),
         "affinity": {
             "podAntiAffinity": {

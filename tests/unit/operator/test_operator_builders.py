@@ -350,14 +350,17 @@ def test_pdb_allows_one_disruption(replicas: int) -> None:
     assert sts["spec"]["replicas"] == replicas
 
 
-def test_store_pods_pause_before_sigterm_and_have_time_to_drain() -> None:
-    """Endpoints lag a pod's deletion: the pod keeps serving during a preStop pause, then
-    SIGTERM drains (uvicorn's 25 s) within the grace period."""
+def test_store_pods_keep_serving_after_sigterm_and_have_time_to_drain() -> None:
+    """Endpoints lag a pod's deletion: the server keeps serving for its drain delay after
+    SIGTERM (readiness 503), then drains (uvicorn's 25 s), all within the grace period.
+    No preStop pause on top: it would only delay SIGTERM."""
     sts = builders.store_statefulset(OWNER, {}, "h", "cm")
     pod = sts["spec"]["template"]["spec"]
-    pause = container(sts)["lifecycle"]["preStop"]["sleep"]["seconds"]
-    assert pause >= 5
-    assert pod["terminationGracePeriodSeconds"] >= pause + 25
+    env = {e["name"]: e.get("value") for e in container(sts)["env"]}
+    delay = int(env["EVENTSTORE_DRAIN_DELAY_SECONDS"])
+    assert delay >= 5
+    assert "lifecycle" not in container(sts)
+    assert pod["terminationGracePeriodSeconds"] >= delay + 25 + 5
 @pytest.mark.parametrize(("image", "major"), [
     ("postgres:16", 16),
     ("postgres:16.4-bookworm", 16),
