@@ -697,20 +697,70 @@ def mongodb_service(owner: Owner) -> Obj:
     )
 
 
+#: Egress to DNS: port 53 on any address. Where the resolver runs differs by cluster
+#: (CoreDNS pods in kube-system, a node-local cache on a link-local address, a process on
+#: the node as in tests/harness/node.py), so no selector would be right everywhere.
+DNS_EGRESS: Obj = {"ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]}
+#: The store pods' clients when spec.network.allowFrom is unset: every pod in the
+#: EventStore's namespace. Kubelet probes and other traffic from the pod's own node are
+#: always allowed (NetworkPolicy semantics), so the probes never depend on this.
+DEFAULT_ALLOW_FROM: list[Obj] = [{"podSelector": {}}]
+
+
+def _pods(owner: Owner, *components: str) -> list[Obj]:
+    return [{"podSelector": {"matchLabels": selector_labels(owner, c)}} for c in components]
+
+
 def database_network_policy(owner: Owner, component: str, name: str, port: int) -> Obj:
-    """Only the store pods of this EventStore may open connections to the database."""
+    """Only this EventStore's store pods (and, for PostgreSQL, its backup and restore
+    Jobs) may open connections to the database; the database opens none but DNS."""
+    clients = [names.COMPONENT_STORE]
+    if component == names.COMPONENT_POSTGRES:
+        clients += [names.COMPONENT_BACKUP, names.COMPONENT_RESTORE]
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
         "metadata": _meta(owner, name, component),
         "spec": {
             "podSelector": {"matchLabels": selector_labels(owner, component)},
-            "policyTypes": ["Ingress"],
-            "ingress": [
-                {
-                    "from": [{"podSelector": {"matchLabels": selector_labels(owner, names.COMPONENT_STORE)}}],
-                    "ports": [{"protocol": "TCP", "port": port}],
-                }
+            "policyTypes": ["Ingress", "Egress"],
+            "ingress": [{"from": _pods(owner, *clients), "ports": [{"protocol": "TCP", "port": port}]}],
+            "egress": [DNS_EGRESS],
+        },
+    }
+
+
+def _database_egress(owner: Owner, db_spec: Mapping[str, Any], component: str, port: int) -> Obj:
+    """In-cluster: the database's pods on its port. External: the configured port on any
+    address. A host name cannot go into a NetworkPolicy, and an ipBlock guessed from one
+    DNS answer would break when the address moves; narrow it with a policy of your own
+    (see the README's Security section)."""
+    if db_spec["mode"] == "InCluster":
+        return {"to": _pods(owner, component), "ports": [{"protocol": "TCP", "port": port}]}
+    return {"ports": [{"protocol": "TCP", "port": int(db_spec["port"])}]}
+
+
+def store_network_policy(owner: Owner, spec: Mapping[str, Any]) -> Obj:
+    """Who may reach the store pods' port 8080 (the API and /metrics): spec.network.
+    allowFrom, a list of NetworkPolicy peers, else every pod of the namespace; an empty
+    list admits no pod. What the store pods may reach: DNS and their two databases."""
+    spec = normalize_spec(spec)
+    allow_from = (spec.get("network") or {}).get("allowFrom")
+    peers = DEFAULT_ALLOW_FROM if allow_from is None else list(allow_from)
+    # A rule with an empty `from` would admit everyone: no peers means no rule at all.
+    ingress = [{"from": peers, "ports": [{"protocol": "TCP", "port": names.HTTP_PORT}]}] if peers else []
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": _meta(owner, names.store(owner.name), names.COMPONENT_STORE),
+        "spec": {
+            "podSelector": {"matchLabels": selector_labels(owner, names.COMPONENT_STORE)},
+            "policyTypes": ["Ingress", "Egress"],
+            "ingress": ingress,
+            "egress": [
+                DNS_EGRESS,
+                _database_egress(owner, spec["postgres"], names.COMPONENT_POSTGRES, names.POSTGRES_PORT),
+                _database_egress(owner, spec["mongodb"], names.COMPONENT_MONGODB, names.MONGODB_PORT),
             ],
         },
     }
@@ -751,8 +801,10 @@ def generated_secret_names(owner: Owner, spec: Mapping[str, Any]) -> list[tuple[
 
 
 def store_objects(owner: Owner, spec: Mapping[str, Any], config_hash: str, config_map: str) -> list[Obj]:
-    """The store's Services, PodDisruptionBudget and StatefulSet, in apply order."""
+    """The store's NetworkPolicy, Services, PodDisruptionBudget and StatefulSet, in apply
+    order (the policy first: no pod runs unguarded)."""
     return [
+        store_network_policy(owner, spec),
         headless_service(owner),
         client_service(owner),
         pod_disruption_budget(owner),

@@ -311,6 +311,98 @@ def _backup_target_schema(description: str) -> dict[str, Any]:
     }
 
 
+LABEL_VALUE_SCHEMA: dict[str, Any] = {"type": "string", "maxLength": 63}
+
+
+def _label_selector_schema(what: str) -> dict[str, Any]:
+    """metav1.LabelSelector, as the NetworkPolicy API takes it ({}: all)."""
+    return {
+        "type": "object",
+        "description": what,
+        "properties": {
+            "matchLabels": {
+                "type": "object",
+                "maxProperties": 32,
+                "additionalProperties": LABEL_VALUE_SCHEMA,
+            },
+            "matchExpressions": {
+                "type": "array",
+                "maxItems": 32,
+                "items": {
+                    "type": "object",
+                    "required": ["key", "operator"],
+                    "properties": {
+                        "key": {"type": "string", "minLength": 1, "maxLength": 317},
+                        "operator": {"type": "string", "enum": ["In", "NotIn", "Exists", "DoesNotExist"]},
+                        "values": {"type": "array", "maxItems": 64, "items": LABEL_VALUE_SCHEMA},
+                    },
+                },
+            },
+        },
+    }
+
+
+def _network_schema() -> dict[str, Any]:
+    """spec.network: who may reach the store pods' port (see builders.store_network_policy)."""
+    peer = {
+        "type": "object",
+        "description": (
+            "A NetworkPolicyPeer (networking.k8s.io/v1): podSelector and/or "
+            "namespaceSelector, or ipBlock."
+        ),
+        "properties": {
+            "podSelector": _label_selector_schema(
+                "Pods (in the EventStore's namespace, or in the namespaces namespaceSelector picks)."
+            ),
+            "namespaceSelector": _label_selector_schema("Every pod of these namespaces ({}: all)."),
+            "ipBlock": {
+                "type": "object",
+                "required": ["cidr"],
+                "properties": {
+                    "cidr": {"type": "string", "minLength": 9, "maxLength": 43},
+                    "except": {
+                        "type": "array",
+                        "maxItems": 32,
+                        "items": {"type": "string", "minLength": 9, "maxLength": 43},
+                    },
+                },
+            },
+        },
+        "x-kubernetes-validations": [
+            {
+                "rule": "has(self.podSelector) || has(self.namespaceSelector) || has(self.ipBlock)",
+                "message": "a peer needs podSelector, namespaceSelector or ipBlock",
+            },
+            {
+                "rule": "!has(self.ipBlock) || (!has(self.podSelector) && !has(self.namespaceSelector))",
+                "message": "ipBlock cannot be combined with podSelector or namespaceSelector",
+            },
+        ],
+    }
+    return {
+        "type": "object",
+        "description": (
+            "Network access. The operator gives the store pods a NetworkPolicy: ingress to "
+            "port 8080 (the API and /metrics) from allowFrom only; egress to DNS and their "
+            "databases only. The databases accept only the store pods (and backup/restore "
+            "Jobs) and reach nothing but DNS."
+        ),
+        "properties": {
+            "allowFrom": {
+                "type": "array",
+                "maxItems": 50,
+                "items": peer,
+                "description": (
+                    "Who may connect to the store pods' port 8080: NetworkPolicy peers. "
+                    "Unset: every pod in the EventStore's namespace. An empty list: no pod (traffic "
+                    "from the pod's own node, such as kubelet probes, is always allowed). "
+                    "Widen with e.g. a namespaceSelector for your monitoring namespace."
+                ),
+            },
+        },
+    }
+
+
 def spec_schema() -> dict[str, Any]:
     """The OpenAPI schema of `.spec`."""
     return {
@@ -389,6 +481,7 @@ def spec_schema() -> dict[str, Any]:
                     "from": _backup_target_schema("The backup to restore (as spec.backup.target).")
                 },
             },
+            "network": _network_schema(),
             "postgres": _database_schema(
                 "PostgreSQL (events)",
                 names.DEFAULT_POSTGRES_IMAGE,

@@ -42,6 +42,7 @@ CHILD_SUFFIXES: tuple[tuple[str, str], ...] = (
     ("Secret", "-api-token"),
     ("Secret", "-postgres-credentials"),
     ("Secret", "-mongodb-credentials"),
+    ("NetworkPolicy", ""),
     ("NetworkPolicy", "-postgres"),
     ("NetworkPolicy", "-mongodb"),
 )

@@ -57,6 +57,7 @@ CHILDREN = {
     ("Secret", "demo-postgres-credentials"),
     ("Secret", "demo-mongodb-credentials"),
     ("Secret", "demo-app"),
+    ("NetworkPolicy", "demo"),
     ("NetworkPolicy", "demo-postgres"),
     ("NetworkPolicy", "demo-mongodb"),
 }
@@ -322,6 +323,11 @@ def test_growing_storage_recreates_the_statefulset_and_keeps_the_pods(
         ({"settings": {"snapshotFrequncy": 5}}, 'unknown field "spec.settings.snapshotFrequncy"'),
         ({"postgres": {"mode": "External"}}, "mode External needs host and credentialsSecret"),
         ({"mongodb": {"mode": "Elsewhere"}}, "supported values"),
+        ({"network": {"allowFrom": [{}]}}, "a peer needs podSelector, namespaceSelector or ipBlock"),
+        ({"network": {"allowFrom": [{"podSelector": {}, "ipBlock": {"cidr": "10.0.0.0/8"}}]}},
+         "ipBlock cannot be combined"),
+        ({"network": {"allowFrom": [{"podSelector": {"matchExpressions": [
+            {"key": "a", "operator": "Near"}]}}]}}, "supported values"),
     ],
     ids=[
         "replicas-negative",
@@ -332,6 +338,9 @@ def test_growing_storage_recreates_the_statefulset_and_keeps_the_pods(
         "settings-typo",
         "external-without-host",
         "bad-mode",
+        "peer-empty",
+        "peer-ipblock-and-selector",
+        "peer-bad-operator",
     ],
 )
 def test_bad_specs_are_refused_by_the_api_server(
@@ -909,3 +918,49 @@ def test_major_upgrade_over_kept_data_is_refused(
     assert "postgres:16" in cond["message"], cond
     sts = kubectl.get("statefulset", "demo-postgres", namespace)
     assert sts is not None and sts["spec"]["template"]["spec"]["containers"][0]["image"] == "postgres:16"
+
+
+def test_network_policies_follow_spec_network(
+    kubectl: Kubectl, namespace: str, operator: OperatorProcess
+) -> None:
+    """The store pods' policy is created with the default (the namespace may reach 8080),
+    follows spec.network.allowFrom when it is set, narrowed to nothing, and unset again;
+    every policy also limits egress."""
+    kubectl.run("apply", "-n", namespace, "-f", str(EXAMPLE))
+    wait_converged(kubectl, namespace, operator)
+
+    def store_policy() -> dict[str, Any]:
+        policy = kubectl.get("networkpolicy", NAME, namespace)
+        assert policy is not None
+        return policy
+
+    policy = store_policy()
+    assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
+    assert policy["spec"]["ingress"] == [{"from": [{"podSelector": {}}],
+                                          "ports": [{"protocol": "TCP", "port": 8080}]}]
+    egress_ports = [p["port"] for rule in policy["spec"]["egress"] for p in rule["ports"]]
+    assert egress_ports == [53, 53, 5432, 27017], policy["spec"]["egress"]
+    for database in ("demo-postgres", "demo-mongodb"):
+        db_policy = kubectl.get("networkpolicy", database, namespace)
+        assert db_policy is not None and db_policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
+        assert [p["port"] for rule in db_policy["spec"]["egress"] for p in rule["ports"]] == [53, 53]
+
+    monitoring = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
+                  "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}}}
+    clients = {"podSelector": {"matchExpressions": [{"key": "role", "operator": "In",
+                                                      "values": ["client"]}]}}
+    patch_spec(kubectl, namespace, {"network": {"allowFrom": [clients, monitoring]}})
+
+    def ingress_from() -> list[dict[str, Any]] | None:
+        rules = store_policy()["spec"].get("ingress") or []
+        return rules[0]["from"] if rules else None
+
+    wait_for(lambda: ingress_from() == [clients, monitoring], 20, "allowFrom in the store policy")
+
+    patch_spec(kubectl, namespace, {"network": {"allowFrom": []}})
+    wait_for(lambda: ingress_from() is None, 20, "an empty allowFrom: no ingress rule at all")
+    assert store_policy()["spec"]["policyTypes"] == ["Ingress", "Egress"]
+
+    kubectl.run("patch", "eventstore", NAME, "-n", namespace, "--type=json",
+                "-p", json.dumps([{"op": "remove", "path": "/spec/network"}]))
+    wait_for(lambda: ingress_from() == [{"podSelector": {}}], 20, "the default again")

@@ -195,21 +195,83 @@ def test_in_cluster_databases() -> None:
     assert objs[("Service", "demo-mongodb")]["spec"]["ports"][0]["port"] == 27017
 
 
-def test_network_policies_admit_only_store_pods() -> None:
-    store_labels = builders.selector_labels(OWNER, names.COMPONENT_STORE)
-    policies = [o for o in builders.in_cluster_databases(OWNER, {}) if o["kind"] == "NetworkPolicy"]
-    assert {p["metadata"]["name"] for p in policies} == {"demo-postgres", "demo-mongodb"}
-    for p in policies:
+def _peers(*components: str) -> list[dict[str, Any]]:
+    return [{"podSelector": {"matchLabels": builders.selector_labels(OWNER, c)}} for c in components]
+
+
+DNS_ONLY = [{"ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]}]
+
+
+def test_database_policies_admit_only_store_pods_and_allow_only_dns_out() -> None:
+    policies = {o["metadata"]["name"]: o for o in builders.in_cluster_databases(OWNER, {})
+                if o["kind"] == "NetworkPolicy"}
+    assert set(policies) == {"demo-postgres", "demo-mongodb"}
+    clients = {"demo-postgres": _peers(names.COMPONENT_STORE, names.COMPONENT_BACKUP,
+                                       names.COMPONENT_RESTORE),
+               "demo-mongodb": _peers(names.COMPONENT_STORE)}
+    for name, p in policies.items():
         component = p["metadata"]["labels"][names.LABEL_COMPONENT]
         assert p["spec"]["podSelector"]["matchLabels"][names.LABEL_COMPONENT] == component
-        assert p["spec"]["policyTypes"] == ["Ingress"]
+        assert p["spec"]["policyTypes"] == ["Ingress", "Egress"]
         (rule,) = p["spec"]["ingress"]
-        assert rule["from"] == [{"podSelector": {"matchLabels": store_labels}}]
-        assert rule["ports"][0]["port"] in (5432, 27017)
+        assert rule["from"] == clients[name]
+        assert rule["ports"] == [{"protocol": "TCP",
+                                  "port": 5432 if component == "postgres" else 27017}]
+        assert p["spec"]["egress"] == DNS_ONLY
+
+
+def _store_policy(spec: dict[str, Any]) -> dict[str, Any]:
+    (policy,) = [o for o in builders.store_objects(OWNER, spec, "h", "cm")
+                 if o["kind"] == "NetworkPolicy"]
+    assert policy["metadata"]["name"] == "demo"
+    assert policy["spec"]["podSelector"] == {
+        "matchLabels": builders.selector_labels(OWNER, names.COMPONENT_STORE)}
+    assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
+    return policy["spec"]  # type: ignore[no-any-return]
+
+
+def test_store_policy_admits_the_namespace_to_8080_by_default() -> None:
+    assert _store_policy({})["ingress"] == [
+        {"from": [{"podSelector": {}}], "ports": [{"protocol": "TCP", "port": 8080}]}]
+
+
+def test_store_policy_takes_allow_from_as_given() -> None:
+    peers = [{"podSelector": {"matchLabels": {"role": "client"}}},
+             {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
+              "podSelector": {}},
+             {"ipBlock": {"cidr": "10.0.0.0/8", "except": ["10.1.0.0/16"]}}]
+    assert _store_policy({"network": {"allowFrom": peers}})["ingress"] == [
+        {"from": peers, "ports": [{"protocol": "TCP", "port": 8080}]}]
+
+
+def test_store_policy_with_an_empty_allow_from_admits_no_pod() -> None:
+    """A rule with an empty `from` would admit every source: no rule at all instead."""
+    assert _store_policy({"network": {"allowFrom": []}})["ingress"] == []
+
+
+def test_store_pods_reach_only_dns_and_their_in_cluster_databases() -> None:
+    assert _store_policy({})["egress"] == [
+        *DNS_ONLY,
+        {"to": _peers(names.COMPONENT_POSTGRES), "ports": [{"protocol": "TCP", "port": 5432}]},
+        {"to": _peers(names.COMPONENT_MONGODB), "ports": [{"protocol": "TCP", "port": 27017}]},
+    ]
+
+
+def test_store_pods_reach_external_databases_on_their_port_only() -> None:
+    spec = {"postgres": {"mode": "External", "host": "pg.example.com", "port": 6432,
+                         "credentialsSecret": {"name": "pg"}},
+            "mongodb": {"mode": "External", "host": "10.9.8.7", "port": 27018,
+                        "credentialsSecret": {"name": "mongo"}}}
+    # No ipBlock guessed from the host: any address, on the configured port.
+    assert _store_policy(spec)["egress"] == [
+        *DNS_ONLY,
+        {"ports": [{"protocol": "TCP", "port": 6432}]},
+        {"ports": [{"protocol": "TCP", "port": 27018}]},
+    ]
 
 
 def test_services_and_pdb() -> None:
-    headless, client, pdb, _ = builders.store_objects(OWNER, {}, "h", "cm")
+    _, headless, client, pdb, _ = builders.store_objects(OWNER, {}, "h", "cm")
     assert headless["spec"]["clusterIP"] == "None"
     assert headless["metadata"]["name"] == "demo-headless"
     assert client["metadata"]["name"] == "demo"

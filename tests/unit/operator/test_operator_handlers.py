@@ -137,6 +137,7 @@ def test_first_reconcile_creates_everything(fake: FakeKube) -> None:
         ("StatefulSet", "demo-mongodb"),
         ("Service", "demo-postgres"),
         ("Service", "demo-mongodb"),
+        ("NetworkPolicy", "demo"),
         ("NetworkPolicy", "demo-postgres"),
         ("NetworkPolicy", "demo-mongodb"),
     } <= kinds
