@@ -75,6 +75,11 @@ def test_client_workload_from_a_pod(deployment: Deployment) -> None:
         scenarios.check_client_from_a_pod(deployment)
 
 
+def test_store_network_policy_admits_only_allowed_clients(deployment: Deployment) -> None:
+    # kind's default CNI may not enforce NetworkPolicies: the objects and the allowed client.
+    scenarios.check_store_network_policy(deployment, enforced=False)
+
+
 def test_configmap_edit_rolls_the_store_pods_onto_the_new_settings(deployment: Deployment) -> None:
     scenarios.check_configmap_edit_rolls(deployment)
 

@@ -12,6 +12,8 @@ the same order, on one Helm release shared by this module (destructive scenarios
    assertions (tests/k8s/assertions.py);
 3. a client workload through the Service from the host (its ClusterIP, served on the host
    by kube-proxy) and from a pod (a Job on the store image, by the Service's DNS name);
+   the store pods' NetworkPolicy: a pod of another namespace gets no connection until
+   spec.network.allowFrom admits it (when kube-router enforces policies);
 4. a ConfigMap edit rolls the store pods one at a time, the new settings in effect
    (GET /settings, the local read model served, snapshots at the new cadence);
 5. an invalid ConfigMap edit changes nothing the pods run;
@@ -153,6 +155,11 @@ def test_client_workload_from_the_host(deployment: Deployment) -> None:
 def test_client_workload_from_a_pod(deployment: Deployment) -> None:
     with deployment.timings.phase("client workload from a pod (Job)"):
         scenarios.check_client_from_a_pod(deployment)
+
+
+def test_store_network_policy_admits_only_allowed_clients(deployment: Deployment, node: Node) -> None:
+    with deployment.timings.phase("store NetworkPolicy (allowed, refused, widened)"):
+        scenarios.check_store_network_policy(deployment, enforced="kube-router" in node.status())
 
 
 def test_configmap_edit_rolls_the_store_pods_onto_the_new_settings(deployment: Deployment) -> None:

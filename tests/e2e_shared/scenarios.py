@@ -6,11 +6,13 @@ Services and pods (`Access`), and the images.
 
 Scenarios, in the order the suites run them (destructive ones last, one deployment):
 operator pod up -> store, databases and claims up (+ the shared object assertions) ->
-client workload from the host and from a pod -> a ConfigMap edit rolls the store pods one
-at a time onto the new settings -> an invalid edit changes nothing -> a store pod restarted
-on its claim keeps /data -> a store pod deleted under load loses nothing -> the PostgreSQL
-pod deleted under load: 503s, never 500, recovery, nothing lost -> helm upgrade to a new
-image tag rolls the store -> helm uninstall keeps the claims (and the credentials).
+client workload from the host and from a pod -> the store pods' NetworkPolicy admits the
+namespace, not another one, until spec.network.allowFrom widens it -> a ConfigMap edit
+rolls the store pods one at a time onto the new settings -> an invalid edit changes
+nothing -> a store pod restarted on its claim keeps /data -> a store pod deleted under
+load loses nothing -> the PostgreSQL pod deleted under load: 503s, never 500, recovery,
+nothing lost -> helm upgrade to a new image tag rolls the store -> helm uninstall keeps
+the claims (and the credentials).
 
 Never sleep-and-hope: every wait polls a condition with a deadline
 (tests.k8s.assertions.poll) and says what it waited for.
@@ -600,6 +602,108 @@ def check_client_from_a_pod(dep: Deployment) -> None:
         assert job.finished() == "Complete"
     finally:
         job.delete()
+
+
+#: Run in a pod (argv: URL): exit 0 when the URL answers within 3 s.
+FETCH = "import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=3)"
+
+
+def _probe_pod(dep: Deployment, name: str, namespace: str) -> dict[str, Any]:
+    """A pod on the store image that serves /tmp on 8080 and can run FETCH."""
+    return {
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": namespace, "labels": {"e2e": "network-policy"}},
+        "spec": {
+            "terminationGracePeriodSeconds": 1, "enableServiceLinks": False,
+            "automountServiceAccountToken": False,
+            "securityContext": {"runAsUser": 10001, "runAsGroup": 10001, "runAsNonRoot": True},
+            "containers": [{
+                "name": "probe", "image": dep.store_image, "imagePullPolicy": "IfNotPresent",
+                "command": ["python3", "-m", "http.server", "8080", "--directory", "/tmp"],
+                "securityContext": RESTRICTED,
+                "resources": {"requests": {"cpu": "10m", "memory": "32Mi"}, "limits": {"memory": "128Mi"}},
+                "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+            }],
+            "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "1Mi"}}],
+        },
+    }
+
+
+def _fetches(dep: Deployment, namespace: str, pod: str, url: str) -> bool:
+    """Whether `pod` gets an answer from `url` within 3 s."""
+    return dep.kube.kubectl_run("exec", "-n", namespace, pod, "--", "python3", "-c", FETCH, url,
+                                check=False, timeout=60).returncode == 0
+
+
+def _patch_network(dep: Deployment, allow_from: list[dict[str, Any]] | None) -> None:
+    if allow_from is None:
+        body = (dep.get("eventstore", dep.name) or {}).get("spec") or {}
+        if "network" in body:
+            dep.kube.kubectl_run("patch", "eventstore", dep.name, "-n", dep.namespace, "--type=json",
+                                 "-p", json.dumps([{"op": "remove", "path": "/spec/network"}]))
+        return
+    dep.kube.kubectl_run("patch", "eventstore", dep.name, "-n", dep.namespace, "--type=merge",
+                         "-p", json.dumps({"spec": {"network": {"allowFrom": allow_from}}}))
+
+
+def check_store_network_policy(dep: Deployment, enforced: bool) -> None:
+    """The store pods' NetworkPolicy: by default a pod of the release's namespace reaches
+    port 8080 (and /readyz is 200, so the store reaches PostgreSQL) while a pod of another
+    namespace gets no connection; spec.network.allowFrom widens it to that namespace, and
+    unsetting it narrows it again. The store pods cannot open connections to other pods.
+    `enforced`: whether the cluster enforces NetworkPolicies; if not, only the policy
+    objects and the allowed client are checked."""
+    outside = f"{dep.namespace}-outside"
+    store_url = f"http://{names.store(dep.name)}.{dep.namespace}.svc:{names.HTTP_PORT}/readyz"
+    policy = dep.get("networkpolicy", names.store(dep.name))
+    assert policy is not None, "the store pods have no NetworkPolicy"
+    assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"], policy["spec"]
+    assert policy["spec"]["ingress"][0]["from"] == [{"podSelector": {}}], policy["spec"]["ingress"]
+    dep.kube.kubectl_run("create", "namespace", outside, check=False)
+    try:
+        dep.kube.kubectl_run("apply", "-f", "-", input=json.dumps({
+            "apiVersion": "v1", "kind": "List",
+            "items": [_probe_pod(dep, "np-client", dep.namespace), _probe_pod(dep, "np-outsider", outside)]}))
+        for namespace, pod in ((dep.namespace, "np-client"), (outside, "np-outsider")):
+            dep.kube.kubectl_run("wait", "--for=condition=Ready", f"pod/{pod}", "-n", namespace,
+                                 "--timeout=120s", timeout=150)
+        assertions.poll(lambda: _fetches(dep, dep.namespace, "np-client", store_url), 60,
+                        "the allowed client (a pod of the namespace) to reach the store's /readyz")
+        if enforced:
+            assert not _fetches(dep, outside, "np-outsider", store_url), \
+                "a pod of another namespace reached the store pods' port 8080"
+            client = dep.kube.kubectl_json("get", "pod", "np-client", "-n", dep.namespace)
+            client_url = f"http://{client['status']['podIP']}:8080/"
+            assert _fetches(dep, outside, "np-outsider", client_url), "the probe pod does not serve"
+            store_pod = dep.store_pod_names()[0]
+            assert not _fetches(dep, dep.namespace, store_pod, client_url), \
+                "a store pod opened a connection to a pod that is not its database"
+
+        widened: list[dict[str, Any]] = [
+            {"podSelector": {}},
+            {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": outside}}}]
+        _patch_network(dep, widened)
+
+        def admitted() -> list[Any]:
+            spec = (dep.get("networkpolicy", names.store(dep.name)) or {}).get("spec") or {}
+            return [peer for rule in spec.get("ingress") or [] for peer in rule.get("from") or []]
+
+        assertions.poll(lambda: admitted() == widened, 60,
+                        "the widened allowFrom in the store pods' NetworkPolicy")
+        if enforced:
+            assertions.poll(lambda: _fetches(dep, outside, "np-outsider", store_url), 60,
+                            "the pod of the namespace allowFrom added to reach the store")
+        _patch_network(dep, None)
+        if enforced:
+            assertions.poll(lambda: not _fetches(dep, outside, "np-outsider", store_url), 60,
+                            "the default again: the other namespace shut out")
+        assert _fetches(dep, dep.namespace, "np-client", store_url)
+    finally:
+        _patch_network(dep, None)
+        dep.kube.kubectl_run("delete", "pod", "np-client", "-n", dep.namespace, "--ignore-not-found",
+                             "--wait=false", check=False)
+        dep.kube.kubectl_run("delete", "namespace", outside, "--ignore-not-found", "--wait=false",
+                             check=False)
 
 
 def local_projection_in_effect(dep: Deployment, pod: str) -> bool:
