@@ -31,7 +31,7 @@ from pydantic import (
 )
 from pydantic import ValidationError as PydanticValidationError
 
-from eventstore.errors import EventStoreError
+from eventstore.errors import SettingsError as SettingsError  # re-exported
 
 EVENT_STORE_FILE = "event-store.yaml"
 PROJECTIONS_FILE = "projections.yaml"
@@ -55,32 +55,6 @@ AGGREGATE_TARGET_PATTERN = _PROJECTION_TARGET.pattern
 _AGGREGATE_NAME = re.compile(AGGREGATE_NAME_PATTERN)
 #: The projection name of the store's own snapshotter (see eventstore/snapshotter.py).
 SNAPSHOTTER = "snapshotter"
-
-
-class SettingsError(EventStoreError, ValueError):
-    """A settings file was refused; the message names the file, the key and the reason."""
-
-    def __init__(
-        self, file: str, key: str, reason: str, others: tuple[tuple[str, str, str], ...] = ()
-    ) -> None:
-        self.file = file
-        self.key = key
-        self.reason = reason
-        #: Every further refusal as (file, key, reason): an edit reports all its errors.
-        self.others = tuple(others)
-        super().__init__("; ".join(f"{f}: {k}: {r}" for f, k, r in self.errors))
-
-    @property
-    def errors(self) -> tuple[tuple[str, str, str], ...]:
-        return ((self.file, self.key, self.reason), *self.others)
-
-    @classmethod
-    def combine(cls, errors: list[SettingsError]) -> SettingsError:
-        every = [e for error in errors for e in error.errors]
-        return cls(*every[0], others=tuple(every[1:]))
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.file, self.key, self.reason, self.others))
 
 
 def _check_projection_name(name: str) -> str:

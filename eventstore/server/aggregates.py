@@ -16,9 +16,9 @@ from fastapi import APIRouter, Path, Query
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
-from eventstore.errors import ReplayTooLong
+from eventstore.errors import NotFound
 from eventstore.events import STREAM_ID_PATTERN
-from eventstore.repository import AggregateNotFound, Repository
+from eventstore.repository import Repository
 from eventstore.server.wire import BIGINT, ErrorOut
 
 if TYPE_CHECKING:
@@ -54,9 +54,6 @@ def aggregates_router(services: Services, max_replay: int = 100_000) -> APIRoute
                                          services.settings.store.max_events_per_aggregate))
                     for name, cls in services.aggregates.items()}
 
-    def _not_found(message: str) -> Response:
-        return JSONResponse({"error": "not_found", "message": message}, status_code=404)
-
     @router.get("/aggregates/{aggregate_type}/{aggregate_id}", response_model=AggregateOut,
                 summary="An aggregate's state from its newest usable snapshot plus replay",
                 description="`aggregate_type` is a name registered in event-store.yaml "
@@ -74,18 +71,13 @@ def aggregates_router(services: Services, max_replay: int = 100_000) -> APIRoute
         repository = repositories.get(aggregate_type)
         if repository is None:
             known = ", ".join(sorted(repositories)) or "none"
-            return _not_found(f"no aggregate type {aggregate_type!r} is registered in "
+            raise NotFound(f"no aggregate type {aggregate_type!r} is registered in "
                               f"event-store.yaml (registered: {known})")
         if as_of is not None and as_of.tzinfo is None:
             as_of = as_of.replace(tzinfo=UTC)
-        try:
-            aggregate, info = repository.load_with_info(aggregate_id, at_version=at_version,
-                                                        as_of=as_of, max_replay=max_replay)
-        except AggregateNotFound as exc:
-            return _not_found(str(exc))
-        except ReplayTooLong as exc:
-            return JSONResponse({"error": "replay_too_long", "message": str(exc)},
-                                status_code=422)
+        # AggregateNotFound (404) and ReplayTooLong (422) reach the app's error handler.
+        aggregate, info = repository.load_with_info(aggregate_id, at_version=at_version,
+                                                    as_of=as_of, max_replay=max_replay)
         reply = AggregateOut(
             aggregate_type=aggregate_type, aggregate_id=aggregate_id, version=aggregate.version,
             state=aggregate.snapshot_state(),

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
-from eventstore.errors import EventStoreError
+from eventstore.errors import ConfigError as ConfigError  # re-exported
 from eventstore.settings import CONFIG_DIR_ENV, DEFAULT_CONFIG_DIR
 
 DEFAULT_PORT = 8080
@@ -44,10 +44,6 @@ DEFAULT_MAX_SUBSCRIBERS = 100
 DEFAULT_DB_TIMEOUT_SECONDS = 5
 #: The generated token of a laptop server (no EVENT_DB_HOST), under the data dir.
 GENERATED_TOKEN_FILE = "api-token"
-
-
-class ConfigError(EventStoreError):
-    """The environment does not describe a server we can start; names the variable."""
 
 
 @dataclass(frozen=True)

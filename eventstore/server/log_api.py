@@ -20,7 +20,6 @@ from sse_starlette.sse import EventSourceResponse
 
 from eventstore import metrics
 from eventstore.errors import (
-    CheckpointConflict,
     ConcurrencyError,
     EventStoreError,
     ValidationError,
@@ -250,8 +249,8 @@ def log_router(store: EventStore, max_page_bytes: int = DEFAULT_MAX_PAGE_BYTES) 
             events, expected = to_events(item)
             appends.append(StreamAppend(item.stream_id, events, expected))
         if sum(len(a.events) for a in appends) > MAX_EVENTS_PER_REQUEST:
-            return _reply(400, {"error": "validation_error", "message": (
-                f"an append-many carries at most {MAX_EVENTS_PER_REQUEST} events in all")})
+            return _error(ValidationError(
+                f"an append-many carries at most {MAX_EVENTS_PER_REQUEST} events in all"))
         checkpoint = None if body.checkpoint is None else Checkpoint(
             body.checkpoint.consumer, body.checkpoint.position)
         started = time.perf_counter()
@@ -298,14 +297,7 @@ def _result(result: AppendResult) -> dict[str, Any]:
 def _error(exc: EventStoreError) -> Response:
     if isinstance(exc, ConcurrencyError):
         metrics.APPEND_CONFLICTS.inc()
-    if isinstance(exc, CheckpointConflict):
-        return _reply(409, {"error": "checkpoint_conflict", "message": str(exc),
-                            "consumer": exc.consumer, "position": exc.position,
-                            "stored_position": exc.stored_position})
-    status, body = error_reply(exc)
-    if isinstance(exc, ConcurrencyError):
-        body["stream_id"] = exc.stream_id
-    return _reply(status, body)
+    return _reply(*error_reply(exc))
 
 
 def _reply(status: int, body: dict[str, Any]) -> Response:
