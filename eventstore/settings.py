@@ -31,13 +31,14 @@ from pydantic import (
 )
 from pydantic import ValidationError as PydanticValidationError
 
+from eventstore import envcontract
 from eventstore.errors import SettingsError as SettingsError  # re-exported
 
 EVENT_STORE_FILE = "event-store.yaml"
 PROJECTIONS_FILE = "projections.yaml"
 CONFIG_FILES = (EVENT_STORE_FILE, PROJECTIONS_FILE)
-DEFAULT_CONFIG_DIR = Path("/etc/eventstore")
-CONFIG_DIR_ENV = "EVENTSTORE_CONFIG_DIR"
+DEFAULT_CONFIG_DIR = envcontract.DEFAULT_CONFIG_DIR
+CONFIG_DIR_ENV = envcontract.CONFIG_DIR
 
 #: Pseudo-keys used in errors that concern a whole file or directory, not one key.
 DOCUMENT_KEY = "<document>"
@@ -293,9 +294,7 @@ def parse_projection_settings(text: str, file: str = PROJECTIONS_FILE) -> Projec
 
 def config_dir_from_env(environ: Mapping[str, str] | None = None) -> Path:
     """The directory `eventstore serve` reads: $EVENTSTORE_CONFIG_DIR or /etc/eventstore."""
-    env = os.environ if environ is None else environ
-    value = env.get(CONFIG_DIR_ENV)
-    return Path(value) if value else DEFAULT_CONFIG_DIR
+    return envcontract.config_dir(os.environ if environ is None else environ)
 
 
 def load_settings(directory: Path) -> Settings:
