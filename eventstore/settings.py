@@ -162,7 +162,9 @@ class ProjectionSettings(BaseModel):
         Field(
             ge=0,
             le=100,
-            description="Retries of a failing batch before the projection is marked failed.",
+            description=("Retries (with exponential backoff) of an event a projection fails on, "
+                         "before it is parked in the dead-letter table and the projection "
+                         "goes on with the next event."),
         ),
     ] = 3
     projections: Annotated[

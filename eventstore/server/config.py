@@ -90,7 +90,8 @@ class ServerConfig:
         to start; a laptop server (no EVENT_DB_HOST) generates one in <data dir>/api-token.
         TLS: served when the files EVENTSTORE_TLS_CERT_FILE and EVENTSTORE_TLS_KEY_FILE
         (default /var/run/secrets/eventstore/tls/tls.crt and tls.key) exist.
-        Tuning: EVENTSTORE_MAX_BODY_BYTES (4 MiB), EVENTSTORE_DB_POOL_SIZE (12),
+        Tuning: EVENTSTORE_MAX_BODY_BYTES (4 MiB), EVENTSTORE_DB_POOL_SIZE (12: reads and
+        retention), EVENTSTORE_DB_APPEND_POOL_SIZE (16: appends),
         EVENTSTORE_SNAPSHOT_KEEP (5 snapshots kept per aggregate),
         EVENTSTORE_MAX_REPLAY_EVENTS (100000: the most events GET /aggregates replays),
         EVENTSTORE_RETENTION_INTERVAL_SECONDS (3600), EVENTSTORE_RETENTION_AGGREGATE_TYPES
@@ -99,7 +100,8 @@ class ServerConfig:
         Limits (see the README's Security section): EVENTSTORE_MAX_HEADER_BYTES (64 KiB),
         EVENTSTORE_HEADER_TIMEOUT_SECONDS (10), EVENTSTORE_MAX_CONNECTIONS (1024),
         EVENTSTORE_DB_TIMEOUT_SECONDS (5), EVENTSTORE_MAX_SUBSCRIBERS (100),
-        EVENTSTORE_MAX_PAGE_BYTES (4 MiB).
+        EVENTSTORE_MAX_PAGE_BYTES (4 MiB). Logs: POD_NAME, on every line as `pod`.
+        The names are eventstore/envcontract.py's, which the operator's builders use too.
         """
         env = os.environ if environ is None else environ
         data_dir = E.data_dir(env)
