@@ -24,8 +24,16 @@ from fastapi.openapi.utils import get_openapi
 from eventstore import metrics
 from eventstore.aggregate import Aggregate
 from eventstore.errors import SchemaError
-from eventstore.server import append_api, probe_api, projection_api, read_api, snapshot_api
-from eventstore.server.aggregates import aggregates_router
+from eventstore.server import (
+    aggregates,
+    append_api,
+    log_api,
+    probe_api,
+    projection_api,
+    read_api,
+    snapshot_api,
+)
+from eventstore.server.aggregates import aggregate_repositories
 from eventstore.server.append_route import AppendRoute
 from eventstore.server.appends import Appends
 from eventstore.server.asgi import ASGIApp
@@ -33,7 +41,6 @@ from eventstore.server.auth import GuardMiddleware
 from eventstore.server.deadline import DeadlineMiddleware, ReadinessCheck
 from eventstore.server.error_handlers import install_error_handlers
 from eventstore.server.limits import SubscriberLimit
-from eventstore.server.log_api import log_router
 from eventstore.server.pages import DEFAULT_MAX_PAGE_BYTES
 from eventstore.server.routing import AppState
 from eventstore.server.wire import AppendIn
@@ -127,9 +134,10 @@ def create_app(services: Services, token: str, max_body_bytes: int = 4 * 1024 * 
                max_page_bytes: int = DEFAULT_MAX_PAGE_BYTES) -> ASGIApp:
     """The API over ready services. Every path but /healthz and /readyz needs `token`.
 
-    The routes live in one module per area (probe_api, append_api, read_api, snapshot_api,
-    projection_api, aggregates, log_api); they find what they serve on
-    `app.state.eventstore` (routing.AppState). The FastAPI app sits inside plain ASGI
+    The routes live in one module-level router per area (probe_api, append_api, read_api,
+    snapshot_api, projection_api, aggregates, log_api); they find what they serve on
+    `app.state.eventstore` (routing.AppState), never in closures, and every error reply
+    comes from error_handlers.py. The FastAPI app sits inside plain ASGI
     layers: the token and body-size guard, the request deadline (503 past
     `request_timeout`, see deadline.py), the subscriber bound (limits.py), then the append
     fast path (see append_route.py), so an append skips the framework.
@@ -160,13 +168,16 @@ def create_app(services: Services, token: str, max_body_bytes: int = 4 * 1024 * 
                   description="The event store's HTTP API. Send `Authorization: Bearer "
                               "<token>` on every path except /healthz and /readyz.")
     app.state.eventstore = AppState(services=services, appends=appends, readiness=readiness,
-                                    max_page_bytes=max_page_bytes)
+                                    max_page_bytes=max_page_bytes,
+                                    subscription_threads=anyio.CapacityLimiter(256),
+                                    repositories=aggregate_repositories(services),
+                                    max_replay_events=max_replay_events)
     install_error_handlers(app)
     for router in (probe_api.router, append_api.router, read_api.router,
                    snapshot_api.router, projection_api.router):
         app.include_router(router)
-    app.include_router(aggregates_router(services, max_replay=max_replay_events))
-    app.include_router(log_router(services.store, max_page_bytes=max_page_bytes))
+    app.include_router(aggregates.router)
+    app.include_router(log_api.router)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
 
     inner: ASGIApp = SubscriberLimit(AppendRoute(app, appends), max_subscribers)

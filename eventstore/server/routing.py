@@ -3,15 +3,18 @@ the path parameters and the documented error replies."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any
 
+import anyio
 from fastapi import Depends, Path, Request
 
 from eventstore.events import STREAM_ID_PATTERN
 from eventstore.server.wire import ErrorOut
 
 if TYPE_CHECKING:
+    from eventstore.repository import Repository
     from eventstore.server.app import Services
     from eventstore.server.appends import Appends
     from eventstore.server.deadline import ReadinessCheck
@@ -25,6 +28,12 @@ class AppState:
     appends: Appends
     readiness: ReadinessCheck
     max_page_bytes: int
+    #: Threads the live subscriptions may hold at once (their reads wait on the database).
+    subscription_threads: anyio.CapacityLimiter
+    #: `GET /aggregates`: a Repository per registered type, and the most events one
+    #: request replays after its snapshot (memory; past it, 422 replay_too_long).
+    repositories: Mapping[str, Repository[Any]]
+    max_replay_events: int
 
 
 async def _app_state(request: Request) -> AppState:
