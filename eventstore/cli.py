@@ -51,7 +51,7 @@ def main() -> None:
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))
 @click.option("--access-log/--no-access-log", default=False, show_default=True,
-              envvar="EVENTSTORE_ACCESS_LOG",
+              envvar=envcontract.ACCESS_LOG,
               help="One log line per request (off by default: it costs a sizeable share of "
                    "an append's CPU; /metrics has the request figures).")
 def serve(host: str, port: int, migrate: bool, log_level: str, access_log: bool) -> None:
