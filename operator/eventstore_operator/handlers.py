@@ -350,6 +350,7 @@ class Observed:
 
 
 def config_message(name: str, config: ConfigCheck) -> str:
+    """The ConfigValid message (also the InvalidConfig Event's, posted once per message)."""
     cm = names.config(name)
     if config.error is None:
         return f"{cm} is valid (hash {config.digest})"
@@ -395,6 +396,7 @@ def _seed_condition(observed: Observed, previous: list[Obj], now: str) -> Obj:
 
 
 def seed_mismatch_message(cm: str) -> str:
+    """The SettingsSeeded=False message (also the SpecSettingsIgnored Event's)."""
     return (f"spec.settings differs from what seeded {cm}, and only seeds it when the "
             f"ConfigMap is created: the store runs {cm}. Edit it instead (kubectl edit "
             f"configmap {cm})")
