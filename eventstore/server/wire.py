@@ -159,8 +159,8 @@ def error_reply(exc: EventStoreError) -> tuple[int, dict[str, Any]]:
     status, body = errors.error_reply(exc)
     if status >= 500 and not isinstance(exc, StoreUnavailable | SchemaError):
         log.error("store error answered %d", status, exc_info=exc)
-    if type(exc) is EventStoreError or errors.error_class(exc.code) is not type(exc):
-        # A class without a code of its own (an application's): say which it was.
+    if exc.code == EventStoreError.code:
+        # No class of its own (the root, or an application's error): say which it was.
         body["message"] = f"{type(exc).__name__}: {body['message']}"
     return status, body
 

@@ -174,3 +174,15 @@ def test_a_reply_missing_fields_or_from_an_unknown_code_falls_back_by_status() -
 def test_a_code_cannot_be_taken_twice() -> None:
     with pytest.raises(TypeError, match="taken by AggregateNotFound"):
         type("Other", (EventStoreError,), {"code": "aggregate_not_found"})
+
+
+def test_an_application_error_without_a_code_is_internal_and_named(
+        served: tuple[_FailingStore, EventStoreClient]) -> None:
+    from eventstore.examples.bank import InsufficientFunds
+
+    failing, client = served
+    failing.error = InsufficientFunds("balance 3, withdrawal 5")
+    with pytest.raises(EventStoreError) as raised:
+        client.read_stream("acc-1")
+    assert type(raised.value) is EventStoreError
+    assert str(raised.value) == "HTTP 500: InsufficientFunds: balance 3, withdrawal 5"
