@@ -23,6 +23,7 @@ from uuid import UUID
 import httpx
 
 from eventstore.errors import (
+    ConcurrencyError,
     StoreUnavailable,
     error_from_reply,
 )
@@ -290,6 +291,9 @@ class EventStoreClient:
             body = None
         if not isinstance(body, dict):
             body = {}
+        if body.get("error") == ConcurrencyError.code and "stream_id" not in body:
+            # An older server named the stream only in the path of the append.
+            body["stream_id"] = str(response.request.url.path).rsplit("/", 1)[-1]
         raise error_from_reply(response.status_code, body, response.text)
 
     def close(self) -> None:

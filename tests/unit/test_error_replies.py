@@ -186,3 +186,16 @@ def test_an_application_error_without_a_code_is_internal_and_named(
         client.read_stream("acc-1")
     assert type(raised.value) is EventStoreError
     assert str(raised.value) == "HTTP 500: InsufficientFunds: balance 3, withdrawal 5"
+
+
+def test_a_conflict_reply_without_a_stream_id_names_the_stream_of_the_path() -> None:
+    import httpx
+
+    def older_server(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(409, json={"error": "conflict", "message": "m",
+                                         "actual_version": 2, "expected_version": 0})
+
+    client = EventStoreClient("http://old", TOKEN, transport=httpx.MockTransport(older_server))
+    with pytest.raises(ConcurrencyError) as raised:
+        client.append("acc-9", [], expected_version=0)
+    assert (raised.value.stream_id, raised.value.actual_version) == ("acc-9", 2)
