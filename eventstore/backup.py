@@ -28,16 +28,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from eventstore.errors import EventStoreError
+from eventstore.errors import BackupError as BackupError  # re-exported
 
 MANIFEST = "manifest.json"
 FORMAT = 1
 #: Events per restore transaction (a transaction numbers at most 2**20 positions).
 IMPORT_CHUNK = 100_000
-
-
-class BackupError(EventStoreError):
-    """A backup could not be written or a restore was refused; the message says why."""
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from typing import Any
 
 import click
 
+from eventstore import envcontract
 from eventstore.errors import EventStoreError
 
 STARTUP_FAILURE = 3
@@ -50,7 +51,7 @@ def main() -> None:
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))
 @click.option("--access-log/--no-access-log", default=False, show_default=True,
-              envvar="EVENTSTORE_ACCESS_LOG",
+              envvar=envcontract.ACCESS_LOG,
               help="One log line per request (off by default: it costs a sizeable share of "
                    "an append's CPU; /metrics has the request figures).")
 def serve(host: str, port: int, migrate: bool, log_level: str, access_log: bool) -> None:
@@ -168,7 +169,6 @@ def replay(name: str, url: str | None, config_dir: Path | None, timeout: float,
 
     from eventstore.projections.base import load_projection
     from eventstore.projections.runner import ProjectionRunner, local_projection_runner
-    from eventstore.server.config import DEFAULT_DATA_DIR
     from eventstore.settings import SettingsError, config_dir_from_env, load_settings
     from eventstore.store.base import EventStore
 
@@ -185,7 +185,7 @@ def replay(name: str, url: str | None, config_dir: Path | None, timeout: float,
         return
     try:
         if name in local:  # this pod's own copy, in its data directory
-            data_dir = Path(os.environ.get("EVENTSTORE_DATA_DIR") or DEFAULT_DATA_DIR)
+            data_dir = envcontract.data_dir(os.environ)
             local_runner = local_projection_runner(store, settings.projections, data_dir, [name])
             assert local_runner is not None
             runner = local_runner
@@ -269,7 +269,7 @@ def backup(location: str, url: str | None) -> None:
     except EventStoreError as exc:
         _fail(f"{type(exc).__name__}: {exc}")
         return
-    result_file = os.environ.get("EVENTSTORE_BACKUP_RESULT_FILE")
+    result_file = os.environ.get(envcontract.BACKUP_RESULT_FILE)
     if segment is None:
         click.echo("nothing new since the last backup")
     else:

@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
 
 from eventstore import metrics
 from eventstore.aggregate import Aggregate
-from eventstore.errors import ConcurrencyError, EventStoreError, ReplayTooLong, ValidationError
+from eventstore.errors import AggregateNotFound as AggregateNotFound  # re-exported
+from eventstore.errors import ConcurrencyError, ReplayTooLong, ValidationError
 from eventstore.events import (
     AGGREGATE_TYPE_KEY,
     AppendResult,
@@ -29,10 +30,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 A = TypeVar("A", bound=Aggregate)
-
-
-class AggregateNotFound(EventStoreError, LookupError):
-    """No events exist for this aggregate (at the requested version or time)."""
 
 
 @dataclass(frozen=True, slots=True)

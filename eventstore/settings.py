@@ -31,13 +31,14 @@ from pydantic import (
 )
 from pydantic import ValidationError as PydanticValidationError
 
-from eventstore.errors import EventStoreError
+from eventstore import envcontract
+from eventstore.errors import SettingsError as SettingsError  # re-exported
 
 EVENT_STORE_FILE = "event-store.yaml"
 PROJECTIONS_FILE = "projections.yaml"
 CONFIG_FILES = (EVENT_STORE_FILE, PROJECTIONS_FILE)
-DEFAULT_CONFIG_DIR = Path("/etc/eventstore")
-CONFIG_DIR_ENV = "EVENTSTORE_CONFIG_DIR"
+DEFAULT_CONFIG_DIR = envcontract.DEFAULT_CONFIG_DIR
+CONFIG_DIR_ENV = envcontract.CONFIG_DIR
 
 #: Pseudo-keys used in errors that concern a whole file or directory, not one key.
 DOCUMENT_KEY = "<document>"
@@ -55,32 +56,6 @@ AGGREGATE_TARGET_PATTERN = _PROJECTION_TARGET.pattern
 _AGGREGATE_NAME = re.compile(AGGREGATE_NAME_PATTERN)
 #: The projection name of the store's own snapshotter (see eventstore/snapshotter.py).
 SNAPSHOTTER = "snapshotter"
-
-
-class SettingsError(EventStoreError, ValueError):
-    """A settings file was refused; the message names the file, the key and the reason."""
-
-    def __init__(
-        self, file: str, key: str, reason: str, others: tuple[tuple[str, str, str], ...] = ()
-    ) -> None:
-        self.file = file
-        self.key = key
-        self.reason = reason
-        #: Every further refusal as (file, key, reason): an edit reports all its errors.
-        self.others = tuple(others)
-        super().__init__("; ".join(f"{f}: {k}: {r}" for f, k, r in self.errors))
-
-    @property
-    def errors(self) -> tuple[tuple[str, str, str], ...]:
-        return ((self.file, self.key, self.reason), *self.others)
-
-    @classmethod
-    def combine(cls, errors: list[SettingsError]) -> SettingsError:
-        every = [e for error in errors for e in error.errors]
-        return cls(*every[0], others=tuple(every[1:]))
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.file, self.key, self.reason, self.others))
 
 
 def _check_projection_name(name: str) -> str:
@@ -187,7 +162,9 @@ class ProjectionSettings(BaseModel):
         Field(
             ge=0,
             le=100,
-            description="Retries of a failing batch before the projection is marked failed.",
+            description=("Retries (with exponential backoff) of an event a projection fails on, "
+                         "before it is parked in the dead-letter table and the projection "
+                         "goes on with the next event."),
         ),
     ] = 3
     projections: Annotated[
@@ -319,9 +296,7 @@ def parse_projection_settings(text: str, file: str = PROJECTIONS_FILE) -> Projec
 
 def config_dir_from_env(environ: Mapping[str, str] | None = None) -> Path:
     """The directory `eventstore serve` reads: $EVENTSTORE_CONFIG_DIR or /etc/eventstore."""
-    env = os.environ if environ is None else environ
-    value = env.get(CONFIG_DIR_ENV)
-    return Path(value) if value else DEFAULT_CONFIG_DIR
+    return envcontract.config_dir(os.environ if environ is None else environ)
 
 
 def load_settings(directory: Path) -> Settings:

@@ -10,6 +10,7 @@ import hmac
 import json
 from typing import Any
 
+from eventstore.errors import PayloadTooLarge, Unauthorized, error_body, error_reply
 from eventstore.server.asgi import (
     ASGIApp,
     BodyTooLarge,
@@ -55,15 +56,14 @@ class GuardMiddleware:
         headers = dict(raw_headers)
         if sum(name == b"authorization" for name, _ in raw_headers) > 1:
             # Which one would count differs between proxies and servers; refuse both.
-            await _reply(send, 400, {"error": "bad_request",
-                                     "message": "send one Authorization header, not several"})
+            await _reply(send, 400, error_body("bad_request",
+                                                "send one Authorization header, not several"))
             return
         if scope["path"] not in PUBLIC_PATHS and not token_matches(
                 self.token, headers.get(b"authorization")):
-            await _reply(send, 401, {
-                "error": "unauthorized",
-                "message": "missing or wrong bearer token: send 'Authorization: Bearer "
-                           "<token>' with the token from the eventstore Secret"},
+            await _reply(send, *error_reply(Unauthorized(
+                "missing or wrong bearer token: send 'Authorization: Bearer <token>' with "
+                "the token from the eventstore Secret")),
                 {b"www-authenticate": b'Bearer realm="eventstore"'})
             return
         length = headers.get(b"content-length")
@@ -71,11 +71,10 @@ class GuardMiddleware:
             try:
                 too_large = int(length) > self.max_body_bytes
             except ValueError:
-                await _reply(send, 400, {"error": "bad_request",
-                                         "message": "Content-Length is not a number"})
+                await _reply(send, 400, error_body("bad_request", "Content-Length is not a number"))
                 return
             if too_large:
-                await _reply(send, 413, self._too_large())
+                await _reply(send, *error_reply(self._too_large()))
                 return
             await self.app(scope, receive, send)
             return
@@ -84,16 +83,15 @@ class GuardMiddleware:
         try:
             body = await read_body(receive, self.max_body_bytes)
         except BodyTooLarge:
-            await _reply(send, 413, self._too_large())
+            await _reply(send, *error_reply(self._too_large()))
             return
         if body is None:
             return  # the client went away
         await self.app(scope, replaying(body, receive), send)
 
-    def _too_large(self) -> dict[str, str]:
-        return {"error": "body_too_large",
-                "message": f"the request body is larger than {self.max_body_bytes} bytes; split "
-                           "the append (EVENTSTORE_MAX_BODY_BYTES sets the limit)"}
+    def _too_large(self) -> PayloadTooLarge:
+        return PayloadTooLarge(f"the request body is larger than {self.max_body_bytes} bytes; "
+                               "split the append (EVENTSTORE_MAX_BODY_BYTES sets the limit)")
 
 
 async def _reply(send: Send, status: int, body: dict[str, Any],

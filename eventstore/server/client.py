@@ -23,13 +23,11 @@ from uuid import UUID
 import httpx
 
 from eventstore.errors import (
-    CheckpointConflict,
     ConcurrencyError,
-    EventStoreError,
-    SchemaError,
     StoreUnavailable,
-    ValidationError,
+    error_from_reply,
 )
+from eventstore.errors import Unauthorized as Unauthorized  # re-exported
 from eventstore.events import (
     AppendResult,
     Checkpoint,
@@ -46,10 +44,6 @@ if TYPE_CHECKING:
 
 #: Events per request when the client pages through a stream (the server's MAX_PAGE).
 PAGE = 1000
-
-
-class Unauthorized(EventStoreError):
-    """The server refused the bearer token (HTTP 401)."""
 
 
 def event_from_dict(data: dict[str, Any]) -> RecordedEvent:
@@ -223,18 +217,15 @@ class EventStoreClient:
                        at_version: int | None = None,
                        as_of: datetime | None = None) -> dict[str, Any]:
         """`GET /aggregates/{type}/{id}`: state, version, the snapshot it started from and
-        the events replayed. LookupError when the type is not registered or has no such
-        aggregate (at that version or time)."""
+        the events replayed. NotFound (a LookupError) when the type is not registered,
+        AggregateNotFound when it has no such aggregate (at that version or time)."""
         params: dict[str, Any] = {}
         if at_version is not None:
             params["at_version"] = at_version
         if as_of is not None:
             params["as_of"] = as_of.isoformat()
-        response = self._request("GET", f"/aggregates/{aggregate_type}/{aggregate_id}",
-                                 params=params)
-        if response.status_code == 404:
-            raise LookupError(self._message(response))
-        return self._json(response)
+        return self._call("GET", f"/aggregates/{aggregate_type}/{aggregate_id}",
+                          params=params)
 
     def settings(self) -> dict[str, Any]:
         """The settings the server runs (`GET /settings`): `store` holds snapshot_frequency,
@@ -281,14 +272,6 @@ class EventStoreClient:
             raise StoreUnavailable(f"the event store at {self._http.base_url} did not answer: "
                                    f"{exc}") from exc
 
-    @staticmethod
-    def _message(response: httpx.Response) -> str:
-        try:
-            body = response.json()
-        except ValueError:
-            return response.text
-        return str(body.get("message") or body.get("detail") or response.text)
-
     def _json(self, response: httpx.Response) -> dict[str, Any]:
         self._check(response)
         data: dict[str, Any] = response.json()
@@ -301,28 +284,17 @@ class EventStoreClient:
 
     @staticmethod
     def _raise(response: httpx.Response) -> None:
+        """Raise the library error the reply reports (see `eventstore.errors`)."""
         try:
             body = response.json()
         except ValueError:
+            body = None
+        if not isinstance(body, dict):
             body = {}
-        message = str(body.get("message") or body.get("detail") or response.text)
-        status = response.status_code
-        if status == 409 and body.get("error") == "checkpoint_conflict":
-            raise CheckpointConflict(str(body["consumer"]), int(body["position"]),
-                                     int(body["stored_position"]))
-        if status == 409:
-            stream_id = body.get("stream_id") or str(response.request.url.path).rsplit("/", 1)[-1]
-            raise ConcurrencyError(str(stream_id), body.get("expected_version"),
-                                   int(body["actual_version"]))
-        if status == 401:
-            raise Unauthorized(message)
-        if status in (400, 413, 422):
-            raise ValidationError(message)
-        if status == 503:
-            if body.get("error") == "schema":
-                raise SchemaError(message)
-            raise StoreUnavailable(message)
-        raise EventStoreError(f"HTTP {status}: {message}")
+        if body.get("error") == ConcurrencyError.code and "stream_id" not in body:
+            # An older server named the stream only in the path of the append.
+            body["stream_id"] = str(response.request.url.path).rsplit("/", 1)[-1]
+        raise error_from_reply(response.status_code, body, response.text)
 
     def close(self) -> None:
         self._http.close()

@@ -20,14 +20,15 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
-from eventstore.errors import EventStoreError
-from eventstore.settings import CONFIG_DIR_ENV, DEFAULT_CONFIG_DIR
+from eventstore import envcontract as E
+from eventstore.envcontract import DEFAULT_CONFIG_DIR as DEFAULT_CONFIG_DIR
+from eventstore.envcontract import DEFAULT_DATA_DIR as DEFAULT_DATA_DIR
+from eventstore.envcontract import DEFAULT_TLS_CERT_FILE as DEFAULT_TLS_CERT_FILE
+from eventstore.envcontract import DEFAULT_TLS_KEY_FILE as DEFAULT_TLS_KEY_FILE
+from eventstore.envcontract import DEFAULT_TOKEN_FILE as DEFAULT_TOKEN_FILE
+from eventstore.errors import ConfigError as ConfigError  # re-exported
 
 DEFAULT_PORT = 8080
-DEFAULT_DATA_DIR = Path("/data")
-DEFAULT_TOKEN_FILE = Path("/var/run/secrets/eventstore/token")
-DEFAULT_TLS_CERT_FILE = Path("/var/run/secrets/eventstore/tls/tls.crt")
-DEFAULT_TLS_KEY_FILE = Path("/var/run/secrets/eventstore/tls/tls.key")
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
 #: Request line plus headers; past it, 431 (see eventstore/server/protocol.py).
 DEFAULT_MAX_HEADER_BYTES = 64 * 1024
@@ -47,10 +48,6 @@ DEFAULT_DB_TIMEOUT_SECONDS = 5
 DEFAULT_DRAIN_DELAY_SECONDS = 5
 #: The generated token of a laptop server (no EVENT_DB_HOST), under the data dir.
 GENERATED_TOKEN_FILE = "api-token"
-
-
-class ConfigError(EventStoreError):
-    """The environment does not describe a server we can start; names the variable."""
 
 
 @dataclass(frozen=True)
@@ -97,7 +94,8 @@ class ServerConfig:
         to start; a laptop server (no EVENT_DB_HOST) generates one in <data dir>/api-token.
         TLS: served when the files EVENTSTORE_TLS_CERT_FILE and EVENTSTORE_TLS_KEY_FILE
         (default /var/run/secrets/eventstore/tls/tls.crt and tls.key) exist.
-        Tuning: EVENTSTORE_MAX_BODY_BYTES (4 MiB), EVENTSTORE_DB_POOL_SIZE (12),
+        Tuning: EVENTSTORE_MAX_BODY_BYTES (4 MiB), EVENTSTORE_DB_POOL_SIZE (12: reads and
+        retention), EVENTSTORE_DB_APPEND_POOL_SIZE (16: appends),
         EVENTSTORE_SNAPSHOT_KEEP (5 snapshots kept per aggregate),
         EVENTSTORE_MAX_REPLAY_EVENTS (100000: the most events GET /aggregates replays),
         EVENTSTORE_RETENTION_INTERVAL_SECONDS (3600), EVENTSTORE_RETENTION_AGGREGATE_TYPES
@@ -109,27 +107,27 @@ class ServerConfig:
         EVENTSTORE_MAX_PAGE_BYTES (4 MiB).
         Shutdown: EVENTSTORE_DRAIN_DELAY_SECONDS (5; 0 stops at once): after SIGTERM,
         /readyz answers 503 this long while requests are still served, then the server
-        drains.
+        drains. Logs: POD_NAME, on every line as `pod`.
+        The names are eventstore/envcontract.py's, which the operator's builders use too.
         """
         env = os.environ if environ is None else environ
-        data_dir = Path(env.get("EVENTSTORE_DATA_DIR") or DEFAULT_DATA_DIR)
-        config_dir_value = env.get(CONFIG_DIR_ENV)
-        config_dir = Path(config_dir_value) if config_dir_value else DEFAULT_CONFIG_DIR
+        data_dir = E.data_dir(env)
+        config_dir = E.config_dir(env)
 
         events_url = event_store_url_from_env(env)
-        clustered = bool(env.get("EVENT_DB_HOST"))
-        snapshot_url = env.get("SNAPSHOT_STORE_URL") or None
+        clustered = bool(env.get(E.EVENT_DB.host))
+        snapshot_url = env.get(E.SNAPSHOT_STORE_URL) or None
         if not snapshot_url:
-            if env.get("SNAPSHOT_DB_HOST"):
+            if env.get(E.SNAPSHOT_DB.host):
                 snapshot_url = _mongo_url(env)
             else:
                 snapshot_url = f"sqlite:///{(data_dir / 'snapshots.db').resolve()}"
 
         token, source = _token(env, data_dir, required=clustered)
-        cert = Path(env.get("EVENTSTORE_TLS_CERT_FILE") or DEFAULT_TLS_CERT_FILE)
-        key = Path(env.get("EVENTSTORE_TLS_KEY_FILE") or DEFAULT_TLS_KEY_FILE)
+        cert = Path(env.get(E.TLS_CERT_FILE) or DEFAULT_TLS_CERT_FILE)
+        key = Path(env.get(E.TLS_KEY_FILE) or DEFAULT_TLS_KEY_FILE)
         if cert.exists() != key.exists():
-            missing = "EVENTSTORE_TLS_KEY_FILE" if cert.exists() else "EVENTSTORE_TLS_CERT_FILE"
+            missing = E.TLS_KEY_FILE if cert.exists() else E.TLS_CERT_FILE
             raise ConfigError(f"{missing}: TLS needs both a certificate and a key; "
                               f"{(key if cert.exists() else cert)} does not exist")
         return cls(
@@ -137,36 +135,36 @@ class ServerConfig:
             snapshot_store_url=snapshot_url,
             api_token=token,
             config_dir=config_dir,
-            config_dir_explicit=bool(config_dir_value),
+            config_dir_explicit=bool(env.get(E.CONFIG_DIR)),
             data_dir=data_dir,
             tls_cert_file=cert if cert.exists() else None,
             tls_key_file=key if key.exists() else None,
-            max_body_bytes=_int(env, "EVENTSTORE_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES, 1024,
+            max_body_bytes=_int(env, E.MAX_BODY_BYTES, DEFAULT_MAX_BODY_BYTES, 1024,
                                 256 * 1024 * 1024),
-            db_pool_size=_int(env, "EVENTSTORE_DB_POOL_SIZE", 12, 2, 500),
-            db_append_pool_size=_int(env, "EVENTSTORE_DB_APPEND_POOL_SIZE", 16, 1, 500),
-            retention_interval_seconds=float(_int(env, "EVENTSTORE_RETENTION_INTERVAL_SECONDS",
+            db_pool_size=_int(env, E.DB_POOL_SIZE, 12, 2, 500),
+            db_append_pool_size=_int(env, E.DB_APPEND_POOL_SIZE, 16, 1, 500),
+            retention_interval_seconds=float(_int(env, E.RETENTION_INTERVAL_SECONDS,
                                                   3600, 1, 7 * 86400)),
             token_source=source,
-            snapshot_keep=_int(env, "EVENTSTORE_SNAPSHOT_KEEP", 5, 1, 1000),
-            max_replay_events=_int(env, "EVENTSTORE_MAX_REPLAY_EVENTS", 100_000, 1,
+            snapshot_keep=_int(env, E.SNAPSHOT_KEEP, 5, 1, 1000),
+            max_replay_events=_int(env, E.MAX_REPLAY_EVENTS, 100_000, 1,
                                    100_000_000),
             retention_aggregate_types=tuple(
-                t.strip() for t in env.get("EVENTSTORE_RETENTION_AGGREGATE_TYPES", "").split(",")
+                t.strip() for t in env.get(E.RETENTION_AGGREGATE_TYPES, "").split(",")
                 if t.strip()),
-            max_header_bytes=_int(env, "EVENTSTORE_MAX_HEADER_BYTES", DEFAULT_MAX_HEADER_BYTES,
+            max_header_bytes=_int(env, E.MAX_HEADER_BYTES, DEFAULT_MAX_HEADER_BYTES,
                                   4096, 1024 * 1024),
-            header_timeout_seconds=_int(env, "EVENTSTORE_HEADER_TIMEOUT_SECONDS",
+            header_timeout_seconds=_int(env, E.HEADER_TIMEOUT_SECONDS,
                                         DEFAULT_HEADER_TIMEOUT_SECONDS, 1, 300),
-            max_connections=_int(env, "EVENTSTORE_MAX_CONNECTIONS", DEFAULT_MAX_CONNECTIONS,
+            max_connections=_int(env, E.MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS,
                                  8, 100_000),
-            db_timeout_seconds=_int(env, "EVENTSTORE_DB_TIMEOUT_SECONDS",
+            db_timeout_seconds=_int(env, E.DB_TIMEOUT_SECONDS,
                                     DEFAULT_DB_TIMEOUT_SECONDS, 1, 600),
-            max_subscribers=_int(env, "EVENTSTORE_MAX_SUBSCRIBERS", DEFAULT_MAX_SUBSCRIBERS,
+            max_subscribers=_int(env, E.MAX_SUBSCRIBERS, DEFAULT_MAX_SUBSCRIBERS,
                                  1, 10_000),
-            max_page_bytes=_int(env, "EVENTSTORE_MAX_PAGE_BYTES", DEFAULT_MAX_PAGE_BYTES,
+            max_page_bytes=_int(env, E.MAX_PAGE_BYTES, DEFAULT_MAX_PAGE_BYTES,
                                 1024, 1024 * 1024 * 1024),
-            drain_delay_seconds=_int(env, "EVENTSTORE_DRAIN_DELAY_SECONDS",
+            drain_delay_seconds=_int(env, E.DRAIN_DELAY_SECONDS,
                                      DEFAULT_DRAIN_DELAY_SECONDS, 0, 300),
         )
 
@@ -186,12 +184,12 @@ class ServerConfig:
 def event_store_url_from_env(environ: Mapping[str, str] | None = None) -> str:
     """EVENTSTORE_URL, else PostgreSQL from EVENT_DB_*, else SQLite under the data dir."""
     env = os.environ if environ is None else environ
-    url = env.get("EVENTSTORE_URL")
+    url = env.get(E.EVENTSTORE_URL)
     if url:
         return url
-    if env.get("EVENT_DB_HOST"):
+    if env.get(E.EVENT_DB.host):
         return _postgres_url(env)
-    data_dir = Path(env.get("EVENTSTORE_DATA_DIR") or DEFAULT_DATA_DIR)
+    data_dir = E.data_dir(env)
     return f"sqlite:///{(data_dir / 'events.db').resolve()}"
 
 
@@ -216,13 +214,13 @@ def _secret(env: Mapping[str, str], name: str) -> str | None:
     value = env.get(name)
     if value:
         return value
-    path = env.get(f"{name}_FILE")
+    path = env.get(E.secret_file(name))
     if not path:
         return None
     try:
         return Path(path).read_text(encoding="utf-8").strip()
     except OSError as exc:
-        raise ConfigError(f"{name}_FILE: cannot read {path}: {exc.strerror}") from None
+        raise ConfigError(f"{E.secret_file(name)}: cannot read {path}: {exc.strerror}") from None
 
 
 def _require(env: Mapping[str, str], name: str, default: str | None = None) -> str:
@@ -261,19 +259,19 @@ def _userinfo(user: str | None, password: str | None) -> str:
 
 
 def _postgres_url(env: Mapping[str, str]) -> str:
-    host = _require(env, "EVENT_DB_HOST")
-    port = _port(env, "EVENT_DB_PORT", 5432)
-    name = env.get("EVENT_DB_NAME") or "eventstore"
-    auth = _userinfo(env.get("EVENT_DB_USER"), _secret(env, "EVENT_DB_PASSWORD"))
+    host = _require(env, E.EVENT_DB.host)
+    port = _port(env, E.EVENT_DB.port, 5432)
+    name = env.get(E.EVENT_DB.name) or "eventstore"
+    auth = _userinfo(env.get(E.EVENT_DB.user), _secret(env, E.EVENT_DB.password))
     query = ""
-    sslmode = env.get("EVENT_DB_SSLMODE")
+    sslmode = env.get(E.EVENT_DB.sslmode)
     if sslmode:
         if sslmode not in SSL_MODES:
             raise ConfigError(f"EVENT_DB_SSLMODE: {sslmode!r} is not one of "
                               f"{', '.join(SSL_MODES)}")
         query = f"?sslmode={sslmode}"
-        if env.get("EVENT_DB_SSLROOTCERT"):
-            query += "&sslrootcert=" + quote(env["EVENT_DB_SSLROOTCERT"], safe="/")
+        if env.get(E.EVENT_DB.sslrootcert):
+            query += "&sslrootcert=" + quote(env[E.EVENT_DB.sslrootcert], safe="/")
     return f"postgresql://{auth}{_host(host)}:{port}/{quote(name, safe='')}{query}"
 
 
@@ -282,14 +280,14 @@ SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full"
 
 
 def _mongo_url(env: Mapping[str, str]) -> str:
-    host = _require(env, "SNAPSHOT_DB_HOST")
-    port = _port(env, "SNAPSHOT_DB_PORT", 27017)
-    name = env.get("SNAPSHOT_DB_NAME") or "eventstore"
-    user = env.get("SNAPSHOT_DB_USER")
-    auth = _userinfo(user, _secret(env, "SNAPSHOT_DB_PASSWORD"))
+    host = _require(env, E.SNAPSHOT_DB.host)
+    port = _port(env, E.SNAPSHOT_DB.port, 27017)
+    name = env.get(E.SNAPSHOT_DB.name) or "eventstore"
+    user = env.get(E.SNAPSHOT_DB.user)
+    auth = _userinfo(user, _secret(env, E.SNAPSHOT_DB.password))
     query = ""
     if user:
-        query = "?authSource=" + quote(env.get("SNAPSHOT_DB_AUTH_SOURCE") or "admin", safe="")
+        query = "?authSource=" + quote(env.get(E.SNAPSHOT_DB.auth_source) or "admin", safe="")
     return f"mongodb://{auth}{_host(host)}:{port}/{quote(name, safe='')}{query}"
 
 
@@ -309,10 +307,10 @@ def _checked_token(token: str, source: str) -> str:
 
 
 def _token(env: Mapping[str, str], data_dir: Path, *, required: bool) -> tuple[str, str]:
-    token = env.get("EVENTSTORE_API_TOKEN")
+    token = env.get(E.API_TOKEN)
     if token:
-        return _checked_token(token, "EVENTSTORE_API_TOKEN"), "EVENTSTORE_API_TOKEN"
-    path = Path(env.get("EVENTSTORE_API_TOKEN_FILE") or DEFAULT_TOKEN_FILE)
+        return _checked_token(token, E.API_TOKEN), E.API_TOKEN
+    path = Path(env.get(E.API_TOKEN_FILE) or DEFAULT_TOKEN_FILE)
     if path.exists():
         try:
             token = path.read_text(encoding="utf-8").strip()
@@ -341,10 +339,15 @@ def _token(env: Mapping[str, str], data_dir: Path, *, required: bool) -> tuple[s
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, message, and any `extra` fields."""
+    """One JSON object per line: time, level, logger, message, the pod's name (POD_NAME,
+    so lines from three replicas can be told apart once collected) and any `extra` fields."""
 
     _STANDARD = frozenset(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime",
                                                                      "color_message"}
+
+    def __init__(self, pod: str | None = None) -> None:
+        super().__init__()
+        self.pod = pod
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
@@ -353,6 +356,8 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        if self.pod:
+            entry["pod"] = self.pod
         for key, value in vars(record).items():
             if key not in self._STANDARD and not key.startswith("_"):
                 entry[key] = value
@@ -364,7 +369,7 @@ class JsonFormatter(logging.Formatter):
 def configure_logging(level: str = "info") -> None:
     """JSON logs on stderr for this process and uvicorn's loggers."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter())
+    handler.setFormatter(JsonFormatter(os.environ.get(E.POD_NAME) or None))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

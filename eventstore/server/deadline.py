@@ -22,6 +22,7 @@ import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
+from eventstore.errors import StoreUnavailable, error_reply
 from eventstore.server.asgi import ASGIApp, Message, Receive, Scope, Send
 
 log = logging.getLogger(__name__)
@@ -90,12 +91,11 @@ class DeadlineMiddleware:
 
     @staticmethod
     async def _unavailable(send: Send, why: str) -> None:
-        body = json.dumps({
-            "error": "unavailable",
-            "message": f"the database did not answer in time ({why}; "
-                       "EVENTSTORE_DB_TIMEOUT_SECONDS); retry later. An append's outcome is "
-                       "unknown: re-send it with the same event ids (that is idempotent)"
-        }).encode()
+        _, reply = error_reply(StoreUnavailable(
+            f"the database did not answer in time ({why}; EVENTSTORE_DB_TIMEOUT_SECONDS); "
+            "retry later. An append's outcome is unknown: re-send it with the same event ids "
+            "(that is idempotent)"))
+        body = json.dumps(reply).encode()
         try:
             await send({"type": "http.response.start", "status": 503, "headers": [
                 (b"content-type", b"application/json"),
@@ -128,11 +128,8 @@ class ReadinessCheck:
         self.timeout = timeout
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="readyz")
         self._running: asyncio.Future[bool] | None = None
-        self.stopping = False
 
     async def ready(self) -> bool:
-        if self.stopping:
-            return False
         if self._running is None or self._running.done():
             self._running = asyncio.get_running_loop().run_in_executor(self._executor,
                                                                        self._safe_check)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 
+from eventstore.errors import error_body
 from eventstore.server.asgi import ASGIApp, Receive, Scope, Send
 
 SUBSCRIBE_PATH = "/subscribe"
@@ -30,11 +31,10 @@ class SubscriberLimit:
             await self.app(scope, receive, send)
             return
         if self.active >= self.max_subscribers:
-            body = json.dumps({
-                "error": "too_many_subscribers",
-                "message": f"this server serves {self.max_subscribers} subscriptions already "
-                           "(EVENTSTORE_MAX_SUBSCRIBERS); retry later or on another replica"
-            }).encode()
+            body = json.dumps(error_body(
+                "too_many_subscribers",
+                f"this server serves {self.max_subscribers} subscriptions already "
+                "(EVENTSTORE_MAX_SUBSCRIBERS); retry later or on another replica")).encode()
             await send({"type": "http.response.start", "status": 503, "headers": [
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(body)).encode()), (b"retry-after", b"5")]})

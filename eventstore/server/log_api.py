@@ -1,7 +1,8 @@
 """The global log over HTTP: filtered and backwards pages, the head, the live subscription
 (server-sent events), appends to several streams at once and consumer checkpoints.
 
-One APIRouter, included by `create_app`; every handler calls the store's public API.
+One APIRouter, included by `create_app`; every handler calls the public API of the store
+on the app's state (routing.AppState).
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from sse_starlette.sse import EventSourceResponse
 
 from eventstore import metrics
 from eventstore.errors import (
-    CheckpointConflict,
     ConcurrencyError,
     EventStoreError,
     ValidationError,
@@ -34,7 +34,8 @@ from eventstore.events import (
     StreamAppend,
 )
 from eventstore.server.appends import to_events
-from eventstore.server.pages import DEFAULT_MAX_PAGE_BYTES, Page, encode_page
+from eventstore.server.pages import Page, encode_page
+from eventstore.server.routing import ERRORS, State
 from eventstore.server.wire import (
     BIGINT,
     MAX_EVENTS_PER_REQUEST,
@@ -47,7 +48,6 @@ from eventstore.server.wire import (
     EventOut,
     error_reply,
 )
-from eventstore.store.base import EventStore
 from eventstore.store.encoding import MAX_FILTER_TYPES
 
 #: Most streams one `POST /append-many` may name.
@@ -66,13 +66,6 @@ ToPosition = Annotated[int | None, Query(ge=0, le=BIGINT, description="Upper bou
                                                                        "(inclusive).")]
 Consumer = Annotated[str, Path(pattern=STREAM_ID_PATTERN.pattern, max_length=200,
                                description="The consumer's name (the rules of stream ids).")]
-
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    400: {"model": ErrorOut, "description": "Refused input"},
-    401: {"model": ErrorOut, "description": "Missing or wrong bearer token"},
-    503: {"model": ErrorOut, "description": "The database is unavailable"},
-}
-
 
 class StreamAppendIn(AppendIn):
     """One stream's part of an append-many: as the body of `POST /streams/{id}`, plus the
@@ -130,160 +123,159 @@ class HeadOut(BaseModel):
     head_position: int
 
 
-def log_router(store: EventStore, max_page_bytes: int = DEFAULT_MAX_PAGE_BYTES) -> APIRouter:
-    """The routes of this module over `store`; pages stop at `max_page_bytes` (pages.py)."""
-    router = APIRouter(tags=["log"], responses=_ERRORS)
-    subscription_threads = anyio.CapacityLimiter(256)
+router = APIRouter(tags=["log"], responses=ERRORS)
 
-    @router.get("/all", tags=["streams"], summary="A page of the global log, filtered and "
-                "bounded, forwards or backwards", response_model=LogPageOut,
-                description="At most `limit` events and about EVENTSTORE_MAX_PAGE_BYTES; "
-                            "`truncated`: the byte budget cut the page short. Continue from "
-                            "`next_position`.")
-    def read_all(
-        from_position: Annotated[int, Query(ge=0, le=BIGINT)] = 0,
-        limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
-        to_position: ToPosition = None,
-        types: Types = None,
-        stream_prefix: StreamPrefix = None,
-        backwards: bool = False,
-    ) -> Response:
-        _check_types(types)
 
-        def fetch(last: RecordedEvent | None, count: int) -> list[RecordedEvent]:
-            if not backwards:
-                start = from_position if last is None else last.position + 1
-                return store.read_all(start, count, to_position=to_position, types=types,
-                                      stream_prefix=stream_prefix)
-            upper = to_position if last is None else last.position - 1
-            if upper is not None and upper < from_position:
-                return []
-            return store.read_all(from_position, count, to_position=upper, types=types,
-                                  stream_prefix=stream_prefix, backwards=True)
+@router.get("/all", tags=["streams"], summary="A page of the global log, filtered and "
+            "bounded, forwards or backwards", response_model=LogPageOut,
+            description="At most `limit` events and about EVENTSTORE_MAX_PAGE_BYTES; "
+                        "`truncated`: the byte budget cut the page short. Continue from "
+                        "`next_position`.")
+def read_all(
+    state: State, from_position: Annotated[int, Query(ge=0, le=BIGINT)] = 0,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
+    to_position: ToPosition = None,
+    types: Types = None,
+    stream_prefix: StreamPrefix = None,
+    backwards: bool = False,
+) -> Response:
+    store, max_page_bytes = state.services.store, state.max_page_bytes
+    _check_types(types)
 
-        page = encode_page(fetch, limit, max_page_bytes)
-        if backwards:
-            upper = to_position if to_position is not None else store.head_position()
-            next_position = page.last.position - 1 if page.last is not None else upper
-        else:
-            next_position = page.last.position + 1 if page.last is not None else from_position
-        return Response(b'{"events":' + page.events_json() + b',"next_position":'
-                        + str(next_position).encode() + b',"truncated":'
-                        + (b"true" if page.truncated else b"false") + b"}",
-                        media_type="application/json")
+    def fetch(last: RecordedEvent | None, count: int) -> list[RecordedEvent]:
+        if not backwards:
+            start = from_position if last is None else last.position + 1
+            return store.read_all(start, count, to_position=to_position, types=types,
+                                  stream_prefix=stream_prefix)
+        upper = to_position if last is None else last.position - 1
+        if upper is not None and upper < from_position:
+            return []
+        return store.read_all(from_position, count, to_position=upper, types=types,
+                              stream_prefix=stream_prefix, backwards=True)
 
-    @router.get("/all/head", summary="The highest position a reader may see now")
-    def head() -> HeadOut:
-        return HeadOut(head_position=store.head_position())
+    page = encode_page(fetch, limit, max_page_bytes)
+    if backwards:
+        upper = to_position if to_position is not None else store.head_position()
+        next_position = page.last.position - 1 if page.last is not None else upper
+    else:
+        next_position = page.last.position + 1 if page.last is not None else from_position
+    return Response(b'{"events":' + page.events_json() + b',"next_position":'
+                    + str(next_position).encode() + b',"truncated":'
+                    + (b"true" if page.truncated else b"false") + b"}",
+                    media_type="application/json")
 
-    @router.get("/subscribe", tags=["streams"], response_class=EventSourceResponse,
-                summary="Live subscription to the global log (server-sent events)",
-                description="Each SSE message has `id` = the event's position and `data` = "
-                            "the event as JSON. Reconnect with Last-Event-ID to resume. "
-                            "Takes the filters of `GET /all`; ends once the log has passed "
-                            "`to_position`, if given.",
-                responses={200: {"content": {"text/event-stream": {}}}})
-    async def subscribe(
-        request: Request,
-        from_position: Annotated[int, Query(ge=0, le=BIGINT)] = 0,
-        idle_timeout: Annotated[float | None, Query(gt=0, le=3600, description="Close after "
-                                                    "this many seconds without events")] = None,
-        to_position: ToPosition = None,
-        types: Types = None,
-        stream_prefix: StreamPrefix = None,
-        last_event_id: Annotated[str | None, Header()] = None,
-    ) -> EventSourceResponse:
-        _check_types(types)
-        start = from_position
-        if last_event_id:
-            # ASCII digits only: str.isdigit() also takes superscripts, and int() refuses
-            # more than 4300 digits; both were 500s.
-            if not _POSITION.fullmatch(last_event_id) or int(last_event_id) >= BIGINT:
-                raise ValidationError("Last-Event-ID must be the position of an event (the "
-                                      "`id` of an SSE message this server sent)")
-            start = max(start, int(last_event_id) + 1)
+@router.get("/all/head", summary="The highest position a reader may see now")
+def head(state: State, ) -> HeadOut:
+    return HeadOut(head_position=state.services.store.head_position())
 
-        def batch(position: int) -> Page:
-            return encode_page(lambda last, count: store.read_all(
-                position if last is None else last.position + 1, count,
-                to_position=to_position, types=types, stream_prefix=stream_prefix),
-                500, max_page_bytes)
+@router.get("/subscribe", tags=["streams"], response_class=EventSourceResponse,
+            summary="Live subscription to the global log (server-sent events)",
+            description="Each SSE message has `id` = the event's position and `data` = "
+                        "the event as JSON. Reconnect with Last-Event-ID to resume. "
+                        "Takes the filters of `GET /all`; ends once the log has passed "
+                        "`to_position`, if given.",
+            responses={200: {"content": {"text/event-stream": {}}}})
+async def subscribe(
+    state: State, request: Request,
+    from_position: Annotated[int, Query(ge=0, le=BIGINT)] = 0,
+    idle_timeout: Annotated[float | None, Query(gt=0, le=3600, description="Close after "
+                                                "this many seconds without events")] = None,
+    to_position: ToPosition = None,
+    types: Types = None,
+    stream_prefix: StreamPrefix = None,
+    last_event_id: Annotated[str | None, Header()] = None,
+) -> EventSourceResponse:
+    store, max_page_bytes = state.services.store, state.max_page_bytes
+    _check_types(types)
+    start = from_position
+    if last_event_id:
+        # ASCII digits only: str.isdigit() also takes superscripts, and int() refuses
+        # more than 4300 digits; both were 500s.
+        if not _POSITION.fullmatch(last_event_id) or int(last_event_id) >= BIGINT:
+            raise ValidationError("Last-Event-ID must be the position of an event (the "
+                                  "`id` of an SSE message this server sent)")
+        start = max(start, int(last_event_id) + 1)
 
-        async def stream() -> AsyncIterator[dict[str, str]]:
-            position = start
-            idle_since = time.monotonic()
-            while not await request.is_disconnected():
-                if to_position is not None and position > to_position:
-                    return
-                page = await anyio.to_thread.run_sync(batch, position,
-                                                      limiter=subscription_threads)
-                if page.events:
-                    idle_since = time.monotonic()
-                    for event, data in zip(page.events, page.encoded, strict=True):
-                        yield {"id": str(event.position), "event": "event",
-                               "data": data.decode()}
-                    position = page.events[-1].position + 1
-                    continue
-                if to_position is not None and await anyio.to_thread.run_sync(
-                        store.head_position, limiter=subscription_threads) >= to_position:
-                    return
-                idle = time.monotonic() - idle_since
-                if idle_timeout is not None and idle >= idle_timeout:
-                    return
-                wait = 1.0 if idle_timeout is None else min(1.0, idle_timeout - idle)
-                await anyio.to_thread.run_sync(store.wait_for_events, position - 1, wait,
-                                               limiter=subscription_threads)
+    def batch(position: int) -> Page:
+        return encode_page(lambda last, count: store.read_all(
+            position if last is None else last.position + 1, count,
+            to_position=to_position, types=types, stream_prefix=stream_prefix),
+            500, max_page_bytes)
 
-        return EventSourceResponse(stream(), ping=15)
+    async def stream() -> AsyncIterator[dict[str, str]]:
+        position = start
+        idle_since = time.monotonic()
+        while not await request.is_disconnected():
+            if to_position is not None and position > to_position:
+                return
+            page = await anyio.to_thread.run_sync(batch, position,
+                                                  limiter=state.subscription_threads)
+            if page.events:
+                idle_since = time.monotonic()
+                for event, data in zip(page.events, page.encoded, strict=True):
+                    yield {"id": str(event.position), "event": "event",
+                           "data": data.decode()}
+                position = page.events[-1].position + 1
+                continue
+            if to_position is not None and await anyio.to_thread.run_sync(
+                    store.head_position, limiter=state.subscription_threads) >= to_position:
+                return
+            idle = time.monotonic() - idle_since
+            if idle_timeout is not None and idle >= idle_timeout:
+                return
+            wait = 1.0 if idle_timeout is None else min(1.0, idle_timeout - idle)
+            await anyio.to_thread.run_sync(store.wait_for_events, position - 1, wait,
+                                           limiter=state.subscription_threads)
 
-    @router.post("/append-many", status_code=201, summary="Append to several streams "
-                 "atomically, each with its own expected version",
-                 description="All or nothing. A 409 names the stream whose expectation "
-                             "failed and its actual version, or the consumer whose "
-                             "checkpoint would not move forward. Re-sending the same body "
-                             "(same event ids) returns the first results, `idempotent`.",
-                 responses={409: {"model": ConflictOut | CheckpointConflictOut,
-                                  "description": "A stream's expected version did not hold, "
-                                                 "or the checkpoint is behind"}},
-                 dependencies=[NO_DUPLICATE_KEYS])
-    def append_many(body: Annotated[AppendManyIn, Body()]) -> Response:
-        appends = []
-        for item in body.appends:
-            events, expected = to_events(item)
-            appends.append(StreamAppend(item.stream_id, events, expected))
-        if sum(len(a.events) for a in appends) > MAX_EVENTS_PER_REQUEST:
-            return _reply(400, {"error": "validation_error", "message": (
-                f"an append-many carries at most {MAX_EVENTS_PER_REQUEST} events in all")})
-        checkpoint = None if body.checkpoint is None else Checkpoint(
-            body.checkpoint.consumer, body.checkpoint.position)
-        started = time.perf_counter()
-        try:
-            results = store.append_many(appends, checkpoint=checkpoint)
-        except EventStoreError as exc:
-            return _error(exc)
-        metrics.APPEND_LATENCY.observe(time.perf_counter() - started)
-        metrics.EVENTS_APPENDED.inc(sum(len(r.positions) for r in results if not r.idempotent))
-        return _reply(201, {"results": [_result(r) for r in results]})
+    return EventSourceResponse(stream(), ping=15)
 
-    @router.get("/checkpoints/{consumer}", tags=["checkpoints"],
-                summary="A consumer's checkpoint (its last handled position)")
-    def read_checkpoint(consumer: Consumer) -> CheckpointOut:
-        return CheckpointOut(consumer=consumer, position=store.read_checkpoint(consumer))
+@router.post("/append-many", status_code=201, summary="Append to several streams "
+             "atomically, each with its own expected version",
+             description="All or nothing. A 409 names the stream whose expectation "
+                         "failed and its actual version, or the consumer whose "
+                         "checkpoint would not move forward. Re-sending the same body "
+                         "(same event ids) returns the first results, `idempotent`.",
+             responses={409: {"model": ConflictOut | CheckpointConflictOut,
+                              "description": "A stream's expected version did not hold, "
+                                             "or the checkpoint is behind"}},
+             dependencies=[NO_DUPLICATE_KEYS])
+def append_many(state: State, body: Annotated[AppendManyIn, Body()]) -> Response:
+    store = state.services.store
+    appends = []
+    for item in body.appends:
+        events, expected = to_events(item)
+        appends.append(StreamAppend(item.stream_id, events, expected))
+    if sum(len(a.events) for a in appends) > MAX_EVENTS_PER_REQUEST:
+        return _error(ValidationError(
+            f"an append-many carries at most {MAX_EVENTS_PER_REQUEST} events in all"))
+    checkpoint = None if body.checkpoint is None else Checkpoint(
+        body.checkpoint.consumer, body.checkpoint.position)
+    started = time.perf_counter()
+    try:
+        results = store.append_many(appends, checkpoint=checkpoint)
+    except EventStoreError as exc:
+        return _error(exc)
+    metrics.APPEND_LATENCY.observe(time.perf_counter() - started)
+    metrics.EVENTS_APPENDED.inc(sum(len(r.positions) for r in results if not r.idempotent))
+    return _reply(201, {"results": [_result(r) for r in results]})
 
-    @router.put("/checkpoints/{consumer}", tags=["checkpoints"],
-                summary="Move a consumer's checkpoint forward",
-                responses={409: {"model": CheckpointConflictOut,
-                                 "description": "The stored checkpoint is at or past it"}},
-                dependencies=[NO_DUPLICATE_KEYS])
-    def save_checkpoint(consumer: Consumer,
-                        body: Annotated[CheckpointPositionIn, Body()]) -> Response:
-        try:
-            store.save_checkpoint(consumer, body.position)
-        except EventStoreError as exc:
-            return _error(exc)
-        return _reply(200, {"consumer": consumer, "position": body.position})
+@router.get("/checkpoints/{consumer}", tags=["checkpoints"],
+            summary="A consumer's checkpoint (its last handled position)")
+def read_checkpoint(state: State, consumer: Consumer) -> CheckpointOut:
+    return CheckpointOut(consumer=consumer, position=state.services.store.read_checkpoint(consumer))
 
-    return router
+@router.put("/checkpoints/{consumer}", tags=["checkpoints"],
+            summary="Move a consumer's checkpoint forward",
+            responses={409: {"model": CheckpointConflictOut,
+                             "description": "The stored checkpoint is at or past it"}},
+            dependencies=[NO_DUPLICATE_KEYS])
+def save_checkpoint(state: State, consumer: Consumer,
+                    body: Annotated[CheckpointPositionIn, Body()]) -> Response:
+    try:
+        state.services.store.save_checkpoint(consumer, body.position)
+    except EventStoreError as exc:
+        return _error(exc)
+    return _reply(200, {"consumer": consumer, "position": body.position})
 
 
 def _check_types(types: list[str] | None) -> None:
@@ -301,14 +293,7 @@ def _result(result: AppendResult) -> dict[str, Any]:
 def _error(exc: EventStoreError) -> Response:
     if isinstance(exc, ConcurrencyError):
         metrics.APPEND_CONFLICTS.inc()
-    if isinstance(exc, CheckpointConflict):
-        return _reply(409, {"error": "checkpoint_conflict", "message": str(exc),
-                            "consumer": exc.consumer, "position": exc.position,
-                            "stored_position": exc.stored_position})
-    status, body = error_reply(exc)
-    if isinstance(exc, ConcurrencyError):
-        body["stream_id"] = exc.stream_id
-    return _reply(status, body)
+    return _reply(*error_reply(exc))
 
 
 def _reply(status: int, body: dict[str, Any]) -> Response:

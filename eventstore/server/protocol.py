@@ -33,6 +33,7 @@ from typing import Any, ClassVar
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from eventstore.errors import error_body
 from eventstore.server.shutdown import Draining
 
 #: After an error reply, the connection reads and drops what the client still sends for
@@ -119,7 +120,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         """Reply `status` with the API's error shape, then close after a short linger."""
         self._refused = True
         self._cancel_head_timer()
-        body = json.dumps({"error": error, "message": message}).encode()
+        body = json.dumps(error_body(error, message)).encode()
         self.transport.write(
             _STATUS_LINES[status] + b"content-type: application/json\r\ncontent-length: "
             + str(len(body)).encode() + b"\r\nconnection: close\r\n\r\n" + body)

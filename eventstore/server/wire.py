@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Annotated, Any, Literal
 from uuid import UUID
@@ -14,9 +15,10 @@ import anyio.to_thread
 from fastapi import Depends, Request
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
+from eventstore import errors
 from eventstore.errors import (
-    ConcurrencyError,
     EventStoreError,
+    InvalidRequest,
     SchemaError,
     StoreUnavailable,
     ValidationError,
@@ -269,22 +271,33 @@ NO_DUPLICATE_KEYS = Depends(_no_duplicate_keys)
 
 
 def error_reply(exc: EventStoreError) -> tuple[int, dict[str, Any]]:
-    """The HTTP status and JSON body for a store error, the same on every path."""
-    message = str(exc)
-    if isinstance(exc, ValidationError):
-        return 400, {"error": "validation_error", "message": message}
-    if isinstance(exc, ConcurrencyError):
-        expected = exc.expected if isinstance(exc.expected, int | str) else str(exc.expected)
-        return 409, {"error": "conflict", "message": message,
-                     "actual_version": exc.actual_version, "expected_version": expected}
-    if isinstance(exc, StoreUnavailable):
-        return 503, {"error": "unavailable", "message": message}
-    if isinstance(exc, SchemaError):
-        return 503, {"error": "schema", "message": message}
-    name = type(exc).__name__
-    if name == "SnapshotUnavailable":
-        return 503, {"error": "snapshot_store_unavailable", "message": message}
-    if name == "CorruptSnapshot":
-        return 500, {"error": "corrupt_snapshot", "message": message}
-    log.error("unexpected store error", exc_info=exc)
-    return 500, {"error": "internal", "message": f"{name}: {message}"}
+    """The HTTP status and JSON body for a library error, the same on every path: the
+    class's own status and code (see eventstore/errors.py)."""
+    status, body = errors.error_reply(exc)
+    if status >= 500 and not isinstance(exc, StoreUnavailable | SchemaError):
+        log.error("store error answered %d", status, exc_info=exc)
+    if exc.code == EventStoreError.code:
+        # No class of its own (the root, or an application's error): say which it was.
+        body["message"] = f"{type(exc).__name__}: {body['message']}"
+    return status, body
+
+
+def invalid_request(problems: Sequence[Any]) -> InvalidRequest:
+    """FastAPI's 422 (pydantic's errors) as the library error that reports it: where and
+    why, at most 20 problems, never echoing the input (which may be megabytes)."""
+    details = [{"loc": list(e.get("loc", ())), "msg": _explain(e.get("msg", "")),
+                "type": e.get("type", "")} for e in list(problems)[:20]]
+    where = "; ".join(": ".join(filter(None, (".".join(map(str, d["loc"])), d["msg"])))
+                      for d in details[:5])
+    return InvalidRequest(where[:2000], details)
+
+
+def _explain(message: str) -> str:
+    """The JSON parser's message, or a clearer one where it misleads: a lone UTF-16
+    surrogate escape (\\ud800 to \\udfff) is reported as "unexpected end of hex escape"
+    or, for a trailing one, as a "leading" surrogate."""
+    if "unexpected end of hex escape" in message or "surrogate" in message:
+        position = message.rsplit(" at ", 1)[-1] if " at line " in message else ""
+        return ("Invalid JSON: an unpaired UTF-16 surrogate escape (\\ud800 to \\udfff)"
+                + (f" at {position}" if position else "") + "; send valid Unicode")
+    return message

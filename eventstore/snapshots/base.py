@@ -17,7 +17,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from eventstore.errors import EventStoreError, StoreUnavailable, ValidationError
+from eventstore.errors import CorruptSnapshot as CorruptSnapshot  # re-exported
+from eventstore.errors import SnapshotUnavailable as SnapshotUnavailable  # re-exported
+from eventstore.errors import ValidationError
 
 log = logging.getLogger("eventstore.snapshots")
 
@@ -29,20 +31,6 @@ DEFAULT_TIMEOUT_S = 2.0
 #: The fields of a stored snapshot, in both backends (the Mongo document's keys, the
 #: SQLite row mapped to a dict). `state` is a JSON object, `taken_at` a UTC datetime.
 FIELDS = ("aggregate_type", "aggregate_id", "version", "state", "state_schema_version", "taken_at")
-
-
-class SnapshotUnavailable(StoreUnavailable):
-    """The snapshot store could not be reached or failed transiently.
-
-    Callers load from events instead; retrying later is safe.
-    """
-
-
-class CorruptSnapshot(EventStoreError):
-    """A stored snapshot could not be decoded (missing field, wrong type, bad state).
-
-    Stores never return such a snapshot: `latest` and `history` skip it with a warning.
-    """
 
 
 @dataclass(frozen=True)

@@ -60,8 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     # Imported here so `--help` works without a cluster or kopf's logging set up.
     from eventstore_operator import handlers
 
-    handlers.WATCH_NAMESPACES = None if args.all_namespaces else namespaces
-    handlers.ALLOWED_IMAGE_PREFIXES = tuple(args.allowed_image_prefix)
+    handlers.STATE = handlers.OperatorState(
+        watch_namespaces=None if args.all_namespaces else namespaces,
+        allowed_image_prefixes=tuple(args.allowed_image_prefix))
 
     kopf.configure(verbose=args.verbose, quiet=args.quiet)
     kopf.run(

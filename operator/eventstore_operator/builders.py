@@ -24,8 +24,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from eventstore import envcontract
 from eventstore.settings import (
-    CONFIG_DIR_ENV,
     CONFIG_FILES,
     ProjectionSettings,
     Settings,
@@ -353,26 +353,29 @@ def _password_dir(prefix: str) -> str:
     return f"{names.CREDENTIALS_DIR}/{prefix.lower().replace('_', '-')}"
 
 
-def _backend_env(prefix: str, b: Backend) -> list[Obj]:
+def _backend_env(db: envcontract.DatabaseEnv, b: Backend) -> list[Obj]:
     # The password is a mounted file (see password_volumes), not an environment variable:
     # the environment shows in `kubectl describe`, crash dumps and child processes.
     return [
-        _value_env(f"{prefix}_HOST", b.host),
-        _value_env(f"{prefix}_PORT", str(b.port)),
-        _value_env(f"{prefix}_NAME", b.database),
-        _secret_env(f"{prefix}_USER", b.secret, b.username_key),
-        _value_env(f"{prefix}_PASSWORD_FILE", f"{_password_dir(prefix)}/password"),
+        _value_env(db.host, b.host),
+        _value_env(db.port, str(b.port)),
+        _value_env(db.name, b.database),
+        _secret_env(db.user, b.secret, b.username_key),
+        _value_env(db.password_file, f"{_password_dir(db.prefix)}/password"),
     ]
 
 
 def password_volumes(owner: Owner, spec: Mapping[str, Any],
-                     prefixes: tuple[str, ...] = ("EVENT_DB", "SNAPSHOT_DB")
+                     prefixes: tuple[str, ...] = (envcontract.EVENT_DB.prefix,
+                                                  envcontract.SNAPSHOT_DB.prefix)
                      ) -> tuple[list[Obj], list[Obj]]:
     """(volumes, volumeMounts) that put each database's password where `<prefix>_PASSWORD_FILE`
     points: only that key of its Secret, readable by the pod's group (fsGroup)."""
     spec = normalize_spec(spec)
-    backends = {"EVENT_DB": backend(owner, spec["postgres"], names.postgres(owner.name)),
-                "SNAPSHOT_DB": backend(owner, spec["mongodb"], names.mongodb(owner.name))}
+    backends = {
+        envcontract.EVENT_DB.prefix: backend(owner, spec["postgres"], names.postgres(owner.name)),
+        envcontract.SNAPSHOT_DB.prefix: backend(owner, spec["mongodb"],
+                                                names.mongodb(owner.name))}
     volumes: list[Obj] = []
     mounts: list[Obj] = []
     for prefix in prefixes:
@@ -389,12 +392,14 @@ def store_env(owner: Owner, spec: Mapping[str, Any]) -> list[Obj]:
     """The store container's environment (the contract with `eventstore serve`)."""
     spec = normalize_spec(spec)
     return [
-        _value_env(CONFIG_DIR_ENV, names.CONFIG_DIR),
-        _value_env("EVENTSTORE_API_TOKEN_FILE", names.TOKEN_FILE),
-        *_backend_env("EVENT_DB", backend(owner, spec["postgres"], names.postgres(owner.name))),
-        *_backend_env("SNAPSHOT_DB", backend(owner, spec["mongodb"], names.mongodb(owner.name))),
-        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
-        _value_env("EVENTSTORE_DRAIN_DELAY_SECONDS", str(DRAIN_DELAY_SECONDS)),
+        _value_env(envcontract.CONFIG_DIR, names.CONFIG_DIR),
+        _value_env(envcontract.API_TOKEN_FILE, names.TOKEN_FILE),
+        *_backend_env(envcontract.EVENT_DB,
+                      backend(owner, spec["postgres"], names.postgres(owner.name))),
+        *_backend_env(envcontract.SNAPSHOT_DB,
+                      backend(owner, spec["mongodb"], names.mongodb(owner.name))),
+        {"name": envcontract.POD_NAME, "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        _value_env(envcontract.DRAIN_DELAY_SECONDS, str(DRAIN_DELAY_SECONDS)),
     ]
 
 
@@ -879,16 +884,17 @@ def _backup_pod(owner: Owner, spec: Obj, command: str, where: Mapping[str, Any])
     """A pod that runs `eventstore backup|restore LOCATION` against the event store's
     PostgreSQL; LOCATION is /backup (the claim `where.pvc` mounted there) or
     s3://bucket/prefix (`where.s3`, credentials from its Secret)."""
-    env = [e for e in store_env(owner, spec) if e["name"].startswith("EVENT_DB_")]
-    volumes, mounts = password_volumes(owner, spec, ("EVENT_DB",))
+    env = [e for e in store_env(owner, spec) if e["name"] in envcontract.EVENT_DB.variables()]
+    volumes, mounts = password_volumes(owner, spec, (envcontract.EVENT_DB.prefix,))
     if where.get("s3"):
         s3 = where["s3"]
         location = f"s3://{s3['bucket']}/{s3.get('prefix') or owner.name}"
         secret = s3["credentialsSecret"]["name"]
-        env += [_secret_env(k, secret, k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")]
+        env += [_secret_env(k, secret, k)
+                for k in (envcontract.AWS_ACCESS_KEY_ID, envcontract.AWS_SECRET_ACCESS_KEY)]
         if s3.get("endpoint"):
-            env.append(_value_env("AWS_ENDPOINT_URL", s3["endpoint"]))
-        env.append(_value_env("AWS_DEFAULT_REGION", s3.get("region") or "us-east-1"))
+            env.append(_value_env(envcontract.AWS_ENDPOINT_URL, s3["endpoint"]))
+        env.append(_value_env(envcontract.AWS_DEFAULT_REGION, s3.get("region") or "us-east-1"))
     else:
         location = names.BACKUP_DIR
         mounts.append({"name": "target", "mountPath": names.BACKUP_DIR})
@@ -957,7 +963,7 @@ def backup_cronjob(owner: Owner, spec: Mapping[str, Any]) -> Obj | None:
     component = names.COMPONENT_BACKUP
     pod_spec = _backup_pod(owner, spec, "backup", backup["target"])
     # The backed-up position, for status.lastBackup: the Job's termination message.
-    result = _value_env("EVENTSTORE_BACKUP_RESULT_FILE", "/dev/termination-log")
+    result = _value_env(envcontract.BACKUP_RESULT_FILE, "/dev/termination-log")
     pod_spec["containers"][0]["env"].append(result)
     return {
         "apiVersion": "batch/v1",

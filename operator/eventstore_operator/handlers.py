@@ -19,7 +19,13 @@ no write. Generated Secrets and the user's ConfigMap are created once (409 is
 tolerated) and never overwritten.
 
 Handlers are registered in an explicit `registry` (not kopf's global one) so that
-importing this module twice, or running it in tests, never doubles handlers.
+importing this module twice, or running it in tests, never doubles handlers. The rest of
+the process's state (watched namespaces, image allow-list, locks, the resync thread) is
+one `OperatorState`, `STATE`.
+
+A reconcile is a list of named steps (`_reconcile`); each acts on the cluster and returns
+what it observed, and the status is `desired_status(observed, ...)`, a pure function
+tested like the builders, written with one patch.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ import os
 import secrets
 import threading
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -44,10 +51,9 @@ from eventstore_operator.builders import Obj, Owner
 
 registry = kopf.OperatorRegistry()
 
-#: Seconds between drift-repair passes over each EventStore.
+#: Seconds between drift-repair passes over each EventStore (the default of
+#: OperatorState.resync_seconds).
 RESYNC_SECONDS = float(os.environ.get("EVENTSTORE_OPERATOR_RESYNC_SECONDS", "30"))
-#: Image prefixes EventStores may use (empty: any); set by __main__, see trust.py.
-ALLOWED_IMAGE_PREFIXES: tuple[str, ...] = ()
 #: Older config snapshots kept besides the one in use, for rollbacks of the StatefulSet.
 KEEP_CONFIG_SNAPSHOTS = 2
 
@@ -56,14 +62,29 @@ _OWNED = {names.LABEL_MANAGED_BY: names.MANAGED_BY}
 
 log = logging.getLogger(__name__)
 
-_locks: dict[tuple[str, str], threading.Lock] = {}
-_locks_guard = threading.Lock()
 
+@dataclass
+class OperatorState:
+    """All the state the operator process keeps besides kopf's registry, in one place.
 
-def _lock(namespace: str, name: str) -> threading.Lock:
-    """One reconcile at a time per EventStore (resync, events and handlers overlap)."""
-    with _locks_guard:
-        return _locks.setdefault((namespace, name), threading.Lock())
+    `__main__` replaces `STATE` with one built from its flags before kopf starts; tests
+    build their own. Nothing else in this module is mutable at module level.
+    """
+
+    #: Namespaces to watch (None: all), for the resync.
+    watch_namespaces: list[str] | None = None
+    #: Image prefixes EventStores may use (empty: any); see trust.py.
+    allowed_image_prefixes: tuple[str, ...] = ()
+    resync_seconds: float = RESYNC_SECONDS
+    #: The running drift-repair thread, between startup and cleanup.
+    resync: Resync | None = None
+    _locks: dict[tuple[str, str], threading.Lock] = field(default_factory=dict)
+    _locks_guard: threading.Lock = field(default_factory=threading.Lock)
+
+    def lock(self, namespace: str, name: str) -> threading.Lock:
+        """One reconcile at a time per EventStore (resync, events and handlers overlap)."""
+        with self._locks_guard:
+            return self._locks.setdefault((namespace, name), threading.Lock())
 
 
 def _now() -> str:
@@ -71,12 +92,14 @@ def _now() -> str:
 
 
 def condition(
-    previous: list[Obj], kind: str, status: bool, reason: str, message: str, generation: int
+    previous: list[Obj], kind: str, status: bool, reason: str, message: str, generation: int,
+    now: str | None = None,
 ) -> Obj:
-    """A status condition; lastTransitionTime only moves when the status changes."""
+    """A status condition; lastTransitionTime (`now`, default the clock) only moves when
+    the status changes."""
     value = "True" if status else "False"
     old = next((c for c in previous if c.get("type") == kind), None)
-    since = old["lastTransitionTime"] if old and old.get("status") == value else _now()
+    since = old["lastTransitionTime"] if old and old.get("status") == value else (now or _now())
     return {
         "type": kind,
         "status": value,
@@ -171,10 +194,10 @@ def _apply_statefulset(
     return kube.apply(obj)
 
 
-def _check_trust(body: Obj, owner: Owner, spec: Obj) -> None:
+def _check_trust(body: Obj, owner: Owner, spec: Obj, allowed_image_prefixes: tuple[str, ...]) -> None:
     """Refuse (before creating anything) a spec that would make the operator hand a Secret
     that did not opt in, or run an image outside the allow-list: see trust.py."""
-    images = trust.image_problems(spec, ALLOWED_IMAGE_PREFIXES)
+    images = trust.image_problems(spec, allowed_image_prefixes)
     if images:
         kube.post_event(body, "Warning", "ImageNotAllowed", "; ".join(images))
         raise kopf.PermanentError("; ".join(images))
@@ -280,168 +303,250 @@ def _database_statefulsets(owner: Owner, spec: Obj) -> dict[str, Obj | None]:
     return out
 
 
-def _reconcile(body: Obj, logger: Any) -> None:
-    owner = Owner.from_body(body)
-    spec = builders.normalize_spec(body.get("spec"))
-    generation = int(body["metadata"].get("generation") or 0)
-    status: Obj = body.get("status") or {}
+# --- one reconcile: steps that act and observe, then a pure status --------------------
+
+
+@dataclass(frozen=True)
+class ConfigCheck:
+    """What the config step found in the user's ConfigMap."""
+
+    #: The settings hash of a valid ConfigMap; None when it was refused.
+    digest: str | None
+    #: The refusal (file, key, reason), when refused.
+    error: str | None
+    #: The settings the store runs after this pass: this valid one, else the last valid one.
+    applied_hash: str | None
+    applied_config_map: str | None
+
+    @property
+    def applies(self) -> bool:
+        """There are settings to run the store on."""
+        return bool(self.applied_hash and self.applied_config_map)
+
+
+@dataclass(frozen=True)
+class Observed:
+    """Everything one reconcile pass saw and did that the status reports."""
+
+    name: str
+    generation: int
+    replicas: int
+    config: ConfigCheck
+    #: spec.settings still matches what seeded the ConfigMap.
+    settings_seeded: bool
+    #: Major-version upgrades of a database that were held back.
+    refusals: tuple[str, ...]
+    #: The store waits for the restore Job.
+    waiting_for_restore: bool
+    #: The store StatefulSet as applied (None: not applied this pass).
+    store: Obj | None
+    #: The in-cluster databases' StatefulSets, by component.
+    databases: Mapping[str, Obj | None]
+    #: Conditions the backup and restore steps report (see their functions).
+    backup_conditions: tuple[Obj, ...] = ()
+    restore_conditions: tuple[Obj, ...] = ()
+    last_backup: Obj | None = None
+    restored: Obj | None = None
+
+
+def config_message(name: str, config: ConfigCheck) -> str:
+    """The ConfigValid message (also the InvalidConfig Event's, posted once per message)."""
+    cm = names.config(name)
+    if config.error is None:
+        return f"{cm} is valid (hash {config.digest})"
+    keeping = (f"the store pods keep the last valid settings (hash {config.applied_hash})"
+               if config.applied_hash
+               else "no valid settings yet: the store StatefulSet is not created")
+    return f"{cm}: {config.error}; {keeping}"
+
+
+def _config_condition(observed: Observed, previous: list[Obj], now: str) -> Obj:
+    valid = observed.config.error is None
+    return condition(previous, names.CONDITION_CONFIG_VALID, valid,
+                     "Valid" if valid else "InvalidConfig",
+                     config_message(observed.name, observed.config), observed.generation, now)
+
+
+def _reconciled_condition(observed: Observed, previous: list[Obj], now: str) -> Obj:
+    name, generation = observed.name, observed.generation
+    if observed.waiting_for_restore:
+        return condition(previous, names.CONDITION_RECONCILED, False, "WaitingForRestore",
+                         f"the store pods start once Job {names.restore(name)} has restored "
+                         "the backup", generation, now)
+    if not observed.config.applies:
+        return condition(previous, names.CONDITION_RECONCILED, False, "WaitingForValidConfig",
+                         f"fix {names.config(name)}: the store needs one valid configuration",
+                         generation, now)
+    if observed.refusals:
+        return condition(previous, names.CONDITION_RECONCILED, False,
+                         "MajorVersionUpgradeRefused", " ".join(observed.refusals),
+                         generation, now)
+    return condition(previous, names.CONDITION_RECONCILED, True, "Applied",
+                     "all child objects are up to date", generation, now)
+
+
+def _seed_condition(observed: Observed, previous: list[Obj], now: str) -> Obj:
+    cm = names.config(observed.name)
+    if observed.settings_seeded:
+        return condition(previous, names.CONDITION_SETTINGS_SEEDED, True, "Seeded",
+                         f"spec.settings seeded {cm}; edit {cm} to tune the store",
+                         observed.generation, now)
+    return condition(previous, names.CONDITION_SETTINGS_SEEDED, False, "SpecSettingsIgnored",
+                     seed_mismatch_message(cm), observed.generation, now)
+
+
+def seed_mismatch_message(cm: str) -> str:
+    """The SettingsSeeded=False message (also the SpecSettingsIgnored Event's)."""
+    return (f"spec.settings differs from what seeded {cm}, and only seeds it when the "
+            f"ConfigMap is created: the store runs {cm}. Edit it instead (kubectl edit "
+            f"configmap {cm})")
+
+
+def desired_status(observed: Observed, status: Obj, now: str) -> Obj:
+    """The EventStore's status from what one reconcile observed: a pure function (`now`
+    stamps conditions whose status changed), tested like the builders."""
     previous: list[Obj] = status.get("conditions") or []
+    ok, ready_message = readiness({"replicas": observed.replicas}, observed.store,
+                                  observed.databases)
+    ready = condition(previous, names.CONDITION_READY, ok,
+                      "AllReplicasReady" if ok else "Waiting", ready_message,
+                      observed.generation, now)
+    updates = [ready, _config_condition(observed, previous, now),
+               _reconciled_condition(observed, previous, now),
+               _seed_condition(observed, previous, now),
+               *observed.backup_conditions, *observed.restore_conditions]
+    new_status: Obj = {
+        "observedGeneration": observed.generation,
+        "replicas": observed.replicas,
+        "readyReplicas": _ready_replicas(observed.store),
+        "conditions": [
+            c for c in _merge_conditions(previous, updates)
+            # spec.backup removed: its condition goes too.
+            if observed.backup_conditions or c.get("type") != names.CONDITION_BACKUP
+        ],
+    }
+    if observed.last_backup:
+        new_status["lastBackup"] = observed.last_backup
+    if observed.restored:
+        new_status["restore"] = observed.restored
+    images = {label: image
+              for label, sts in {names.COMPONENT_STORE: observed.store,
+                                 **observed.databases}.items()
+              if (image := builders.image_of(sts))}
+    if images:
+        new_status["images"] = images
+    if observed.store is not None:
+        new_status["image"] = builders.image_of(observed.store)
+    if observed.config.applied_hash:
+        new_status["configHash"] = observed.config.applied_hash
+    if observed.config.applied_config_map:
+        new_status["configMapName"] = observed.config.applied_config_map
+    return new_status
 
-    _check_trust(body, owner, spec)
-    _ensure_secrets(body, owner, spec, logger)
 
-    # The tuning surface: validate the user's ConfigMap as the pods will load it.
-    user_cm = _user_config(body, owner, spec)
-    data = user_cm.get("data") or {}
+def failed_status(status: Obj, message: str, generation: int, now: str) -> Obj:
+    """The status patch that reports a failed pass (Reconciled False, ReconcileFailed)."""
+    previous: list[Obj] = status.get("conditions") or []
+    failed = condition(previous, names.CONDITION_RECONCILED, False, "ReconcileFailed", message,
+                       generation, now)
+    return {"conditions": _merge_conditions(previous, [failed])}
+
+
+def _check_config(body: Obj, owner: Owner, user_cm: Obj, logger: Any) -> ConfigCheck:
+    """Validate the user's ConfigMap as the pods will load it (registered aggregates
+    imported: the operator runs the store's image); a valid one gets its immutable
+    snapshot, an invalid one a Warning Event (once per new message)."""
+    status: Obj = body.get("status") or {}
     applied_hash: str | None = status.get("configHash")
     applied_cm: str | None = status.get("configMapName")
+    data = user_cm.get("data") or {}
     try:
-        # As the pods will load it, registered aggregates imported (the operator runs the
-        # store's image, so what imports here imports in the pods).
         parsed = validate_config_data(data)
         check_store_settings(parsed.store)
-        error: SettingsError | None = None
     except SettingsError as exc:
-        error = exc
-    if error is None:
-        # Over the parsed settings: a comment-only edit keeps the hash (no roll).
-        digest = settings_hash(parsed)
-        kube.create(builders.config_snapshot(owner, data, digest))  # 409: already there
-        if applied_hash and applied_hash != digest:
-            kube.post_event(
-                body,
-                "Normal",
-                "ConfigApplied",
-                f"{names.config(owner.name)} changed (hash {digest}); rolling the store pods",
-            )
-        applied_hash, applied_cm = digest, names.config_snapshot(owner.name, digest)
-        config_cond = condition(
-            previous,
-            names.CONDITION_CONFIG_VALID,
-            True,
-            "Valid",
-            f"{names.config(owner.name)} is valid (hash {digest})",
-            generation,
-        )
-    else:
-        keeping = (
-            f"the store pods keep the last valid settings (hash {applied_hash})"
-            if applied_hash
-            else "no valid settings yet: the store StatefulSet is not created"
-        )
-        message = f"{names.config(owner.name)}: {error}; {keeping}"
-        config_cond = condition(
-            previous, names.CONDITION_CONFIG_VALID, False, "InvalidConfig", message, generation
-        )
+        check = ConfigCheck(None, str(exc), applied_hash, applied_cm)
+        previous: list[Obj] = status.get("conditions") or []
         old = next((c for c in previous if c.get("type") == names.CONDITION_CONFIG_VALID), None)
+        message = config_message(owner.name, check)
         if not old or old.get("status") != "False" or old.get("message") != message:
             kube.post_event(body, "Warning", "InvalidConfig", message)
             logger.warning("invalid ConfigMap: %s", message)
+        return check
+    # Over the parsed settings: a comment-only edit keeps the hash (no roll).
+    digest = settings_hash(parsed)
+    kube.create(builders.config_snapshot(owner, data, digest))  # 409: already there
+    if applied_hash and applied_hash != digest:
+        kube.post_event(body, "Normal", "ConfigApplied",
+                        f"{names.config(owner.name)} changed (hash {digest}); rolling the "
+                        "store pods")
+    return ConfigCheck(digest, None, digest, names.config_snapshot(owner.name, digest))
 
-    # Databases first (the store pods need them), then the store itself.
-    db_sts: dict[str, Obj | None] = {}
+
+def _apply_databases(body: Obj, owner: Owner, spec: Obj, user_cm: Obj,
+                     logger: Any) -> tuple[dict[str, Obj | None], tuple[str, ...]]:
+    """Databases first (the store pods need them): (their StatefulSets, refused major
+    upgrades)."""
+    applied: dict[str, Obj | None] = {}
     refusals: list[str] = []
     for obj in builders.in_cluster_databases(owner, spec):
+        if obj["kind"] != "StatefulSet":
+            kube.apply(obj)
+            continue
+        component = obj["metadata"]["labels"][names.LABEL_COMPONENT]
+        refusal = _hold_major_upgrade(obj, spec[component], user_cm)
+        if refusal:
+            refusals.append(refusal)
+        applied[component] = _apply_statefulset(obj, logger, body)
+        _record_data_image(owner, user_cm, component, builders.image_of(applied[component]))
+    previous: list[Obj] = (body.get("status") or {}).get("conditions") or []
+    _report_refusals(body, previous, refusals, logger)
+    return applied, tuple(refusals)
+
+
+def _apply_store(body: Obj, owner: Owner, spec: Obj, config: ConfigCheck,
+                 logger: Any) -> Obj | None:
+    """The store's objects on the applied settings, then old config snapshots pruned."""
+    assert config.applied_hash and config.applied_config_map
+    store: Obj | None = None
+    for obj in builders.store_objects(owner, spec, config.applied_hash,
+                                      config.applied_config_map):
         if obj["kind"] == "StatefulSet":
-            component = obj["metadata"]["labels"][names.LABEL_COMPONENT]
-            refusal = _hold_major_upgrade(obj, spec[component], user_cm)
-            if refusal:
-                refusals.append(refusal)
-            db_sts[component] = _apply_statefulset(obj, logger, body)
-            _record_data_image(owner, user_cm, component, builders.image_of(db_sts[component]))
+            store = _apply_statefulset(obj, logger, body)
         else:
             kube.apply(obj)
-    _report_refusals(body, previous, refusals, logger)
+    _prune_snapshots(owner, config.applied_config_map)
+    return store
 
-    store: Obj | None = None
-    seed_cond = _seed_condition(body, owner, spec, user_cm, previous, generation)
 
-    restore_cond, restored, hold = _reconcile_restore(owner, spec, status, previous, generation, body)
+def _reconcile(body: Obj, logger: Any) -> None:
+    """One pass: each step acts on the cluster and says what it saw; the status is then
+    computed from that alone (`desired_status`) and written once."""
+    owner = Owner.from_body(body)
+    spec = builders.normalize_spec(body.get("spec"))
+    status: Obj = body.get("status") or {}
+    previous: list[Obj] = status.get("conditions") or []
+    generation = int(body["metadata"].get("generation") or 0)
 
-    if hold:
-        reconciled = condition(
-            previous,
-            names.CONDITION_RECONCILED,
-            False,
-            "WaitingForRestore",
-            f"the store pods start once Job {names.restore(owner.name)} has restored the backup",
-            generation,
-        )
-    elif applied_hash and applied_cm:
-        for obj in builders.store_objects(owner, spec, applied_hash, applied_cm):
-            if obj["kind"] == "StatefulSet":
-                store = _apply_statefulset(obj, logger, body)
-            else:
-                kube.apply(obj)
-        _prune_snapshots(owner, applied_cm)
-        reconciled = condition(
-            previous,
-            names.CONDITION_RECONCILED,
-            True,
-            "Applied",
-            "all child objects are up to date",
-            generation,
-        )
-        if refusals:
-            reconciled = condition(
-                previous,
-                names.CONDITION_RECONCILED,
-                False,
-                "MajorVersionUpgradeRefused",
-                " ".join(refusals),
-                generation,
-            )
-    else:
-        reconciled = condition(
-            previous,
-            names.CONDITION_RECONCILED,
-            False,
-            "WaitingForValidConfig",
-            f"fix {names.config(owner.name)}: the store needs one valid configuration",
-            generation,
-        )
+    _check_trust(body, owner, spec, STATE.allowed_image_prefixes)
+    _ensure_secrets(body, owner, spec, logger)
+    user_cm = _user_config(body, owner, spec)
+    config = _check_config(body, owner, user_cm, logger)
+    databases, refusals = _apply_databases(body, owner, spec, user_cm, logger)
+    seeded = _check_seed(body, owner, spec, user_cm)
+    restore_conditions, restored, hold = _reconcile_restore(
+        owner, spec, status, previous, generation, body)
+    store = None
+    if not hold and config.applies:
+        store = _apply_store(body, owner, spec, config, logger)
+    backup_conditions, last_backup = _reconcile_backup(owner, spec, previous, generation, body)
 
-    backup_cond, last_backup = _reconcile_backup(owner, spec, previous, generation, body)
-
-    ok, ready_message = readiness(spec, store, db_sts)
-    ready = condition(
-        previous,
-        names.CONDITION_READY,
-        ok,
-        "AllReplicasReady" if ok else "Waiting",
-        ready_message,
-        generation,
-    )
-    new_status: Obj = {
-        "observedGeneration": generation,
-        "replicas": int(spec["replicas"]),
-        "readyReplicas": _ready_replicas(store),
-        "conditions": [
-            c
-            for c in _merge_conditions(
-                previous, [ready, config_cond, reconciled, seed_cond, *backup_cond, *restore_cond]
-            )
-            if backup_cond or c.get("type") != names.CONDITION_BACKUP  # spec.backup removed
-        ],
-    }
-    if last_backup:
-        new_status["lastBackup"] = last_backup
-    if restored:
-        new_status["restore"] = restored
-    images = {
-        label: image
-        for label, sts in {names.COMPONENT_STORE: store, **db_sts}.items()
-        if (image := builders.image_of(sts))
-    }
-    if images:
-        new_status["images"] = images
-    if store is not None:
-        new_status["image"] = builders.image_of(store)
-    if applied_hash:
-        new_status["configHash"] = applied_hash
-    if applied_cm:
-        new_status["configMapName"] = applied_cm
-    _patch_status(body, new_status)
+    observed = Observed(
+        name=owner.name, generation=generation, replicas=int(spec["replicas"]), config=config,
+        settings_seeded=seeded, refusals=refusals, waiting_for_restore=hold, store=store,
+        databases=databases, backup_conditions=tuple(backup_conditions),
+        restore_conditions=tuple(restore_conditions), last_backup=last_backup,
+        restored=restored)
+    _patch_status(body, desired_status(observed, status, _now()))
 
 
 def _reconcile_backup(
@@ -562,9 +667,7 @@ def _report_refusals(body: Obj, previous: list[Obj], refusals: list[str], logger
         logger.warning("%s", message)
 
 
-def _seed_condition(
-    body: Obj, owner: Owner, spec: Obj, user_cm: Obj, previous: list[Obj], generation: int
-) -> Obj:
+def _check_seed(body: Obj, owner: Owner, spec: Obj, user_cm: Obj) -> bool:
     """Whether spec.settings still matches what seeded the ConfigMap (issue 13 #6).
 
     spec.settings only seeds `<name>-config` when it is created; after that the
@@ -572,32 +675,19 @@ def _seed_condition(
     EventStore finding the kept ConfigMap) is said so, once, rather than ignored silently.
     """
     seeded = (user_cm.get("metadata", {}).get("annotations") or {}).get(names.ANNOTATION_SEED_HASH)
-    wanted = builders.seed_hash(spec)
-    cm = names.config(owner.name)
-    if seeded is None or seeded == wanted:
-        return condition(
-            previous,
-            names.CONDITION_SETTINGS_SEEDED,
-            True,
-            "Seeded",
-            f"spec.settings seeded {cm}; edit {cm} to tune the store",
-            generation,
-        )
-    message = (
-        f"spec.settings differs from what seeded {cm}, and only seeds it when the ConfigMap "
-        f"is created: the store runs {cm}. Edit it instead (kubectl edit configmap {cm})"
-    )
+    if seeded is None or seeded == builders.seed_hash(spec):
+        return True
+    previous: list[Obj] = (body.get("status") or {}).get("conditions") or []
     old = next((c for c in previous if c.get("type") == names.CONDITION_SETTINGS_SEEDED), None)
     if not old or old.get("status") != "False":
-        kube.post_event(body, "Warning", "SpecSettingsIgnored", message)
-    return condition(
-        previous, names.CONDITION_SETTINGS_SEEDED, False, "SpecSettingsIgnored", message, generation
-    )
+        kube.post_event(body, "Warning", "SpecSettingsIgnored",
+                        seed_mismatch_message(names.config(owner.name)))
+    return False
 
 
 def reconcile(namespace: str, name: str, logger: Any = log) -> None:
     """Bring every child of EventStore namespace/name to its desired state."""
-    with _lock(namespace, name):
+    with STATE.lock(namespace, name):
         body = kube.get(names.KIND, namespace, name)
         if body is None or body["metadata"].get("deletionTimestamp"):
             return  # gone or going: the garbage collector removes the children
@@ -612,21 +702,20 @@ def _report_failure(body: Obj, exc: Exception) -> None:
     status: Obj = body.get("status") or {}
     previous: list[Obj] = status.get("conditions") or []
     generation = int(body["metadata"].get("generation") or 0)
-    failed = condition(previous, names.CONDITION_RECONCILED, False, "ReconcileFailed", str(exc), generation)
     old = next((c for c in previous if c.get("type") == names.CONDITION_RECONCILED), None)
     if not old or old.get("reason") != "ReconcileFailed" or old.get("message") != str(exc):
         # The operator's own Event: kopf posts none for failures of the resync thread or of
         # the watch-event handlers, and the condition alone is easy to miss (issue 13 #4).
         kube.post_event(body, "Warning", "ReconcileFailed", str(exc))
     try:
-        _patch_status(body, {"conditions": _merge_conditions(previous, [failed])})
+        _patch_status(body, failed_status(status, str(exc), generation, _now()))
     except (kopf.TemporaryError, kopf.PermanentError) as patch_exc:
         log.warning("could not report the failure on the status: %s", patch_exc)
 
 
 def refresh_status(namespace: str, name: str) -> None:
     """Update only readyReplicas and the Ready condition (on StatefulSet status changes)."""
-    with _lock(namespace, name):
+    with STATE.lock(namespace, name):
         body = kube.get(names.KIND, namespace, name)
         if body is None or body["metadata"].get("deletionTimestamp"):
             return
@@ -769,22 +858,20 @@ class Resync:
             self.run_once()
 
 
-#: Namespaces the operator watches (set by __main__ before kopf starts; None: all).
-WATCH_NAMESPACES: list[str] | None = None
-_resync: Resync | None = None
+#: The operator process's state (see OperatorState).
+STATE = OperatorState()
 
 
 @kopf.on.startup(registry=registry)
 def start_resync(**_: Any) -> None:
-    global _resync
-    _resync = Resync(WATCH_NAMESPACES, RESYNC_SECONDS)
-    _resync.start()
+    STATE.resync = Resync(STATE.watch_namespaces, STATE.resync_seconds)
+    STATE.resync.start()
 
 
 @kopf.on.cleanup(registry=registry)
 def stop_resync(**_: Any) -> None:
-    if _resync is not None:
-        _resync.stop()
+    if STATE.resync is not None:
+        STATE.resync.stop()
 
 
 @kopf.on.delete(*_EVENTSTORES, optional=True, registry=registry)

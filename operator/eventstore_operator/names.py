@@ -6,6 +6,8 @@ happens once.
 
 from __future__ import annotations
 
+from eventstore import envcontract
+
 GROUP = "eventstore.io"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
@@ -53,13 +55,14 @@ CONDITION_RESTORED = "Restored"  # spec.restore: the restore Job finished
 CONDITION_BACKUP = "BackupSucceeded"  # the last backup Job succeeded
 CONDITION_SETTINGS_SEEDED = "SettingsSeeded"  # spec.settings still matches the seeded ConfigMap
 
-# Paths and ports inside the store pod (the contract with `eventstore serve`)
-CONFIG_DIR = "/etc/eventstore"
-DATA_DIR = "/data"
+# Paths and ports inside the store pod (the contract with `eventstore serve`, whose
+# defaults and variable names live in eventstore/envcontract.py)
+CONFIG_DIR = str(envcontract.DEFAULT_CONFIG_DIR)
+DATA_DIR = str(envcontract.DEFAULT_DATA_DIR)
 BACKUP_DIR = "/backup"  # where the backup Job mounts its target volume
-TOKEN_DIR = "/var/run/secrets/eventstore"
-TOKEN_KEY = "token"
-TOKEN_FILE = f"{TOKEN_DIR}/{TOKEN_KEY}"
+TOKEN_DIR = str(envcontract.DEFAULT_TOKEN_FILE.parent)
+TOKEN_KEY = envcontract.DEFAULT_TOKEN_FILE.name
+TOKEN_FILE = str(envcontract.DEFAULT_TOKEN_FILE)
 #: Database passwords are mounted as files here (<dir>/event-db/password, ...snapshot-db/...)
 #: and named by EVENT_DB_PASSWORD_FILE / SNAPSHOT_DB_PASSWORD_FILE, never put in the env.
 #: (Not under TOKEN_DIR: that is a read-only Secret volume, where no mount point can be made.)

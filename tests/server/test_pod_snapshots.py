@@ -255,7 +255,7 @@ def test_aggregates_route_refusals(servers: Callable[..., ServerProcess], postgr
         unknown = http.get("/aggregates/Customer/acc-1")
         assert unknown.status_code == 404 and "registered: Account" in unknown.json()["message"]
         missing = http.get("/aggregates/Account/nobody")
-        assert missing.status_code == 404 and missing.json()["error"] == "not_found"
+        assert missing.status_code == 404 and missing.json()["error"] == "aggregate_not_found"
         before = http.get("/aggregates/Account/acc-1",
                           params={"as_of": datetime(2000, 1, 1).isoformat()})
         assert before.status_code == 404

@@ -113,7 +113,9 @@ def test_json_log_lines_carry_extras() -> None:
                                     "args": ("world",), "projection": "balances"})
     line = json.loads(JsonFormatter().format(record))
     assert line["message"] == "hello world" and line["projection"] == "balances"
-    assert line["level"] == "info"
+    assert line["level"] == "info" and "pod" not in line
+    # POD_NAME (set by the operator from the downward API) names the replica.
+    assert json.loads(JsonFormatter("demo-1").format(record))["pod"] == "demo-1"
 
 
 @pytest.mark.parametrize("token", ["   ", "\t\n", "x", "fifteen-chars-x"])

@@ -388,7 +388,8 @@ def test_a_referenced_secret_without_the_opt_in_label_is_not_used(fake: FakeKube
 
 def test_images_outside_the_allow_list_are_refused(fake: FakeKube,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(handlers, "ALLOWED_IMAGE_PREFIXES", ("registry.example.com/",))
+    monkeypatch.setattr(handlers, "STATE", handlers.OperatorState(
+        allowed_image_prefixes=("registry.example.com/",)))
     es(fake)["spec"]["image"] = "evil.example.org/exfiltrate:latest"
     with pytest.raises(kopf.PermanentError, match=r"spec\.image 'evil\.example\.org"):
         handlers.reconcile("ns", "demo")
@@ -406,9 +407,10 @@ def test_operator_flag_sets_the_image_allow_list(monkeypatch: pytest.MonkeyPatch
 
     monkeypatch.setattr(cli.kopf, "run", lambda **_: None)
     monkeypatch.setattr(cli.kopf, "configure", lambda **_: None)
-    monkeypatch.setattr(handlers, "ALLOWED_IMAGE_PREFIXES", ())
+    monkeypatch.setattr(handlers, "STATE", handlers.OperatorState())
     cli.main(["-n", "ns", "--allowed-image-prefix", "a/", "--allowed-image-prefix", "b/"])
-    assert handlers.ALLOWED_IMAGE_PREFIXES == ("a/", "b/")
+    assert handlers.STATE.allowed_image_prefixes == ("a/", "b/")
+    assert handlers.STATE.watch_namespaces == ["ns"]
 def test_app_secret_carries_the_generated_token(fake: FakeKube) -> None:
     handlers.reconcile("ns", "demo")
     token = fake.objects[("Secret", "ns", "demo-api-token")]["stringData"]["token"]
