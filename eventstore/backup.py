@@ -139,9 +139,11 @@ class DirectoryTarget:
         (self.directory / name).unlink(missing_ok=True)
 
 
-#: S3 error codes that mean the credentials were refused.
+#: S3 error codes that mean the credentials were refused (besides any 403).
+#: XAdminUserNotFound: versitygw's answer (a 404) for an unknown access key.
 _AUTH_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied",
-               "InvalidToken", "ExpiredToken", "AuthorizationHeaderMalformed"}
+               "InvalidToken", "ExpiredToken", "AuthorizationHeaderMalformed",
+               "XAdminUserNotFound"}
 
 
 class S3Target:
@@ -197,7 +199,8 @@ class S3Target:
 
         where = f"{self}: cannot {doing} {name}"
         if isinstance(exc, S3Error):
-            if exc.code in _AUTH_CODES:
+            status = getattr(exc.response, "status", None)
+            if exc.code in _AUTH_CODES or status == 403:
                 return BackupError(f"{where}: the S3 endpoint {self.endpoint} refused the "
                                    f"credentials ({exc.code}): check AWS_ACCESS_KEY_ID and "
                                    "AWS_SECRET_ACCESS_KEY (or the target's credentialsSecret)")

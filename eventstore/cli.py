@@ -331,7 +331,8 @@ def expire_backups(location: str, retention_days: float, s3_endpoint: str | None
 @main.command()
 @click.argument("location")
 @click.option("--url", help="Event store URL (default: from the environment, as `serve`).")
-@click.option("--as-of", type=click.DateTime(formats=["%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%dT%H:%M:%S"]),
+@click.option("--as-of", type=click.DateTime(formats=["%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%dT%H:%M:%S",
+                                            "%Y-%m-%dT%H:%M:%S.%f%z", "%Y-%m-%dT%H:%M:%S.%f"]),
               help="Restore the newest backup written at or before this time (UTC unless "
                    "it names a zone; default: the newest backup).")
 @_s3_options
