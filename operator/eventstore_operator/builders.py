@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -869,6 +870,8 @@ def restore_job(owner: Owner, spec: Mapping[str, Any]) -> Obj | None:
         return None
     component = names.COMPONENT_RESTORE
     pod = _backup_pod(owner, spec, "restore", restore["from"])
+    if restore.get("asOf"):
+        pod["containers"][0]["args"] += ["--as-of", str(restore["asOf"])]
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -891,8 +894,10 @@ def job_finished(job: Mapping[str, Any] | None) -> tuple[bool, str] | None:
 def backup_cronjob(owner: Owner, spec: Mapping[str, Any]) -> Obj | None:
     """The CronJob that runs `eventstore backup` on spec.backup's schedule (None: unset).
 
-    Each run adds one segment (the events since the last one) to the target volume;
-    concurrencyPolicy Forbid keeps two runs from writing the same manifest.
+    Each run adds one segment (the events since the last one, or a full backup every
+    `fullEvery` segments) to the target, then expires what `retention` no longer needs
+    (eventstore/backup.py); concurrencyPolicy Forbid keeps two runs from writing the same
+    manifest.
     """
     spec = normalize_spec(spec)
     backup = spec.get("backup")
@@ -900,6 +905,10 @@ def backup_cronjob(owner: Owner, spec: Mapping[str, Any]) -> Obj | None:
         return None
     component = names.COMPONENT_BACKUP
     pod_spec = _backup_pod(owner, spec, "backup", backup["target"])
+    args = pod_spec["containers"][0]["args"]
+    args += ["--full-every", str(int(backup.get("fullEvery") or 7))]
+    if backup.get("retention"):
+        args += ["--retention-days", str(retention_days(str(backup["retention"])))]
     # The backed-up position, for status.lastBackup: the Job's termination message.
     result = _value_env("EVENTSTORE_BACKUP_RESULT_FILE", "/dev/termination-log")
     pod_spec["containers"][0]["env"].append(result)
@@ -922,6 +931,15 @@ def backup_cronjob(owner: Owner, spec: Mapping[str, Any]) -> Obj | None:
             },
         },
     }
+
+
+def retention_days(retention: str) -> int:
+    """spec.backup.retention ('30d', '4w') in days."""
+    match = re.fullmatch(r"([1-9][0-9]{0,4})([dw])", retention)
+    if not match:
+        raise ValueError(f"spec.backup.retention {retention!r}: expected a number of days or "
+                         "weeks such as '30d' or '4w'")
+    return int(match[1]) * (7 if match[2] == "w" else 1)
 
 
 def backup_status(jobs: Sequence[Mapping[str, Any]]) -> tuple[Obj | None, bool | None, str]:

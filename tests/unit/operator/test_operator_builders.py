@@ -391,7 +391,7 @@ def test_backup_to_an_s3_bucket() -> None:
     assert cron is not None
     pod = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
     (c,) = pod["containers"]
-    assert c["args"] == ["backup", "s3://b/demo"]
+    assert c["args"] == ["backup", "s3://b/demo", "--full-every", "7"]
     assert [v["name"] for v in pod["volumes"]] == ["event-db-password"]  # no target volume
     env = {e["name"]: e for e in c["env"]}
     assert env["AWS_ENDPOINT_URL"]["value"] == "http://minio:9000"
@@ -401,3 +401,22 @@ def test_backup_to_an_s3_bucket() -> None:
     restore = builders.restore_job(OWNER, {"restore": {"from": spec["backup"]["target"]}})
     assert restore is not None
     assert restore["spec"]["template"]["spec"]["containers"][0]["args"] == ["restore", "s3://b/demo"]
+
+
+def test_backup_retention_and_full_backups_reach_the_job() -> None:
+    """spec.backup.retention / fullEvery become `eventstore backup` options; a restore
+    point (spec.restore.asOf) becomes --as-of."""
+    spec = {"backup": {"schedule": "0 * * * *", "fullEvery": 3, "retention": "2w",
+                       "target": {"pvc": {"claimName": "backups"}}}}
+    cron = builders.backup_cronjob(OWNER, spec)
+    assert cron is not None
+    (c,) = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
+    assert c["args"] == ["backup", "/backup", "--full-every", "3", "--retention-days", "14"]
+    assert builders.retention_days("30d") == 30
+    with pytest.raises(ValueError, match="'30x'"):
+        builders.retention_days("30x")
+    restore = builders.restore_job(OWNER, {"restore": {"from": spec["backup"]["target"],
+                                                       "asOf": "2026-01-31T12:00:00Z"}})
+    assert restore is not None
+    assert restore["spec"]["template"]["spec"]["containers"][0]["args"] == [
+        "restore", "/backup", "--as-of", "2026-01-31T12:00:00Z"]
