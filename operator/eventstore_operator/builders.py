@@ -695,7 +695,11 @@ def mongodb_service(owner: Owner) -> Obj:
 
 
 def database_network_policy(owner: Owner, component: str, name: str, port: int) -> Obj:
-    """Only the store pods of this EventStore may open connections to the database."""
+    """Only the store pods of this EventStore may open connections to the database, and to
+    PostgreSQL also its backup and restore Jobs (which read and write the events)."""
+    clients = [names.COMPONENT_STORE]
+    if component == names.COMPONENT_POSTGRES:
+        clients += [names.COMPONENT_BACKUP, names.COMPONENT_RESTORE]
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
@@ -705,7 +709,7 @@ def database_network_policy(owner: Owner, component: str, name: str, port: int) 
             "policyTypes": ["Ingress"],
             "ingress": [
                 {
-                    "from": [{"podSelector": {"matchLabels": selector_labels(owner, names.COMPONENT_STORE)}}],
+                    "from": [{"podSelector": {"matchLabels": selector_labels(owner, c)}} for c in clients],
                     "ports": [{"protocol": "TCP", "port": port}],
                 }
             ],

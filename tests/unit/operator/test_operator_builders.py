@@ -195,8 +195,9 @@ def test_in_cluster_databases() -> None:
     assert objs[("Service", "demo-mongodb")]["spec"]["ports"][0]["port"] == 27017
 
 
-def test_network_policies_admit_only_store_pods() -> None:
+def test_network_policies_admit_only_store_pods_and_backup_jobs() -> None:
     store_labels = builders.selector_labels(OWNER, names.COMPONENT_STORE)
+    jobs = [builders.selector_labels(OWNER, c) for c in (names.COMPONENT_BACKUP, names.COMPONENT_RESTORE)]
     policies = [o for o in builders.in_cluster_databases(OWNER, {}) if o["kind"] == "NetworkPolicy"]
     assert {p["metadata"]["name"] for p in policies} == {"demo-postgres", "demo-mongodb"}
     for p in policies:
@@ -204,8 +205,18 @@ def test_network_policies_admit_only_store_pods() -> None:
         assert p["spec"]["podSelector"]["matchLabels"][names.LABEL_COMPONENT] == component
         assert p["spec"]["policyTypes"] == ["Ingress"]
         (rule,) = p["spec"]["ingress"]
-        assert rule["from"] == [{"podSelector": {"matchLabels": store_labels}}]
+        # The backup and restore Jobs read and write the events, not the snapshots.
+        admitted = [store_labels, *jobs] if component == names.COMPONENT_POSTGRES else [store_labels]
+        assert rule["from"] == [{"podSelector": {"matchLabels": m}} for m in admitted]
         assert rule["ports"][0]["port"] in (5432, 27017)
+    # The Jobs' pods carry the labels admitted.
+    spec = {"backup": {"schedule": "0 * * * *", "target": {"pvc": {"claimName": "b"}}},
+            "restore": {"from": {"pvc": {"claimName": "b"}}}}
+    cron, restore = builders.backup_cronjob(OWNER, spec), builders.restore_job(OWNER, spec)
+    assert cron is not None and restore is not None
+    pod_labels = [cron["spec"]["jobTemplate"]["spec"]["template"]["metadata"]["labels"],
+                  restore["spec"]["template"]["metadata"]["labels"]]
+    assert all(m.items() <= labels.items() for m, labels in zip(jobs, pod_labels, strict=True))
 
 
 def test_services_and_pdb() -> None:
