@@ -842,6 +842,11 @@ def _backup_pod(owner: Owner, spec: Obj, command: str, where: Mapping[str, Any])
         location = names.BACKUP_DIR
         mounts.append({"name": "target", "mountPath": names.BACKUP_DIR})
         volumes.append({"name": "target", "persistentVolumeClaim": {"claimName": where["pvc"]["claimName"]}})
+    # Scratch for the segments on their way (a backup writes one there before the upload;
+    # a restore checks every segment there before it writes an event): node ephemeral
+    # storage, as large as the compressed segments.
+    mounts.append({"name": "tmp", "mountPath": "/tmp"})
+    volumes.append({"name": "tmp", "emptyDir": {}})
     container: Obj = {
         "name": command,
         "image": spec["image"],

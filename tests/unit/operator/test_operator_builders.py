@@ -403,7 +403,9 @@ def test_backup_to_an_s3_bucket() -> None:
     pod = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
     (c,) = pod["containers"]
     assert c["args"] == ["backup", "s3://b/demo", "--full-every", "7"]
-    assert [v["name"] for v in pod["volumes"]] == ["event-db-password"]  # no target volume
+    # No target volume; /tmp (the root file system is read-only) stages the segments.
+    assert [v["name"] for v in pod["volumes"]] == ["event-db-password", "tmp"]
+    assert {"name": "tmp", "mountPath": "/tmp"} in c["volumeMounts"]
     env = {e["name"]: e for e in c["env"]}
     assert env["AWS_ENDPOINT_URL"]["value"] == "http://minio:9000"
     assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"] == {
