@@ -44,6 +44,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -138,6 +139,9 @@ class DirectoryTarget:
     def delete(self, name: str) -> None:
         (self.directory / name).unlink(missing_ok=True)
 
+
+#: S3's bucket naming rules (the client refuses other names before any request).
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 
 #: S3 error codes that mean the credentials were refused (besides any 403).
 #: XAdminUserNotFound: versitygw's answer (a 404) for an unknown access key.
@@ -269,6 +273,10 @@ def target(location: str | Path, *, s3_endpoint: str | None = None,
         bucket, _, prefix = text.removeprefix("s3://").partition("/")
         if not bucket:
             raise BackupError(f"{text}: no bucket name (s3://bucket/prefix)")
+        if not _BUCKET.fullmatch(bucket):
+            raise BackupError(f"{text}: {bucket!r} is not a valid S3 bucket name (3 to 63 "
+                              "lowercase letters, digits, '.' and '-', starting and ending "
+                              "with a letter or digit)")
         return S3Target(bucket, prefix, s3_endpoint, s3_region)
     return DirectoryTarget(Path(text))
 

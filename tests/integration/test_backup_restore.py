@@ -158,6 +158,8 @@ def test_a_missing_bucket_is_named(postgres_server: PostgresServer, s3_bucket: s
         _append(store, "a", 2)
     result = CliRunner().invoke(main, ["backup", "s3://no-such-bucket/x", "--url", source_url])
     assert result.exit_code == 1 and "bucket no-such-bucket does not exist" in result.output
+    result = CliRunner().invoke(main, ["backup", "s3://My_Bucket/x", "--url", source_url])
+    assert result.exit_code == 1 and "'My_Bucket' is not a valid S3 bucket name" in result.output
 
 
 def test_a_large_segment_goes_up_in_parts_and_restores(
