@@ -334,3 +334,29 @@ def test_a_restored_copy_starts_a_new_chain(postgres_server: PostgresServer, tmp
     assert runner.invoke(main, ["restore", location, "--url", last]).exit_code == 0
     with EventStore.connect(last) as store:
         assert _log(store) == expected
+
+
+def test_a_chain_written_before_database_ids_gets_a_new_full_backup(
+        postgres_server: PostgresServer, tmp_path: Path) -> None:
+    """Segments from before this version name no database: the next backup cannot know it
+    continues their chain, so it starts a new one; the old chain still restores."""
+    source_url = postgres_server.create_database("backup_old_manifest")
+    location = str(tmp_path / "b")
+    runner = CliRunner()
+    with EventStore.connect(source_url) as store:
+        store.migrate()
+        _append(store, "a", 2)
+        assert runner.invoke(main, ["backup", location, "--url", source_url]).exit_code == 0
+        old = json.loads((tmp_path / "b" / "manifest.json").read_text())
+        for segment in old["segments"]:
+            for key in ("archived", "snapshot_xmin", "store_id"):
+                del segment[key]
+        (tmp_path / "b" / "manifest.json").write_text(json.dumps(old))
+        _append(store, "a", 1)
+        result = runner.invoke(main, ["backup", location, "--url", source_url])
+        assert result.exit_code == 0 and "(full backup): 3 events" in result.output, result.output
+    segments = backups.read_manifest(backups.target(location))
+    assert [s.full for s in segments] == [True, True] and segments[0].store_id == ""
+    url = postgres_server.create_database("backup_old_manifest_restored")
+    result = runner.invoke(main, ["restore", location, "--url", url, "--as-of", segments[0].created])
+    assert result.exit_code == 0 and "restored 2 events" in result.output, result.output
