@@ -2,7 +2,7 @@
 PYTHON ?= python3
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-unit lint bench pg-up mongo-up k8s-build \
+.PHONY: install demo test test-unit lint bench pg-up mongo-up s3-up k8s-build \
         ferretdb-build k8s-up coredns-build cluster-up cluster-down images deps e2e-kind e2e-node image chart-lint crd test-k8s operator-run serve test-server
 
 install:  ## the library, the operator and the dev tools, pinned
@@ -11,8 +11,9 @@ install:  ## the library, the operator and the dev tools, pinned
 demo: install  ## the main job on the embedded default (SQLite): no servers needed
 	$(PYTHON) -m eventstore.cli demo
 
-deps:  ## build or reuse the cached test servers and images (FerretDB, Kubernetes, CoreDNS, kube-router)
+deps:  ## build or reuse the cached test servers and images (FerretDB, versitygw, Kubernetes, CoreDNS, kube-router)
 	bash scripts/ferretdb/build.sh
+	bash scripts/versitygw/build.sh
 	bash scripts/k8s/build.sh
 	bash scripts/coredns/build.sh
 	bash scripts/kube-router/build.sh
@@ -54,6 +55,10 @@ pg-up:  ## a throwaway PostgreSQL in the foreground
 
 mongo-up:  ## a throwaway MongoDB wire server (FerretDB) in the foreground
 	$(PYTHON) -m tests.harness.ferretdb
+
+s3-up:  ## a throwaway S3-compatible server (versitygw) in the foreground; prints the AWS_* variables
+	bash scripts/versitygw/build.sh >/dev/null
+	$(PYTHON) -m tests.harness.s3
 
 ferretdb-build:
 	bash scripts/ferretdb/build.sh

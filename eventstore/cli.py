@@ -14,6 +14,7 @@ import signal
 import sys
 import tempfile
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -254,18 +255,41 @@ def _postgres_store(url: str | None) -> Any:
     return EventStore.connect(resolved)
 
 
+def _s3_options(command: Any) -> Any:
+    """--s3-endpoint and --s3-region. Credentials only from the environment
+    (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY): a secret on a command line is visible to
+    every user of the machine in `ps`."""
+    command = click.option("--s3-endpoint", envvar="EVENTSTORE_S3_ENDPOINT",
+                           help="S3-compatible endpoint, http(s)://host[:port] (default: "
+                                "AWS_ENDPOINT_URL, else AWS S3).")(command)
+    return click.option("--s3-region", help="S3 region (default: AWS_REGION or "
+                                             "AWS_DEFAULT_REGION).")(command)
+
+
 @main.command()
 @click.argument("location")
 @click.option("--url", help="Event store URL (default: from the environment, as `serve`).")
-def backup(location: str, url: str | None) -> None:
-    """Back up the events written since the last backup in LOCATION (a new segment).
+@click.option("--full-every", type=click.IntRange(min=0), default=7, show_default=True,
+              help="Start a new chain (a full backup) once the current one has this many "
+                   "segments; 0: never.")
+@click.option("--retention-days", type=click.FloatRange(min=0, min_open=True),
+              help="After the backup, remove the chains no restore point of the last "
+                   "DAYS days needs (default: keep everything).")
+@_s3_options
+def backup(location: str, url: str | None, full_every: int, retention_days: float | None,
+           s3_endpoint: str | None, s3_region: str | None) -> None:
+    """Back up the events written since the last backup in LOCATION (a new segment), or
+    a full backup when one is due.
 
     LOCATION is a directory or s3://bucket/prefix (AWS_* credentials, AWS_ENDPOINT_URL)."""
     from eventstore import backup as backups
 
     try:
+        where = backups.target(location, s3_endpoint=s3_endpoint, s3_region=s3_region)
         with _postgres_store(url) as store:
-            segment = backups.backup(store, location)
+            segment = backups.backup(store, where, full_every=full_every)
+        removed = backups.expire(where, retention_days) if retention_days else []
+        position = backups.last_position(where)
     except EventStoreError as exc:
         _fail(f"{type(exc).__name__}: {exc}")
         return
@@ -273,24 +297,59 @@ def backup(location: str, url: str | None) -> None:
     if segment is None:
         click.echo("nothing new since the last backup")
     else:
-        click.echo(f"{segment.file}: {segment.events} events, positions "
-                   f"{segment.after_position + 1}..{segment.to_position}, sha256 {segment.sha256}")
+        kind = "full backup" if segment.full else "incremental"
+        click.echo(f"{segment.file} ({kind}): {segment.events} events, positions "
+                   f"{segment.after_position + 1}..{segment.to_position}, "
+                   f"{segment.archived} archive moves, sha256 {segment.sha256}")
+    if removed:
+        click.echo(f"expired {len(removed)} segments older than the retention: "
+                   + ", ".join(s.file for s in removed))
     if result_file:
         # For the operator's status: a Job writes it to its termination message.
-        Path(result_file).write_text(json.dumps({"position": backups.last_position(location),
+        Path(result_file).write_text(json.dumps({"position": position,
                                                  "segment": segment.file if segment else None}))
+
+
+@main.command("expire-backups")
+@click.argument("location")
+@click.option("--retention-days", type=click.FloatRange(min=0, min_open=True), required=True,
+              help="Keep every restore point of the last DAYS days.")
+@_s3_options
+def expire_backups(location: str, retention_days: float, s3_endpoint: str | None,
+                   s3_region: str | None) -> None:
+    """Remove the backup chains in LOCATION that no restore point of the last DAYS days
+    needs (the newest chain always stays)."""
+    from eventstore import backup as backups
+
+    try:
+        where = backups.target(location, s3_endpoint=s3_endpoint, s3_region=s3_region)
+        removed = backups.expire(where, retention_days)
+    except EventStoreError as exc:
+        _fail(f"{type(exc).__name__}: {exc}")
+        return
+    click.echo(f"expired {len(removed)} segments" + (": " if removed else "")
+               + ", ".join(s.file for s in removed))
 
 
 @main.command()
 @click.argument("location")
 @click.option("--url", help="Event store URL (default: from the environment, as `serve`).")
-def restore(location: str, url: str | None) -> None:
-    """Restore every segment in LOCATION (a directory or s3://...) into an empty event store."""
+@click.option("--as-of", type=click.DateTime(formats=["%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%dT%H:%M:%S",
+                                            "%Y-%m-%dT%H:%M:%S.%f%z", "%Y-%m-%dT%H:%M:%S.%f"]),
+              help="Restore the newest backup written at or before this time (UTC unless "
+                   "it names a zone; default: the newest backup).")
+@_s3_options
+def restore(location: str, url: str | None, as_of: datetime | None, s3_endpoint: str | None,
+            s3_region: str | None) -> None:
+    """Restore a backup in LOCATION (a directory or s3://...) into an empty event store."""
     from eventstore import backup as backups
 
+    if as_of is not None and as_of.tzinfo is None:
+        as_of = as_of.replace(tzinfo=UTC)
     try:
+        where = backups.target(location, s3_endpoint=s3_endpoint, s3_region=s3_region)
         with _postgres_store(url) as store:
-            count = backups.restore(store, location)
+            count = backups.restore(store, where, as_of)
     except EventStoreError as exc:
         _fail(f"{type(exc).__name__}: {exc}")
         return

@@ -38,3 +38,6 @@ def postgres_url(postgres_server: PostgresServer) -> str:
 
 # The MongoDB wire server (FerretDB): `ferretdb_server` per session, `mongo_url` per test.
 from tests.integration.conftest_mongo import ferretdb_server, mongo_url  # noqa: E402, F401
+
+# The S3-compatible server (versitygw): `s3_server` per session, `s3_bucket` per test.
+from tests.integration.conftest_s3 import s3_bucket, s3_server  # noqa: E402, F401

@@ -110,6 +110,24 @@ CREATE INDEX es_events_type_position ON es_events (type, (position + 0));
 CREATE INDEX es_events_category_position
     ON es_events ((split_part(stream_id, '-', 1) COLLATE "C"), (position + 0));
 """,
+    # 4: backups (eventstore/backup.py). `archived_tx`: the transaction that moved a row to
+    # the archive, so an incremental backup finds the events archived since the previous
+    # one (those its snapshot could not see: archived_tx >= that snapshot's xmin). Rows
+    # archived before this migration get 0: the next backup lists them all, once.
+    # `es_store_identity`: one random id per database, so a backup never continues a chain
+    # written from another database (a restored copy numbers its positions anew).
+    r"""
+ALTER TABLE es_events_archive ADD COLUMN archived_tx xid8 NOT NULL DEFAULT '0';
+ALTER TABLE es_events_archive ALTER COLUMN archived_tx SET DEFAULT pg_current_xact_id();
+CREATE INDEX es_events_archive_archived_tx ON es_events_archive (archived_tx);
+
+CREATE TABLE es_store_identity (
+    id          uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    single      boolean NOT NULL DEFAULT true UNIQUE CHECK (single)
+);
+INSERT INTO es_store_identity DEFAULT VALUES;
+""",
 ]
 
 #: Partitions of the global log for projection workers (the `& 15` above).

@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -899,6 +900,11 @@ def _backup_pod(owner: Owner, spec: Obj, command: str, where: Mapping[str, Any])
         location = names.BACKUP_DIR
         mounts.append({"name": "target", "mountPath": names.BACKUP_DIR})
         volumes.append({"name": "target", "persistentVolumeClaim": {"claimName": where["pvc"]["claimName"]}})
+    # Scratch for the segments on their way (a backup writes one there before the upload;
+    # a restore checks every segment there before it writes an event): node ephemeral
+    # storage, as large as the compressed segments.
+    mounts.append({"name": "tmp", "mountPath": "/tmp"})
+    volumes.append({"name": "tmp", "emptyDir": {}})
     container: Obj = {
         "name": command,
         "image": spec["image"],
@@ -931,6 +937,8 @@ def restore_job(owner: Owner, spec: Mapping[str, Any]) -> Obj | None:
         return None
     component = names.COMPONENT_RESTORE
     pod = _backup_pod(owner, spec, "restore", restore["from"])
+    if restore.get("asOf"):
+        pod["containers"][0]["args"] += ["--as-of", str(restore["asOf"])]
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -953,8 +961,10 @@ def job_finished(job: Mapping[str, Any] | None) -> tuple[bool, str] | None:
 def backup_cronjob(owner: Owner, spec: Mapping[str, Any]) -> Obj | None:
     """The CronJob that runs `eventstore backup` on spec.backup's schedule (None: unset).
 
-    Each run adds one segment (the events since the last one) to the target volume;
-    concurrencyPolicy Forbid keeps two runs from writing the same manifest.
+    Each run adds one segment (the events since the last one, or a full backup every
+    `fullEvery` segments) to the target, then expires what `retention` no longer needs
+    (eventstore/backup.py); concurrencyPolicy Forbid keeps two runs from writing the same
+    manifest.
     """
     spec = normalize_spec(spec)
     backup = spec.get("backup")
@@ -962,6 +972,10 @@ def backup_cronjob(owner: Owner, spec: Mapping[str, Any]) -> Obj | None:
         return None
     component = names.COMPONENT_BACKUP
     pod_spec = _backup_pod(owner, spec, "backup", backup["target"])
+    args = pod_spec["containers"][0]["args"]
+    args += ["--full-every", str(int(backup.get("fullEvery") or 7))]
+    if backup.get("retention"):
+        args += ["--retention-days", str(retention_days(str(backup["retention"])))]
     # The backed-up position, for status.lastBackup: the Job's termination message.
     result = _value_env(envcontract.BACKUP_RESULT_FILE, "/dev/termination-log")
     pod_spec["containers"][0]["env"].append(result)
@@ -984,6 +998,15 @@ def backup_cronjob(owner: Owner, spec: Mapping[str, Any]) -> Obj | None:
             },
         },
     }
+
+
+def retention_days(retention: str) -> int:
+    """spec.backup.retention ('30d', '4w') in days."""
+    match = re.fullmatch(r"([1-9][0-9]{0,4})([dw])", retention)
+    if not match:
+        raise ValueError(f"spec.backup.retention {retention!r}: expected a number of days or "
+                         "weeks such as '30d' or '4w'")
+    return int(match[1]) * (7 if match[2] == "w" else 1)
 
 
 def backup_status(jobs: Sequence[Mapping[str, Any]]) -> tuple[Obj | None, bool | None, str]:

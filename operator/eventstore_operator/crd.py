@@ -467,6 +467,29 @@ def spec_schema() -> dict[str, Any]:
                     "target": _backup_target_schema(
                         "Where the segments and their manifest go."
                     ),
+                    "fullEvery": {
+                        "type": "integer",
+                        "format": "int32",
+                        "default": 7,
+                        "minimum": 1,
+                        "maximum": 10000,
+                        "description": (
+                            "Start a new chain with a full backup once the current chain "
+                            "has this many segments (the rest are incremental). Retention "
+                            "removes whole chains, so this bounds what it keeps beyond "
+                            "the retention window."
+                        ),
+                    },
+                    "retention": {
+                        "type": "string",
+                        "pattern": "^[1-9][0-9]{0,4}[dw]$",
+                        "description": (
+                            "Keep every restore point of this period, e.g. '30d' or '4w' "
+                            "(CloudNativePG's retentionPolicy). After each backup, the "
+                            "chains no restore point in the period needs are removed; the "
+                            "newest chain always stays. Unset: keep every backup."
+                        ),
+                    },
                 },
             },
             "restore": {
@@ -478,7 +501,15 @@ def spec_schema() -> dict[str, Any]:
                 ),
                 "required": ["from"],
                 "properties": {
-                    "from": _backup_target_schema("The backup to restore (as spec.backup.target).")
+                    "from": _backup_target_schema("The backup to restore (as spec.backup.target)."),
+                    "asOf": {
+                        "type": "string",
+                        "format": "date-time",
+                        "description": (
+                            "Restore the newest backup written at or before this time "
+                            "(RFC 3339, e.g. 2026-01-31T12:00:00Z). Unset: the newest backup."
+                        ),
+                    },
                 },
             },
             "network": _network_schema(),

@@ -100,6 +100,10 @@ def test_postgres_pod_deleted_under_load_503_then_recovery(deployment: Deploymen
     scenarios.check_postgres_deleted_under_load(deployment)
 
 
+def test_backup_jobs_then_a_new_eventstore_restored_from_them(deployment: Deployment) -> None:
+    scenarios.check_backup_then_restore_into_a_new_eventstore(deployment)
+
+
 def test_helm_upgrade_to_a_new_image_tag_rolls_the_store(deployment: Deployment) -> None:
     scenarios.check_helm_upgrade_rolls_the_store(deployment, "e2e-upgrade")
 

@@ -20,8 +20,10 @@ the same order, on one Helm release shared by this module (destructive scenarios
 6. a store pod restarted on its claim keeps /data (its read model goes on from its
    checkpoint);
 7. a store pod, then the PostgreSQL pod, deleted under in-cluster append load;
-8. `helm upgrade` to a second tag of the store image rolls the store;
-9. `helm uninstall` keeps the claims (and should keep the credentials to reuse them).
+8. spec.backup onto a claim: two backup Jobs (full, then incremental) reported in
+   status.lastBackup, then a new EventStore with spec.restore.from restores the same log;
+9. `helm upgrade` to a second tag of the store image rolls the store;
+10. `helm uninstall` keeps the claims (and should keep the credentials to reuse them).
 
 Phase timings are printed at the end of the session (conftest.py).
 """
@@ -180,6 +182,10 @@ def test_store_pod_deleted_under_load_loses_no_acknowledged_append(deployment: D
 
 def test_postgres_pod_deleted_under_load_503_then_recovery(deployment: Deployment) -> None:
     scenarios.check_postgres_deleted_under_load(deployment)
+
+
+def test_backup_jobs_then_a_new_eventstore_restored_from_them(deployment: Deployment) -> None:
+    scenarios.check_backup_then_restore_into_a_new_eventstore(deployment)
 
 
 def test_helm_upgrade_to_a_new_image_tag_rolls_the_store(deployment: Deployment) -> None:

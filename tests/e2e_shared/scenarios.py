@@ -11,8 +11,9 @@ namespace, not another one, until spec.network.allowFrom widens it -> a ConfigMa
 rolls the store pods one at a time onto the new settings -> an invalid edit changes
 nothing -> a store pod restarted on its claim keeps /data -> a store pod deleted under
 load loses nothing -> the PostgreSQL pod deleted under load: 503s, never 500, recovery,
-nothing lost -> helm upgrade to a new image tag rolls the store -> helm uninstall keeps
-the claims (and the credentials).
+nothing lost -> backup Jobs from spec.backup, then a new EventStore restored from them ->
+helm upgrade to a new image tag rolls the store -> helm uninstall keeps the claims (and
+the credentials).
 
 Never sleep-and-hope: every wait polls a condition with a deadline
 (tests.k8s.assertions.poll) and says what it waited for.
@@ -22,6 +23,8 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import copy
+import dataclasses
 import json
 import re
 import subprocess
@@ -1106,3 +1109,115 @@ def check_reinstall_reuses_the_claims(dep: Deployment) -> None:
         dep.wait_all_ready()
     assert {n: c["metadata"]["uid"] for n, c in dep.claims().items()} == claims
     dep.assert_nothing_lost()
+
+
+# -- backup and restore (issue 13: spec.backup, spec.restore.from) ------------------------
+
+BACKUP_CLAIM = "e2e-backups"
+
+
+def whole_log(client: EventStoreClient) -> list[tuple[Any, ...]]:
+    """The global log in order: every field of every event but its position value."""
+    out: list[tuple[Any, ...]] = []
+    position = 0
+    while True:
+        page = client.read_all(from_position=position, limit=1000)
+        if not page:
+            return out
+        out += [(str(e.id), e.aggregate_id, e.version, e.type, e.payload, e.metadata, e.timestamp,
+                 e.schema_version) for e in page]
+        position = page[-1].position + 1
+
+
+def run_backup_job(dep: Deployment, job: str) -> None:
+    """A Job from the backup CronJob now (as `kubectl create job --from=cronjob`), to Complete."""
+    dep.kube.kubectl_run("create", "job", job, f"--from=cronjob/{names.backup(dep.name)}", "-n",
+                         dep.namespace)
+
+    def finished() -> str | None:
+        body = dep.get("job", job) or {}
+        for c in (body.get("status") or {}).get("conditions") or []:
+            if c.get("type") in ("Complete", "Failed") and c.get("status") == "True":
+                return str(c["type"])
+        return None
+
+    state = assertions.poll(finished, 180, f"backup Job {job} to finish", interval=1)
+    logs = dep.kube.kubectl_run("logs", "-n", dep.namespace, f"job/{job}", check=False).stdout
+    assert state == "Complete", f"backup Job {job}: {state}\n{logs}"
+
+
+def last_backup(dep: Deployment, job: str) -> dict[str, Any]:
+    """status.lastBackup once the operator reports `job` there, with its position."""
+    def reported() -> dict[str, Any] | None:
+        status = (dep.get(names.PLURAL, dep.name) or {}).get("status") or {}
+        last: dict[str, Any] = status.get("lastBackup") or {}
+        return last if last.get("job") == job and "position" in last else None
+
+    return assertions.poll(reported, 90, f"status.lastBackup to show Job {job}", interval=1)
+
+
+def check_backup_then_restore_into_a_new_eventstore(dep: Deployment) -> None:
+    """spec.backup onto a claim: a backup Job (from the CronJob), more appends, a second
+    (incremental) one, each in status.lastBackup with its time and position; then a new
+    EventStore with spec.restore.from that claim starts from the backup, and its log is
+    the source's, event for event."""
+    claim = {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+             "metadata": {"name": BACKUP_CLAIM, "namespace": dep.namespace},
+             "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}
+    dep.kube.kubectl_run("apply", "-f", "-", input=json.dumps(claim))
+    backup = {"schedule": "0 0 1 1 *", "fullEvery": 7, "retention": "30d",
+              "target": {"pvc": {"claimName": BACKUP_CLAIM}}}
+    dep.kube.kubectl_run("patch", names.PLURAL, dep.name, "-n", dep.namespace, "--type=merge", "-p",
+                         json.dumps({"spec": {"backup": backup}}))
+    assertions.poll(lambda: dep.get("cronjob", names.backup(dep.name)), 60, "the backup CronJob")
+
+    prefix = f"backup-{uuid.uuid4().hex[:6]}"
+    with dep.client() as client:
+        for i in range(5):
+            events = [NewEvent(type="Deposited", payload={"amount": n}) for n in range(3)]
+            client.append(f"{prefix}-account-{i}", events, expected_version=ExpectedVersion.NO_STREAM)
+            dep.record({f"{prefix}-account-{i}": [str(e.id) for e in events]})
+    with dep.timings.phase("backup Job (full)"):
+        run_backup_job(dep, "e2e-backup-1")
+    first = last_backup(dep, "e2e-backup-1")
+    with dep.client() as client:
+        for i in range(5):
+            events = [NewEvent(type="Withdrawn", payload={"amount": 1})]
+            client.append(f"{prefix}-account-{i}", events, expected_version=3)
+            dep.record({f"{prefix}-account-{i}": [str(e.id) for e in events]})
+    with dep.timings.phase("backup Job (incremental)"):
+        run_backup_job(dep, "e2e-backup-2")
+    second = last_backup(dep, "e2e-backup-2")
+    assert int(second["position"]) > int(first["position"]), (first, second)
+    assert second["completionTime"] >= first["completionTime"], (first, second)
+    with dep.client() as client:
+        expected = whole_log(client)
+    assert sum(1 for e in expected if e[1].startswith(prefix)) == 20
+
+    # A new EventStore from that claim: one small store, restored before it starts.
+    name = f"{dep.name}-restored"
+    spec = copy.deepcopy((dep.values.get("eventstore") or {}).get("spec") or {})
+    small = {"requests": {"cpu": "50m", "memory": "128Mi"}}
+    spec.update(replicas=1, resources=small, restore={"from": {"pvc": {"claimName": BACKUP_CLAIM}}})
+    spec.pop("backup", None)
+    for database in ("postgres", "mongodb"):
+        spec[database] = {**spec.get(database, {}), "resources": small}
+    body = {"apiVersion": names.API_VERSION, "kind": names.KIND,
+            "metadata": {"name": name, "namespace": dep.namespace}, "spec": spec}
+    restored = dataclasses.replace(dep, name=name, values={"eventstore": {"spec": spec}}, acked={})
+    dep.kube.kubectl_run("apply", "-f", "-", input=json.dumps(body))
+    try:
+        with dep.timings.phase("restore Job and the restored store Ready"):
+            restored.wait_all_ready()
+        status = (restored.get(names.PLURAL, name) or {}).get("status") or {}
+        assert (status.get("restore") or {}).get("job") == names.restore(name), status
+        with restored.client() as client:
+            actual = whole_log(client)
+        assert len(actual) == len(expected) and actual == expected, (
+            f"{len(actual)} events restored, {len(expected)} in the source; first difference: "
+            f"{next(((a, e) for a, e in zip(actual, expected, strict=False) if a != e), None)}")
+    finally:
+        dep.kube.kubectl_run("delete", names.PLURAL, name, "-n", dep.namespace, "--ignore-not-found",
+                             "--wait=true", "--timeout=120s", check=False, timeout=150)
+        dep.kube.kubectl_run("delete", "pvc", "-n", dep.namespace, "-l", f"{names.LABEL_INSTANCE}={name}",
+                             "--ignore-not-found", "--wait=false", check=False)

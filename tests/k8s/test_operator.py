@@ -830,7 +830,7 @@ def test_spec_backup_runs_a_cronjob(kubectl: Kubectl, namespace: str, operator: 
     cron = wait_for(lambda: kubectl.get("cronjob", "demo-backup", namespace), 20, "the backup CronJob")
     pod = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
     (c,) = pod["containers"]
-    assert c["command"] + c["args"] == ["eventstore", "backup", "/backup"]
+    assert c["command"] + c["args"] == ["eventstore", "backup", "/backup", "--full-every", "7"]
     assert {e["name"] for e in c["env"]} >= {"EVENT_DB_HOST", "EVENT_DB_PASSWORD_FILE"}
     volumes = {v["name"]: v for v in pod["volumes"]}
     assert volumes["target"]["persistentVolumeClaim"]["claimName"] == "backups"
@@ -845,7 +845,7 @@ def test_spec_backup_runs_a_cronjob(kubectl: Kubectl, namespace: str, operator: 
     patch_spec(kubectl, namespace, {"backup": {"target": {"pvc": None, "s3": s3}}})
     wait_for(
         lambda: (kubectl.get("cronjob", "demo-backup", namespace) or {})["spec"]["jobTemplate"]["spec"][
-            "template"]["spec"]["containers"][0]["args"] == ["backup", "s3://backups/demo"],
+            "template"]["spec"]["containers"][0]["args"][:2] == ["backup", "s3://backups/demo"],
         20,
         "the CronJob to back up to the bucket",
     )
@@ -854,6 +854,19 @@ def test_spec_backup_runs_a_cronjob(kubectl: Kubectl, namespace: str, operator: 
         json.dumps({"spec": {"backup": {"target": {"pvc": {"claimName": "x"}}}}}), check=False,
     )
     assert both.returncode != 0 and "exactly one of pvc and s3" in both.stderr, both.stderr
+    bad = kubectl.run(
+        "patch", "eventstore", NAME, "-n", namespace, "--type=merge", "-p",
+        json.dumps({"spec": {"backup": {"retention": "30 days"}}}), check=False,
+    )
+    assert bad.returncode != 0 and "spec.backup.retention" in bad.stderr, bad.stderr
+    patch_spec(kubectl, namespace, {"backup": {"retention": "30d", "fullEvery": 2}})
+    wait_for(
+        lambda: (kubectl.get("cronjob", "demo-backup", namespace) or {})["spec"]["jobTemplate"]["spec"][
+            "template"]["spec"]["containers"][0]["args"][2:]
+        == ["--full-every", "2", "--retention-days", "30"],
+        20,
+        "the CronJob to keep 30 days",
+    )
 
     patch = json.dumps([{"op": "remove", "path": "/spec/backup"}])
     kubectl.run("patch", "eventstore", NAME, "-n", namespace, "--type=json", "-p", patch)

@@ -218,6 +218,15 @@ def test_database_policies_admit_only_store_pods_and_allow_only_dns_out() -> Non
         assert rule["ports"] == [{"protocol": "TCP",
                                   "port": 5432 if component == "postgres" else 27017}]
         assert p["spec"]["egress"] == DNS_ONLY
+    # The Jobs' pods carry the labels admitted.
+    jobs = [builders.selector_labels(OWNER, c) for c in (names.COMPONENT_BACKUP, names.COMPONENT_RESTORE)]
+    spec = {"backup": {"schedule": "0 * * * *", "target": {"pvc": {"claimName": "b"}}},
+            "restore": {"from": {"pvc": {"claimName": "b"}}}}
+    cron, restore = builders.backup_cronjob(OWNER, spec), builders.restore_job(OWNER, spec)
+    assert cron is not None and restore is not None
+    pod_labels = [cron["spec"]["jobTemplate"]["spec"]["template"]["metadata"]["labels"],
+                  restore["spec"]["template"]["metadata"]["labels"]]
+    assert all(m.items() <= labels.items() for m, labels in zip(jobs, pod_labels, strict=True))
 
 
 def _store_policy(spec: dict[str, Any]) -> dict[str, Any]:
@@ -456,8 +465,10 @@ def test_backup_to_an_s3_bucket() -> None:
     assert cron is not None
     pod = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
     (c,) = pod["containers"]
-    assert c["args"] == ["backup", "s3://b/demo"]
-    assert [v["name"] for v in pod["volumes"]] == ["event-db-password"]  # no target volume
+    assert c["args"] == ["backup", "s3://b/demo", "--full-every", "7"]
+    # No target volume; /tmp (the root file system is read-only) stages the segments.
+    assert [v["name"] for v in pod["volumes"]] == ["event-db-password", "tmp"]
+    assert {"name": "tmp", "mountPath": "/tmp"} in c["volumeMounts"]
     env = {e["name"]: e for e in c["env"]}
     assert env["AWS_ENDPOINT_URL"]["value"] == "http://minio:9000"
     assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"] == {
@@ -466,3 +477,22 @@ def test_backup_to_an_s3_bucket() -> None:
     restore = builders.restore_job(OWNER, {"restore": {"from": spec["backup"]["target"]}})
     assert restore is not None
     assert restore["spec"]["template"]["spec"]["containers"][0]["args"] == ["restore", "s3://b/demo"]
+
+
+def test_backup_retention_and_full_backups_reach_the_job() -> None:
+    """spec.backup.retention / fullEvery become `eventstore backup` options; a restore
+    point (spec.restore.asOf) becomes --as-of."""
+    spec = {"backup": {"schedule": "0 * * * *", "fullEvery": 3, "retention": "2w",
+                       "target": {"pvc": {"claimName": "backups"}}}}
+    cron = builders.backup_cronjob(OWNER, spec)
+    assert cron is not None
+    (c,) = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
+    assert c["args"] == ["backup", "/backup", "--full-every", "3", "--retention-days", "14"]
+    assert builders.retention_days("30d") == 30
+    with pytest.raises(ValueError, match="'30x'"):
+        builders.retention_days("30x")
+    restore = builders.restore_job(OWNER, {"restore": {"from": spec["backup"]["target"],
+                                                       "asOf": "2026-01-31T12:00:00Z"}})
+    assert restore is not None
+    assert restore["spec"]["template"]["spec"]["containers"][0]["args"] == [
+        "restore", "/backup", "--as-of", "2026-01-31T12:00:00Z"]
