@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -11,12 +10,10 @@ from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from uuid import UUID
 
 from eventstore.errors import (
     CheckpointConflict,
     ConcurrencyError,
-    SchemaError,
     StoreUnavailable,
     ValidationError,
 )
@@ -40,6 +37,9 @@ from eventstore.store.encoding import (
     conflicts,
     earlier_appends,
 )
+from eventstore.store.rows import EVENT_COLUMNS, row_to_event
+from eventstore.store.sqlite_datastore import SQLiteDatastore
+from eventstore.store.sqlite_datastore import translated as _translated_errors
 
 # SQLite lets one transaction write at a time (BEGIN IMMEDIATE takes the write lock), so a
 # position from AUTOINCREMENT is allocated and committed before the next writer starts:
@@ -107,15 +107,7 @@ CREATE TABLE IF NOT EXISTS es_consumer_checkpoints (
     updated_at TEXT NOT NULL
 );
 """ + PROJECTION_SCHEMA
-_COLUMNS = "position, id, stream_id, version, type, schema_version, payload, metadata, recorded_at"
-
-
-def _row_to_event(row: tuple[Any, ...]) -> RecordedEvent:
-    position, id_, stream_id, version, type_, schema_version, payload, metadata, ts = row
-    return RecordedEvent(id=UUID(id_), type=type_, aggregate_id=stream_id, version=version,
-                         payload=json.loads(payload), metadata=json.loads(metadata),
-                         timestamp=datetime.fromisoformat(ts), position=position,
-                         schema_version=schema_version)
+_COLUMNS = EVENT_COLUMNS
 
 
 class SQLiteEventStore(EventStore):
@@ -141,6 +133,10 @@ class SQLiteEventStore(EventStore):
         if self._memory:
             # One shared connection: every :memory: connection is a separate database.
             self._shared = self._open()
+        #: The projection runner's connections to this file (None in memory: a runner
+        #: cannot share an in-memory database).
+        self.datastore: SQLiteDatastore | None = None if self._memory else \
+            SQLiteDatastore(self.path)
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> SQLiteEventStore:
@@ -345,7 +341,7 @@ class SQLiteEventStore(EventStore):
             sql += " LIMIT ?"
             params.append(limit)
         with self._conn() as conn:
-            return [_row_to_event(r) for r in conn.execute(sql, params).fetchall()]
+            return [row_to_event(r) for r in conn.execute(sql, params).fetchall()]
 
     def read_archived_stream(self, stream_id: str) -> list[RecordedEvent]:
         """Events of a stream that retention moved to the archive table."""
@@ -353,7 +349,7 @@ class SQLiteEventStore(EventStore):
         with self._conn() as conn:
             rows = conn.execute(f"SELECT {_COLUMNS} FROM es_events_archive WHERE stream_id = ? "
                                 "ORDER BY version", (stream_id,)).fetchall()
-        return [_row_to_event(r) for r in rows]
+        return [row_to_event(r) for r in rows]
 
     def archive_stream(self, stream_id: str, up_to_version: int, older_than: datetime) -> int:
         validate_stream_id(stream_id)
@@ -394,7 +390,16 @@ class SQLiteEventStore(EventStore):
         params.append(query.limit)
         with self._conn() as conn:
             rows = conn.execute(" ".join(sql), params).fetchall()
-        return [_row_to_event(r) for r in rows]
+        return [row_to_event(r) for r in rows]
+
+    def retention_candidates(self, older_than: datetime, limit: int) -> list[str]:
+        if older_than.tzinfo is None:
+            raise ValidationError("older_than has no time zone: pass an aware datetime (UTC)")
+        with self._conn() as conn:
+            rows = conn.execute("SELECT DISTINCT stream_id FROM es_events WHERE recorded_at < ? "
+                                "LIMIT ?", (older_than.astimezone(UTC).isoformat(),
+                                            limit)).fetchall()
+        return sorted(str(r[0]) for r in rows)
 
     def head_position(self) -> int:
         # SQLite commits in position order: the highest position is settled.
@@ -446,6 +451,8 @@ class SQLiteEventStore(EventStore):
                     conn.close()
         with self._appended:
             self._appended.notify_all()
+        if self.datastore is not None:
+            self.datastore.close()
 
 
 @contextmanager
@@ -459,19 +466,3 @@ def immediate_transaction(conn: sqlite3.Connection) -> Iterator[None]:
         conn.execute("ROLLBACK")
         raise
     conn.execute("COMMIT")
-
-
-@contextmanager
-def _translated_errors() -> Iterator[None]:
-    """sqlite3 errors as this library's errors, in one place."""
-    try:
-        yield
-    except sqlite3.OperationalError as exc:
-        if "no such table" in str(exc):
-            raise SchemaError(
-                "the event store schema is missing: run `eventstore migrate` first") from exc
-        raise StoreUnavailable(f"SQLite error: {exc}") from exc
-    except sqlite3.ProgrammingError as exc:
-        if "closed" in str(exc):
-            raise StoreUnavailable("the event store is closed") from exc
-        raise
