@@ -154,11 +154,12 @@ class ProjectionRunner:
         self._threads.append(thread)
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Finish the batches in flight, release every partition and close connections.
+        """Finish the batches in flight, release every partition and the lock connection.
 
         Bounded (a store pod has 30 s between SIGTERM and SIGKILL, the HTTP drain included):
-        a batch still running after `timeout` is cut off when the pool closes, and rolls
-        back; its checkpoint has not moved, so it is done again, by this pod or another."""
+        a batch still running after `timeout` is left behind; it is cut off when the store
+        (whose pool it uses) closes, and rolls back; its checkpoint has not moved, so it is
+        done again, by this pod or another."""
         self._stopping.set()
         with self._cond:
             self._cond.notify_all()

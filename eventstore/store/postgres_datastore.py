@@ -20,6 +20,7 @@ from datetime import datetime
 from typing import Any
 
 import psycopg
+import psycopg.errors
 from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
 
@@ -282,13 +283,21 @@ class PostgresDatastore:
         return sorted(str(r[0]) for r in rows)
 
     @contextmanager
-    def exclusive(self, key: int) -> Iterator[bool]:
-        """True while this process holds the cluster-wide advisory lock `key` (False: another
-        holds it). Held on one pooled connection and released before it goes back; if that
-        connection dies, PostgreSQL releases the lock with it."""
+    def exclusive(self, key: int, wait: float = 0.5) -> Iterator[bool]:
+        """True while this process holds the cluster-wide advisory lock `key`; False when
+        another session still holds it after `wait` seconds. Held on one pooled connection
+        and released before it goes back; if that connection dies, PostgreSQL releases the
+        lock with it. (The short wait covers a holder that has just disconnected: its
+        server process lets go of the lock a moment after the client has gone.)"""
         with self.connection() as conn:
-            row = conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()
-            mine = bool(row and row[0])
+            try:
+                with conn.transaction():
+                    conn.execute(f"SET LOCAL lock_timeout = {max(1, int(wait * 1000))}".encode())
+                    # Session level: it outlives this transaction, until unlocked.
+                    conn.execute("SELECT pg_advisory_lock(%s)", (key,))
+                mine = True
+            except psycopg.errors.LockNotAvailable:
+                mine = False
             try:
                 yield mine
             finally:
