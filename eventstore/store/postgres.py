@@ -51,6 +51,7 @@ from eventstore.store.encoding import (
     earlier_appends,
 )
 from eventstore.store.postgres_datastore import (
+    PLANNER_OPTIONS,
     POOL_RESET_INTERVAL_SECONDS,
     RETENTION_LOCK,
     PostgresDatastore,
@@ -670,7 +671,7 @@ def _aware(moment: datetime) -> datetime:
 
 
 #: Re-exported for the append side and older imports (they live in postgres_datastore.py).
-__all__ = ["POOL_RESET_INTERVAL_SECONDS", "RETENTION_LOCK", "UUID", "PostgresEventStore",
+__all__ = ["PLANNER_OPTIONS", "POOL_RESET_INTERVAL_SECONDS", "RETENTION_LOCK", "UUID", "PostgresEventStore",
            "connection_lost", "liveness_kwargs", "log_query_sql"]
 
 
