@@ -183,7 +183,7 @@ class SQLiteBackend:
 
     def __init__(self, datastore: SQLiteDatastore, *, owned: bool = False) -> None:
         """`owned`: close the datastore with this backend (else its owner, the store,
-        closes it)."""
+        closes it: the runner's batches use the store's own connections)."""
         self.datastore = datastore
         self.path = datastore.path
         self._owned = owned
@@ -193,13 +193,16 @@ class SQLiteBackend:
 
     @contextmanager
     def transaction(self) -> Iterator[ReadModelTx]:
-        with self.datastore.transaction() as conn:
+        """The store's own write transaction: batches queue with this process's appends on
+        its write lock rather than inside SQLite."""
+        with self.datastore.write(translate=False) as conn:
             yield ReadModelTx(conn, "sqlite")
 
     @contextmanager
     def reading(self) -> Iterator[ReadModelTx]:
         """For lookups: no write lock; in WAL mode readers never wait for the writer."""
-        yield ReadModelTx(self.datastore.connection(), "sqlite")
+        with self.datastore.connection(translate=False) as conn:
+            yield ReadModelTx(conn, "sqlite")
 
     @contextmanager
     def savepoint(self, tx: ReadModelTx) -> Iterator[None]:
@@ -277,8 +280,8 @@ def backend_for(store: EventStore) -> PostgresBackend | SQLiteBackend:
     if isinstance(datastore, PostgresDatastore):
         return PostgresBackend(datastore)
     if isinstance(datastore, SQLiteDatastore):
+        if datastore.memory:
+            raise ValidationError("projections need a database file or PostgreSQL; an "
+                                  "in-memory SQLite store cannot be shared with the runner")
         return SQLiteBackend(datastore)
-    if getattr(store, "path", None) == ":memory:":
-        raise ValidationError("projections need a database file or PostgreSQL; an "
-                              "in-memory SQLite store cannot be shared with the runner")
     raise TypeError(f"no projection backend for {type(store).__name__}")
