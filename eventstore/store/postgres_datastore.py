@@ -1,7 +1,8 @@
 """One PostgreSQL database as this process sees it: its pools, its few dedicated connections,
-the one place psycopg errors become library errors, and every query of the log that is not
-an append (reads of the global log and of projection partitions, consumer checkpoints,
-advisory locks, retention's queries).
+the one place psycopg errors become library errors, the readers of the global log (read_all
+and projection partitions: one column list, one cutoff, one row mapper), consumer
+checkpoints, advisory locks and retention's queries. (Appends, and reads of one stream,
+are the event store's, over this object's pool.)
 
 Like eventsourcing's `PostgresDatastore`, one object per database is handed to everything
 that talks to it: the event store, the projection runner (shared and local), retention and
