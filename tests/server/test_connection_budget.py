@@ -84,7 +84,8 @@ def test_a_pod_stays_within_its_connection_budget(
             stop.set()
             for thread in threads:
                 thread.join(timeout=60)
-        snapshots = pod.client().get("/projections").json()["projections"]
+        with pod.client() as http:
+            snapshots = http.get("/projections").json()["projections"]
     assert not failures, failures[:3]
     total = sum(peak.values())
     print(f"peak: {total} connections {dict(peak)}; budget {POD_CONNECTIONS}")
