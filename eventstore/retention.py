@@ -16,24 +16,21 @@ Which snapshots cover a stream: those of the aggregates registered in `event-sto
 (`aggregates:`), which the store pods' snapshotter takes, plus any snapshot kinds named in
 EVENTSTORE_RETENTION_AGGREGATE_TYPES (for snapshots that clients write themselves).
 
-One replica at a time: on PostgreSQL the job holds an advisory lock for its run.
+One replica at a time: on PostgreSQL the job holds an advisory lock for its run. The
+queries are the store's (`retention_candidates`, `retention_lock`, `archive_stream`): this
+module speaks to no driver and opens no connection of its own.
 """
 
 from __future__ import annotations
 
 import logging
-import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
-import psycopg
-
 from eventstore.errors import EventStoreError
-from eventstore.projections.backends import RETENTION_LOCK
 from eventstore.store.base import EventStore
 
 if TYPE_CHECKING:
@@ -55,34 +52,7 @@ class RetentionReport:
 
 def candidate_streams(store: EventStore, older_than: datetime, limit: int = 10_000) -> list[str]:
     """Streams with events in the hot table recorded before `older_than`."""
-    from eventstore.store.postgres import PostgresEventStore
-    from eventstore.store.sqlite import SQLiteEventStore
-
-    if isinstance(store, PostgresEventStore):
-        with psycopg.connect(store.url, autocommit=True) as conn:
-            rows = conn.execute("SELECT DISTINCT stream_id FROM es_events WHERE recorded_at < %s "
-                                "LIMIT %s", (older_than, limit)).fetchall()
-        return sorted(str(r[0]) for r in rows)
-    if isinstance(store, SQLiteEventStore):
-        with sqlite3.connect(store.path) as conn:
-            rows = conn.execute("SELECT DISTINCT stream_id FROM es_events WHERE recorded_at < ? "
-                                "LIMIT ?", (older_than.astimezone(UTC).isoformat(),
-                                            limit)).fetchall()
-        return sorted(str(r[0]) for r in rows)
-    raise TypeError(f"retention does not know {type(store).__name__}")
-
-
-@contextmanager
-def _one_replica(store: EventStore) -> Iterator[bool]:
-    """True while this process holds the cluster-wide retention lock."""
-    from eventstore.store.postgres import PostgresEventStore
-
-    if not isinstance(store, PostgresEventStore):
-        yield True
-        return
-    with psycopg.connect(store.url, autocommit=True) as conn:
-        row = conn.execute("SELECT pg_try_advisory_lock(%s)", (RETENTION_LOCK,)).fetchone()
-        yield bool(row and row[0])  # the lock goes with the connection
+    return store.retention_candidates(older_than, limit)
 
 
 def run_retention(
@@ -96,7 +66,7 @@ def run_retention(
     snapshots count as covering a stream (the stream id is the aggregate id)."""
     now = now or datetime.now(UTC)
     cutoff = now - timedelta(days=retention_days)
-    with _one_replica(store) as mine:
+    with store.retention_lock() as mine:
         if not mine:
             log.info("retention skipped: another replica is running it")
             return RetentionReport(ran=False)
@@ -158,7 +128,7 @@ class RetentionJob:
             try:
                 self.last_report = run_retention(self.store, self.snapshots,
                                                  self.retention_days, self.aggregate_types)
-            except (EventStoreError, psycopg.Error, sqlite3.Error, OSError) as exc:
+            except (EventStoreError, OSError) as exc:
                 log.warning("retention run failed; next try in %ss: %s", self.interval, exc)
 
     def stop(self) -> None:

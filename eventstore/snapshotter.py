@@ -1,10 +1,12 @@
 """The store pods' snapshotter: snapshots of registered aggregates, at the ConfigMap's cadence.
 
 It is a projection over the global log, run by the shared projection runner under the
-reserved name `snapshotter`. So it inherits the runner's guarantees: partitions (a stable
-hash of the stream id) are claimed across replicas, each stream is handled by one pod at a
-time and in version order, and the checkpoint moves in one transaction per batch. It only
-reads the log, so it never blocks an append.
+reserved name `snapshotter`, and opens no connection of its own: its loads go through the
+event store's pool, a second connection next to the batch's (which is why that pool is at
+least `workers` + 2, see eventstore/store/budget.py). So it inherits the runner's
+guarantees: partitions (a stable hash of the stream id) are claimed across replicas, each
+stream is handled by one pod at a time and in version order, and the checkpoint moves in
+one transaction per batch. It only reads the log, so it never blocks an append.
 
 For each event of a registered aggregate (its `metadata.aggregate_type`, see
 `Repository.save`) at version v, a snapshot at v is due when

@@ -9,11 +9,8 @@ at all: after a crash an event is either fully applied and checkpointed, or neit
 from __future__ import annotations
 
 import importlib
-import sqlite3
 from collections.abc import Sequence
 from typing import Any, ClassVar, Literal
-
-import psycopg
 
 from eventstore.errors import ValidationError
 from eventstore.events import RecordedEvent
@@ -24,20 +21,21 @@ Dialect = Literal["postgresql", "sqlite"]
 
 class ReadModelTx:
     """The open transaction a projection writes in. SQL uses `%s` placeholders on both
-    backends (they are rewritten to `?` for SQLite); `dialect` tells them apart."""
+    backends (they are rewritten to `?` for SQLite); `dialect` tells them apart.
+    `connection` is the driver's own connection (PostgreSQL's or SQLite's), for what `execute`
+    does not cover."""
 
-    def __init__(self, connection: psycopg.Connection[Any] | sqlite3.Connection,
-                 dialect: Dialect) -> None:
+    def __init__(self, connection: Any, dialect: Dialect) -> None:
         self.connection = connection
         self.dialect: Dialect = dialect
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
-        if isinstance(self.connection, sqlite3.Connection):
+        if self.dialect == "sqlite":
             return self.connection.execute(sql.replace("%s", "?"), tuple(params))
         return self.connection.execute(sql.encode(), params)
 
     def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
-        if isinstance(self.connection, sqlite3.Connection):
+        if self.dialect == "sqlite":
             self.connection.executemany(sql.replace("%s", "?"), [tuple(r) for r in rows])
         else:
             with self.connection.cursor() as cur:

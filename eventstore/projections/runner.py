@@ -21,20 +21,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import psycopg
-
 from eventstore import metrics
 from eventstore.errors import StoreUnavailable
 from eventstore.events import RecordedEvent
-from eventstore.projections.backends import (
-    LocalBackend,
-    PostgresBackend,
-    SQLiteBackend,
-    backend_for,
-)
+from eventstore.projections.backends import Backend, LocalBackend, backend_for
 from eventstore.projections.base import Projection, ReadModelTx, load_projection
 from eventstore.settings import ProjectionSettings
 from eventstore.store.base import EventStore
+from eventstore.store.translate import transient
 
 log = logging.getLogger(__name__)
 
@@ -43,9 +37,20 @@ LOCAL_READ_MODELS = "read-models.db"
 
 Unit = tuple[str, int]
 
-#: Failures of a database, not of the event: never retried per event nor parked, but the
-#: batch is rolled back and retried whole (the snapshotter's SnapshotUnavailable is one).
-_TRANSIENT = (psycopg.OperationalError, StoreUnavailable)
+# Failures of a database, not of the event, are never retried per event nor parked: the
+# batch is rolled back and retried whole. `transient` says which those are, for both
+# drivers, whoever raised them (the library, or a projection's own SQL): StoreUnavailable
+# (the snapshotter's SnapshotUnavailable is one), a lost PostgreSQL connection, SQLite's
+# "database is locked" from another writer.
+
+
+def _raise_if_transient(exc: Exception) -> None:
+    """Raise `exc` as StoreUnavailable when it is a database's transient failure."""
+    error = transient(exc)
+    if error is exc:
+        raise exc
+    if error is not None:
+        raise error from exc
 
 
 class _LostCheckpoint(Exception):
@@ -95,7 +100,7 @@ class ProjectionRunner:
         backoff_base: float = 0.05,
         backoff_max: float = 2.0,
         sleep: Callable[[float], None] = time.sleep,
-        backend: PostgresBackend | SQLiteBackend | None = None,
+        backend: Backend | None = None,
     ) -> None:
         self.store = store
         self.projections = dict(projections)
@@ -105,8 +110,7 @@ class ProjectionRunner:
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
         self._sleep = sleep
-        self.backend: PostgresBackend | SQLiteBackend = backend or backend_for(
-            store, pool_size=self.settings.workers + 2)
+        self.backend: Backend = backend or backend_for(store)
         self.scope = "local" if isinstance(self.backend, LocalBackend) else "shared"
         self._units: list[Unit] = [(name, p) for name in sorted(self.projections)
                                    for p in range(self.backend.partitions)]
@@ -150,11 +154,12 @@ class ProjectionRunner:
         self._threads.append(thread)
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Finish the batches in flight, release every partition and close connections.
+        """Finish the batches in flight, release every partition and the lock connection.
 
         Bounded (a store pod has 30 s between SIGTERM and SIGKILL, the HTTP drain included):
-        a batch still running after `timeout` is cut off when the pool closes, and rolls
-        back; its checkpoint has not moved, so it is done again, by this pod or another."""
+        a batch still running after `timeout` is left behind; it is cut off when the store
+        (whose pool it uses) closes, and rolls back; its checkpoint has not moved, so it is
+        done again, by this pod or another."""
         self._stopping.set()
         with self._cond:
             self._cond.notify_all()
@@ -175,7 +180,7 @@ class ProjectionRunner:
             try:
                 self.backend.join()
                 self._rebalance()
-            except (psycopg.Error, StoreUnavailable) as exc:
+            except StoreUnavailable as exc:
                 log.warning("projection lock connection failed; partitions released: %s", exc)
                 self.backend.drop_locks()
                 with self._cond:
@@ -222,7 +227,7 @@ class ProjectionRunner:
         for unit in units:
             try:
                 self.backend.release(*unit)
-            except psycopg.Error:
+            except StoreUnavailable:
                 break  # the connection is gone, and its locks with it
 
     def _load_checkpoint(self, unit: Unit) -> int:
@@ -336,9 +341,9 @@ class ProjectionRunner:
                     upcast = [projection.upcasters.upcast(e) for e in events]
                     projection.handle_batch(upcast, tx)
             return
-        except _TRANSIENT:
-            raise  # the whole batch is retried later; the checkpoint stays put
-        except Exception:  # user code; find the failing event(s) one by one
+        except Exception as exc:
+            _raise_if_transient(exc)  # the whole batch is retried later; checkpoint stays
+            # user code; find the failing event(s) one by one
             log.info("projection batch failed; handling its events one by one",
                      extra={"projection": name, "partition": partition}, exc_info=True)
         # With per-event handlers the batch attempt was the failing event's first try.
@@ -359,10 +364,9 @@ class ProjectionRunner:
                 with self.backend.savepoint(tx):
                     projection.handle_batch([projection.upcasters.upcast(event)], tx)
                 return
-            except _TRANSIENT:
-                raise
-            except Exception as exc:  # user code
-                error = exc
+            except Exception as exc:
+                _raise_if_transient(exc)
+                error = exc  # user code
                 tried += 1
         self._park(name, partition, event, tx, error, tried)
 
@@ -468,7 +472,7 @@ def local_projection_runner(store: EventStore, settings: ProjectionSettings, dat
     chosen = {name: load_projection(targets[name]) for name in (names or sorted(targets))}
     if not chosen:
         return None
-    source = backend_for(store, pool_size=settings.workers + 2)
+    source = backend_for(store)
     try:
         backend = LocalBackend(source, data_dir / LOCAL_READ_MODELS)
     except BaseException:

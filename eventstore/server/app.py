@@ -222,11 +222,14 @@ def build_services(config: ServerConfig, settings: Settings, *, migrate: bool = 
     from eventstore.registry import load_aggregates
     from eventstore.retention import RetentionJob
     from eventstore.settings import SNAPSHOTTER
+    from eventstore.store.budget import pool_size_for
 
     aggregates = load_aggregates(settings.store.aggregates)
     options: dict[str, object] = {}
     if config.event_store_url.startswith(("postgresql://", "postgres://")):
-        options["pool_max_size"] = config.db_pool_size
+        # One pool for the whole pod (reads, projections, retention): see store/budget.py.
+        options["pool_max_size"] = pool_size_for(config.db_pool_size,
+                                                 settings.projections.workers)
         options["pool_timeout"] = options["statement_timeout"] = config.db_timeout_seconds
     store = EventStore.connect(config.event_store_url, **options)
     snapshots = None

@@ -27,6 +27,7 @@ from eventstore.envcontract import DEFAULT_TLS_CERT_FILE as DEFAULT_TLS_CERT_FIL
 from eventstore.envcontract import DEFAULT_TLS_KEY_FILE as DEFAULT_TLS_KEY_FILE
 from eventstore.envcontract import DEFAULT_TOKEN_FILE as DEFAULT_TOKEN_FILE
 from eventstore.errors import ConfigError as ConfigError  # re-exported
+from eventstore.store.budget import DEFAULT_APPEND_POOL_SIZE, DEFAULT_POOL_SIZE
 
 DEFAULT_PORT = 8080
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
@@ -63,8 +64,9 @@ class ServerConfig:
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
-    db_pool_size: int = 12
-    db_append_pool_size: int = 16
+    #: The connection budget these two feed: eventstore/store/budget.py.
+    db_pool_size: int = DEFAULT_POOL_SIZE
+    db_append_pool_size: int = DEFAULT_APPEND_POOL_SIZE
     retention_interval_seconds: float = 3600.0
     token_source: str = "env"
     retention_aggregate_types: tuple[str, ...] = ()
@@ -94,8 +96,10 @@ class ServerConfig:
         to start; a laptop server (no EVENT_DB_HOST) generates one in <data dir>/api-token.
         TLS: served when the files EVENTSTORE_TLS_CERT_FILE and EVENTSTORE_TLS_KEY_FILE
         (default /var/run/secrets/eventstore/tls/tls.crt and tls.key) exist.
-        Tuning: EVENTSTORE_MAX_BODY_BYTES (4 MiB), EVENTSTORE_DB_POOL_SIZE (12: reads and
-        retention), EVENTSTORE_DB_APPEND_POOL_SIZE (16: appends),
+        Tuning: EVENTSTORE_MAX_BODY_BYTES (4 MiB), EVENTSTORE_DB_POOL_SIZE (12: the pool
+        reads, projections and retention share; at least projection workers + 2),
+        EVENTSTORE_DB_APPEND_POOL_SIZE (16: the async append pool; the pod's connection
+        budget is in eventstore/store/budget.py),
         EVENTSTORE_SNAPSHOT_KEEP (5 snapshots kept per aggregate),
         EVENTSTORE_MAX_REPLAY_EVENTS (100000: the most events GET /aggregates replays),
         EVENTSTORE_RETENTION_INTERVAL_SECONDS (3600), EVENTSTORE_RETENTION_AGGREGATE_TYPES
@@ -141,8 +145,8 @@ class ServerConfig:
             tls_key_file=key if key.exists() else None,
             max_body_bytes=_int(env, E.MAX_BODY_BYTES, DEFAULT_MAX_BODY_BYTES, 1024,
                                 256 * 1024 * 1024),
-            db_pool_size=_int(env, E.DB_POOL_SIZE, 12, 2, 500),
-            db_append_pool_size=_int(env, E.DB_APPEND_POOL_SIZE, 16, 1, 500),
+            db_pool_size=_int(env, E.DB_POOL_SIZE, DEFAULT_POOL_SIZE, 2, 500),
+            db_append_pool_size=_int(env, E.DB_APPEND_POOL_SIZE, DEFAULT_APPEND_POOL_SIZE, 1, 500),
             retention_interval_seconds=float(_int(env, E.RETENTION_INTERVAL_SECONDS,
                                                   3600, 1, 7 * 86400)),
             token_source=source,

@@ -7,6 +7,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
@@ -166,6 +167,17 @@ class EventStore(abc.ABC):
         events leave `read_stream` and `read_all`, and stay readable through
         `read_archived_stream`.
         """
+
+    def retention_candidates(self, older_than: datetime, limit: int) -> list[str]:
+        """Streams with events in the log recorded before `older_than`, at most `limit`,
+        sorted (eventstore.retention's first query)."""
+        raise NotImplementedError(f"retention does not know {type(self).__name__}")
+
+    @contextmanager
+    def retention_lock(self) -> Iterator[bool]:
+        """True while this process may run retention: one replica at a time where several
+        share the database (an advisory lock on PostgreSQL); always True here."""
+        yield True
 
     @abc.abstractmethod
     def wait_for_events(self, after_position: int, timeout: float,

@@ -1,4 +1,6 @@
-"""The PostgreSQL event store: psycopg 3 with a connection pool, one round trip per append."""
+"""The PostgreSQL event store: appends, stream reads and subscriptions over one
+PostgresDatastore (postgres_datastore.py: the pools, error translation and the log reads it
+shares with projections and retention)."""
 
 from __future__ import annotations
 
@@ -7,7 +9,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -15,7 +17,7 @@ from uuid import UUID
 import psycopg
 import psycopg.errors
 from psycopg.rows import TupleRow
-from psycopg_pool import ConnectionPool, PoolTimeout
+from psycopg_pool import ConnectionPool
 
 from eventstore.errors import (
     CheckpointConflict,
@@ -39,7 +41,6 @@ from eventstore.events import (
 )
 from eventstore.store.base import MAX_EVENTS_PER_APPEND, AsyncAppend, EventStore, StoreStats
 from eventstore.store.encoding import (
-    LogQuery,
     check_append,
     check_append_many,
     check_read_all,
@@ -49,18 +50,26 @@ from eventstore.store.encoding import (
     earlier_append,
     earlier_appends,
 )
+from eventstore.store.postgres_datastore import (
+    PLANNER_OPTIONS,
+    POOL_RESET_INTERVAL_SECONDS,
+    RETENTION_LOCK,
+    PostgresDatastore,
+    connection_kwargs,
+    liveness_kwargs,
+    log_query_sql,
+)
 from eventstore.store.postgres_schema import MIGRATIONS, SCHEMA_VERSION
+from eventstore.store.rows import EVENT_COLUMNS, row_to_event
+from eventstore.store.translate import postgres_connection_lost as connection_lost
 
 log = logging.getLogger(__name__)
 
 NOTIFY_CHANNEL = "eventstore_appended"
 _NOTIFY_COALESCE_SECONDS = 0.003
-PLANNER_OPTIONS = "-c enable_bitmapscan=off -c enable_seqscan=off -c enable_sort=off"
 _EXPECTED_CODES = {ExpectedVersion.NO_STREAM: -1, ExpectedVersion.ANY: -2,
                    ExpectedVersion.STREAM_EXISTS: -4}
 _RACE_RETRIES = 100
-#: At most one pool replacement per this many seconds (see _replace_pool_soon).
-POOL_RESET_INTERVAL_SECONDS = 1.0
 #: The stream's version now, including events retention moved to the archive (COALESCE
 #: only looks there when the log holds none of the stream's events).
 _CURRENT_VERSION = ("coalesce((SELECT max(version) FROM es_events WHERE stream_id = {s}),"
@@ -93,21 +102,7 @@ _CHECKPOINT_SQL = (
     b"INSERT INTO es_consumer_checkpoints AS c (consumer, position) VALUES (%s, %s)"
     b" ON CONFLICT (consumer) DO UPDATE SET position = excluded.position, updated_at = now()"
     b" WHERE c.position < excluded.position RETURNING position")
-_EVENT_COLUMNS = ("position, id, stream_id, version, type, schema_version, payload, metadata, "
-                  "recorded_at")
-#: Rows below this position are committed and will never be joined by an earlier one.
-#: Written as a filter on `position + 0` (an InitPlan evaluated once), not as an index
-#: bound: with a two-sided range of unknown values the planner guesses a handful of rows
-#: and sorts the whole tail of the log for every page; with one bound it walks the index.
-_CUTOFF_FILTER = ("(position + 0) < (SELECT pg_snapshot_xmin(pg_current_snapshot())"
-                  "::text::bigint << 20)")
-
-
-def _row_to_event(row: TupleRow) -> RecordedEvent:
-    position, id_, stream_id, version, type_, schema_version, payload, metadata, ts = row
-    return RecordedEvent(id=id_, type=type_, aggregate_id=stream_id, version=version,
-                         payload=payload, metadata=metadata, timestamp=ts, position=position,
-                         schema_version=schema_version)
+_EVENT_COLUMNS = EVENT_COLUMNS
 
 
 def _append_params(stream_id: str, events: Sequence[NewEvent], expected: int | ExpectedVersion,
@@ -162,17 +157,12 @@ class PostgresEventStore(EventStore):
         if max_payload_bytes is not None:
             self.max_payload_bytes = max_payload_bytes
         self.max_events_per_append = min(max_events_per_append, MAX_EVENTS_PER_APPEND)
-        self._pool_sizes = (pool_min_size, pool_max_size)
-        self._pool = self._new_pool()
-        self._pool_lock = threading.Lock()
-        self._last_pool_reset = 0.0
-        try:
-            self._pool.open(wait=True, timeout=connect_timeout)
-        except PoolTimeout as exc:
-            self._pool.close()
-            raise StoreUnavailable(
-                f"could not connect to PostgreSQL at {_safe_url(url)} within {connect_timeout}s"
-            ) from exc
+        #: The database: pools, error translation, log reads, checkpoints, locks, retention
+        #: queries. Projections and retention use this same object (one pool per pod).
+        self.datastore = PostgresDatastore(
+            url, pool_min_size=pool_min_size, pool_max_size=pool_max_size,
+            connect_timeout=connect_timeout, pool_timeout=pool_timeout,
+            statement_timeout=statement_timeout)
         self._closed = False
         # Wake-ups: appends set _pending; one thread sends a coalesced NOTIFY outside the
         # writers' transactions, because NOTIFY inside a transaction takes a database-wide
@@ -184,50 +174,16 @@ class PostgresEventStore(EventStore):
         self._wakeup_count = 0
         self._start_lock = threading.Lock()
 
-    def _new_pool(self) -> ConnectionPool[psycopg.Connection[TupleRow]]:
-        return ConnectionPool(
-            self.url,
-            min_size=self._pool_sizes[0],
-            max_size=self._pool_sizes[1],
-            # Every query here walks an index in order. With stale statistics (a young,
-            # fast-growing log) the planner prefers scanning and sorting the whole tail of
-            # the log for each page of read_all; these settings keep it on the index.
-            kwargs=self.connection_kwargs(self.statement_timeout, self.pool_timeout),
-            open=False,
-            name="eventstore",
-            # How long a call waits for a connection: while the database is down, callers
-            # get StoreUnavailable after this instead of hanging.
-            timeout=self.pool_timeout,
-        )
-
-    def _replace_pool_soon(self) -> None:
-        """Put a fresh pool in place of one whose connections are gone.
-
-        After PostgreSQL restarts, the pool's connections are dead and its reconnection
-        attempts have backed off (1, 2, 4, ... s apart), so for tens of seconds after the
-        database is back every call waited out the pool timeout and failed. A fresh pool
-        connects at once. At most one replacement a second; the old pool is closed on a
-        thread (its connections in use close when they are returned).
-        """
-        with self._pool_lock:
-            now = time.monotonic()
-            if self._closed or now - self._last_pool_reset < POOL_RESET_INTERVAL_SECONDS:
-                return
-            self._last_pool_reset = now
-            old, self._pool = self._pool, self._new_pool()
-            self._pool.open(wait=False)
-        log.info("connection pool replaced after a connection failure")
-        threading.Thread(target=old.close, kwargs={"timeout": self.pool_timeout},
-                         name="eventstore-pool-close", daemon=True).start()
+    @property
+    def _pool(self) -> ConnectionPool[psycopg.Connection[TupleRow]]:
+        """The datastore's synchronous pool (the one every component of a pod shares)."""
+        return self.datastore.pool
 
     @staticmethod
     def connection_kwargs(statement_timeout: float | None, connect_timeout: float
                           ) -> dict[str, Any]:
         """psycopg.connect's arguments for the pools' connections."""
-        options = PLANNER_OPTIONS
-        if statement_timeout is not None:
-            options += f" -c statement_timeout={int(statement_timeout * 1000)}"
-        return {"autocommit": True, "options": options, **liveness_kwargs(connect_timeout)}
+        return connection_kwargs(statement_timeout, connect_timeout)
 
     # -- schema ------------------------------------------------------------------------
 
@@ -400,11 +356,7 @@ class PostgresEventStore(EventStore):
         return earlier_appends(items, rows)
 
     def read_checkpoint(self, consumer: str) -> int | None:
-        validate_checkpoint(Checkpoint(consumer, 0))
-        with self._connection() as conn:
-            row = conn.execute("SELECT position FROM es_consumer_checkpoints WHERE consumer = %s",
-                               (consumer,)).fetchone()
-        return None if row is None else int(row[0])
+        return self.datastore.read_checkpoint(consumer)
 
     def _stored_append(self, stream_id: str, ids: list[UUID]) -> AppendResult | None:
         """The earlier result when exactly these events are stored already (a re-send);
@@ -444,7 +396,7 @@ class PostgresEventStore(EventStore):
             params.append(limit)
         with self._connection() as conn:
             cur = conn.execute(" ".join(sql).encode(), params)
-            return [_row_to_event(r) for r in cur.fetchall()]
+            return [row_to_event(r) for r in cur.fetchall()]
 
     def read_archived_stream(self, stream_id: str) -> list[RecordedEvent]:
         """Events of a stream that retention moved to the archive table."""
@@ -455,7 +407,7 @@ class PostgresEventStore(EventStore):
                 "ORDER BY version",
                 (stream_id,),
             )
-            return [_row_to_event(r) for r in cur.fetchall()]
+            return [row_to_event(r) for r in cur.fetchall()]
 
     def archive_stream(self, stream_id: str, up_to_version: int, older_than: datetime) -> int:
         validate_stream_id(stream_id)
@@ -475,23 +427,22 @@ class PostgresEventStore(EventStore):
                  ) -> list[RecordedEvent]:
         query = check_read_all(from_position, limit, to_position, types, stream_prefix,
                                backwards)
-        sql, params, needs_sort = log_query_sql(query)
-        with self._connection() as conn:
-            if not needs_sort:
-                rows = conn.execute(sql, params).fetchall()
-            else:
-                with conn.transaction():
-                    conn.execute("SET LOCAL enable_sort = on")
-                    rows = conn.execute(sql, params).fetchall()
-        return [_row_to_event(r) for r in rows]
+        return self.datastore.read_log(query)
 
     def head_position(self) -> int:
         """The highest position a reader may see now (0 for an empty log)."""
-        with self._connection() as conn:
-            row = conn.execute(
-                f"SELECT coalesce(max(position), 0) FROM es_events WHERE {_CUTOFF_FILTER}"
-            ).fetchone()
-            return int(row[0]) if row else 0
+        return self.datastore.head_position()
+
+    # -- retention (eventstore/retention.py) --------------------------------------------
+
+    def retention_candidates(self, older_than: datetime, limit: int) -> list[str]:
+        return self.datastore.retention_candidates(older_than, limit)
+
+    @contextmanager
+    def retention_lock(self) -> Iterator[bool]:
+        """Retention runs on one replica at a time: an advisory lock for the run."""
+        with self.datastore.exclusive(RETENTION_LOCK) as mine:
+            yield mine
 
     def stream_version(self, stream_id: str) -> int:
         validate_stream_id(stream_id)
@@ -574,9 +525,8 @@ class PostgresEventStore(EventStore):
                 self._pending.clear()
                 try:
                     if conn is None or conn.closed:
-                        conn = psycopg.connect(self.url, autocommit=True,
-                                               options="-c synchronous_commit=off",
-                                               **liveness_kwargs(self.pool_timeout))
+                        conn = self.datastore.dedicated(
+                            "eventstore-notify", options="-c synchronous_commit=off")
                     conn.execute(f"NOTIFY {NOTIFY_CHANNEL}")
                 except Exception:
                     log.debug("NOTIFY failed; subscribers will poll", exc_info=True)
@@ -602,14 +552,13 @@ class PostgresEventStore(EventStore):
     def _listen_loop(self) -> None:
         while not self._closed:
             try:
-                with psycopg.connect(self.url, autocommit=True,
-                                     **liveness_kwargs(self.pool_timeout)) as conn:
+                with self.datastore.dedicated("eventstore-listen") as conn:
                     conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
                     self._wake()  # we may have missed a notification while reconnecting
                     while not self._closed:
                         for _ in conn.notifies(timeout=0.5, stop_after=1):
                             self._wake()
-            except psycopg.Error:
+            except (psycopg.Error, StoreUnavailable):
                 log.warning("LISTEN connection lost; reconnecting", exc_info=True)
                 threading.Event().wait(1.0)
 
@@ -691,29 +640,11 @@ class PostgresEventStore(EventStore):
 
     # -- plumbing ----------------------------------------------------------------------
 
-    @contextmanager
-    def _connection(self) -> Iterator[psycopg.Connection[TupleRow]]:
-        """A pooled connection, with driver errors translated in this one place."""
+    def _connection(self) -> AbstractContextManager[psycopg.Connection[TupleRow]]:
+        """A pooled connection, with driver errors translated (by the datastore)."""
         if self._closed:
             raise StoreUnavailable("the event store is closed")
-        try:
-            with self._pool.connection() as conn:
-                yield conn
-        except PoolTimeout as exc:
-            self._replace_pool_soon()
-            raise StoreUnavailable(f"no PostgreSQL connection available: {exc}") from exc
-        except psycopg.errors.UndefinedTable as exc:
-            raise SchemaError(
-                "the event store schema is missing: run `eventstore migrate` first"
-            ) from exc
-        except psycopg.errors.UndefinedFunction as exc:
-            raise SchemaError(
-                "the event store schema is out of date: run `eventstore migrate`"
-            ) from exc
-        except psycopg.OperationalError as exc:
-            if connection_lost(exc):
-                self._replace_pool_soon()
-            raise StoreUnavailable(f"PostgreSQL is unavailable: {exc}") from exc
+        return self.datastore.connection()
 
     def close(self) -> None:
         if self._closed:
@@ -724,30 +655,7 @@ class PostgresEventStore(EventStore):
         for thread in (self._notifier, self._listener):
             if thread is not None:
                 thread.join(timeout=2)
-        with self._pool_lock:
-            self._pool.close()
-
-
-def connection_lost(exc: BaseException) -> bool:
-    """True for errors that say a pool's connections are unusable (not for conflicts,
-    races or bad input, which leave the connection fine)."""
-    if isinstance(exc, PoolTimeout | OSError):
-        return True
-    if not isinstance(exc, psycopg.OperationalError):
-        return False
-    # No SQLSTATE: the client lost the connection. 08: connection exceptions; 57P: the
-    # server is shutting down, crashed or is starting up.
-    state = exc.sqlstate or ""
-    return not state or state.startswith(("08", "57P"))
-
-
-def liveness_kwargs(connect_timeout: float) -> dict[str, Any]:
-    """libpq settings that notice a dead or unreachable server: a connect timeout, TCP
-    keepalives, and a TCP user timeout for sent data that is never acknowledged."""
-    seconds = max(2, int(connect_timeout))  # libpq takes whole seconds, at least 2
-    return {"connect_timeout": seconds, "keepalives": 1, "keepalives_idle": seconds,
-            "keepalives_interval": 1, "keepalives_count": 3,
-            "tcp_user_timeout": seconds * 1000}
+        self.datastore.close()
 
 
 def _show(expected: Expected) -> object:
@@ -762,16 +670,9 @@ def _aware(moment: datetime) -> datetime:
     return moment
 
 
-def _safe_url(url: str) -> str:
-    """The URL without its password, for messages and logs."""
-    try:
-        info = psycopg.conninfo.conninfo_to_dict(url)
-    except psycopg.ProgrammingError:
-        return "<unparseable URL>"
-    return f"{info.get('host', 'localhost')}:{info.get('port', 5432)}/{info.get('dbname', '')}"
-
-
-__all__ = ["UUID", "PostgresEventStore"]
+#: Re-exported for the append side and older imports (they live in postgres_datastore.py).
+__all__ = ["PLANNER_OPTIONS", "POOL_RESET_INTERVAL_SECONDS", "RETENTION_LOCK", "UUID", "PostgresEventStore",
+           "connection_lost", "liveness_kwargs", "log_query_sql"]
 
 
 class _Refused(Exception):
@@ -781,69 +682,3 @@ class _Refused(Exception):
     def __init__(self, error: EventStoreError) -> None:
         super().__init__(str(error))
         self.error = error
-
-
-def _category(prefix: str) -> str | None:
-    """The one category every stream with this prefix is in ("account-1" -> "account"),
-    or None when the prefix has no "-" (it may then span several categories)."""
-    category, dash, _ = prefix.partition("-")
-    return category if dash else None
-
-
-#: A stream's category as the category index holds it (see migration 3).
-_CATEGORY = "(split_part(stream_id, '-', 1) COLLATE \"C\")"
-
-
-def log_query_sql(query: LogQuery) -> tuple[bytes, dict[str, Any], bool]:
-    """read_all's statement for `query`, its parameters, and whether it needs a sort.
-
-    Unfiltered, it walks the primary key. Filtered, it walks one of the filter indexes
-    of migration 3 in position order, so a page costs about its own size: by type, one
-    index scan per type, each stopped after a page, the pages then merged (each branch
-    has its own ORDER BY and LIMIT: flattened into one UNION ALL, the planner loses
-    `type = ...` as an equality and walks the whole log); by a stream prefix with a "-",
-    one index scan of its category; by one without (it may span several categories), a
-    range of categories, sorted. Filtered reads
-    bound and order by `position + 0`, the expression those indexes hold (see there).
-    The cut-off filter keeps the no-skip guarantee on every path.
-    """
-    filtered = bool(query.types) or query.stream_prefix is not None
-    pos = "(position + 0)" if filtered else "position"
-    params: dict[str, Any] = {"lo": query.from_position, "limit": query.limit}
-    conditions = [f"{pos} >= %(lo)s", _CUTOFF_FILTER]
-    if query.to_position is not None:
-        conditions.append(f"{pos} <= %(hi)s")
-        params["hi"] = query.to_position
-    needs_sort = False
-    if query.stream_prefix is not None:
-        prefix = query.stream_prefix
-        category = _category(prefix)
-        if category is not None:  # one category: its index range is in position order
-            conditions.append(f'{_CATEGORY} = %(category)s')
-            params["category"] = category
-        else:  # a range of categories ("acc" covers "account" and "accrual"): then sorted
-            conditions.append(f"{_CATEGORY} >= %(cat_lo)s AND {_CATEGORY} < %(cat_hi)s")
-            params["cat_lo"] = prefix
-            params["cat_hi"] = prefix[:-1] + chr(ord(prefix[-1]) + 1)
-            needs_sort = not query.types
-        # The category alone would take "account" (no "-") for the prefix "account-".
-        conditions.append("starts_with(stream_id, %(prefix)s)")
-        params["prefix"] = prefix
-    where = " AND ".join(conditions)
-    direction = " DESC" if query.backwards else ""
-    if len(query.types) == 1:
-        where += " AND type = %(t0)s"
-        params["t0"] = query.types[0]
-    if len(query.types) > 1:
-        branches = []
-        for n, type_ in enumerate(query.types):
-            params[f"t{n}"] = type_
-            branches.append(f"(SELECT {_EVENT_COLUMNS} FROM es_events WHERE type = %(t{n})s "
-                            f"AND {where} ORDER BY {pos}{direction} LIMIT %(limit)s)")
-        sql = (f"SELECT {_EVENT_COLUMNS} FROM ({' UNION ALL '.join(branches)}) AS e "
-               f"ORDER BY position{direction} LIMIT %(limit)s")
-        needs_sort = True  # at most (types x limit) rows, each branch already in order
-    else:
-        sql = (f"SELECT {_EVENT_COLUMNS} FROM es_events WHERE {where} "
-               f"ORDER BY {pos}{direction} LIMIT %(limit)s")
-    return sql.encode(), params, needs_sort

@@ -60,11 +60,9 @@ class AsyncAppender:
         self._retiring: set[asyncio.Task[None]] = set()
 
     def _new_pool(self) -> AsyncConnectionPool[psycopg.AsyncConnection[TupleRow]]:
-        return AsyncConnectionPool(
-            self.store.url, min_size=self.max_size, max_size=self.max_size, open=False,
-            timeout=self.wait_timeout, name="eventstore-async",
-            kwargs=self.store.connection_kwargs(self.store.statement_timeout,
-                                                self.store.pool_timeout))
+        # The database's datastore makes the pool (its connection settings, its place in
+        # the pod's connection budget); this side opens, uses and replaces it.
+        return self.store.datastore.new_async_pool(self.max_size, self.wait_timeout)
 
     async def open(self) -> None:
         """Start filling the pool; does not wait, so a database that is down does not

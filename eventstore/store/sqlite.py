@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-import contextlib
-import json
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from uuid import UUID
 
 from eventstore.errors import (
     CheckpointConflict,
     ConcurrencyError,
-    SchemaError,
     StoreUnavailable,
     ValidationError,
 )
@@ -40,6 +36,8 @@ from eventstore.store.encoding import (
     conflicts,
     earlier_appends,
 )
+from eventstore.store.rows import EVENT_COLUMNS, row_to_event
+from eventstore.store.sqlite_datastore import SQLiteDatastore, immediate_transaction
 
 # SQLite lets one transaction write at a time (BEGIN IMMEDIATE takes the write lock), so a
 # position from AUTOINCREMENT is allocated and committed before the next writer starts:
@@ -107,15 +105,7 @@ CREATE TABLE IF NOT EXISTS es_consumer_checkpoints (
     updated_at TEXT NOT NULL
 );
 """ + PROJECTION_SCHEMA
-_COLUMNS = "position, id, stream_id, version, type, schema_version, payload, metadata, recorded_at"
-
-
-def _row_to_event(row: tuple[Any, ...]) -> RecordedEvent:
-    position, id_, stream_id, version, type_, schema_version, payload, metadata, ts = row
-    return RecordedEvent(id=UUID(id_), type=type_, aggregate_id=stream_id, version=version,
-                         payload=json.loads(payload), metadata=json.loads(metadata),
-                         timestamp=datetime.fromisoformat(ts), position=position,
-                         schema_version=schema_version)
+_COLUMNS = EVENT_COLUMNS
 
 
 class SQLiteEventStore(EventStore):
@@ -127,20 +117,11 @@ class SQLiteEventStore(EventStore):
         if max_payload_bytes is not None:
             self.max_payload_bytes = max_payload_bytes
         self.max_events_per_append = max_events_per_append
-        self._local = threading.local()
-        self._write_lock = threading.Lock()
         self._appended = threading.Condition()
-        self._closed = False
-        # Every connection, and how many calls are using each right now. sqlite3 crashes
-        # the interpreter when a connection is closed while another thread runs a query
-        # on it, so close() waits for calls in flight and never closes a busy connection:
-        # a call still running after that wait closes its own connection when it ends.
-        self._state = threading.Condition()
-        self._connections: dict[sqlite3.Connection, int] = {}
         self._memory = self.path == ":memory:"
-        if self._memory:
-            # One shared connection: every :memory: connection is a separate database.
-            self._shared = self._open()
+        #: The file's connections, write transactions and error translation, shared with
+        #: the projection runner and retention (see sqlite_datastore.py).
+        self.datastore = SQLiteDatastore(self.path)
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> SQLiteEventStore:
@@ -154,66 +135,13 @@ class SQLiteEventStore(EventStore):
         Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
         return cls(path, **options)
 
-    def _open(self) -> sqlite3.Connection:
-        try:
-            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None,
-                                   check_same_thread=False)
-        except sqlite3.Error as exc:
-            raise StoreUnavailable(f"cannot open SQLite database {self.path}: {exc}") from exc
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")
-        conn.execute("PRAGMA foreign_keys=ON")
-        with self._state:
-            self._connections[conn] = 0
-        return conn
+    def _conn(self) -> AbstractContextManager[sqlite3.Connection]:
+        """This thread's connection, with sqlite3 errors translated (see SQLiteDatastore)."""
+        return self.datastore.connection()
 
-    @contextmanager
-    def _conn(self) -> Iterator[sqlite3.Connection]:
-        if self._memory:
-            with self._write_lock, self._using(lambda: self._shared) as conn, \
-                    _translated_errors():
-                yield conn
-            return
-        with self._using(self._thread_connection) as conn, _translated_errors():
-            yield conn
-
-    def _thread_connection(self) -> sqlite3.Connection:
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None or conn not in self._connections:
-            conn = self._local.conn = self._open()
-        return conn
-
-    @contextmanager
-    def _using(self, get: Callable[[], sqlite3.Connection]) -> Iterator[sqlite3.Connection]:
-        """A connection marked busy for the duration of one call (see __init__)."""
-        if self._closed:
-            raise StoreUnavailable("the event store is closed")
-        conn = get()
-        with self._state:
-            if self._closed:  # closed while we opened it
-                if not self._connections.get(conn):
-                    self._connections.pop(conn, None)
-                    conn.close()
-                raise StoreUnavailable("the event store is closed")
-            self._connections[conn] = self._connections.get(conn, 0) + 1
-        try:
-            yield conn
-        finally:
-            with self._state:
-                self._connections[conn] -= 1
-                if self._connections[conn] == 0:
-                    if self._closed:  # close() left it to us
-                        del self._connections[conn]
-                        conn.close()
-                    self._state.notify_all()
-
-    @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction. BEGIN IMMEDIATE takes SQLite's write lock up front; the
-        process lock keeps this process's threads from queueing inside SQLite."""
-        lock = contextlib.nullcontext() if self._memory else self._write_lock
-        with lock, self._conn() as conn, immediate_transaction(conn):
-            yield conn
+    def _write(self) -> AbstractContextManager[sqlite3.Connection]:
+        """One write transaction (see SQLiteDatastore.write)."""
+        return self.datastore.write()
 
     def migrate(self) -> int:
         with self._write() as conn:
@@ -345,7 +273,7 @@ class SQLiteEventStore(EventStore):
             sql += " LIMIT ?"
             params.append(limit)
         with self._conn() as conn:
-            return [_row_to_event(r) for r in conn.execute(sql, params).fetchall()]
+            return [row_to_event(r) for r in conn.execute(sql, params).fetchall()]
 
     def read_archived_stream(self, stream_id: str) -> list[RecordedEvent]:
         """Events of a stream that retention moved to the archive table."""
@@ -353,7 +281,7 @@ class SQLiteEventStore(EventStore):
         with self._conn() as conn:
             rows = conn.execute(f"SELECT {_COLUMNS} FROM es_events_archive WHERE stream_id = ? "
                                 "ORDER BY version", (stream_id,)).fetchall()
-        return [_row_to_event(r) for r in rows]
+        return [row_to_event(r) for r in rows]
 
     def archive_stream(self, stream_id: str, up_to_version: int, older_than: datetime) -> int:
         validate_stream_id(stream_id)
@@ -394,7 +322,12 @@ class SQLiteEventStore(EventStore):
         params.append(query.limit)
         with self._conn() as conn:
             rows = conn.execute(" ".join(sql), params).fetchall()
-        return [_row_to_event(r) for r in rows]
+        return [row_to_event(r) for r in rows]
+
+    def retention_candidates(self, older_than: datetime, limit: int) -> list[str]:
+        if older_than.tzinfo is None:
+            raise ValidationError("older_than has no time zone: pass an aware datetime (UTC)")
+        return self.datastore.retention_candidates(older_than, limit)
 
     def head_position(self) -> int:
         # SQLite commits in position order: the highest position is settled.
@@ -437,41 +370,9 @@ class SQLiteEventStore(EventStore):
         """Refuse new calls (StoreUnavailable), wait up to `timeout` seconds for the calls
         in flight, and close the connections. A call still running after that closes its
         own connection when it ends: a connection is never closed under a running query."""
-        with self._state:
-            self._closed = True
-            self._state.wait_for(lambda: not any(self._connections.values()), timeout)
-            for conn, busy in list(self._connections.items()):
-                if not busy:
-                    del self._connections[conn]
-                    conn.close()
+        self.datastore.close(timeout)
         with self._appended:
             self._appended.notify_all()
 
 
-@contextmanager
-def immediate_transaction(conn: sqlite3.Connection) -> Iterator[None]:
-    """BEGIN IMMEDIATE (the write lock up front, so no upgrade deadlock), COMMIT on
-    success, ROLLBACK on any exception. For connections opened with isolation_level=None."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
-
-
-@contextmanager
-def _translated_errors() -> Iterator[None]:
-    """sqlite3 errors as this library's errors, in one place."""
-    try:
-        yield
-    except sqlite3.OperationalError as exc:
-        if "no such table" in str(exc):
-            raise SchemaError(
-                "the event store schema is missing: run `eventstore migrate` first") from exc
-        raise StoreUnavailable(f"SQLite error: {exc}") from exc
-    except sqlite3.ProgrammingError as exc:
-        if "closed" in str(exc):
-            raise StoreUnavailable("the event store is closed") from exc
-        raise
+__all__ = ["PROJECTION_SCHEMA", "SQLiteEventStore", "immediate_transaction"]

@@ -620,8 +620,9 @@ def postgres_statefulset(owner: Owner, spec: Mapping[str, Any]) -> Obj:
     ready = 'pg_isready -h 127.0.0.1 -U "$POSTGRES_USER" -d "$POSTGRES_DB"'
     container: Obj = {
         "name": "postgres",
-        # Each store pod holds up to ~47 connections with the default pool sizes (see the
-        # README's connection budget); PostgreSQL's default of 100 is too few for three.
+        # Each store pod holds up to eventstore.store.budget.POD_CONNECTIONS (31 with the
+        # defaults; the formula is there): three pods need about 100 with PostgreSQL's own
+        # reserve, its default. 300 leaves room to scale out and for pool tuning.
         "args": ["postgres", "-c", f"max_connections={POSTGRES_MAX_CONNECTIONS}"],
         "ports": [{"name": "postgres", "containerPort": names.POSTGRES_PORT, "protocol": "TCP"}],
         "env": [

@@ -4,7 +4,9 @@ rebuild, upcasting and the checkpoint compare-and-set."""
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import pytest
 
@@ -147,3 +149,61 @@ def test_load_projection() -> None:
         load_projection("eventstore.projections.bank:Nope")
     with pytest.raises(ValidationError, match="not a Projection"):
         load_projection("eventstore.projections.bank:TABLE")
+
+
+class Outbox(Projection):
+    """Copies each event into a second SQLite file through its own connection (an outbox
+    another process reads), with a short busy timeout: while that process holds the file's
+    write lock, sqlite3 raises "database is locked"."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.locked = 0
+
+    def handle(self, event: RecordedEvent, tx: ReadModelTx) -> None:
+        with sqlite3.connect(self.path, timeout=0.05, isolation_level=None) as conn:
+            try:
+                conn.execute("INSERT INTO outbox VALUES (?, ?)", (event.aggregate_id,
+                                                                  event.version))
+            except sqlite3.OperationalError as exc:
+                if "locked" in str(exc):
+                    self.locked += 1
+                raise
+        tx.execute("INSERT INTO seen VALUES (%s, %s)", (event.aggregate_id, event.version))
+
+    def setup(self, tx: ReadModelTx) -> None:
+        tx.execute("CREATE TABLE IF NOT EXISTS seen (stream text, version integer)")
+
+
+def test_a_locked_database_is_transient_not_a_dead_letter(store: EventStore,
+                                                          tmp_path: Path) -> None:
+    """SQLite's "database is locked" is the database's state, not the event's: the batch
+    is rolled back and retried once the lock is gone, and no good event is parked (as the
+    runner did when it treated only psycopg's OperationalError as transient)."""
+    outbox = str(tmp_path / "outbox.db")
+    with sqlite3.connect(outbox, isolation_level=None) as conn:
+        conn.execute("CREATE TABLE outbox (stream text, version integer)")
+    store.append("a", [NewEvent("T", {}), NewEvent("T", {})])
+    projection = Outbox(outbox)
+    holder = sqlite3.connect(outbox, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # another process writing to the outbox
+    runner = ProjectionRunner(store, {"p": projection},
+                              ProjectionSettings(workers=1, batch_size=10, retry_attempts=2),
+                              poll_interval=0.05, sleep=lambda _: None)
+    try:
+        runner.start()
+        deadline = time.monotonic() + 10
+        while projection.locked < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert projection.locked >= 3, "the handler never met the lock"  # > 1 + retries
+        holder.execute("COMMIT")
+        assert runner.wait_caught_up("p", 20)
+        letters = runner.dead_letters("p")
+    finally:
+        holder.close()
+        runner.stop()
+    assert letters == []
+    assert sorted(_seen(store)) == [("a", 1), ("a", 2)]
+    with sqlite3.connect(outbox) as conn:
+        assert sorted(conn.execute("SELECT stream, version FROM outbox").fetchall()) == \
+            [("a", 1), ("a", 2)]
