@@ -138,8 +138,9 @@ def run(url: str, scale: float = 1.0, rounds: int = 3) -> list[Row]:
 
     # -- sixteen threads sharing one store, against the 8-thread raw floor --------------
     def lib_shared(n: int) -> None:
+        run = uuid.uuid4().hex[:8]
         for i in range(n_threaded):
-            store.append(f"shared-{n}-{i}", [NewEvent("Deposited", PAYLOAD)],
+            store.append(f"shared-{run}-{n}-{i}", [NewEvent("Deposited", PAYLOAD)],
                          expected_version=ExpectedVersion.NO_STREAM)
 
     floor, value = paired(rounds, lambda: raw_threads(url, 8, n_threaded),
