@@ -45,7 +45,7 @@ from eventstore.events import (
 )
 from eventstore.server.aggregates import aggregates_router
 from eventstore.server.append_route import AppendRoute
-from eventstore.server.appends import Appends
+from eventstore.server.appends import Appends, parse_body
 from eventstore.server.asgi import ASGIApp
 from eventstore.server.auth import GuardMiddleware
 from eventstore.server.deadline import DeadlineMiddleware, ReadinessCheck
@@ -273,7 +273,7 @@ def create_app(services: Services, token: str, max_body_bytes: int = 4 * 1024 * 
     async def append(stream_id: StreamId, request: Request) -> Response:
         raw = await request.body()
         try:
-            body = AppendIn.model_validate_json(raw)
+            body = parse_body(raw)
         except PydanticValidationError as exc:
             raise RequestValidationError(exc.errors(include_url=False, include_context=False,
                                                     include_input=False)) from None

@@ -37,7 +37,6 @@ from eventstore.server.appends import to_events
 from eventstore.server.pages import DEFAULT_MAX_PAGE_BYTES, Page, encode_page
 from eventstore.server.wire import (
     BIGINT,
-    MAX_EVENTS_PER_REQUEST,
     MAX_PAGE,
     AppendIn,
     AppendOut,
@@ -46,7 +45,7 @@ from eventstore.server.wire import (
     EventOut,
     error_reply,
 )
-from eventstore.store.base import EventStore
+from eventstore.store.base import MAX_EVENTS_PER_APPEND, EventStore
 from eventstore.store.encoding import MAX_FILTER_TYPES
 
 #: Most streams one `POST /append-many` may name.
@@ -249,9 +248,9 @@ def log_router(store: EventStore, max_page_bytes: int = DEFAULT_MAX_PAGE_BYTES) 
         for item in body.appends:
             events, expected = to_events(item)
             appends.append(StreamAppend(item.stream_id, events, expected))
-        if sum(len(a.events) for a in appends) > MAX_EVENTS_PER_REQUEST:
+        if sum(len(a.events) for a in appends) > MAX_EVENTS_PER_APPEND:
             return _reply(400, {"error": "validation_error", "message": (
-                f"an append-many carries at most {MAX_EVENTS_PER_REQUEST} events in all")})
+                f"an append-many carries at most {MAX_EVENTS_PER_APPEND} events in all")})
         checkpoint = None if body.checkpoint is None else Checkpoint(
             body.checkpoint.consumer, body.checkpoint.position)
         started = time.perf_counter()

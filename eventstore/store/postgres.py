@@ -1,4 +1,5 @@
-"""The PostgreSQL event store: psycopg 3 with a connection pool, one round trip per append."""
+"""The PostgreSQL event store: psycopg 3 with a connection pool, one round trip per append
+(threads that append together share one: see group_commit.py)."""
 
 from __future__ import annotations
 
@@ -34,13 +35,11 @@ from eventstore.events import (
     RecordedEvent,
     StreamAppend,
     validate_checkpoint,
-    validate_expected,
     validate_stream_id,
 )
 from eventstore.store.base import MAX_EVENTS_PER_APPEND, AsyncAppend, EventStore, StoreStats
 from eventstore.store.encoding import (
     LogQuery,
-    check_append,
     check_append_many,
     check_read_all,
     check_read_stream,
@@ -49,46 +48,32 @@ from eventstore.store.encoding import (
     earlier_append,
     earlier_appends,
 )
-from eventstore.store.postgres_schema import MIGRATIONS, SCHEMA_VERSION
+from eventstore.store.group_commit import ThreadGroupCommit
+from eventstore.store.postgres_append import (
+    APPEND_MANY_SQL,
+    APPEND_SQL,
+    BATCH_SQL,
+    CURRENT_VERSION,
+    PLANNER_OPTIONS,
+    POOL_RESET_INTERVAL_SECONDS,
+    append_params,
+    appended,
+    batch_params,
+    batch_results,
+    batchable,
+    connection_kwargs,
+    connection_lost,
+    liveness_kwargs,
+)
+from eventstore.store.postgres_async import AsyncAppender
+from eventstore.store.postgres_schema import MAX_EVENTS_PER_TRANSACTION, MIGRATIONS, SCHEMA_VERSION
+from eventstore.store.prepared import PreparedAppend
 
 log = logging.getLogger(__name__)
 
 NOTIFY_CHANNEL = "eventstore_appended"
 _NOTIFY_COALESCE_SECONDS = 0.003
-PLANNER_OPTIONS = "-c enable_bitmapscan=off -c enable_seqscan=off -c enable_sort=off"
-_EXPECTED_CODES = {ExpectedVersion.NO_STREAM: -1, ExpectedVersion.ANY: -2,
-                   ExpectedVersion.STREAM_EXISTS: -4}
 _RACE_RETRIES = 100
-#: At most one pool replacement per this many seconds (see _replace_pool_soon).
-POOL_RESET_INTERVAL_SECONDS = 1.0
-#: The stream's version now, including events retention moved to the archive (COALESCE
-#: only looks there when the log holds none of the stream's events).
-_CURRENT_VERSION = ("coalesce((SELECT max(version) FROM es_events WHERE stream_id = {s}),"
-                    " (SELECT max(version) FROM es_events_archive WHERE stream_id = {s}), 0)")
-# One statement, so that an autocommit append is atomic and one round trip. It inserts
-# only when the expectation holds on the version it read; a concurrent append that read
-# the same version collides on UNIQUE (stream_id, version) and gets UniqueViolation.
-# Expectation codes: n >= 0 exact (0: no stream), -1 NO_STREAM, -2 ANY, -4 STREAM_EXISTS.
-_APPEND_TEMPLATE = f"""
-WITH cur AS (SELECT {_CURRENT_VERSION.format(s="%(stream)s")} AS v),
-ins AS (
-    INSERT INTO es_events (position, id, stream_id, version, type, schema_version,
-                           payload, metadata, recorded_at, tx_id)
-    SELECT (pg_current_xact_id()::text::bigint << 20) | (u.n - 1@OFFSET@), u.id, %(stream)s,
-           cur.v + u.n, u.type, u.sv, u.payload, u.metadata, clock_timestamp(),
-           pg_current_xact_id()
-      FROM cur, ROWS FROM (jsonb_to_recordset(%(events)s::jsonb)
-                AS (id uuid, type text, payload jsonb, metadata jsonb, sv integer))
-                WITH ORDINALITY AS u(id, type, payload, metadata, sv, n)
-     WHERE %(expected)s = -2 OR (%(expected)s = -4 AND cur.v > 0)
-        OR (%(expected)s = -1 AND cur.v = 0) OR %(expected)s = cur.v
-    RETURNING position)
-SELECT (SELECT v FROM cur), (SELECT array_agg(position ORDER BY position) FROM ins)
-"""
-APPEND_SQL = _APPEND_TEMPLATE.replace("@OFFSET@", "").encode()
-# The same, for one stream of an append_many: all its statements share the transaction's
-# id, so each numbers its events after those of the streams before it (%(offset)s).
-APPEND_MANY_SQL = _APPEND_TEMPLATE.replace("@OFFSET@", " + %(offset)s").encode()
 _CHECKPOINT_SQL = (
     b"INSERT INTO es_consumer_checkpoints AS c (consumer, position) VALUES (%s, %s)"
     b" ON CONFLICT (consumer) DO UPDATE SET position = excluded.position, updated_at = now()"
@@ -110,31 +95,6 @@ def _row_to_event(row: TupleRow) -> RecordedEvent:
                          schema_version=schema_version)
 
 
-def _append_params(stream_id: str, events: Sequence[NewEvent], expected: int | ExpectedVersion,
-                  max_payload_bytes: int, max_events: int) -> dict[str, Any]:
-    """APPEND_SQL's parameters; raises ValidationError for bad input before any I/O."""
-    encoded = check_append(stream_id, events, max_payload_bytes, max_events)
-    return _encoded_params(stream_id, events, expected, encoded)
-
-
-def _encoded_params(stream_id: str, events: Sequence[NewEvent], expected: int | ExpectedVersion,
-                    encoded: Sequence[tuple[str, str]]) -> dict[str, Any]:
-    code = expected if isinstance(expected, int) else _EXPECTED_CODES[expected]
-    # The batch travels as one JSON array, built from the payloads already encoded
-    # for the size check: one text parameter is far cheaper to send than five arrays.
-    batch = ",".join(
-        f'{{"id":"{e.id}","type":"{e.type}","payload":{payload},"metadata":{metadata},'
-        f'"sv":{e.schema_version}}}'
-        for e, (payload, metadata) in zip(events, encoded, strict=True))
-    return {"stream": stream_id, "expected": code, "events": f"[{batch}]"}
-
-
-def appended(stream_id: str, version_before: int, positions: Sequence[int]) -> AppendResult:
-    return AppendResult(stream_id=stream_id, first_version=version_before + 1,
-                        next_expected_version=version_before + len(positions),
-                        positions=tuple(positions))
-
-
 class PostgresEventStore(EventStore):
     """Events in PostgreSQL. See postgres_schema.py for how the global order is kept."""
 
@@ -147,7 +107,7 @@ class PostgresEventStore(EventStore):
         connect_timeout: float = 10.0,
         pool_timeout: float = 10.0,
         max_payload_bytes: int | None = None,
-        max_events_per_append: int = 10_000,
+        max_events_per_append: int = MAX_EVENTS_PER_APPEND,
         statement_timeout: float | None = None,
     ) -> None:
         """`pool_timeout` bounds the wait for a pooled connection, `statement_timeout`
@@ -161,7 +121,7 @@ class PostgresEventStore(EventStore):
         self.statement_timeout = statement_timeout
         if max_payload_bytes is not None:
             self.max_payload_bytes = max_payload_bytes
-        self.max_events_per_append = min(max_events_per_append, MAX_EVENTS_PER_APPEND)
+        self.max_events_per_append = min(max_events_per_append, MAX_EVENTS_PER_TRANSACTION)
         self._pool_sizes = (pool_min_size, pool_max_size)
         self._pool = self._new_pool()
         self._pool_lock = threading.Lock()
@@ -183,15 +143,13 @@ class PostgresEventStore(EventStore):
         self._wakeups = threading.Condition()
         self._wakeup_count = 0
         self._start_lock = threading.Lock()
+        self._group = ThreadGroupCommit(self._write_batch)
 
     def _new_pool(self) -> ConnectionPool[psycopg.Connection[TupleRow]]:
         return ConnectionPool(
             self.url,
             min_size=self._pool_sizes[0],
             max_size=self._pool_sizes[1],
-            # Every query here walks an index in order. With stale statistics (a young,
-            # fast-growing log) the planner prefers scanning and sorting the whole tail of
-            # the log for each page of read_all; these settings keep it on the index.
             kwargs=self.connection_kwargs(self.statement_timeout, self.pool_timeout),
             open=False,
             name="eventstore",
@@ -220,14 +178,8 @@ class PostgresEventStore(EventStore):
         threading.Thread(target=old.close, kwargs={"timeout": self.pool_timeout},
                          name="eventstore-pool-close", daemon=True).start()
 
-    @staticmethod
-    def connection_kwargs(statement_timeout: float | None, connect_timeout: float
-                          ) -> dict[str, Any]:
-        """psycopg.connect's arguments for the pools' connections."""
-        options = PLANNER_OPTIONS
-        if statement_timeout is not None:
-            options += f" -c statement_timeout={int(statement_timeout * 1000)}"
-        return {"autocommit": True, "options": options, **liveness_kwargs(connect_timeout)}
+    #: psycopg.connect's arguments for the pools' connections (see postgres_append).
+    connection_kwargs = staticmethod(connection_kwargs)
 
     # -- schema ------------------------------------------------------------------------
 
@@ -276,27 +228,40 @@ class PostgresEventStore(EventStore):
         events: Sequence[NewEvent],
         expected_version: Expected = ExpectedVersion.ANY,
     ) -> AppendResult:
-        expected, params = self.prepare_append(stream_id, events, expected_version)
-        ids = [e.id for e in events]
-        # ANY and STREAM_EXISTS do not care which version they land on: when a concurrent
-        # append takes the version we read, read again and retry.
-        retry_races = expected in (ExpectedVersion.ANY, ExpectedVersion.STREAM_EXISTS)
+        return self.append_prepared(self.prepare_append(stream_id, events, expected_version))
+
+    def append_prepared(self, prepared: PreparedAppend, *, grouped: bool = True
+                        ) -> AppendResult:
+        """Append a prepared append. Threads sharing this store commit together (see
+        group_commit.ThreadGroupCommit): whatever a shared commit does not finish, and
+        every append with `grouped` False (the caller already tried a group), takes the
+        individual path, which decides conflicts, races and re-sends."""
+        if grouped and batchable(prepared):
+            result = self._group.append(prepared, self._append_alone)
+            if result is not None:
+                return result
+        return self._append_alone(prepared)
+
+    def _append_alone(self, prepared: PreparedAppend) -> AppendResult:
+        """One append, one statement (APPEND_SQL); retried when it loses a race it may."""
+        stream_id, expected = prepared.stream_id, prepared.expected
+        params = append_params(prepared)
         for _ in range(_RACE_RETRIES):
             try:
                 with self._connection() as conn:
                     row = conn.execute(APPEND_SQL, params).fetchone()
             except psycopg.errors.UniqueViolation:
-                stored = self._stored_append(stream_id, ids)
+                stored = self._stored_append(stream_id, prepared.ids)
                 if stored is not None:
                     return stored
-                if retry_races:
+                if prepared.retries_races:
                     continue
                 raise ConcurrencyError(stream_id, _show(expected),
                                        self.stream_version(stream_id)) from None
             assert row is not None
             current, positions = int(row[0]), row[1]
             if positions is None:  # the expectation did not hold; nothing was written
-                stored = self._stored_append(stream_id, ids)
+                stored = self._stored_append(stream_id, prepared.ids)
                 if stored is not None:
                     return stored
                 raise ConcurrencyError(stream_id, _show(expected), current)
@@ -305,13 +270,25 @@ class PostgresEventStore(EventStore):
         raise StoreUnavailable(f"append to {stream_id!r} lost {_RACE_RETRIES} races in a row; "
                                "retry later")
 
-    def prepare_append(self, stream_id: str, events: Sequence[NewEvent],
-                       expected_version: Expected) -> tuple[int | ExpectedVersion, dict[str, Any]]:
-        """The checked expectation and APPEND_SQL's parameters, under this store's limits;
-        raises ValidationError for bad input before any I/O."""
-        expected = validate_expected(expected_version)
-        return expected, _append_params(stream_id, events, expected, self.max_payload_bytes,
-                                        self.max_events_per_append)
+    def _write_batch(self, batch: Sequence[PreparedAppend]) -> list[AppendResult | None]:
+        """One statement for the group commit: each append's result, None where it did not
+        go through (a failed statement, a connection lost, an expectation that did not
+        hold: the individual path decides each of those)."""
+        try:
+            with self._connection() as conn:
+                if len(batch) == 1:
+                    row = conn.execute(APPEND_SQL, append_params(batch[0])).fetchone()
+                    rows = [] if row is None else [(0, *row)]
+                else:
+                    rows = conn.execute(BATCH_SQL, batch_params(batch)).fetchall()
+        except (psycopg.Error, EventStoreError) as exc:
+            log.debug("group commit of %d appends handed to the individual path: %s",
+                      len(batch), type(exc).__name__)
+            return [None] * len(batch)
+        results = batch_results(batch, rows)
+        if any(r is not None for r in results):
+            self.signal_append()
+        return results
 
     def append_many(self, appends: Sequence[StreamAppend], *,
                     checkpoint: Checkpoint | None = None) -> list[AppendResult]:
@@ -324,7 +301,8 @@ class PostgresEventStore(EventStore):
         statements = []
         offset = 0
         for item, expected, encoded in checked:
-            params = _encoded_params(item.stream_id, item.events, expected, encoded)
+            params = append_params(PreparedAppend(item.stream_id, item.events, expected,
+                                                  encoded))
             params["offset"] = offset
             offset += len(item.events)
             statements.append((item.stream_id, expected, params))
@@ -496,7 +474,7 @@ class PostgresEventStore(EventStore):
     def stream_version(self, stream_id: str) -> int:
         validate_stream_id(stream_id)
         with self._connection() as conn:
-            row = conn.execute(f"SELECT {_CURRENT_VERSION.format(s='%s')}".encode(),
+            row = conn.execute(f"SELECT {CURRENT_VERSION.format(s='%s')}".encode(),
                                (stream_id, stream_id)).fetchone()
             return int(row[0]) if row else 0
 
@@ -548,8 +526,6 @@ class PostgresEventStore(EventStore):
             self._wakeups.notify_all()
 
     def async_appender(self, pool_size: int) -> AsyncAppend:
-        from eventstore.store.postgres_async import AsyncAppender
-
         return AsyncAppender(self, max_size=pool_size)
 
     def signal_append(self) -> None:
@@ -728,28 +704,6 @@ class PostgresEventStore(EventStore):
             self._pool.close()
 
 
-def connection_lost(exc: BaseException) -> bool:
-    """True for errors that say a pool's connections are unusable (not for conflicts,
-    races or bad input, which leave the connection fine)."""
-    if isinstance(exc, PoolTimeout | OSError):
-        return True
-    if not isinstance(exc, psycopg.OperationalError):
-        return False
-    # No SQLSTATE: the client lost the connection. 08: connection exceptions; 57P: the
-    # server is shutting down, crashed or is starting up.
-    state = exc.sqlstate or ""
-    return not state or state.startswith(("08", "57P"))
-
-
-def liveness_kwargs(connect_timeout: float) -> dict[str, Any]:
-    """libpq settings that notice a dead or unreachable server: a connect timeout, TCP
-    keepalives, and a TCP user timeout for sent data that is never acknowledged."""
-    seconds = max(2, int(connect_timeout))  # libpq takes whole seconds, at least 2
-    return {"connect_timeout": seconds, "keepalives": 1, "keepalives_idle": seconds,
-            "keepalives_interval": 1, "keepalives_count": 3,
-            "tcp_user_timeout": seconds * 1000}
-
-
 def _show(expected: Expected) -> object:
     return expected.value if isinstance(expected, ExpectedVersion) else expected
 
@@ -771,7 +725,8 @@ def _safe_url(url: str) -> str:
     return f"{info.get('host', 'localhost')}:{info.get('port', 5432)}/{info.get('dbname', '')}"
 
 
-__all__ = ["UUID", "PostgresEventStore"]
+__all__ = ["APPEND_SQL", "PLANNER_OPTIONS", "UUID", "PostgresEventStore", "appended",
+           "connection_lost", "liveness_kwargs"]
 
 
 class _Refused(Exception):
