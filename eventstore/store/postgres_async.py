@@ -138,14 +138,14 @@ class AsyncAppender:
             batch = take_batch(self._queue, self._writing)
             if not batch:  # what is queued waits for a stream in flight
                 return
-            task = asyncio.ensure_future(self._write_queued(batch))
+            streams = {p.stream_id for p, _ in batch}
+            self._writing |= streams  # now, not when the task starts: the next take skips them
+            task = asyncio.ensure_future(self._write_queued(batch, streams))
             self._writers.add(task)
 
     async def _write_queued(self, batch: list[tuple[PreparedAppend,
-                                                    asyncio.Future[AppendResult | None]]]
-                            ) -> None:
-        streams = {p.stream_id for p, _ in batch}
-        self._writing |= streams
+                                                    asyncio.Future[AppendResult | None]]],
+                            streams: set[str]) -> None:
         try:
             results = await self._write([p for p, _ in batch])
         except BaseException:
