@@ -316,3 +316,42 @@ def test_a_batch_whose_connection_dies_mid_statement_acknowledges_only_what_is_s
     by_id = {e.id: e for batch in events for e in batch}
     log = assert_log_is_whole(store, acknowledged, by_id)
     assert Counter(e.aggregate_id for e in log) == Counter(r.stream_id for r in acknowledged)
+
+
+def test_a_threads_batch_with_a_resent_event_spares_its_neighbours(
+        store: PostgresEventStore, postgres_url: str) -> None:
+    """Threads queue behind a commit held on a lock; the batch that follows carries a
+    re-sent event id, so its statement fails whole, and every append of it is decided
+    alone: the re-send is idempotent, its neighbours are stored."""
+    sent = NewEvent("Opened", {"owner": "x"})
+    first = store.append("resent", [sent], expected_version=0)
+    results: dict[int, AppendResult | BaseException] = {}
+
+    def writer(n: int) -> None:
+        try:
+            if n == 5:
+                results[n] = store.append("resent", [sent], expected_version=0)
+            else:
+                results[n] = store.append(f"nb-{n}", [NewEvent("Opened", {"n": n})], 0)
+        except BaseException as exc:
+            results[n] = exc
+
+    before = batches("threads")
+    with psycopg.connect(postgres_url) as blocker:
+        blocker.execute("LOCK TABLE es_events IN SHARE MODE")
+        threads = [threading.Thread(target=writer, args=(n,)) for n in range(10)]
+        for thread in threads:
+            thread.start()
+        time.sleep(0.5)
+        blocker.rollback()
+    for thread in threads:
+        thread.join()
+    again = results[5]
+    assert isinstance(again, AppendResult) and again.idempotent
+    assert again.positions == first.positions
+    for n in set(range(10)) - {5}:
+        result = results[n]
+        assert isinstance(result, AppendResult) and not result.idempotent, result
+        assert [e.payload for e in store.read_stream(f"nb-{n}")] == [{"n": n}]
+    statements, appends = (a - b for a, b in zip(batches("threads"), before, strict=True))
+    assert statements < appends, "the appends never shared a statement"
