@@ -183,8 +183,9 @@ def test_many_tasks_on_distinct_and_shared_streams_keep_every_guarantee(
     async def task(n: int, appender: Any) -> None:
         for i in range(12):
             stream = f"own-{n}" if rng.random() < 0.5 else f"shared-{rng.randrange(4)}"
-            expected: Expected = rng.choice([ExpectedVersion.ANY, ExpectedVersion.NO_STREAM,
-                                             store.stream_version(stream)])
+            choices: list[Expected] = [ExpectedVersion.ANY, ExpectedVersion.NO_STREAM,
+                                       store.stream_version(stream)]
+            expected = rng.choice(choices)
             event = NewEvent("E", {"n": n, "i": i})
             events_by_id[event.id] = event
             try:
@@ -231,8 +232,9 @@ def test_threads_sharing_a_store_commit_together_and_keep_every_guarantee(
         rng = random.Random(n)
         for i in range(25):
             stream = f"t-{n}" if i % 2 else f"shared-{rng.randrange(3)}"
-            expected: Expected = rng.choice([ExpectedVersion.ANY, ExpectedVersion.NO_STREAM,
-                                             slow.stream_version(stream)])
+            choices: list[Expected] = [ExpectedVersion.ANY, ExpectedVersion.NO_STREAM,
+                                       slow.stream_version(stream)]
+            expected = rng.choice(choices)
             event = NewEvent("E", {"n": n, "i": i})
             with lock:
                 events_by_id[event.id] = event
