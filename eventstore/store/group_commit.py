@@ -63,13 +63,15 @@ def take_batch(queue: deque[tuple[PreparedAppend, W]], busy: set[str] | None = N
 
 
 class _Slot:
-    """One thread's append while it waits in the queue."""
+    """One thread's append while it waits: woken once its result is in, or once it is
+    handed the lead (then `done` is still False)."""
 
-    __slots__ = ("done", "result")
+    __slots__ = ("done", "result", "wake")
 
     def __init__(self) -> None:
         self.done = False
         self.result: AppendResult | None = None
+        self.wake = threading.Event()
 
 
 class ThreadGroupCommit:
@@ -77,15 +79,16 @@ class ThreadGroupCommit:
 
     A thread that finds no commit running becomes the leader: it takes the queued batch
     (its own append and those of the threads that queued meanwhile), writes it with
-    `write_batch`, hands each waiting thread its result and wakes them. A thread whose
-    append is alone in its batch runs `alone` itself (the individual path: one round
-    trip, its own errors), so one writer sees no difference and no extra cost.
+    `write_batch`, wakes exactly the threads of that batch with their results, and hands
+    the lead to the first thread still queued (so no herd of threads wakes to find
+    nothing to do). A thread whose append is alone in its batch runs `alone` itself (the
+    individual path: one round trip, its own errors), so one writer sees no difference.
     """
 
     def __init__(self, write_batch: Callable[[Sequence[PreparedAppend]],
                                              list[AppendResult | None]]) -> None:
         self._write_batch = write_batch
-        self._lock = threading.Condition()
+        self._lock = threading.Lock()
         self._queue: deque[tuple[PreparedAppend, _Slot]] = deque()
         self._leading = False
 
@@ -95,17 +98,19 @@ class ThreadGroupCommit:
         slot = _Slot()
         with self._lock:
             self._queue.append((prepared, slot))
+            leading = not self._leading
+            self._leading = True
         while True:
-            with self._lock:
-                while not slot.done and self._leading:
-                    self._lock.wait()
+            if not leading:
+                slot.wake.wait()
+                slot.wake.clear()
                 if slot.done:
                     return slot.result
-                self._leading = True
+            with self._lock:  # leading: the lead is ours until we hand it on
                 batch = take_batch(self._queue)
+            following: _Slot | None = None
             try:
                 if len(batch) == 1 and batch[0][1] is slot:
-                    slot.done = True
                     metrics.APPEND_BATCH_SIZE.labels("threads").observe(1)
                     return alone(prepared)
                 self._write(batch)
@@ -113,8 +118,17 @@ class ThreadGroupCommit:
                 with self._lock:
                     for _, waiting in batch:
                         waiting.done = True
-                    self._leading = False
-                    self._lock.notify_all()
+                    following = self._queue[0][1] if self._queue else None
+                    if following is None:
+                        self._leading = False
+                    elif following is not slot:
+                        following.wake.set()
+                for _, waiting in batch:
+                    if waiting is not slot:
+                        waiting.wake.set()
+            if slot.done:
+                return slot.result
+            leading = following is slot
 
     def _write(self, batch: list[tuple[PreparedAppend, _Slot]]) -> None:
         metrics.APPEND_BATCH_SIZE.labels("threads").observe(len(batch))
