@@ -41,10 +41,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--scale", type=float, default=1.0, help="multiply iteration counts")
     parser.add_argument("--out", default="bench-results/results.json")
-    parser.add_argument("--only", choices=["store", "snapshots", "server", "snapshotter"],
+    parser.add_argument("--only", choices=["store", "http", "snapshots", "server", "snapshotter"],
                         action="append")
     args = parser.parse_args()
-    only = set(args.only or ["store", "snapshots", "server", "snapshotter"])
+    only = set(args.only or ["store", "http", "snapshots", "server", "snapshotter"])
 
     server = PostgresServer(durable=True).start()
     results: dict[str, Any] = {
@@ -56,6 +56,10 @@ def main() -> int:
         if "store" in only:
             results["results"] += store_bench.run(server.create_database("bench_store"),
                                                   args.scale)
+        if "http" in only:
+            from bench import http_bench
+
+            results["results"] += http_bench.run(server, args.scale)
         if "snapshots" in only:
             try:
                 from bench import snapshot_bench

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import statistics
 import threading
 import time
 import uuid
@@ -11,7 +12,7 @@ from typing import Any
 
 import psycopg
 
-from eventstore import EventStore, NewEvent
+from eventstore import EventStore, ExpectedVersion, NewEvent
 from eventstore.store.postgres import PLANNER_OPTIONS, PostgresEventStore
 
 Row = dict[str, Any]
@@ -46,13 +47,28 @@ def threaded(threads: int, per_thread: int, work: Callable[[int], None]) -> floa
 
 
 def paired(rounds: int, floor: Callable[[], float], lib: Callable[[], float]) -> tuple[float, float]:
-    """Best of `rounds` alternating runs of the floor and the library, so that both see the
-    same background load (this machine has two cores)."""
+    """Medians of `rounds` alternating runs of the floor and the library, so that both see
+    the same background load (this machine has two cores)."""
     floors, libs = [], []
     for _ in range(rounds):
         floors.append(floor())
         libs.append(lib())
-    return max(floors), max(libs)
+    return statistics.median(floors), statistics.median(libs)
+
+
+def raw_threads(url: str, threads: int, per_thread: int) -> float:
+    """The raw write floor: `threads` threads, each on its own connection, doing a 1-row
+    INSERT + COMMIT (autocommit) `per_thread` times. Rows per second."""
+    payload_text = json.dumps(PAYLOAD)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(RAW_TABLE)
+
+    def writer(n: int) -> None:
+        with psycopg.connect(url, autocommit=True, options=PLANNER_OPTIONS) as conn:
+            for i in range(per_thread):
+                conn.execute(RAW_INSERT + RAW_ROW, (uuid.uuid4(), f"writer-{n}", i, payload_text))
+
+    return threaded(threads, per_thread, writer)
 
 
 def run(url: str, scale: float = 1.0, rounds: int = 3) -> list[Row]:
@@ -116,14 +132,41 @@ def run(url: str, scale: float = 1.0, rounds: int = 3) -> list[Row]:
         for i in range(n_threaded):
             store.append(f"writer-{n}-{i % 20}", [NewEvent("Deposited", PAYLOAD)])
 
-    def raw_writer(n: int) -> None:
-        with psycopg.connect(url, autocommit=True, options=PLANNER_OPTIONS) as conn:
-            for i in range(n_threaded):
-                conn.execute(RAW_INSERT + RAW_ROW, (uuid.uuid4(), f"writer-{n}", i, payload_text))
-
-    floor, value = paired(rounds, lambda: threaded(8, n_threaded, raw_writer),
+    floor, value = paired(rounds, lambda: raw_threads(url, 8, n_threaded),
                           lambda: threaded(8, n_threaded, lib_writer))
     add("append, 8 concurrent writers", value, "8 threads of raw single-row INSERT", floor, 0.6)
+
+    # -- sixteen threads sharing one store, against the 8-thread raw floor --------------
+    def lib_shared(n: int) -> None:
+        run = uuid.uuid4().hex[:8]
+        for i in range(n_threaded):
+            store.append(f"shared-{run}-{n}-{i}", [NewEvent("Deposited", PAYLOAD)],
+                         expected_version=ExpectedVersion.NO_STREAM)
+
+    floor, value = paired(rounds, lambda: raw_threads(url, 8, n_threaded),
+                          lambda: threaded(16, n_threaded, lib_shared))
+    add("append, 16 threads sharing one store", value, "8 threads of raw single-row INSERT",
+        floor, 1.0)
+
+    # -- one append of 1,000 events, against COPY of the same rows ----------------------
+    n_large = max(3, int(20 * scale))
+
+    def lib_large() -> None:
+        for i in range(n_large):
+            store.append(f"large-{i}", [NewEvent("Deposited", PAYLOAD) for _ in range(1000)])
+
+    def raw_copy() -> None:
+        for i in range(n_large):
+            with raw.cursor().copy(
+                    "COPY raw_events (id, stream_id, version, type, schema_version, payload,"
+                    " metadata, recorded_at) FROM STDIN") as copy:
+                for j in range(1000):
+                    copy.write_row((uuid.uuid4(), f"large-{i}", j + 1, "Deposited", 1,
+                                    payload_text, "{}", "now"))
+
+    floor, value = paired(rounds, lambda: timed(n_large * 1000, raw_copy),
+                          lambda: timed(n_large * 1000, lib_large))
+    add("append of 1,000 events", value, "raw COPY of 1,000 rows", floor, 0.5)
 
     # -- reads -------------------------------------------------------------------------
     for _ in range(10):

@@ -15,6 +15,11 @@ APPEND_LATENCY = Histogram(
     "eventstore_append_duration_seconds", "Time to append one batch of events.",
     buckets=_LATENCY_BUCKETS)
 EVENTS_APPENDED = Counter("eventstore_events_appended_total", "Events appended.")
+APPEND_BATCH_SIZE = Histogram(
+    "eventstore_append_batch_size",
+    "Appends written by one group-commit statement (one transaction), by executor: "
+    "async (the server's event loop) or threads (threads sharing one store).",
+    ["executor"], buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1000))
 APPEND_CONFLICTS = Counter("eventstore_append_conflicts_total",
                            "Appends refused because the expected version did not hold.")
 EVENT_PROCESSING_LATENCY = Histogram(

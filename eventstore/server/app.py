@@ -46,6 +46,7 @@ from eventstore.server.routing import AppState
 from eventstore.server.wire import AppendIn
 from eventstore.settings import Settings
 from eventstore.store.base import EventStore
+from eventstore.store.budget import DEFAULT_APPEND_POOL_SIZE
 
 if TYPE_CHECKING:
     from eventstore.projections.runner import ProjectionRunner
@@ -129,7 +130,7 @@ class Services:
 # -- the app --------------------------------------------------------------------------
 
 def create_app(services: Services, token: str, max_body_bytes: int = 4 * 1024 * 1024,
-               append_threads: int = 16, append_pool_size: int = 16,
+               append_threads: int = 16, append_pool_size: int = DEFAULT_APPEND_POOL_SIZE,
                max_replay_events: int = 100_000,
                request_timeout: float | None = None, max_subscribers: int = 100,
                max_page_bytes: int = DEFAULT_MAX_PAGE_BYTES,

@@ -13,8 +13,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from pydantic import ValidationError as PydanticValidationError
 
+from eventstore.server.appends import parse_body
 from eventstore.server.routing import ERRORS, State, StreamId
-from eventstore.server.wire import AppendIn, AppendOut, ConflictOut, refuse_duplicate_keys
+from eventstore.server.wire import AppendOut, ConflictOut, refuse_duplicate_keys
 
 router = APIRouter(tags=["streams"])
 
@@ -28,7 +29,7 @@ router = APIRouter(tags=["streams"])
 async def append(stream_id: StreamId, request: Request, state: State) -> Response:
     raw = await request.body()
     try:
-        body = AppendIn.model_validate_json(raw)
+        body = parse_body(raw)
     except PydanticValidationError as exc:
         raise RequestValidationError(exc.errors(include_url=False, include_context=False,
                                                 include_input=False)) from None

@@ -98,7 +98,7 @@ class ServerConfig:
         (default /var/run/secrets/eventstore/tls/tls.crt and tls.key) exist.
         Tuning: EVENTSTORE_MAX_BODY_BYTES (4 MiB), EVENTSTORE_DB_POOL_SIZE (12: the pool
         reads, projections and retention share; at least projection workers + 2),
-        EVENTSTORE_DB_APPEND_POOL_SIZE (16: the async append pool; the pod's connection
+        EVENTSTORE_DB_APPEND_POOL_SIZE (2: the async append pool; the pod's connection
         budget is in eventstore/store/budget.py),
         EVENTSTORE_SNAPSHOT_KEEP (5 snapshots kept per aggregate),
         EVENTSTORE_MAX_REPLAY_EVENTS (100000: the most events GET /aggregates replays),

@@ -38,7 +38,6 @@ from eventstore.server.pages import Page, encode_page
 from eventstore.server.routing import ERRORS, State
 from eventstore.server.wire import (
     BIGINT,
-    MAX_EVENTS_PER_REQUEST,
     MAX_PAGE,
     NO_DUPLICATE_KEYS,
     AppendIn,
@@ -48,6 +47,7 @@ from eventstore.server.wire import (
     EventOut,
     error_reply,
 )
+from eventstore.store.base import MAX_EVENTS_PER_APPEND
 from eventstore.store.encoding import MAX_FILTER_TYPES
 
 #: Most streams one `POST /append-many` may name.
@@ -245,9 +245,9 @@ def append_many(state: State, body: Annotated[AppendManyIn, Body()]) -> Response
     for item in body.appends:
         events, expected = to_events(item)
         appends.append(StreamAppend(item.stream_id, events, expected))
-    if sum(len(a.events) for a in appends) > MAX_EVENTS_PER_REQUEST:
+    if sum(len(a.events) for a in appends) > MAX_EVENTS_PER_APPEND:
         return _error(ValidationError(
-            f"an append-many carries at most {MAX_EVENTS_PER_REQUEST} events in all"))
+            f"an append-many carries at most {MAX_EVENTS_PER_APPEND} events in all"))
     checkpoint = None if body.checkpoint is None else Checkpoint(
         body.checkpoint.consumer, body.checkpoint.position)
     started = time.perf_counter()

@@ -24,12 +24,13 @@ from eventstore.errors import (
     ValidationError,
 )
 from eventstore.events import EVENT_TYPE_PATTERN, RecordedEvent
+from eventstore.store.base import MAX_EVENTS_PER_APPEND
 
 log = logging.getLogger(__name__)
 
-#: Largest page a read may ask for, and the most events one HTTP append may carry.
+#: Largest page a read may ask for. (An HTTP append carries at most
+#: store.base.MAX_EVENTS_PER_APPEND events, as a library append does.)
 MAX_PAGE = 1000
-MAX_EVENTS_PER_REQUEST = 1000
 #: Deepest JSON nesting accepted in payloads, metadata and snapshot states.
 MAX_JSON_DEPTH = 64
 BIGINT = 2**63 - 1
@@ -52,7 +53,7 @@ class AppendIn(BaseModel):
     expected_version: Annotated[StrictInt, Field(ge=0, le=BIGINT)] | Literal[
         "any", "no_stream", "stream_exists"] = Field(
         "any", description="The stream's version the append expects (0: a new stream).")
-    events: list[EventIn] = Field(min_length=1, max_length=MAX_EVENTS_PER_REQUEST)
+    events: list[EventIn] = Field(min_length=1, max_length=MAX_EVENTS_PER_APPEND)
 
 
 class AppendOut(BaseModel):

@@ -22,10 +22,15 @@ from eventstore.events import (
     StreamAppend,
 )
 from eventstore.store.encoding import check_read_all
+from eventstore.store.prepared import PreparedAppend, prepare_append
 
 DEFAULT_MAX_PAYLOAD_BYTES = 1024 * 1024
-#: The most events one append may carry (PostgreSQL positions reserve 20 bits per batch).
-MAX_EVENTS_PER_APPEND = 100_000
+#: The most events one append (or one append_many, in all) may carry, in the library and
+#: over HTTP alike (so the HTTP client can stand where a store stands). A store may be
+#: opened with a lower `max_events_per_append`. The database's own bound is far higher
+#: (postgres_schema.MAX_EVENTS_PER_TRANSACTION); this one keeps one append's memory and
+#: one transaction's duration in reason.
+MAX_EVENTS_PER_APPEND = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,9 +51,9 @@ class AsyncAppend(Protocol):
 
     async def close(self) -> None: ...
 
-    async def try_append(self, stream_id: str, events: Sequence[NewEvent],
-                         expected_version: Expected) -> AppendResult | None:
-        """The result of a clean append, or None: the synchronous append must decide."""
+    async def append(self, prepared: PreparedAppend) -> AppendResult | None:
+        """The result of a clean append, or None: the synchronous append must decide
+        (`EventStore.append_prepared(prepared, grouped=False)`)."""
         ...
 
 
@@ -97,7 +102,24 @@ class EventStore(abc.ABC):
 
         Raises ConcurrencyError when `expected_version` does not hold, ValidationError
         for bad input. Re-sending events whose ids are stored returns the first result.
+        Backends implement it as `append_prepared(prepare_append(...))`.
         """
+
+    max_events_per_append: int = MAX_EVENTS_PER_APPEND
+
+    def prepare_append(self, stream_id: str, events: Sequence[NewEvent],
+                       expected_version: Expected) -> PreparedAppend:
+        """The append checked and encoded once under this store's limits, for
+        `append_prepared` (ValidationError for bad input, before any I/O)."""
+        return prepare_append(stream_id, events, expected_version, self.max_payload_bytes,
+                              self.max_events_per_append)
+
+    def append_prepared(self, prepared: PreparedAppend, *, grouped: bool = True
+                        ) -> AppendResult:
+        """Append what `prepare_append` returned, as `append` does. `grouped` False: the
+        caller already tried a shared commit (postgres_async), so do not try one again.
+        Backends override this; the default re-validates through `append`."""
+        return self.append(prepared.stream_id, prepared.events, prepared.expected)
 
     @abc.abstractmethod
     def read_stream(

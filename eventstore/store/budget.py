@@ -7,12 +7,12 @@ so its connections are the sum of a few named sources, all bounded:
   `workers` + 2). HTTP reads, the library's synchronous appends, projection batches
   (shared ones, and the reads of local ones), the snapshotter's loads, checkpoints and
   retention all share it.
-- the async append pool: `append_pool_size` (EVENTSTORE_DB_APPEND_POOL_SIZE, default 16),
-  the server's event-loop appends.
+- the async append pool: `append_pool_size` (EVENTSTORE_DB_APPEND_POOL_SIZE, default 2),
+  the server's event-loop appends, grouped into at most two batches in flight.
 - dedicated: 3, LISTEN (wake-ups), the coalesced NOTIFY, the projection runner's
   advisory locks.
 
-With the defaults that is 12 + 16 + 3 = 31 (it was about 47 when projections, local
+With the defaults that is 12 + 2 + 3 = 17 (it was about 47 when projections, local
 projections and retention each opened their own pools and connections). The pool is at
 least `workers` + 2 because a shared projection worker holds one connection for its batch
 and the snapshotter, inside that batch, takes a second one to load an aggregate: with fewer
@@ -28,8 +28,10 @@ from __future__ import annotations
 
 #: EVENTSTORE_DB_POOL_SIZE's default: the shared synchronous pool.
 DEFAULT_POOL_SIZE = 12
-#: EVENTSTORE_DB_APPEND_POOL_SIZE's default: the server's async append pool.
-DEFAULT_APPEND_POOL_SIZE = 16
+#: EVENTSTORE_DB_APPEND_POOL_SIZE's default: the server's async append pool. Its group
+#: commit writes at most two batches at once (postgres_async.MAX_IN_FLIGHT), so more
+#: connections would sit idle.
+DEFAULT_APPEND_POOL_SIZE = 2
 #: Connections outside the pools: LISTEN, NOTIFY, the projection runner's locks.
 DEDICATED_CONNECTIONS = 3
 #: The seed's projection `workers` (projections.yaml).

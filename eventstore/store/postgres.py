@@ -1,6 +1,7 @@
 """The PostgreSQL event store: appends, stream reads and subscriptions over one
 PostgresDatastore (postgres_datastore.py: the pools, error translation and the log reads it
-shares with projections and retention)."""
+shares with projections and retention). One round trip per append; threads that append
+together share one (group_commit.py)."""
 
 from __future__ import annotations
 
@@ -36,12 +37,10 @@ from eventstore.events import (
     RecordedEvent,
     StreamAppend,
     validate_checkpoint,
-    validate_expected,
     validate_stream_id,
 )
 from eventstore.store.base import MAX_EVENTS_PER_APPEND, AsyncAppend, EventStore, StoreStats
 from eventstore.store.encoding import (
-    check_append,
     check_append_many,
     check_read_all,
     check_read_stream,
@@ -50,6 +49,19 @@ from eventstore.store.encoding import (
     earlier_append,
     earlier_appends,
 )
+from eventstore.store.group_commit import ThreadGroupCommit
+from eventstore.store.postgres_append import (
+    APPEND_MANY_SQL,
+    APPEND_SQL,
+    BATCH_SQL,
+    CURRENT_VERSION,
+    append_params,
+    appended,
+    batch_params,
+    batch_results,
+    batchable,
+)
+from eventstore.store.postgres_async import AsyncAppender
 from eventstore.store.postgres_datastore import (
     PLANNER_OPTIONS,
     POOL_RESET_INTERVAL_SECONDS,
@@ -59,7 +71,8 @@ from eventstore.store.postgres_datastore import (
     liveness_kwargs,
     log_query_sql,
 )
-from eventstore.store.postgres_schema import MIGRATIONS, SCHEMA_VERSION
+from eventstore.store.postgres_schema import MAX_EVENTS_PER_TRANSACTION, MIGRATIONS, SCHEMA_VERSION
+from eventstore.store.prepared import PreparedAppend
 from eventstore.store.rows import EVENT_COLUMNS, row_to_event
 from eventstore.store.translate import postgres_connection_lost as connection_lost
 
@@ -67,67 +80,12 @@ log = logging.getLogger(__name__)
 
 NOTIFY_CHANNEL = "eventstore_appended"
 _NOTIFY_COALESCE_SECONDS = 0.003
-_EXPECTED_CODES = {ExpectedVersion.NO_STREAM: -1, ExpectedVersion.ANY: -2,
-                   ExpectedVersion.STREAM_EXISTS: -4}
 _RACE_RETRIES = 100
-#: The stream's version now, including events retention moved to the archive (COALESCE
-#: only looks there when the log holds none of the stream's events).
-_CURRENT_VERSION = ("coalesce((SELECT max(version) FROM es_events WHERE stream_id = {s}),"
-                    " (SELECT max(version) FROM es_events_archive WHERE stream_id = {s}), 0)")
-# One statement, so that an autocommit append is atomic and one round trip. It inserts
-# only when the expectation holds on the version it read; a concurrent append that read
-# the same version collides on UNIQUE (stream_id, version) and gets UniqueViolation.
-# Expectation codes: n >= 0 exact (0: no stream), -1 NO_STREAM, -2 ANY, -4 STREAM_EXISTS.
-_APPEND_TEMPLATE = f"""
-WITH cur AS (SELECT {_CURRENT_VERSION.format(s="%(stream)s")} AS v),
-ins AS (
-    INSERT INTO es_events (position, id, stream_id, version, type, schema_version,
-                           payload, metadata, recorded_at, tx_id)
-    SELECT (pg_current_xact_id()::text::bigint << 20) | (u.n - 1@OFFSET@), u.id, %(stream)s,
-           cur.v + u.n, u.type, u.sv, u.payload, u.metadata, clock_timestamp(),
-           pg_current_xact_id()
-      FROM cur, ROWS FROM (jsonb_to_recordset(%(events)s::jsonb)
-                AS (id uuid, type text, payload jsonb, metadata jsonb, sv integer))
-                WITH ORDINALITY AS u(id, type, payload, metadata, sv, n)
-     WHERE %(expected)s = -2 OR (%(expected)s = -4 AND cur.v > 0)
-        OR (%(expected)s = -1 AND cur.v = 0) OR %(expected)s = cur.v
-    RETURNING position)
-SELECT (SELECT v FROM cur), (SELECT array_agg(position ORDER BY position) FROM ins)
-"""
-APPEND_SQL = _APPEND_TEMPLATE.replace("@OFFSET@", "").encode()
-# The same, for one stream of an append_many: all its statements share the transaction's
-# id, so each numbers its events after those of the streams before it (%(offset)s).
-APPEND_MANY_SQL = _APPEND_TEMPLATE.replace("@OFFSET@", " + %(offset)s").encode()
 _CHECKPOINT_SQL = (
     b"INSERT INTO es_consumer_checkpoints AS c (consumer, position) VALUES (%s, %s)"
     b" ON CONFLICT (consumer) DO UPDATE SET position = excluded.position, updated_at = now()"
     b" WHERE c.position < excluded.position RETURNING position")
 _EVENT_COLUMNS = EVENT_COLUMNS
-
-
-def _append_params(stream_id: str, events: Sequence[NewEvent], expected: int | ExpectedVersion,
-                  max_payload_bytes: int, max_events: int) -> dict[str, Any]:
-    """APPEND_SQL's parameters; raises ValidationError for bad input before any I/O."""
-    encoded = check_append(stream_id, events, max_payload_bytes, max_events)
-    return _encoded_params(stream_id, events, expected, encoded)
-
-
-def _encoded_params(stream_id: str, events: Sequence[NewEvent], expected: int | ExpectedVersion,
-                    encoded: Sequence[tuple[str, str]]) -> dict[str, Any]:
-    code = expected if isinstance(expected, int) else _EXPECTED_CODES[expected]
-    # The batch travels as one JSON array, built from the payloads already encoded
-    # for the size check: one text parameter is far cheaper to send than five arrays.
-    batch = ",".join(
-        f'{{"id":"{e.id}","type":"{e.type}","payload":{payload},"metadata":{metadata},'
-        f'"sv":{e.schema_version}}}'
-        for e, (payload, metadata) in zip(events, encoded, strict=True))
-    return {"stream": stream_id, "expected": code, "events": f"[{batch}]"}
-
-
-def appended(stream_id: str, version_before: int, positions: Sequence[int]) -> AppendResult:
-    return AppendResult(stream_id=stream_id, first_version=version_before + 1,
-                        next_expected_version=version_before + len(positions),
-                        positions=tuple(positions))
 
 
 class PostgresEventStore(EventStore):
@@ -142,7 +100,7 @@ class PostgresEventStore(EventStore):
         connect_timeout: float = 10.0,
         pool_timeout: float = 10.0,
         max_payload_bytes: int | None = None,
-        max_events_per_append: int = 10_000,
+        max_events_per_append: int = MAX_EVENTS_PER_APPEND,
         statement_timeout: float | None = None,
     ) -> None:
         """`pool_timeout` bounds the wait for a pooled connection, `statement_timeout`
@@ -156,7 +114,7 @@ class PostgresEventStore(EventStore):
         self.statement_timeout = statement_timeout
         if max_payload_bytes is not None:
             self.max_payload_bytes = max_payload_bytes
-        self.max_events_per_append = min(max_events_per_append, MAX_EVENTS_PER_APPEND)
+        self.max_events_per_append = min(max_events_per_append, MAX_EVENTS_PER_TRANSACTION)
         #: The database: pools, error translation, log reads, checkpoints, locks, retention
         #: queries. Projections and retention use this same object (one pool per pod).
         self.datastore = PostgresDatastore(
@@ -173,6 +131,7 @@ class PostgresEventStore(EventStore):
         self._wakeups = threading.Condition()
         self._wakeup_count = 0
         self._start_lock = threading.Lock()
+        self._group = ThreadGroupCommit(self._write_batch)
 
     @property
     def _pool(self) -> ConnectionPool[psycopg.Connection[TupleRow]]:
@@ -232,27 +191,40 @@ class PostgresEventStore(EventStore):
         events: Sequence[NewEvent],
         expected_version: Expected = ExpectedVersion.ANY,
     ) -> AppendResult:
-        expected, params = self.prepare_append(stream_id, events, expected_version)
-        ids = [e.id for e in events]
-        # ANY and STREAM_EXISTS do not care which version they land on: when a concurrent
-        # append takes the version we read, read again and retry.
-        retry_races = expected in (ExpectedVersion.ANY, ExpectedVersion.STREAM_EXISTS)
+        return self.append_prepared(self.prepare_append(stream_id, events, expected_version))
+
+    def append_prepared(self, prepared: PreparedAppend, *, grouped: bool = True
+                        ) -> AppendResult:
+        """Append a prepared append. Threads sharing this store commit together (see
+        group_commit.ThreadGroupCommit): whatever a shared commit does not finish, and
+        every append with `grouped` False (the caller already tried a group), takes the
+        individual path, which decides conflicts, races and re-sends."""
+        if grouped and batchable(prepared):
+            result = self._group.append(prepared, self._append_alone)
+            if result is not None:
+                return result
+        return self._append_alone(prepared)
+
+    def _append_alone(self, prepared: PreparedAppend) -> AppendResult:
+        """One append, one statement (APPEND_SQL); retried when it loses a race it may."""
+        stream_id, expected = prepared.stream_id, prepared.expected
+        params = append_params(prepared)
         for _ in range(_RACE_RETRIES):
             try:
                 with self._connection() as conn:
                     row = conn.execute(APPEND_SQL, params).fetchone()
             except psycopg.errors.UniqueViolation:
-                stored = self._stored_append(stream_id, ids)
+                stored = self._stored_append(stream_id, prepared.ids)
                 if stored is not None:
                     return stored
-                if retry_races:
+                if prepared.retries_races:
                     continue
                 raise ConcurrencyError(stream_id, _show(expected),
                                        self.stream_version(stream_id)) from None
             assert row is not None
             current, positions = int(row[0]), row[1]
             if positions is None:  # the expectation did not hold; nothing was written
-                stored = self._stored_append(stream_id, ids)
+                stored = self._stored_append(stream_id, prepared.ids)
                 if stored is not None:
                     return stored
                 raise ConcurrencyError(stream_id, _show(expected), current)
@@ -261,13 +233,25 @@ class PostgresEventStore(EventStore):
         raise StoreUnavailable(f"append to {stream_id!r} lost {_RACE_RETRIES} races in a row; "
                                "retry later")
 
-    def prepare_append(self, stream_id: str, events: Sequence[NewEvent],
-                       expected_version: Expected) -> tuple[int | ExpectedVersion, dict[str, Any]]:
-        """The checked expectation and APPEND_SQL's parameters, under this store's limits;
-        raises ValidationError for bad input before any I/O."""
-        expected = validate_expected(expected_version)
-        return expected, _append_params(stream_id, events, expected, self.max_payload_bytes,
-                                        self.max_events_per_append)
+    def _write_batch(self, batch: Sequence[PreparedAppend]) -> list[AppendResult | None]:
+        """One statement for the group commit: each append's result, None where it did not
+        go through (a failed statement, a connection lost, an expectation that did not
+        hold: the individual path decides each of those)."""
+        try:
+            with self._connection() as conn:
+                if len(batch) == 1:
+                    row = conn.execute(APPEND_SQL, append_params(batch[0])).fetchone()
+                    rows = [] if row is None else [(0, *row)]
+                else:
+                    rows = conn.execute(BATCH_SQL, batch_params(batch)).fetchall()
+        except (psycopg.Error, EventStoreError) as exc:
+            log.debug("group commit of %d appends handed to the individual path: %s",
+                      len(batch), type(exc).__name__)
+            return [None] * len(batch)
+        results = batch_results(batch, rows)
+        if any(r is not None for r in results):
+            self.signal_append()
+        return results
 
     def append_many(self, appends: Sequence[StreamAppend], *,
                     checkpoint: Checkpoint | None = None) -> list[AppendResult]:
@@ -280,7 +264,8 @@ class PostgresEventStore(EventStore):
         statements = []
         offset = 0
         for item, expected, encoded in checked:
-            params = _encoded_params(item.stream_id, item.events, expected, encoded)
+            params = append_params(PreparedAppend(item.stream_id, item.events, expected,
+                                                  encoded))
             params["offset"] = offset
             offset += len(item.events)
             statements.append((item.stream_id, expected, params))
@@ -447,7 +432,7 @@ class PostgresEventStore(EventStore):
     def stream_version(self, stream_id: str) -> int:
         validate_stream_id(stream_id)
         with self._connection() as conn:
-            row = conn.execute(f"SELECT {_CURRENT_VERSION.format(s='%s')}".encode(),
+            row = conn.execute(f"SELECT {CURRENT_VERSION.format(s='%s')}".encode(),
                                (stream_id, stream_id)).fetchone()
             return int(row[0]) if row else 0
 
@@ -499,8 +484,6 @@ class PostgresEventStore(EventStore):
             self._wakeups.notify_all()
 
     def async_appender(self, pool_size: int) -> AsyncAppend:
-        from eventstore.store.postgres_async import AsyncAppender
-
         return AsyncAppender(self, max_size=pool_size)
 
     def signal_append(self) -> None:
@@ -670,9 +653,9 @@ def _aware(moment: datetime) -> datetime:
     return moment
 
 
-#: Re-exported for the append side and older imports (they live in postgres_datastore.py).
-__all__ = ["PLANNER_OPTIONS", "POOL_RESET_INTERVAL_SECONDS", "RETENTION_LOCK", "UUID", "PostgresEventStore",
-           "connection_lost", "liveness_kwargs", "log_query_sql"]
+#: Re-exported for older imports (they live in postgres_datastore.py and postgres_append.py).
+__all__ = ["APPEND_SQL", "PLANNER_OPTIONS", "POOL_RESET_INTERVAL_SECONDS", "RETENTION_LOCK", "UUID",
+           "PostgresEventStore", "appended", "connection_lost", "liveness_kwargs", "log_query_sql"]
 
 
 class _Refused(Exception):

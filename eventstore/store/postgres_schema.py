@@ -17,7 +17,9 @@ from __future__ import annotations
 # may still see in future sorts after every row it has already handed out. No lock is
 # shared between writers; a long-running write transaction delays readers, never skips.
 # Positions are therefore sparse (not 1, 2, 3 ...) but strictly increasing in read order.
-# The 20 low bits cap one append at 1,048,575 events (the library caps it lower).
+# The 20 low bits cap one transaction at 1,048,575 events: MAX_EVENTS_PER_TRANSACTION
+# (an append, an append_many, a group commit's batch or a restore's chunk; the library
+# caps an append far lower, at base.MAX_EVENTS_PER_APPEND).
 
 MIGRATIONS: list[str] = [
     # 1: the log and its archive
@@ -134,3 +136,6 @@ INSERT INTO es_store_identity DEFAULT VALUES;
 PROJECTION_PARTITIONS = 16
 
 SCHEMA_VERSION = len(MIGRATIONS)
+
+#: The most events one transaction can number: positions keep 20 bits for the index.
+MAX_EVENTS_PER_TRANSACTION = (1 << 20) - 1

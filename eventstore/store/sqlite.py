@@ -27,7 +27,7 @@ from eventstore.events import (
     validate_checkpoint,
     validate_stream_id,
 )
-from eventstore.store.base import EventStore, StoreStats
+from eventstore.store.base import MAX_EVENTS_PER_APPEND, EventStore, StoreStats
 from eventstore.store.encoding import (
     check_append_many,
     check_read_all,
@@ -36,6 +36,7 @@ from eventstore.store.encoding import (
     conflicts,
     earlier_appends,
 )
+from eventstore.store.prepared import PreparedAppend
 from eventstore.store.rows import EVENT_COLUMNS, row_to_event
 from eventstore.store.sqlite_datastore import SQLiteDatastore, immediate_transaction
 
@@ -112,7 +113,7 @@ class SQLiteEventStore(EventStore):
     """Events in one SQLite file (or in memory). Thread-safe; one writer at a time."""
 
     def __init__(self, path: str | Path, *, max_payload_bytes: int | None = None,
-                 max_events_per_append: int = 10_000) -> None:
+                 max_events_per_append: int = MAX_EVENTS_PER_APPEND) -> None:
         self.path = str(path)
         if max_payload_bytes is not None:
             self.max_payload_bytes = max_payload_bytes
@@ -164,7 +165,14 @@ class SQLiteEventStore(EventStore):
         events: Sequence[NewEvent],
         expected_version: Expected = ExpectedVersion.ANY,
     ) -> AppendResult:
-        return self.append_many([StreamAppend(stream_id, events, expected_version)])[0]
+        return self.append_prepared(self.prepare_append(stream_id, events, expected_version))
+
+    def append_prepared(self, prepared: PreparedAppend, *, grouped: bool = True
+                        ) -> AppendResult:
+        """One writer at a time here, so nothing to group: `grouped` changes nothing."""
+        item = StreamAppend(prepared.stream_id, prepared.events, prepared.expected)
+        return self._append_checked([(item, prepared.expected, list(prepared.encoded))],
+                                    None)[0]
 
     def append_many(self, appends: Sequence[StreamAppend], *,
                     checkpoint: Checkpoint | None = None) -> list[AppendResult]:
@@ -173,6 +181,11 @@ class SQLiteEventStore(EventStore):
             validate_checkpoint(checkpoint)
         elif not checked:
             raise ValidationError("append_many has nothing to do: give appends or a checkpoint")
+        return self._append_checked(checked, checkpoint)
+
+    def _append_checked(self, checked: Sequence[tuple[StreamAppend, Expected,
+                                                      list[tuple[str, str]]]],
+                        checkpoint: Checkpoint | None) -> list[AppendResult]:
         ids = [str(e.id) for item, _, _ in checked for e in item.events]
         results: list[AppendResult] = []
         with self._write() as conn:

@@ -14,7 +14,11 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from eventstore.store.budget import DEDICATED_CONNECTIONS, POD_CONNECTIONS
+from eventstore.store.budget import (
+    DEDICATED_CONNECTIONS,
+    DEFAULT_APPEND_POOL_SIZE,
+    POD_CONNECTIONS,
+)
 from tests.server.conftest import ServerProcess, write_settings
 
 pytestmark = pytest.mark.postgres
@@ -90,12 +94,12 @@ def test_a_pod_stays_within_its_connection_budget(
     total = sum(peak.values())
     print(f"peak: {total} connections {dict(peak)}; budget {POD_CONNECTIONS}")
     assert total <= POD_CONNECTIONS, f"{total} connections at the peak: {dict(peak)}"
-    # The count saw the pod at work: the async append pool (16, opened whole at start),
+    # The count saw the pod at work: the async append pool (opened whole at start),
     # the pool and every dedicated session (LISTEN, NOTIFY, the runner's locks).
     named = {"eventstore-listen", "eventstore-notify", "eventstore-runner"}
     assert named <= set(peak), dict(peak)
     assert sum(peak[n] for n in named) == DEDICATED_CONNECTIONS
-    assert total >= 16 + DEDICATED_CONNECTIONS + 1, dict(peak)
+    assert total >= DEFAULT_APPEND_POOL_SIZE + DEDICATED_CONNECTIONS + 1, dict(peak)
     handled = {row["name"]: row["events_handled"] for row in snapshots}
     assert handled["snapshotter"] > 0 and handled["balances"] > 0, handled
     assert handled["local-balances"] > 0, handled

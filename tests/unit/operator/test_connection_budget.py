@@ -17,7 +17,7 @@ RESERVE = 10
 
 
 def test_the_budget_with_defaults_is_below_the_47_connections_of_before() -> None:
-    assert POD_CONNECTIONS == 12 + 16 + DEDICATED_CONNECTIONS == 31
+    assert POD_CONNECTIONS == 12 + 2 + DEDICATED_CONNECTIONS == 17
 
 
 def test_the_pool_never_has_fewer_connections_than_workers_plus_two() -> None:
