@@ -165,13 +165,17 @@ def _signal_postgres(database: PostgresServer, sig: int) -> None:
     container or host freezes."""
     assert database.process is not None
     postmaster = database.process.pid
+    # The postmaster first: once it is stopped it forks no new backend, so the scan below
+    # sees every child. (Scanning first missed a backend forked for a new connection
+    # between the scan and the signal; it went on serving, and /readyz said 200.)
+    os.kill(postmaster, sig)
     children = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
         with contextlib.suppress(OSError):
             fields = stat.read_text().rsplit(")", 1)[1].split()
             if int(fields[1]) == postmaster:
                 children.append(int(stat.parent.name))
-    for pid in [postmaster, *children]:
+    for pid in children:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, sig)
 
