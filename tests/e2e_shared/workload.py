@@ -204,7 +204,13 @@ def smoke(args: argparse.Namespace, token: str) -> int:
     stream = f"{args.prefix}-smoke"
     try:
         with EventStoreClient(args.url, token, timeout=30.0) as client:
-            assert client.ready(), "GET /readyz did not answer 200"
+            # A pod that has just started may be refused until the network plugin has put
+            # its address into the store's NetworkPolicy (seen with kube-router: the
+            # first /readyz of this Job failed right after the pod started).
+            deadline = time.monotonic() + 60
+            while not client.ready():
+                assert time.monotonic() < deadline, "GET /readyz did not answer 200 in 60 s"
+                time.sleep(1)
             first = client.append(stream, [NewEvent(type="Deposited", payload={"amount": i})
                                             for i in (1, 2, 3)], expected_version=ExpectedVersion.NO_STREAM)
             assert first.next_expected_version == 3, first
