@@ -85,7 +85,6 @@ _CHECKPOINT_SQL = (
     b"INSERT INTO es_consumer_checkpoints AS c (consumer, position) VALUES (%s, %s)"
     b" ON CONFLICT (consumer) DO UPDATE SET position = excluded.position, updated_at = now()"
     b" WHERE c.position < excluded.position RETURNING position")
-_EVENT_COLUMNS = EVENT_COLUMNS
 
 
 class PostgresEventStore(EventStore):
@@ -367,7 +366,7 @@ class PostgresEventStore(EventStore):
         limit: int | None = None,
     ) -> list[RecordedEvent]:
         check_read_stream(stream_id, from_version, to_version, limit)
-        sql = [f"SELECT {_EVENT_COLUMNS} FROM es_events WHERE stream_id = %s AND version >= %s"]
+        sql = [f"SELECT {EVENT_COLUMNS} FROM es_events WHERE stream_id = %s AND version >= %s"]
         params: list[Any] = [stream_id, from_version]
         if to_version is not None:
             sql.append("AND version <= %s")
@@ -388,7 +387,7 @@ class PostgresEventStore(EventStore):
         validate_stream_id(stream_id)
         with self._connection() as conn:
             cur = conn.execute(
-                f"SELECT {_EVENT_COLUMNS} FROM es_events_archive WHERE stream_id = %s "
+                f"SELECT {EVENT_COLUMNS} FROM es_events_archive WHERE stream_id = %s "
                 "ORDER BY version",
                 (stream_id,),
             )
@@ -399,9 +398,9 @@ class PostgresEventStore(EventStore):
         with self._connection() as conn, conn.transaction():
             cur = conn.execute(
                 f"WITH moved AS (DELETE FROM es_events WHERE stream_id = %s AND version <= %s"
-                f" AND recorded_at < %s RETURNING {_EVENT_COLUMNS}, tx_id)"
-                f" INSERT INTO es_events_archive ({_EVENT_COLUMNS}, tx_id)"
-                f" SELECT {_EVENT_COLUMNS}, tx_id FROM moved",
+                f" AND recorded_at < %s RETURNING {EVENT_COLUMNS}, tx_id)"
+                f" INSERT INTO es_events_archive ({EVENT_COLUMNS}, tx_id)"
+                f" SELECT {EVENT_COLUMNS}, tx_id FROM moved",
                 (stream_id, up_to_version, _aware(older_than)),
             )
             return cur.rowcount
@@ -555,8 +554,8 @@ class PostgresEventStore(EventStore):
     def export_rows(self, after_position: int, up_to_position: int) -> list[dict[str, Any]]:
         """Every event of the log and the archive with after < position <= up_to, in
         position order, as plain JSON-ready rows (the archive's flagged `archived_at`)."""
-        columns = f"{_EVENT_COLUMNS}, NULL::timestamptz AS archived_at"
-        archive_columns = f"{_EVENT_COLUMNS}, archived_at"
+        columns = f"{EVENT_COLUMNS}, NULL::timestamptz AS archived_at"
+        archive_columns = f"{EVENT_COLUMNS}, archived_at"
         with self._connection() as conn:
             cur = conn.execute(
                 f"SELECT {columns} FROM es_events WHERE position > %s AND position <= %s"

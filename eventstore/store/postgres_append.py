@@ -28,15 +28,7 @@ from typing import Any, Protocol
 from psycopg.rows import TupleRow
 
 from eventstore.events import AppendResult, Expected, NewEvent
-from eventstore.store.postgres_datastore import (  # re-exported: connections are the datastore's
-    PLANNER_OPTIONS as PLANNER_OPTIONS,
-)
-from eventstore.store.postgres_datastore import (
-    POOL_RESET_INTERVAL_SECONDS as POOL_RESET_INTERVAL_SECONDS,
-)
 from eventstore.store.postgres_datastore import PostgresDatastore
-from eventstore.store.postgres_datastore import connection_kwargs as connection_kwargs
-from eventstore.store.postgres_datastore import liveness_kwargs as liveness_kwargs
 from eventstore.store.postgres_schema import MAX_EVENTS_PER_TRANSACTION
 from eventstore.store.prepared import PreparedAppend
 

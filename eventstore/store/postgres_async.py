@@ -42,13 +42,13 @@ from eventstore.store.group_commit import take_batch
 from eventstore.store.postgres_append import (
     APPEND_SQL,
     BATCH_SQL,
-    POOL_RESET_INTERVAL_SECONDS,
     AppendHost,
     append_params,
     batch_params,
     batch_results,
     batchable,
 )
+from eventstore.store.postgres_datastore import POOL_RESET_INTERVAL_SECONDS
 from eventstore.store.prepared import PreparedAppend
 from eventstore.store.translate import postgres_connection_lost as connection_lost
 

@@ -52,6 +52,20 @@ def batches(executor: str) -> tuple[float, float]:
     return count, total
 
 
+def run_while_locked(postgres_url: str, threads: list[threading.Thread]) -> None:
+    """Start `threads` while es_events is locked for 0.5 s, then wait for them: the first
+    commit waits on the lock, as a commit waits for a durable disk, so the other threads'
+    appends queue behind it and form a batch."""
+    with psycopg.connect(postgres_url) as blocker:
+        blocker.execute("LOCK TABLE es_events IN SHARE MODE")
+        for thread in threads:
+            thread.start()
+        time.sleep(0.5)
+        blocker.rollback()
+    for thread in threads:
+        thread.join()
+
+
 async def pipeline(store: PostgresEventStore, appender: Any, prepared: PreparedAppend
                    ) -> AppendResult:
     """What the server does with a prepared append (server/appends.py)."""
@@ -249,17 +263,8 @@ def test_threads_sharing_a_store_commit_together_and_keep_every_guarantee(
 
     before = batches("threads")
     try:
-        # The first commit waits on a lock for a moment, as a commit waits for a durable
-        # disk, so that the other threads' appends queue behind it.
-        with psycopg.connect(postgres_url) as blocker:
-            blocker.execute("LOCK TABLE es_events IN SHARE MODE")
-            threads = [threading.Thread(target=writer, args=(n,)) for n in range(16)]
-            for thread in threads:
-                thread.start()
-            time.sleep(0.5)
-            blocker.rollback()
-        for thread in threads:
-            thread.join()
+        run_while_locked(postgres_url, [threading.Thread(target=writer, args=(n,))
+                                        for n in range(16)])
     finally:
         slow.close()
     assert len(acknowledged) + len(conflicts) == 16 * 25
@@ -339,15 +344,8 @@ def test_a_threads_batch_with_a_resent_event_spares_its_neighbours(
             results[n] = exc
 
     before = batches("threads")
-    with psycopg.connect(postgres_url) as blocker:
-        blocker.execute("LOCK TABLE es_events IN SHARE MODE")
-        threads = [threading.Thread(target=writer, args=(n,)) for n in range(10)]
-        for thread in threads:
-            thread.start()
-        time.sleep(0.5)
-        blocker.rollback()
-    for thread in threads:
-        thread.join()
+    run_while_locked(postgres_url, [threading.Thread(target=writer, args=(n,))
+                                    for n in range(10)])
     again = results[5]
     assert isinstance(again, AppendResult) and again.idempotent
     assert again.positions == first.positions
