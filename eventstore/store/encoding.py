@@ -71,38 +71,72 @@ def check_append(
             "per append: split it into several appends"
         )
     encoded: list[tuple[str, str]] = []
-    seen_ids = set()
+    seen_ids: set[UUID] = set()
+    check_ids = len(events) > 1
     for index, event in enumerate(events):
-        where = f"event {index} of the append to {stream_id!r}"
+        # The message's "where" is built only for a refused event: this loop runs once per
+        # event of every append (a 1,000-event append spent a fifth of its checks on it).
         if not isinstance(event, NewEvent):
-            raise ValidationError(f"{where} is a {type(event).__name__}, not a NewEvent")
-        if not isinstance(event.type, str) or not event.type:
-            raise ValidationError(f"{where} has no type")
-        if not EVENT_TYPE_PATTERN.match(event.type):
+            raise ValidationError(f"{_where(index, stream_id)} is a {type(event).__name__}, "
+                                  "not a NewEvent")
+        event_type = event.type
+        if not isinstance(event_type, str) or not event_type:
+            raise ValidationError(f"{_where(index, stream_id)} has no type")
+        if not EVENT_TYPE_PATTERN.match(event_type):
             raise ValidationError(
-                f"{where} has type {event.type[:60]!r}: a type is a name such as "
-                "'Deposited' or 'bank.Deposited' (letters, digits, _ . : -; at most 200)"
+                f"{_where(index, stream_id)} has type {event_type[:60]!r}: a type is a name "
+                "such as 'Deposited' or 'bank.Deposited' (letters, digits, _ . : -; at most 200)"
             )
-        if isinstance(event.schema_version, bool) or not isinstance(event.schema_version, int) \
-                or event.schema_version < 1:
-            raise ValidationError(f"{where} has schema_version {event.schema_version!r}; use 1 or more")
-        if event.id in seen_ids:
-            raise ValidationError(f"{where} repeats event id {event.id} within one append")
-        seen_ids.add(event.id)
-        payload = encode_json(event.payload, f"payload of {where}")
-        metadata = encode_json(event.metadata, f"metadata of {where}")
-        try:
-            size = len(payload.encode()) + len(metadata.encode())
-        except UnicodeEncodeError:
-            raise ValidationError(f"{where} contains an unpaired UTF-16 surrogate, which is "
-                                  "not valid Unicode and cannot be stored") from None
+        schema_version = event.schema_version
+        if isinstance(schema_version, bool) or not isinstance(schema_version, int) \
+                or schema_version < 1:
+            raise ValidationError(f"{_where(index, stream_id)} has schema_version "
+                                  f"{schema_version!r}; use 1 or more")
+        if check_ids:
+            if event.id in seen_ids:
+                raise ValidationError(f"{_where(index, stream_id)} repeats event id {event.id} "
+                                      "within one append")
+            seen_ids.add(event.id)
+        payload = _encode_field(event.payload, "payload", index, stream_id)
+        metadata = _encode_field(event.metadata, "metadata", index, stream_id)
+        if payload.isascii() and metadata.isascii():  # O(1): one byte per character
+            size = len(payload) + len(metadata)
+        else:
+            try:
+                size = len(payload.encode()) + len(metadata.encode())
+            except UnicodeEncodeError:
+                raise ValidationError(f"{_where(index, stream_id)} contains an unpaired UTF-16 "
+                                      "surrogate, which is not valid Unicode and cannot be "
+                                      "stored") from None
         if size > max_payload_bytes:
             raise ValidationError(
-                f"{where} is {size} bytes of JSON; the limit is {max_payload_bytes} bytes. "
-                "Store large blobs elsewhere and put a reference in the event."
+                f"{_where(index, stream_id)} is {size} bytes of JSON; the limit is "
+                f"{max_payload_bytes} bytes. Store large blobs elsewhere and put a reference "
+                "in the event."
             )
         encoded.append((payload, metadata))
     return encoded
+
+
+def _where(index: int, stream_id: str) -> str:
+    return f"event {index} of the append to {stream_id!r}"
+
+
+def _encode_field(value: Any, name: str, index: int, stream_id: str) -> str:
+    """encode_json, without building its error message up front; the empty object (most
+    metadata) is answered without the encoder. Anything unusual goes through encode_json,
+    which decides and words the refusal."""
+    if type(value) is dict:
+        if not value:
+            return "{}"
+        try:
+            text = _ENCODER.encode(value)
+        except (TypeError, ValueError, RecursionError):
+            pass
+        else:
+            if "\\u0000" not in text:
+                return text
+    return encode_json(value, f"{name} of {_where(index, stream_id)}")
 
 
 def check_read_stream(

@@ -60,6 +60,7 @@ from eventstore.store.postgres_append import (
     batch_params,
     batch_results,
     batchable,
+    write_alone,
 )
 from eventstore.store.postgres_async import AsyncAppender
 from eventstore.store.postgres_datastore import (
@@ -205,13 +206,13 @@ class PostgresEventStore(EventStore):
         return self._append_alone(prepared)
 
     def _append_alone(self, prepared: PreparedAppend) -> AppendResult:
-        """One append, one statement (APPEND_SQL); retried when it loses a race it may."""
+        """One append in its own transaction (postgres_append.write_alone); retried when
+        it loses a race it may."""
         stream_id, expected = prepared.stream_id, prepared.expected
-        params = append_params(prepared)
         for _ in range(_RACE_RETRIES):
             try:
                 with self._connection() as conn:
-                    row = conn.execute(APPEND_SQL, params).fetchone()
+                    current, positions = write_alone(conn, prepared)
             except psycopg.errors.UniqueViolation:
                 stored = self._stored_append(stream_id, prepared.ids)
                 if stored is not None:
@@ -220,8 +221,6 @@ class PostgresEventStore(EventStore):
                     continue
                 raise ConcurrencyError(stream_id, _show(expected),
                                        self.stream_version(stream_id)) from None
-            assert row is not None
-            current, positions = int(row[0]), row[1]
             if positions is None:  # the expectation did not hold; nothing was written
                 stored = self._stored_append(stream_id, prepared.ids)
                 if stored is not None:

@@ -11,6 +11,12 @@ version collides on UNIQUE (stream_id, version) and gets UniqueViolation. Positi
 - APPEND_SQL: one stream, one statement, autocommit: atomic and one round trip.
 - APPEND_MANY_SQL: one stream of an append_many; its events are numbered after those of
   the streams before it in the transaction (%(offset)s).
+- COPY_HEAD_SQL + COPY_SQL (`copy_append`): an append of COPY_MIN_EVENTS or more, in its
+  own transaction: read the transaction id, the stream's version and the time, check the
+  expectation here, then COPY the rows with their positions computed here. Same
+  collision on UNIQUE (stream_id, version) as the others. COPY skips parsing one large
+  JSON document and turning it into rows, which is most of a large append's statement
+  time after the index inserts; for a handful of events its extra round trips cost more.
 - BATCH_SQL: group commit. Many appends to distinct streams in one statement (so one
   transaction and one commit), each with its own expectation and its own result row: an
   append whose expectation does not hold inserts nothing and gets NULL positions, and
@@ -25,6 +31,7 @@ import json
 from collections.abc import Sequence
 from typing import Any, Protocol
 
+import psycopg
 from psycopg.rows import TupleRow
 
 from eventstore.events import AppendResult, Expected, NewEvent
@@ -34,10 +41,13 @@ from eventstore.store.prepared import PreparedAppend
 
 #: A batch of the group commit holds at most this many events ...
 BATCH_MAX_EVENTS = 1000
+#: An append of this many events or more is written alone, with COPY (copy_append), and
+#: never shares a commit: it fills one well enough on its own.
+COPY_MIN_EVENTS = 64
 #: ... and about this many bytes of encoded events. An append larger than either bound
 #: alone is never batched: it fills its own commit.
 BATCH_MAX_BYTES = 1024 * 1024
-assert BATCH_MAX_EVENTS < MAX_EVENTS_PER_TRANSACTION
+assert COPY_MIN_EVENTS <= BATCH_MAX_EVENTS < MAX_EVENTS_PER_TRANSACTION
 
 #: The stream's version now, including events retention moved to the archive (COALESCE
 #: only looks there when the log holds none of the stream's events).
@@ -88,6 +98,50 @@ SELECT req.k, req.v,
 """.encode()
 
 
+COPY_HEAD_SQL = (f"SELECT pg_current_xact_id()::text::bigint,"
+                 f" {CURRENT_VERSION.format(s='%(stream)s')}, clock_timestamp()").encode()
+COPY_SQL = (b"COPY es_events (position, id, stream_id, version, type, schema_version,"
+            b" payload, metadata, recorded_at, tx_id) FROM STDIN")
+
+
+def holds(expected_code: int, current: int) -> bool:
+    """_HOLDS, for copy_append, which checks the expectation here."""
+    return (expected_code == -2 or (expected_code == -4 and current > 0)
+            or (expected_code == -1 and current == 0) or expected_code == current)
+
+
+def write_alone(conn: psycopg.Connection[TupleRow], prepared: PreparedAppend
+                ) -> tuple[int, list[int] | None]:
+    """One append in its own transaction: (the version it read, its positions, or None
+    when the expectation did not hold and nothing was written). Raises UniqueViolation
+    when it lost a race for a version or its ids are stored (the caller decides)."""
+    if prepared.count >= COPY_MIN_EVENTS:
+        return copy_append(conn, prepared)
+    row = conn.execute(APPEND_SQL, append_params(prepared)).fetchone()
+    assert row is not None
+    return int(row[0]), row[1]
+
+
+def copy_append(conn: psycopg.Connection[TupleRow], prepared: PreparedAppend
+                ) -> tuple[int, list[int] | None]:
+    """A large append with COPY (see the module's doc). Every event of it gets the one
+    time read at its start, so a temporal read sees all of it or none of it."""
+    stream_id = prepared.stream_id
+    with conn.transaction():
+        head = conn.execute(COPY_HEAD_SQL, {"stream": stream_id}).fetchone()
+        assert head is not None
+        xid, current, recorded_at = int(head[0]), int(head[1]), head[2]
+        if not holds(prepared.expected_code, current):
+            return current, None
+        first = xid << 20
+        with conn.cursor().copy(COPY_SQL) as copy:
+            for n, (event, (payload, metadata)) in enumerate(
+                    zip(prepared.events, prepared.encoded, strict=True)):
+                copy.write_row((first | n, event.id, stream_id, current + n + 1, event.type,
+                                event.schema_version, payload, metadata, recorded_at, xid))
+    return current, [first | n for n in range(prepared.count)]
+
+
 def append_params(prepared: PreparedAppend) -> dict[str, Any]:
     """APPEND_SQL's parameters."""
     return {"stream": prepared.stream_id, "expected": prepared.expected_code,
@@ -131,7 +185,7 @@ def appended(stream_id: str, version_before: int, positions: Sequence[int]) -> A
 
 def batchable(prepared: PreparedAppend) -> bool:
     """Whether an append may share a commit (larger ones fill their own)."""
-    return prepared.count <= BATCH_MAX_EVENTS and prepared.size <= BATCH_MAX_BYTES
+    return prepared.count < COPY_MIN_EVENTS and prepared.size <= BATCH_MAX_BYTES
 
 
 class AppendHost(Protocol):

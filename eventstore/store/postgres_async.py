@@ -42,6 +42,7 @@ from eventstore.store.group_commit import take_batch
 from eventstore.store.postgres_append import (
     APPEND_SQL,
     BATCH_SQL,
+    COPY_MIN_EVENTS,
     AppendHost,
     append_params,
     batch_params,
@@ -125,8 +126,10 @@ class AsyncAppender:
 
     async def append(self, prepared: PreparedAppend) -> AppendResult | None:
         """The result when the append went through, else None (see the module's doc)."""
-        if not batchable(prepared):  # fills its own commit
-            return (await self._write([prepared]))[0]
+        if not batchable(prepared):
+            if prepared.count >= COPY_MIN_EVENTS:
+                return None  # the synchronous path writes it with COPY, on a thread
+            return (await self._write([prepared]))[0]  # fills its own commit
         waiting: asyncio.Future[AppendResult | None] = (
             asyncio.get_running_loop().create_future())
         self._queue.append((prepared, waiting))

@@ -188,7 +188,8 @@ def test_sigkill_mid_append_leaves_all_or_nothing(store: EventStore, postgres_ur
         while time.monotonic() < deadline:
             with psycopg.connect(postgres_url, autocommit=True) as conn:
                 busy = conn.execute(
-                    "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%INSERT INTO es_events%'"
+                    "SELECT count(*) FROM pg_stat_activity WHERE (query LIKE '%INSERT INTO es_events%'"
+                    " OR query LIKE 'COPY es_events%')"
                     " AND pid <> pg_backend_pid() AND state = 'active'").fetchone()
             if busy and busy[0] == 0:
                 break

@@ -12,7 +12,7 @@ from eventstore import EventStore, NewEvent, ValidationError
 from eventstore.server.appends import parse_body
 from eventstore.store.base import MAX_EVENTS_PER_APPEND
 from eventstore.store.group_commit import take_batch
-from eventstore.store.postgres_append import batch_params, batchable
+from eventstore.store.postgres_append import COPY_MIN_EVENTS, batch_params, batchable
 from eventstore.store.prepared import PreparedAppend, prepare_append
 
 
@@ -50,8 +50,11 @@ def test_a_batch_is_bounded_in_events_and_bytes_but_always_takes_one() -> None:
     assert [w for _, w in take_batch(queue, max_events=2)] == [0]
 
 
-def test_appends_larger_than_a_batch_are_never_batched() -> None:
-    assert batchable(_prepared("s", events=1000))
+def test_large_appends_are_never_batched() -> None:
+    """From COPY_MIN_EVENTS events an append is written alone with COPY; over the byte
+    bound of a batch it fills its own commit."""
+    assert batchable(_prepared("s", events=COPY_MIN_EVENTS - 1))
+    assert not batchable(_prepared("s", events=COPY_MIN_EVENTS))
     assert not batchable(_prepared("s", events=1001))
     assert not batchable(_prepared("s", events=2, pad=600 * 1024))
 
