@@ -3,8 +3,9 @@
 The synchronous store (postgres.py) and the event-loop appender (postgres_async.py) both
 import from here, never from each other.
 
-Three statements, one shape. Each reads a stream's current version and inserts only when
-the expectation holds on the version it read; a concurrent append that read the same
+Three statements, one shape. Each reads a stream's current version and the time, and
+inserts only when the expectation holds on the version it read, every event of an append
+with that one time (so a temporal read sees an append whole or not at all); a concurrent append that read the same
 version collides on UNIQUE (stream_id, version) and gets UniqueViolation. Positions are
 `xid8 << 20 | index`, the index counting the transaction's events (see postgres_schema).
 
@@ -62,11 +63,11 @@ _EVENTS = ("ROWS FROM (jsonb_to_recordset({e}) AS (id uuid, type text, payload j
            " sv, n)")
 _POSITION = "(pg_current_xact_id()::text::bigint << 20) | ({offset}u.n - 1)"
 _APPEND_TEMPLATE = f"""
-WITH cur AS (SELECT {CURRENT_VERSION.format(s="%(stream)s")} AS v),
+WITH cur AS (SELECT {CURRENT_VERSION.format(s="%(stream)s")} AS v, clock_timestamp() AS t),
 ins AS (
     {_INSERT}
     SELECT {_POSITION}, u.id, %(stream)s, cur.v + u.n, u.type, u.sv, u.payload, u.metadata,
-           clock_timestamp(), pg_current_xact_id()
+           cur.t, pg_current_xact_id()
       FROM cur, {_EVENTS.format(e="%(events)s::jsonb")}
      WHERE {_HOLDS.format(x="%(expected)s", v="cur.v")}
     RETURNING position)
@@ -82,13 +83,13 @@ APPEND_MANY_SQL = _APPEND_TEMPLATE.replace("{offset}", "%(offset)s + ").encode()
 BATCH_SQL = f"""
 WITH req AS (
     SELECT r.k, r.stream, r.x, r.off, r.events,
-           {CURRENT_VERSION.format(s="r.stream")} AS v
+           {CURRENT_VERSION.format(s="r.stream")} AS v, clock_timestamp() AS t
       FROM jsonb_to_recordset(%(batch)s::jsonb)
            AS r(k integer, stream text, x bigint, off bigint, events jsonb)),
 ins AS (
     {_INSERT}
     SELECT {_POSITION.replace("{offset}", "req.off + ")}, u.id, req.stream, req.v + u.n,
-           u.type, u.sv, u.payload, u.metadata, clock_timestamp(), pg_current_xact_id()
+           u.type, u.sv, u.payload, u.metadata, req.t, pg_current_xact_id()
       FROM req, {_EVENTS.format(e="req.events")}
      WHERE {_HOLDS.format(x="req.x", v="req.v")}
     RETURNING stream_id, position)

@@ -237,6 +237,16 @@ class EventStoreContract:
         with pytest.raises(ValidationError, match="time zone"):
             store.read_stream("s", as_of=datetime.now())
 
+    def test_one_append_is_recorded_at_one_time(self, store: EventStore) -> None:
+        """A temporal read sees an append whole or not at all, whatever its size."""
+        for count in (3, 100):
+            stream = f"one-time-{count}"
+            store.append(stream, [ev(i) for i in range(count)])
+            (recorded_at,) = {e.timestamp for e in store.read_stream(stream)}
+            assert len(store.read_stream(stream, as_of=recorded_at)) == count
+            assert store.read_stream(stream, as_of=recorded_at - timedelta(microseconds=1)) \
+                == []
+
     def test_read_all_pages_in_global_order(self, store: EventStore) -> None:
         for i in range(25):
             store.append(f"s-{i % 3}", [ev(i)])
