@@ -120,8 +120,7 @@ class PostgresBackend:
 
     @contextmanager
     def transaction(self) -> Iterator[ReadModelTx]:
-        with self.datastore.transaction() as conn:
-            conn.execute(_BATCH_SETTINGS)
+        with self.datastore.transaction(setup=_BATCH_SETTINGS) as conn:
             yield ReadModelTx(conn, "postgresql")
 
     @contextmanager

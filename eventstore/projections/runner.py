@@ -57,6 +57,15 @@ class _LostCheckpoint(Exception):
     """Someone else moved the checkpoint (a rebuild, a replay): reload and go on."""
 
 
+class _BatchFailed(Exception):
+    """The projection's code failed on a batch (at event `index` for per-event handlers;
+    None when handle_batch failed as a whole)."""
+
+    def __init__(self, index: int | None) -> None:
+        super().__init__(index)
+        self.index = index
+
+
 @dataclass
 class _UnitState:
     position: int
@@ -307,14 +316,23 @@ class ProjectionRunner:
         if not events:
             return False
         end = events[-1].position + 1
-        with self.backend.transaction() as tx:
-            moved = tx.execute(
-                "UPDATE es_projection_checkpoints SET position = %s, events_handled = "
-                "events_handled + %s, updated_at = CURRENT_TIMESTAMP WHERE projection = %s AND "
-                "partition = %s AND position = %s", (end, len(events), name, partition, start))
-            if moved.rowcount != 1:
-                raise _LostCheckpoint
-            self._apply(projection, name, partition, events, tx)
+        try:
+            with self.backend.transaction() as tx:
+                self._advance(tx, unit, start, end, len(events))
+                self._apply_batch(projection, events, tx)
+        except _BatchFailed as failed:
+            # Rolled back whole, checkpoint included: again, one event at a time, each in
+            # a savepoint of its own, so a failing one is retried and parked alone.
+            log.info("projection batch failed; handling its events one by one",
+                     extra={"projection": name, "partition": partition},
+                     exc_info=failed.__cause__)
+            with self.backend.transaction() as tx:
+                self._advance(tx, unit, start, end, len(events))
+                for index, event in enumerate(events):
+                    # With per-event handlers the batch attempt was the failing event's
+                    # first try; the events before it are applied again, once each.
+                    tried = 1 if index == failed.index else 0
+                    self._apply_one(projection, name, partition, event, tx, tried)
         with self._cond:
             state = self._owned.get(unit)
             if state is not None:
@@ -326,32 +344,34 @@ class ProjectionRunner:
             histogram.observe(max(0.0, (now - event.timestamp).total_seconds()))
         return len(events) == batch_size
 
-    def _apply(self, projection: Projection, name: str, partition: int,
-               events: Sequence[RecordedEvent], tx: ReadModelTx) -> None:
+    @staticmethod
+    def _advance(tx: ReadModelTx, unit: Unit, start: int, end: int, count: int) -> None:
+        """Move the unit's checkpoint from `start` to `end` (compare-and-set)."""
+        moved = tx.execute(
+            "UPDATE es_projection_checkpoints SET position = %s, events_handled = "
+            "events_handled + %s, updated_at = CURRENT_TIMESTAMP WHERE projection = %s AND "
+            "partition = %s AND position = %s", (end, count, unit[0], unit[1], start))
+        if moved.rowcount != 1:
+            raise _LostCheckpoint
+
+    @staticmethod
+    def _apply_batch(projection: Projection, events: Sequence[RecordedEvent],
+                     tx: ReadModelTx) -> None:
+        """The whole batch, without a savepoint (two round trips a batch saved): a failure
+        of the projection's code raises _BatchFailed, and the caller rolls back and goes
+        one event at a time; a failure of the database is raised as it is (the batch is
+        retried whole later, the checkpoint unmoved)."""
         per_event = type(projection).handle_batch is Projection.handle_batch
-        failed_at: int | None = None
+        index: int | None = None
         try:
-            with self.backend.savepoint(tx):
-                if per_event:
-                    for index, event in enumerate(events):
-                        failed_at = index
-                        projection.handle(projection.upcasters.upcast(event), tx)
-                    failed_at = None
-                else:
-                    upcast = [projection.upcasters.upcast(e) for e in events]
-                    projection.handle_batch(upcast, tx)
-            return
+            if per_event:
+                for index in range(len(events)):
+                    projection.handle(projection.upcasters.upcast(events[index]), tx)
+            else:
+                projection.handle_batch([projection.upcasters.upcast(e) for e in events], tx)
         except Exception as exc:
-            _raise_if_transient(exc)  # the whole batch is retried later; checkpoint stays
-            # user code; find the failing event(s) one by one
-            log.info("projection batch failed; handling its events one by one",
-                     extra={"projection": name, "partition": partition}, exc_info=True)
-        # With per-event handlers the batch attempt was the failing event's first try.
-        # Events before the failing one were rolled back with the savepoint: they are
-        # applied again here, once each.
-        for index, event in enumerate(events):
-            tried = 1 if per_event and index == failed_at else 0
-            self._apply_one(projection, name, partition, event, tx, tried)
+            _raise_if_transient(exc)
+            raise _BatchFailed(index) from exc
 
     def _apply_one(self, projection: Projection, name: str, partition: int,
                    event: RecordedEvent, tx: ReadModelTx, tried: int) -> None:

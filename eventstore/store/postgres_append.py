@@ -5,8 +5,9 @@ import from here, never from each other.
 
 Three statements, one shape. Each reads a stream's current version and the time, and
 inserts only when the expectation holds on the version it read, every event of an append
-with that one time (so a temporal read sees an append whole or not at all); a concurrent append that read the same
-version collides on UNIQUE (stream_id, version) and gets UniqueViolation. Positions are
+with that one time (so a temporal read sees an append whole or not at all); a concurrent
+append that read the same version collides on UNIQUE (stream_id, version) and gets
+UniqueViolation. Positions are
 `xid8 << 20 | index`, the index counting the transaction's events (see postgres_schema).
 
 - APPEND_SQL: one stream, one statement, autocommit: atomic and one round trip.

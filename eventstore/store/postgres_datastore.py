@@ -183,10 +183,24 @@ class PostgresDatastore:
             yield conn
 
     @contextmanager
-    def transaction(self) -> Iterator[psycopg.Connection[TupleRow]]:
-        """A pooled connection inside one transaction (committed when the block ends)."""
-        with self.connection() as conn, conn.transaction():
-            yield conn
+    def transaction(self, setup: bytes = b"") -> Iterator[psycopg.Connection[TupleRow]]:
+        """A pooled connection inside one transaction (committed when the block ends).
+
+        `setup`: statements without parameters (SET LOCAL ...) sent with the BEGIN, in the
+        same round trip; a projection batch is a handful of round trips, so one counts."""
+        with self.connection() as conn:
+            if not setup:
+                with conn.transaction():
+                    yield conn
+                return
+            conn.execute(b"BEGIN; " + setup)
+            try:
+                yield conn
+            except BaseException:
+                with suppress(psycopg.Error):  # if the connection is gone, the pool drops it
+                    conn.rollback()
+                raise
+            conn.commit()
 
     def dedicated(self, application_name: str, **options: Any) -> psycopg.Connection[TupleRow]:
         """A connection of its own, outside the pool, for a session that must outlive a
