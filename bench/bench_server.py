@@ -116,8 +116,10 @@ def _library_load(store: EventStore, per_client: int, prefix: str) -> float:
     return CLIENTS * per_client / (time.perf_counter() - started)
 
 
-def _catch_up(url: str, events: int) -> tuple[float, float]:
-    """(projection catch-up events/s with the seed settings, raw read_all events/s)."""
+def _catch_up(url: str, events: int, rounds: int = 3) -> tuple[float, float]:
+    """(projection catch-up events/s with the seed settings, library read_all events/s):
+    medians of `rounds` alternating runs over one log, the projection started afresh
+    each time."""
     store = EventStore.connect(url, pool_max_size=8)
     store.migrate()
     streams = max(1, events // 100)
@@ -126,17 +128,28 @@ def _catch_up(url: str, events: int) -> tuple[float, float]:
         batch += [NewEvent("Deposited", {"amount": 1}) for _ in range(99)]
         store.append(f"cu-{s}", batch)
     total = streams * 100
+    read_rates, catch_up_rates = [], []
+    try:
+        for _ in range(rounds):
+            started = time.perf_counter()
+            position = 0
+            while page := store.read_all(from_position=position, limit=1000):
+                position = page[-1].position + 1
+            read_rates.append(total / (time.perf_counter() - started))
+            catch_up_rates.append(_one_catch_up(store, url, total))
+    finally:
+        store.close()
+    return statistics.median(catch_up_rates), statistics.median(read_rates)
 
-    started = time.perf_counter()
-    position = 0
-    while page := store.read_all(from_position=position, limit=1000):
-        position = page[-1].position + 1
-    read_rate = total / (time.perf_counter() - started)
 
-    runner = ProjectionRunner(store, {"balances": AccountBalances()},
-                              ProjectionSettings(workers=5, batch_size=100, retry_attempts=3))
-    runner.setup()
+def _one_catch_up(store: EventStore, url: str, total: int) -> float:
     with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("DELETE FROM es_projection_checkpoints WHERE projection = 'balances'")
+        conn.execute("DROP TABLE IF EXISTS proj_account_balances")
+        runner = ProjectionRunner(store, {"balances": AccountBalances()},
+                                  ProjectionSettings(workers=5, batch_size=100,
+                                                     retry_attempts=3))
+        runner.setup()
         started = time.perf_counter()
         runner.start()
         try:
@@ -153,9 +166,8 @@ def _catch_up(url: str, events: int) -> tuple[float, float]:
         finally:
             runner.stop()
         check = conn.execute("SELECT sum(events_applied) FROM proj_account_balances").fetchone()
-    store.close()
     assert check is not None and int(check[0]) == total, "the read model missed events"
-    return total / elapsed, read_rate
+    return total / elapsed
 
 
 def run(results: dict[str, Any], server: PostgresServer | None = None,
@@ -196,14 +208,14 @@ def run(results: dict[str, Any], server: PostgresServer | None = None,
                      "goal": 0.5, "p50_ms": round(p50, 3), "p99_ms": round(p99, 3)})
 
         catch_up, read_rate = _catch_up(server.create_database("bench_projection"),
-                                        max(10_000, int(100_000 * scale)))
+                                        max(10_000, int(100_000 * scale)), rounds)
         rows.append({"name": "projection catch-up (workers 5, batch 100)",
-                     "unit": "events/s (goal: 20,000 events/s)",
+                     "unit": "events/s (goals: 20,000 events/s and 60% of the floor; "
+                             f"{'met' if catch_up >= 20_000 else 'NOT met'}: 20,000/s)",
                      "value": round(catch_up, 1),
                      "floor_name": "library read_all of the same log, pages of 1,000",
                      "floor": round(read_rate, 1), "ratio": round(catch_up / read_rate, 3),
-                     "goal": "20,000/s", "verdict": "ok" if catch_up >= 20_000
-                     else "BELOW GOAL"})
+                     "goal": 0.6})
     finally:
         if own:
             server.stop()
