@@ -1,9 +1,11 @@
 """The app's exception handlers: every reply, the framework's own included, in the one
-shape `{error, message, ...}` that `eventstore.errors.error_reply` builds."""
+shape `{error, message, ...}` that `eventstore.errors.error_reply` builds; and that
+shape's place in the OpenAPI document (`document_errors`)."""
 
 from __future__ import annotations
 
 from http import HTTPStatus
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -11,7 +13,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from eventstore.errors import EventStoreError, error_body
-from eventstore.server.wire import error_reply, invalid_request
+from eventstore.server.wire import InvalidRequestOut, error_reply, invalid_request
 
 
 def error_response(exc: EventStoreError) -> JSONResponse:
@@ -43,3 +45,38 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(EventStoreError, _store_error)
     app.add_exception_handler(RequestValidationError, _invalid)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+
+
+_SCHEMAS = "#/components/schemas/"
+
+
+def _reply_doc(model: str, description: str) -> dict[str, Any]:
+    return {"description": description,
+            "content": {"application/json": {"schema": {"$ref": _SCHEMAS + model}}}}
+
+
+def document_errors(schema: dict[str, Any], secured: set[tuple[str, str]]) -> None:
+    """Make the document's error replies the ones sent: FastAPI documents its 422 as
+    `{"detail": [...]}`, but error_handlers answers it as an InvalidRequestOut; every
+    `secured` (path, method) may also answer 401 and 413, which GuardMiddleware sends
+    before any route runs."""
+    models = schema.setdefault("components", {}).setdefault("schemas", {})
+    invalid = InvalidRequestOut.model_json_schema(ref_template=_SCHEMAS + "{model}")
+    models.update(invalid.pop("$defs", {}))
+    models["InvalidRequestOut"] = invalid
+    framework_422 = {"$ref": _SCHEMAS + "HTTPValidationError"}
+    for path, operations in schema.get("paths", {}).items():
+        for method, operation in operations.items():
+            responses = operation.setdefault("responses", {})
+            documented = responses.get("422", {}).get("content", {})
+            if documented.get("application/json", {}).get("schema") == framework_422:
+                responses["422"] = _reply_doc("InvalidRequestOut",
+                                              "The request does not match the schema")
+            if (path, method) in secured:
+                responses.setdefault("401", _reply_doc("ErrorOut",
+                                                       "Missing or wrong bearer token"))
+                responses.setdefault("413", _reply_doc(
+                    "ErrorOut", "The body is larger than EVENTSTORE_MAX_BODY_BYTES"))
+    if framework_422["$ref"] not in str(schema.get("paths")):
+        models.pop("HTTPValidationError", None)
+        models.pop("ValidationError", None)
