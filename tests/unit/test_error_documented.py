@@ -26,7 +26,7 @@ from tests.harness.error_docs import (
 )
 from tests.unit.test_error_replies import _library_errors, _sample
 
-TOKEN = "unit-token-0123456789"
+TOKEN = "test-token-0123456789abcdef"  # tests/server/conftest.py's, for the live cases
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 MAX_BODY = 2048
 
@@ -70,7 +70,7 @@ class _NoLookups:
 
 @dataclass
 class Served:
-    http: TestClient
+    http: httpx.Client
     store: _Store
     draining: Draining
     doc: dict[str, Any]
@@ -90,7 +90,7 @@ def served(tmp_path: Path) -> Iterator[Served]:
     real.close()
 
 
-def _append(expected: object, stream: str = "acc-1") -> dict[str, Any]:
+def _append(expected: object) -> dict[str, Any]:
     return {"expected_version": expected, "events": [{"type": "Opened", "payload": {}}]}
 
 
@@ -101,23 +101,23 @@ class Case:
     name: str
     method: str
     path: str  # as the OpenAPI document spells it
-    send: Callable[[Served], httpx.Response]
+    send: Callable[[Any], httpx.Response]  # given an object with `http`, an httpx.Client
     status: int
     code: str
 
 
-def _setup_conflict(s: Served) -> httpx.Response:
+def _setup_conflict(s: Any) -> httpx.Response:
     assert s.http.post("/streams/acc-1", json=_append(0), headers=AUTH).status_code == 201
     return s.http.post("/streams/acc-1", json=_append(0), headers=AUTH)
 
 
-def _setup_many_conflict(s: Served) -> httpx.Response:
+def _setup_many_conflict(s: Any) -> httpx.Response:
     assert s.http.post("/streams/acc-2", json=_append(0), headers=AUTH).status_code == 201
     return s.http.post("/append-many", headers=AUTH, json={"appends": [
         {"stream_id": "acc-2", **_append("no_stream")}]})
 
 
-def _setup_checkpoint_conflict(s: Served) -> httpx.Response:
+def _setup_checkpoint_conflict(s: Any) -> httpx.Response:
     assert s.http.put("/checkpoints/mailer", json={"position": 5},
                       headers=AUTH).status_code == 200
     return s.http.put("/checkpoints/mailer", json={"position": 3}, headers=AUTH)
