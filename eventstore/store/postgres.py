@@ -114,8 +114,9 @@ class PostgresEventStore(EventStore):
         if max_payload_bytes is not None:
             self.max_payload_bytes = max_payload_bytes
         self.max_events_per_append = min(max_events_per_append, MAX_EVENTS_PER_TRANSACTION)
-        #: The database: pools, error translation, log reads, checkpoints, locks, retention
-        #: queries. Projections and retention use this same object (one pool per pod).
+        #: The database: pools, error translation, every read of events, checkpoints, locks,
+        #: retention queries. Projections and retention use this same object (one pool per
+        #: pod).
         self.datastore = PostgresDatastore(
             url, pool_min_size=pool_min_size, pool_max_size=pool_max_size,
             connect_timeout=connect_timeout, pool_timeout=pool_timeout,

@@ -248,10 +248,7 @@ class SQLiteEventStore(EventStore):
 
     def read_checkpoint(self, consumer: str) -> int | None:
         validate_checkpoint(Checkpoint(consumer, 0))
-        with self._conn() as conn:
-            row = conn.execute("SELECT position FROM es_consumer_checkpoints WHERE consumer = ?",
-                               (consumer,)).fetchone()
-        return None if row is None else int(row[0])
+        return self.datastore.read_checkpoint(consumer)
 
     def read_stream(
         self,
@@ -302,10 +299,7 @@ class SQLiteEventStore(EventStore):
         return self.datastore.retention_candidates(older_than, limit)
 
     def head_position(self) -> int:
-        # SQLite commits in position order: the highest position is settled.
-        with self._conn() as conn:
-            row = conn.execute("SELECT max(position) FROM es_events").fetchone()
-        return int(row[0] or 0)
+        return self.datastore.head_position()
 
     def wait_for_events(self, after_position: int, timeout: float,
                         interrupt: threading.Event | None = None) -> bool:

@@ -222,6 +222,18 @@ class SQLiteDatastore:
         params.append(query.limit)
         return [row_to_event(r) for r in self.execute(" ".join(sql), tuple(params))]
 
+    def head_position(self) -> int:
+        """The highest position of the log (0: empty). SQLite commits in position order,
+        so every position up to it is settled."""
+        ((head,),) = self.execute("SELECT coalesce(max(position), 0) FROM es_events")
+        return int(head)
+
+    def read_checkpoint(self, consumer: str) -> int | None:
+        """A consumer's stored position in the global log (None: it has none yet)."""
+        rows = self.execute("SELECT position FROM es_consumer_checkpoints WHERE consumer = ?",
+                            (consumer,))
+        return None if not rows else int(rows[0][0])
+
     def read_partition(self, partition: int, from_position: int, limit: int
                        ) -> list[RecordedEvent]:
         """The next `limit` events of one projection partition, the archive included.
