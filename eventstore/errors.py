@@ -133,6 +133,14 @@ class NotFound(EventStoreError, LookupError):
     code = "not_found"
 
 
+class MethodNotAllowed(EventStoreError):
+    """The path exists but does not take this HTTP method (the reply's Allow header
+    lists the ones it takes)."""
+
+    status = 405
+    code = "method_not_allowed"
+
+
 class AggregateNotFound(NotFound):
     """No events exist for this aggregate (at the requested version or time)."""
 
@@ -351,15 +359,15 @@ def error_bytes(exc: EventStoreError) -> tuple[int, bytes]:
 
 
 def error_body(code: str, message: str, **details: Any) -> dict[str, Any]:
-    """The one reply shape. Called directly only for the framework's own refusals (a 405
-    for a method a path does not have), which no library class names; every other reply
-    comes from an error class through `error_reply`."""
+    """The one reply shape. Called directly only for a framework refusal whose status no
+    library class names (error_handlers.py); every other reply comes from an error class
+    through `error_reply`."""
     return {"error": code, "message": message, **details}
 
 
 #: The class for a status whose code the client does not know (an older or newer server).
 _BY_STATUS: dict[int, type[EventStoreError]] = {
-    400: ValidationError, 401: Unauthorized, 404: NotFound, 408: RequestTimeout,
+    400: ValidationError, 401: Unauthorized, 404: NotFound, 405: MethodNotAllowed, 408: RequestTimeout,
     409: EventStoreError, 413: PayloadTooLarge, 415: UnsupportedMediaType,
     422: InvalidRequest, 431: HeadersTooLarge,
     503: StoreUnavailable,

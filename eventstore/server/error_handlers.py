@@ -12,7 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from eventstore.errors import EventStoreError, error_body
+from eventstore.errors import EventStoreError, MethodNotAllowed, NotFound, error_body
 from eventstore.server.wire import InvalidRequestOut, error_reply, invalid_request
 
 
@@ -32,13 +32,22 @@ async def _invalid(_: Request, exc: Exception) -> JSONResponse:
     return error_response(invalid_request(exc.errors()))
 
 
+#: The framework's refusals that a library class reports.
+_FRAMEWORK_REFUSALS: dict[int, type[EventStoreError]] = {404: NotFound, 405: MethodNotAllowed}
+
+
 async def _http_error(_: Request, exc: Exception) -> JSONResponse:
-    # The framework's own refusals (404 for an unknown path, 405): the code is the
-    # status phrase, so a 404 reads `not_found` like the library's NotFound.
+    # The framework's own refusals (404 for an unknown path, 405): answered as the
+    # library class of that status (NotFound, MethodNotAllowed); the code of any other
+    # is the status phrase, in the same shape.
     assert isinstance(exc, StarletteHTTPException)
-    kind = HTTPStatus(exc.status_code).phrase.lower().replace(" ", "_")
-    return JSONResponse(error_body(kind, str(exc.detail)), status_code=exc.status_code,
-                        headers=exc.headers)
+    cls = _FRAMEWORK_REFUSALS.get(exc.status_code)
+    if cls is not None:
+        status, body = error_reply(cls(str(exc.detail)))
+    else:
+        kind = HTTPStatus(exc.status_code).phrase.lower().replace(" ", "_")
+        status, body = exc.status_code, error_body(kind, str(exc.detail))
+    return JSONResponse(body, status_code=status, headers=exc.headers)
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -221,3 +221,19 @@ def test_the_document_forbids_fields_it_does_not_name(served: Served) -> None:
                              "expected_version": 0},
                             component_schema(served.doc, "ConflictOut"))
     assert "HTTPValidationError" not in served.doc["components"]["schemas"]
+
+
+@pytest.mark.parametrize(("method", "path", "status", "code"), [
+    ("get", "/no-such-path", 404, "not_found"),
+    ("delete", "/streams/acc-1", 405, "method_not_allowed"),
+])
+def test_the_frameworks_refusals_are_library_replies(served: Served, method: str, path: str,
+                                                     status: int, code: str) -> None:
+    """An unknown path or method: not in the document's paths, but in the one shape."""
+    reply = served.http.request(method, path, headers=AUTH)
+    body = reply.json()
+    assert (reply.status_code, body["error"]) == (status, code), reply.text
+    assert_library_reply(reply.status_code, body)
+    jsonschema.validate(body, component_schema(served.doc, "ErrorOut"))
+    if status == 405:  # the framework's header is kept
+        assert reply.headers["allow"]
