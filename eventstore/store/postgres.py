@@ -605,12 +605,10 @@ class PostgresEventStore(EventStore):
 
     # -- plumbing ----------------------------------------------------------------------
 
-    def _check_open(self) -> None:
-        if self._closed:
-            raise StoreUnavailable("the event store is closed")
-
     def _connection(self) -> AbstractContextManager[psycopg.Connection[TupleRow]]:
         """A pooled connection, with driver errors translated (by the datastore)."""
+        if self._closed:
+            raise StoreUnavailable("the event store is closed")
         return self.datastore.connection()
 
     def close(self) -> None:
