@@ -13,6 +13,7 @@ Old import paths (`eventstore.snapshots.base.SnapshotUnavailable`,
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any, ClassVar, Self
 
@@ -86,6 +87,38 @@ class PayloadTooLarge(ValidationError):
     code = "body_too_large"
 
 
+class UnsupportedMediaType(ValidationError):
+    """An append was not sent as JSON (Content-Type application/json or a +json type):
+    refused before its body is read, so a cross-site form post never reaches the store."""
+
+    status = 415
+    code = "unsupported_media_type"
+
+
+class BadRequest(ValidationError):
+    """The request's headers are malformed (several Authorization headers, a
+    Content-Length that is not a number); refused before any routing."""
+
+    status = 400
+    code = "bad_request"
+
+
+class HeadersTooLarge(ValidationError):
+    """The request line and headers are larger than the server reads
+    (EVENTSTORE_MAX_HEAD_BYTES); the connection is closed after the reply."""
+
+    status = 431
+    code = "headers_too_large"
+
+
+class RequestTimeout(EventStoreError):
+    """The client did not finish sending the request head in time; the connection is
+    closed after the reply."""
+
+    status = 408
+    code = "request_timeout"
+
+
 class Unauthorized(EventStoreError):
     """The server refused the bearer token (HTTP 401)."""
 
@@ -98,6 +131,14 @@ class NotFound(EventStoreError, LookupError):
 
     status = 404
     code = "not_found"
+
+
+class MethodNotAllowed(EventStoreError):
+    """The path exists but does not take this HTTP method (the reply's Allow header
+    lists the ones it takes)."""
+
+    status = 405
+    code = "method_not_allowed"
 
 
 class AggregateNotFound(NotFound):
@@ -119,8 +160,11 @@ class ConcurrencyError(EventStoreError):
         self.stream_id = stream_id
         self.expected = expected
         self.actual_version = actual
+        # The value ("no_stream"), not the enum's name: the same message whether the
+        # store raised it or the client rebuilt it from a reply.
+        shown = getattr(expected, "value", expected)
         super().__init__(
-            f"stream {stream_id!r}: expected version {expected}, but the stream is at "
+            f"stream {stream_id!r}: expected version {shown}, but the stream is at "
             f"version {actual}. Reload the aggregate and retry the command."
         )
 
@@ -180,6 +224,38 @@ class StoreUnavailable(EventStoreError):
 
     status = 503
     code = "unavailable"
+
+
+class NotReady(StoreUnavailable):
+    """The server's database does not answer or its schema is not current (/readyz)."""
+
+    code = "not_ready"
+
+
+class ShuttingDown(StoreUnavailable):
+    """The server is stopping (SIGTERM): it is out of the Service and drains (/readyz)."""
+
+    code = "shutting_down"
+
+
+class TooManyConnections(StoreUnavailable):
+    """The server holds EVENTSTORE_MAX_CONNECTIONS connections already; retry later."""
+
+    code = "too_many_connections"
+
+
+class TooManySubscribers(StoreUnavailable):
+    """The server serves EVENTSTORE_MAX_SUBSCRIBERS subscriptions already; retry later or
+    on another replica."""
+
+    code = "too_many_subscribers"
+
+
+class LookupsUnsupported(EventStoreError, NotImplementedError):
+    """The projection keeps no read model that can be looked up by key (HTTP 501)."""
+
+    status = 501
+    code = "no_lookups"
 
 
 class SnapshotUnavailable(StoreUnavailable):
@@ -272,19 +348,29 @@ def error_class(code: str) -> type[EventStoreError] | None:
 
 def error_reply(exc: EventStoreError) -> tuple[int, dict[str, Any]]:
     """The HTTP status and JSON body that report `exc`: the one reply shape."""
-    return exc.status, {"error": exc.code, "message": str(exc), **exc.details()}
+    return exc.status, error_body(exc.code, str(exc), **exc.details())
+
+
+def error_bytes(exc: EventStoreError) -> tuple[int, bytes]:
+    """`error_reply` with the body encoded, for the ASGI and protocol layers that write
+    their replies themselves."""
+    status, body = error_reply(exc)
+    return status, json.dumps(body).encode()
 
 
 def error_body(code: str, message: str, **details: Any) -> dict[str, Any]:
-    """The reply shape for a refusal that is not a library error (a framework 405, a
-    full subscriber slot): the same fields, so clients parse every reply alike."""
+    """The one reply shape. Called directly only for a framework refusal whose status no
+    library class names (error_handlers.py); every other reply comes from an error class
+    through `error_reply`."""
     return {"error": code, "message": message, **details}
 
 
 #: The class for a status whose code the client does not know (an older or newer server).
 _BY_STATUS: dict[int, type[EventStoreError]] = {
-    400: ValidationError, 401: Unauthorized, 404: NotFound, 409: EventStoreError,
-    413: PayloadTooLarge, 422: InvalidRequest, 503: StoreUnavailable,
+    400: ValidationError, 401: Unauthorized, 404: NotFound, 405: MethodNotAllowed, 408: RequestTimeout,
+    409: EventStoreError, 413: PayloadTooLarge, 415: UnsupportedMediaType,
+    422: InvalidRequest, 431: HeadersTooLarge,
+    503: StoreUnavailable,
 }
 
 

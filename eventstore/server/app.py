@@ -39,7 +39,7 @@ from eventstore.server.appends import Appends
 from eventstore.server.asgi import ASGIApp
 from eventstore.server.auth import GuardMiddleware
 from eventstore.server.deadline import DeadlineMiddleware, ReadinessCheck
-from eventstore.server.error_handlers import install_error_handlers
+from eventstore.server.error_handlers import document_errors, install_error_handlers
 from eventstore.server.limits import SubscriberLimit
 from eventstore.server.pages import DEFAULT_MAX_PAGE_BYTES
 from eventstore.server.routing import AppState
@@ -193,7 +193,8 @@ def create_app(services: Services, token: str, max_body_bytes: int = 4 * 1024 * 
 
 def _openapi(app: FastAPI) -> dict[str, Any]:
     """FastAPI's document, plus the bearer scheme on every path but the probes and the
-    append body's schema (the append route reads its body itself, see append_api.py)."""
+    append body's schema (the append route reads its body itself, see append_api.py), with
+    the error replies documented as they are sent (error_handlers.document_errors)."""
     if app.openapi_schema is None:
         schema = get_openapi(title=app.title, version=app.version,
                              description=app.description, routes=app.routes)
@@ -203,11 +204,14 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
         models = components.setdefault("schemas", {})
         models.update(append_in.pop("$defs", {}))
         models["AppendIn"] = append_in
+        secured = set()
         for path, operations in schema.get("paths", {}).items():
             if path in ("/healthz", "/readyz"):
                 continue
-            for operation in operations.values():
+            for method, operation in operations.items():
                 operation["security"] = [{"bearer": []}]
+                secured.add((path, method))
+        document_errors(schema, secured)
         app.openapi_schema = schema
     return app.openapi_schema
 

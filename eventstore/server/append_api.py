@@ -15,7 +15,7 @@ from pydantic import ValidationError as PydanticValidationError
 
 from eventstore.server.appends import parse_body
 from eventstore.server.routing import ERRORS, State, StreamId
-from eventstore.server.wire import AppendOut, ConflictOut, refuse_duplicate_keys
+from eventstore.server.wire import AppendOut, ConflictOut, ErrorOut, refuse_duplicate_keys
 
 router = APIRouter(tags=["streams"])
 
@@ -23,7 +23,10 @@ router = APIRouter(tags=["streams"])
 @router.post("/streams/{stream_id}", status_code=201,
              summary="Append events with optimistic concurrency", response_model=AppendOut,
              responses={409: {"model": ConflictOut, "description": "Expected version did not "
-                                                                   "hold"}, **ERRORS},
+                                                                   "hold"},
+                        415: {"model": ErrorOut, "description": "The body is not sent as "
+                                                                "application/json"},
+                        **ERRORS},
              openapi_extra={"requestBody": {"required": True, "content": {
                  "application/json": {"schema": {"$ref": "#/components/schemas/AppendIn"}}}}})
 async def append(stream_id: StreamId, request: Request, state: State) -> Response:

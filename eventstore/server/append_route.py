@@ -13,12 +13,16 @@ So the FastAPI route stays the one source of 422 replies and of the OpenAPI docu
 
 from __future__ import annotations
 
+from eventstore.errors import UnsupportedMediaType, error_bytes
 from eventstore.events import STREAM_ID_PATTERN
 from eventstore.server.appends import Appends
 from eventstore.server.asgi import ASGIApp, Receive, Scope, Send, read_body, replaying
 
 PREFIX = "/streams/"
 _JSON = (b"content-type", b"application/json")
+#: The 415 for an append not sent as JSON (the same reply every time: encoded once).
+_NOT_JSON = error_bytes(UnsupportedMediaType("send the append as Content-Type: "
+                                             "application/json"))
 
 
 class AppendRoute:
@@ -36,9 +40,8 @@ class AppendRoute:
         if not is_json(scope):
             # Refused before the body is read: an HTML form or text/plain post (what a
             # browser may send cross-site without asking first) never reaches the store.
-            reply = (b'{"error":"unsupported_media_type","message":"send the append as '
-                     b'Content-Type: application/json"}')
-            await send({"type": "http.response.start", "status": 415,
+            status, reply = _NOT_JSON
+            await send({"type": "http.response.start", "status": status,
                         "headers": [_JSON, (b"content-length", str(len(reply)).encode())]})
             await send({"type": "http.response.body", "body": reply})
             return

@@ -10,7 +10,7 @@ import hmac
 import json
 from typing import Any
 
-from eventstore.errors import PayloadTooLarge, Unauthorized, error_body, error_reply
+from eventstore.errors import BadRequest, PayloadTooLarge, Unauthorized, error_reply
 from eventstore.server.asgi import (
     ASGIApp,
     BodyTooLarge,
@@ -56,8 +56,8 @@ class GuardMiddleware:
         headers = dict(raw_headers)
         if sum(name == b"authorization" for name, _ in raw_headers) > 1:
             # Which one would count differs between proxies and servers; refuse both.
-            await _reply(send, 400, error_body("bad_request",
-                                                "send one Authorization header, not several"))
+            await _reply(send, *error_reply(BadRequest(
+                "send one Authorization header, not several")))
             return
         if scope["path"] not in PUBLIC_PATHS and not token_matches(
                 self.token, headers.get(b"authorization")):
@@ -71,7 +71,7 @@ class GuardMiddleware:
             try:
                 too_large = int(length) > self.max_body_bytes
             except ValueError:
-                await _reply(send, 400, error_body("bad_request", "Content-Length is not a number"))
+                await _reply(send, *error_reply(BadRequest("Content-Length is not a number")))
                 return
             if too_large:
                 await _reply(send, *error_reply(self._too_large()))

@@ -17,12 +17,11 @@ idempotent, so nothing is stored twice.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-from eventstore.errors import StoreUnavailable, error_reply
+from eventstore.errors import StoreUnavailable, error_bytes
 from eventstore.server.asgi import ASGIApp, Message, Receive, Scope, Send
 
 log = logging.getLogger(__name__)
@@ -91,13 +90,12 @@ class DeadlineMiddleware:
 
     @staticmethod
     async def _unavailable(send: Send, why: str) -> None:
-        _, reply = error_reply(StoreUnavailable(
+        status, body = error_bytes(StoreUnavailable(
             f"the database did not answer in time ({why}; EVENTSTORE_DB_TIMEOUT_SECONDS); "
             "retry later. An append's outcome is unknown: re-send it with the same event ids "
             "(that is idempotent)"))
-        body = json.dumps(reply).encode()
         try:
-            await send({"type": "http.response.start", "status": 503, "headers": [
+            await send({"type": "http.response.start", "status": status, "headers": [
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(body)).encode()), (b"retry-after", b"1")]})
             await send({"type": "http.response.body", "body": body})

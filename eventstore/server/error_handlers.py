@@ -1,17 +1,19 @@
 """The app's exception handlers: every reply, the framework's own included, in the one
-shape `{error, message, ...}` that `eventstore.errors.error_reply` builds."""
+shape `{error, message, ...}` that `eventstore.errors.error_reply` builds; and that
+shape's place in the OpenAPI document (`document_errors`)."""
 
 from __future__ import annotations
 
 from http import HTTPStatus
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from eventstore.errors import EventStoreError, error_body
-from eventstore.server.wire import error_reply, invalid_request
+from eventstore.errors import EventStoreError, MethodNotAllowed, NotFound, error_body
+from eventstore.server.wire import InvalidRequestOut, error_reply, invalid_request
 
 
 def error_response(exc: EventStoreError) -> JSONResponse:
@@ -30,16 +32,60 @@ async def _invalid(_: Request, exc: Exception) -> JSONResponse:
     return error_response(invalid_request(exc.errors()))
 
 
+#: The framework's refusals that a library class reports.
+_FRAMEWORK_REFUSALS: dict[int, type[EventStoreError]] = {404: NotFound, 405: MethodNotAllowed}
+
+
 async def _http_error(_: Request, exc: Exception) -> JSONResponse:
-    # The framework's own refusals (404 for an unknown path, 405): the code is the
-    # status phrase, so a 404 reads `not_found` like the library's NotFound.
+    # The framework's own refusals (404 for an unknown path, 405): answered as the
+    # library class of that status (NotFound, MethodNotAllowed); the code of any other
+    # is the status phrase, in the same shape.
     assert isinstance(exc, StarletteHTTPException)
-    kind = HTTPStatus(exc.status_code).phrase.lower().replace(" ", "_")
-    return JSONResponse(error_body(kind, str(exc.detail)), status_code=exc.status_code,
-                        headers=exc.headers)
+    cls = _FRAMEWORK_REFUSALS.get(exc.status_code)
+    if cls is not None:
+        status, body = error_reply(cls(str(exc.detail)))
+    else:
+        kind = HTTPStatus(exc.status_code).phrase.lower().replace(" ", "_")
+        status, body = exc.status_code, error_body(kind, str(exc.detail))
+    return JSONResponse(body, status_code=status, headers=exc.headers)
 
 
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(EventStoreError, _store_error)
     app.add_exception_handler(RequestValidationError, _invalid)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+
+
+_SCHEMAS = "#/components/schemas/"
+
+
+def _reply_doc(model: str, description: str) -> dict[str, Any]:
+    return {"description": description,
+            "content": {"application/json": {"schema": {"$ref": _SCHEMAS + model}}}}
+
+
+def document_errors(schema: dict[str, Any], secured: set[tuple[str, str]]) -> None:
+    """Make the document's error replies the ones sent: FastAPI documents its 422 as
+    `{"detail": [...]}`, but error_handlers answers it as an InvalidRequestOut; every
+    `secured` (path, method) may also answer 401 and 413, which GuardMiddleware sends
+    before any route runs."""
+    models = schema.setdefault("components", {}).setdefault("schemas", {})
+    invalid = InvalidRequestOut.model_json_schema(ref_template=_SCHEMAS + "{model}")
+    models.update(invalid.pop("$defs", {}))
+    models["InvalidRequestOut"] = invalid
+    framework_422 = {"$ref": _SCHEMAS + "HTTPValidationError"}
+    for path, operations in schema.get("paths", {}).items():
+        for method, operation in operations.items():
+            responses = operation.setdefault("responses", {})
+            documented = responses.get("422", {}).get("content", {})
+            if documented.get("application/json", {}).get("schema") == framework_422:
+                responses["422"] = _reply_doc("InvalidRequestOut",
+                                              "The request does not match the schema")
+            if (path, method) in secured:
+                responses.setdefault("401", _reply_doc("ErrorOut",
+                                                       "Missing or wrong bearer token"))
+                responses.setdefault("413", _reply_doc(
+                    "ErrorOut", "The body is larger than EVENTSTORE_MAX_BODY_BYTES"))
+    if framework_422["$ref"] not in str(schema.get("paths")):
+        models.pop("HTTPValidationError", None)
+        models.pop("ValidationError", None)

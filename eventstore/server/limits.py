@@ -10,9 +10,7 @@ early) means every slot taken is given back.
 
 from __future__ import annotations
 
-import json
-
-from eventstore.errors import error_body
+from eventstore.errors import TooManySubscribers, error_bytes
 from eventstore.server.asgi import ASGIApp, Receive, Scope, Send
 
 SUBSCRIBE_PATH = "/subscribe"
@@ -31,11 +29,10 @@ class SubscriberLimit:
             await self.app(scope, receive, send)
             return
         if self.active >= self.max_subscribers:
-            body = json.dumps(error_body(
-                "too_many_subscribers",
+            status, body = error_bytes(TooManySubscribers(
                 f"this server serves {self.max_subscribers} subscriptions already "
-                "(EVENTSTORE_MAX_SUBSCRIBERS); retry later or on another replica")).encode()
-            await send({"type": "http.response.start", "status": 503, "headers": [
+                "(EVENTSTORE_MAX_SUBSCRIBERS); retry later or on another replica"))
+            await send({"type": "http.response.start", "status": status, "headers": [
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(body)).encode()), (b"retry-after", b"5")]})
             await send({"type": "http.response.body", "body": body})

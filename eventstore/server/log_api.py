@@ -42,8 +42,8 @@ from eventstore.server.wire import (
     NO_DUPLICATE_KEYS,
     AppendIn,
     AppendOut,
+    CheckpointConflictOut,
     ConflictOut,
-    ErrorOut,
     EventOut,
     error_reply,
 )
@@ -103,12 +103,6 @@ class CheckpointPositionIn(BaseModel):
 class CheckpointOut(BaseModel):
     consumer: str
     position: int | None = Field(description="null when the consumer has none yet.")
-
-
-class CheckpointConflictOut(ErrorOut):
-    consumer: str
-    position: int
-    stored_position: int
 
 
 class LogPageOut(BaseModel):

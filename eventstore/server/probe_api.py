@@ -6,7 +6,8 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
-from eventstore.errors import error_body
+from eventstore.errors import NotReady, ShuttingDown
+from eventstore.server.error_handlers import error_response
 from eventstore.server.routing import State
 from eventstore.server.wire import ErrorOut
 
@@ -24,14 +25,12 @@ async def healthz() -> dict[str, str]:
             responses={503: {"model": ErrorOut}})
 async def readyz(state: State) -> Response:
     if state.draining is not None and state.draining.active:
-        return JSONResponse(error_body("shutting_down", "this server is stopping (SIGTERM); "
-                                       "it still serves requests until it has drained"),
-                            status_code=503)
+        return error_response(ShuttingDown("this server is stopping (SIGTERM); it still "
+                                           "serves requests until it has drained"))
     if await state.readiness.ready():
         return JSONResponse({"status": "ready"})
-    return JSONResponse(error_body("not_ready", "the event database does not answer or its "
-                                   "schema is not current (run `eventstore migrate`)"),
-                        status_code=503)
+    return error_response(NotReady("the event database does not answer or its schema is not "
+                                   "current (run `eventstore migrate`)"))
 
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response,

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 from fastapi import APIRouter, Path, Query
 from fastapi.responses import JSONResponse, Response
 
-from eventstore.errors import NotFound, error_body
+from eventstore.errors import LookupsUnsupported, NotFound
 from eventstore.server.routing import ERRORS, AppState, ProjectionName, State
 from eventstore.server.wire import MAX_PAGE, ErrorOut, ProjectionsOut
 
@@ -42,7 +42,7 @@ def entry(name: ProjectionName, key: Annotated[str, Path(min_length=1, max_lengt
     try:
         found = runner.lookup(name, key)
     except NotImplementedError as exc:
-        return JSONResponse(error_body("no_lookups", str(exc)), status_code=501)
+        raise LookupsUnsupported(str(exc)) from exc
     if found is None:
         raise NotFound(f"{name} has no entry {key!r}")
     return JSONResponse({"projection": name, "scope": runner.scope, "key": key,

@@ -28,12 +28,17 @@ connection, so keep-alive clients reconnect to a pod that is not stopping.
 from __future__ import annotations
 
 import asyncio
-import json
 from typing import Any, ClassVar
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from eventstore.errors import error_body
+from eventstore.errors import (
+    EventStoreError,
+    HeadersTooLarge,
+    RequestTimeout,
+    TooManyConnections,
+    error_bytes,
+)
 from eventstore.server.shutdown import Draining
 
 #: After an error reply, the connection reads and drops what the client still sends for
@@ -58,9 +63,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         if len(self.connections) > self.max_connections:
-            self._refuse(503, "too_many_connections",
-                         f"this server holds {self.max_connections} connections already "
-                         "(EVENTSTORE_MAX_CONNECTIONS); retry later")
+            self._refuse(TooManyConnections(
+                f"this server holds {self.max_connections} connections already "
+                "(EVENTSTORE_MAX_CONNECTIONS); retry later"))
             return
         self._arm_head_timer()
 
@@ -76,8 +81,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().data_received(data)
         if (self._reading_head and self._head_bytes > self.max_head_bytes
                 and not self.transport.is_closing()):
-            self._refuse(431, "headers_too_large",
-                         f"the request line and headers passed {self.max_head_bytes} bytes")
+            self._refuse(HeadersTooLarge(
+                f"the request line and headers passed {self.max_head_bytes} bytes"))
 
     def on_headers_complete(self) -> None:
         self._reading_head = False
@@ -111,16 +116,16 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         idle = self.cycle is None or self.cycle.response_complete
         if self._reading_head and idle and not self.transport.is_closing():
             if self._head_bytes:
-                self._refuse(408, "request_timeout",
-                             f"the request head was not complete within {self.head_timeout}s")
+                self._refuse(RequestTimeout(
+                    f"the request head was not complete within {self.head_timeout}s"))
             else:  # a connection that never sent a byte gets no reply, just a close
                 self.transport.close()
 
-    def _refuse(self, status: int, error: str, message: str) -> None:
-        """Reply `status` with the API's error shape, then close after a short linger."""
+    def _refuse(self, error: EventStoreError) -> None:
+        """Reply with `error` in the API's error shape, then close after a short linger."""
         self._refused = True
         self._cancel_head_timer()
-        body = json.dumps(error_body(error, message)).encode()
+        status, body = error_bytes(error)
         self.transport.write(
             _STATUS_LINES[status] + b"content-type: application/json\r\ncontent-length: "
             + str(len(body)).encode() + b"\r\nconnection: close\r\n\r\n" + body)

@@ -14,13 +14,12 @@ from uuid import UUID
 import anyio.to_thread
 from fastapi import Depends, Request
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
+from pydantic.json_schema import SkipJsonSchema
 
 from eventstore import errors
 from eventstore.errors import (
     EventStoreError,
     InvalidRequest,
-    SchemaError,
-    StoreUnavailable,
     ValidationError,
 )
 from eventstore.events import EVENT_TYPE_PATTERN, RecordedEvent
@@ -102,14 +101,81 @@ class SnapshotOut(BaseModel):
     taken_at: datetime
 
 
-class ErrorOut(BaseModel):
-    error: str
+def _optional(description: str) -> Any:
+    """A field a reply carries only for some errors: absent (never null) otherwise."""
+    def drop_default(schema: dict[str, Any]) -> None:
+        schema.pop("default", None)
+    return Field(None, description=description, json_schema_extra=drop_default)
+
+
+class ProblemOut(BaseModel):
+    """Where and why a request did not match the API's schema (never the input itself)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class SettingsProblemOut(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    file: str
+    key: str
+    reason: str
+
+
+class _ErrorFields(BaseModel):
+    """What every error reply carries (eventstore.errors.error_reply)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    error: str = Field(description="The error's code, e.g. conflict, validation_error, "
+                                   "unavailable (one per class in eventstore/errors.py).")
     message: str
 
 
-class ConflictOut(ErrorOut):
+class ErrorOut(_ErrorFields):
+    """Every error reply (eventstore.errors.error_reply): `error` is the error class's
+    code, `message` says what to do; the other fields come with the classes that carry
+    them and are absent otherwise. No other field is ever sent."""
+
+    details: list[ProblemOut] | SkipJsonSchema[None] = _optional(
+        "invalid_request (422): each problem, at most 20.")
+    stream_id: str | SkipJsonSchema[None] = _optional("conflict (409).")
+    actual_version: int | SkipJsonSchema[None] = _optional("conflict (409).")
+    expected_version: int | str | SkipJsonSchema[None] = _optional(
+        "conflict (409): a version, or any, no_stream, stream_exists.")
+    consumer: str | SkipJsonSchema[None] = _optional("checkpoint_conflict (409).")
+    position: int | SkipJsonSchema[None] = _optional(
+        "checkpoint_conflict (409): the checkpoint refused.")
+    stored_position: int | SkipJsonSchema[None] = _optional(
+        "checkpoint_conflict (409): the checkpoint stored.")
+    errors: list[SettingsProblemOut] | SkipJsonSchema[None] = _optional(
+        "invalid_settings (400): every refusal of a settings edit.")
+
+
+class InvalidRequestOut(_ErrorFields):
+    """422 invalid_request: the request does not match the API's schema."""
+
+    details: list[ProblemOut]
+
+
+class ConflictOut(_ErrorFields):
+    """409 conflict: the stream's version did not match the expected one."""
+
+    stream_id: str
     actual_version: int
     expected_version: int | str
+
+
+class CheckpointConflictOut(_ErrorFields):
+    """409 checkpoint_conflict: the stored checkpoint is at or past the one given."""
+
+    consumer: str
+    position: int
+    stored_position: int
 
 
 class ProjectionsOut(BaseModel):
@@ -275,7 +341,7 @@ def error_reply(exc: EventStoreError) -> tuple[int, dict[str, Any]]:
     """The HTTP status and JSON body for a library error, the same on every path: the
     class's own status and code (see eventstore/errors.py)."""
     status, body = errors.error_reply(exc)
-    if status >= 500 and not isinstance(exc, StoreUnavailable | SchemaError):
+    if status == 500:  # not a refusal nor an outage: the operator wants the traceback
         log.error("store error answered %d", status, exc_info=exc)
     if exc.code == EventStoreError.code:
         # No class of its own (the root, or an application's error): say which it was.

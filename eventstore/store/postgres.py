@@ -1,7 +1,7 @@
-"""The PostgreSQL event store: appends, stream reads and subscriptions over one
-PostgresDatastore (postgres_datastore.py: the pools, error translation and the log reads it
-shares with projections and retention). One round trip per append; threads that append
-together share one (group_commit.py)."""
+"""The PostgreSQL event store: appends and subscriptions over one PostgresDatastore
+(postgres_datastore.py: the pools, error translation and every read of events, of one
+stream or of the log, which it shares with projections and retention). One round trip per
+append; threads that append together share one (group_commit.py)."""
 
 from __future__ import annotations
 
@@ -74,7 +74,7 @@ from eventstore.store.postgres_datastore import (
 )
 from eventstore.store.postgres_schema import MAX_EVENTS_PER_TRANSACTION, MIGRATIONS, SCHEMA_VERSION
 from eventstore.store.prepared import PreparedAppend
-from eventstore.store.rows import EVENT_COLUMNS, row_to_event
+from eventstore.store.rows import EVENT_COLUMNS
 from eventstore.store.translate import postgres_connection_lost as connection_lost
 
 log = logging.getLogger(__name__)
@@ -115,8 +115,9 @@ class PostgresEventStore(EventStore):
         if max_payload_bytes is not None:
             self.max_payload_bytes = max_payload_bytes
         self.max_events_per_append = min(max_events_per_append, MAX_EVENTS_PER_TRANSACTION)
-        #: The database: pools, error translation, log reads, checkpoints, locks, retention
-        #: queries. Projections and retention use this same object (one pool per pod).
+        #: The database: pools, error translation, every read of events, checkpoints, locks,
+        #: retention queries. Projections and retention use this same object (one pool per
+        #: pod).
         self.datastore = PostgresDatastore(
             url, pool_min_size=pool_min_size, pool_max_size=pool_max_size,
             connect_timeout=connect_timeout, pool_timeout=pool_timeout,
@@ -365,32 +366,14 @@ class PostgresEventStore(EventStore):
         limit: int | None = None,
     ) -> list[RecordedEvent]:
         check_read_stream(stream_id, from_version, to_version, limit)
-        sql = [f"SELECT {EVENT_COLUMNS} FROM es_events WHERE stream_id = %s AND version >= %s"]
-        params: list[Any] = [stream_id, from_version]
-        if to_version is not None:
-            sql.append("AND version <= %s")
-            params.append(to_version)
-        if as_of is not None:
-            sql.append("AND recorded_at <= %s")
-            params.append(_aware(as_of))
-        sql.append("ORDER BY version DESC" if backwards else "ORDER BY version")
-        if limit is not None:
-            sql.append("LIMIT %s")
-            params.append(limit)
-        with self._connection() as conn:
-            cur = conn.execute(" ".join(sql).encode(), params)
-            return [row_to_event(r) for r in cur.fetchall()]
+        return self.datastore.read_stream(
+            stream_id, from_version=from_version, to_version=to_version,
+            as_of=None if as_of is None else _aware(as_of), backwards=backwards, limit=limit)
 
     def read_archived_stream(self, stream_id: str) -> list[RecordedEvent]:
         """Events of a stream that retention moved to the archive table."""
         validate_stream_id(stream_id)
-        with self._connection() as conn:
-            cur = conn.execute(
-                f"SELECT {EVENT_COLUMNS} FROM es_events_archive WHERE stream_id = %s "
-                "ORDER BY version",
-                (stream_id,),
-            )
-            return [row_to_event(r) for r in cur.fetchall()]
+        return self.datastore.read_archived_stream(stream_id)
 
     def archive_stream(self, stream_id: str, up_to_version: int, older_than: datetime) -> int:
         validate_stream_id(stream_id)

@@ -1,8 +1,8 @@
 """One PostgreSQL database as this process sees it: its pools, its few dedicated connections,
-the one place psycopg errors become library errors, the readers of the global log (read_all
-and projection partitions: one column list, one cutoff, one row mapper), consumer
-checkpoints, advisory locks and retention's queries. (Appends, and reads of one stream,
-are the event store's, over this object's pool.)
+the one place psycopg errors become library errors, every reader of events (one stream, its
+archive, the global log and projection partitions: one column list, one cutoff, one row
+mapper), consumer checkpoints, advisory locks and retention's queries. (Appends are the
+event store's, over this object's pool.)
 
 Like eventsourcing's `PostgresDatastore`, one object per database is handed to everything
 that talks to it: the event store, the projection runner (shared and local), retention and
@@ -225,6 +225,36 @@ class PostgresDatastore:
                 return
             self._closed = True
             self._pool.close()
+
+    # -- one stream ----------------------------------------------------------------------
+
+    def read_stream(self, stream_id: str, *, from_version: int, to_version: int | None,
+                    as_of: datetime | None, backwards: bool, limit: int | None
+                    ) -> list[RecordedEvent]:
+        """A checked read of one stream (EventStore.read_stream; `as_of` aware)."""
+        sql = [f"SELECT {EVENT_COLUMNS} FROM es_events WHERE stream_id = %s AND version >= %s"]
+        params: list[Any] = [stream_id, from_version]
+        if to_version is not None:
+            sql.append("AND version <= %s")
+            params.append(to_version)
+        if as_of is not None:
+            sql.append("AND recorded_at <= %s")
+            params.append(as_of)
+        sql.append("ORDER BY version DESC" if backwards else "ORDER BY version")
+        if limit is not None:
+            sql.append("LIMIT %s")
+            params.append(limit)
+        with self.connection() as conn:
+            rows = conn.execute(" ".join(sql).encode(), params).fetchall()
+        return [row_to_event(r) for r in rows]
+
+    def read_archived_stream(self, stream_id: str) -> list[RecordedEvent]:
+        """A checked stream's events that retention moved to the archive, in version order."""
+        with self.connection() as conn:
+            rows = conn.execute(
+                f"SELECT {EVENT_COLUMNS} FROM es_events_archive WHERE stream_id = %s "
+                "ORDER BY version".encode(), (stream_id,)).fetchall()
+        return [row_to_event(r) for r in rows]
 
     # -- the global log ----------------------------------------------------------------
 

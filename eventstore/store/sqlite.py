@@ -6,7 +6,7 @@ import sqlite3
 import threading
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,7 @@ from eventstore.store.encoding import (
     earlier_appends,
 )
 from eventstore.store.prepared import PreparedAppend
-from eventstore.store.rows import EVENT_COLUMNS, row_to_event
+from eventstore.store.rows import EVENT_COLUMNS
 from eventstore.store.sqlite_datastore import SQLiteDatastore, immediate_transaction
 
 # SQLite lets one transaction write at a time (BEGIN IMMEDIATE takes the write lock), so a
@@ -248,10 +248,7 @@ class SQLiteEventStore(EventStore):
 
     def read_checkpoint(self, consumer: str) -> int | None:
         validate_checkpoint(Checkpoint(consumer, 0))
-        with self._conn() as conn:
-            row = conn.execute("SELECT position FROM es_consumer_checkpoints WHERE consumer = ?",
-                               (consumer,)).fetchone()
-        return None if row is None else int(row[0])
+        return self.datastore.read_checkpoint(consumer)
 
     def read_stream(
         self,
@@ -263,38 +260,16 @@ class SQLiteEventStore(EventStore):
         limit: int | None = None,
     ) -> list[RecordedEvent]:
         check_read_stream(stream_id, from_version, to_version, limit)
-        sql = f"SELECT {_COLUMNS} FROM es_events WHERE stream_id = ? AND version >= ?"
-        params: list[Any] = [stream_id, from_version]
-        if to_version is not None:
-            sql += " AND version <= ?"
-            params.append(to_version)
-        if as_of is not None:
-            if as_of.tzinfo is None:
-                raise ValidationError("as_of has no time zone: pass an aware datetime (UTC)")
-            try:
-                cutoff = as_of.astimezone(UTC).isoformat()
-            except OverflowError:
-                # In UTC the moment falls outside datetime's years 1..9999: before year 1
-                # nothing was recorded; after 9999 everything was.
-                if (as_of.utcoffset() or timedelta(0)) > timedelta(0):
-                    return []
-            else:
-                sql += " AND recorded_at <= ?"
-                params.append(cutoff)
-        sql += " ORDER BY version DESC" if backwards else " ORDER BY version"
-        if limit is not None:
-            sql += " LIMIT ?"
-            params.append(limit)
-        with self._conn() as conn:
-            return [row_to_event(r) for r in conn.execute(sql, params).fetchall()]
+        if as_of is not None and as_of.tzinfo is None:
+            raise ValidationError("as_of has no time zone: pass an aware datetime (UTC)")
+        return self.datastore.read_stream(stream_id, from_version=from_version,
+                                          to_version=to_version, as_of=as_of,
+                                          backwards=backwards, limit=limit)
 
     def read_archived_stream(self, stream_id: str) -> list[RecordedEvent]:
         """Events of a stream that retention moved to the archive table."""
         validate_stream_id(stream_id)
-        with self._conn() as conn:
-            rows = conn.execute(f"SELECT {_COLUMNS} FROM es_events_archive WHERE stream_id = ? "
-                                "ORDER BY version", (stream_id,)).fetchall()
-        return [row_to_event(r) for r in rows]
+        return self.datastore.read_archived_stream(stream_id)
 
     def archive_stream(self, stream_id: str, up_to_version: int, older_than: datetime) -> int:
         validate_stream_id(stream_id)
@@ -316,26 +291,7 @@ class SQLiteEventStore(EventStore):
                  ) -> list[RecordedEvent]:
         query = check_read_all(from_position, limit, to_position, types, stream_prefix,
                                backwards)
-        sql = [f"SELECT {_COLUMNS} FROM es_events WHERE position >= ?"]
-        params: list[Any] = [query.from_position]
-        if query.to_position is not None:
-            sql.append("AND position <= ?")
-            params.append(query.to_position)
-        if query.types:
-            sql.append(f"AND type IN ({','.join('?' * len(query.types))})")
-            params.extend(query.types)
-        if query.stream_prefix is not None:
-            # A range on the (stream_id, version) index; ids are ASCII, so adding 1 to the
-            # last character gives the first string past every id with this prefix.
-            prefix = query.stream_prefix
-            sql.append("AND stream_id >= ? AND stream_id < ?")
-            params.extend([prefix, prefix[:-1] + chr(ord(prefix[-1]) + 1)])
-        sql.append("ORDER BY position DESC LIMIT ?" if query.backwards else
-                   "ORDER BY position LIMIT ?")
-        params.append(query.limit)
-        with self._conn() as conn:
-            rows = conn.execute(" ".join(sql), params).fetchall()
-        return [row_to_event(r) for r in rows]
+        return self.datastore.read_log(query)
 
     def retention_candidates(self, older_than: datetime, limit: int) -> list[str]:
         if older_than.tzinfo is None:
@@ -343,10 +299,7 @@ class SQLiteEventStore(EventStore):
         return self.datastore.retention_candidates(older_than, limit)
 
     def head_position(self) -> int:
-        # SQLite commits in position order: the highest position is settled.
-        with self._conn() as conn:
-            row = conn.execute("SELECT max(position) FROM es_events").fetchone()
-        return int(row[0] or 0)
+        return self.datastore.head_position()
 
     def wait_for_events(self, after_position: int, timeout: float,
                         interrupt: threading.Event | None = None) -> bool:

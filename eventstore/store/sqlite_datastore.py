@@ -1,7 +1,8 @@
 """One SQLite file as this process sees it: its connections (one per thread, or the one
 shared connection of an in-memory database), the write transaction, the one place sqlite3
-errors become library errors (eventstore/store/translate.py), and the log read by
-projection partition. The event store, the projection runner and retention all go through
+errors become library errors (eventstore/store/translate.py), and every read of events:
+one stream, its archive, the global log and a projection partition (one column list, one
+row mapper, as in postgres_datastore.py). The event store, the projection runner and retention all go through
 the store's one SQLiteDatastore, as they share one PostgresDatastore on PostgreSQL.
 """
 
@@ -13,11 +14,12 @@ import threading
 import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from eventstore.errors import StoreUnavailable
 from eventstore.events import RecordedEvent
+from eventstore.store.encoding import LogQuery
 from eventstore.store.postgres_schema import PROJECTION_PARTITIONS
 from eventstore.store.rows import EVENT_COLUMNS, row_to_event
 from eventstore.store.translate import sqlite_error
@@ -165,6 +167,72 @@ class SQLiteDatastore:
         """One statement on this thread's connection; its rows."""
         with self.connection() as conn:
             return conn.execute(sql, params).fetchall()
+
+    def read_stream(self, stream_id: str, *, from_version: int, to_version: int | None,
+                    as_of: datetime | None, backwards: bool, limit: int | None
+                    ) -> list[RecordedEvent]:
+        """A checked read of one stream (EventStore.read_stream; `as_of` aware)."""
+        sql = f"SELECT {EVENT_COLUMNS} FROM es_events WHERE stream_id = ? AND version >= ?"
+        params: list[Any] = [stream_id, from_version]
+        if to_version is not None:
+            sql += " AND version <= ?"
+            params.append(to_version)
+        if as_of is not None:
+            try:
+                cutoff = as_of.astimezone(UTC).isoformat()
+            except OverflowError:
+                # In UTC the moment falls outside datetime's years 1..9999: before year 1
+                # nothing was recorded; after 9999 everything was.
+                if (as_of.utcoffset() or timedelta(0)) > timedelta(0):
+                    return []
+            else:
+                sql += " AND recorded_at <= ?"
+                params.append(cutoff)
+        sql += " ORDER BY version DESC" if backwards else " ORDER BY version"
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(limit)
+        return [row_to_event(r) for r in self.execute(sql, tuple(params))]
+
+    def read_archived_stream(self, stream_id: str) -> list[RecordedEvent]:
+        """A checked stream's events that retention moved to the archive, in version order."""
+        rows = self.execute(f"SELECT {EVENT_COLUMNS} FROM es_events_archive WHERE stream_id = ? "
+                            "ORDER BY version", (stream_id,))
+        return [row_to_event(r) for r in rows]
+
+    def read_log(self, query: LogQuery) -> list[RecordedEvent]:
+        """A checked page of the global log (EventStore.read_all). SQLite commits in
+        position order, so there is no cutoff to respect."""
+        sql = [f"SELECT {EVENT_COLUMNS} FROM es_events WHERE position >= ?"]
+        params: list[Any] = [query.from_position]
+        if query.to_position is not None:
+            sql.append("AND position <= ?")
+            params.append(query.to_position)
+        if query.types:
+            sql.append(f"AND type IN ({','.join('?' * len(query.types))})")
+            params.extend(query.types)
+        if query.stream_prefix is not None:
+            # A range on the (stream_id, version) index; ids are ASCII, so adding 1 to the
+            # last character gives the first string past every id with this prefix.
+            prefix = query.stream_prefix
+            sql.append("AND stream_id >= ? AND stream_id < ?")
+            params.extend([prefix, prefix[:-1] + chr(ord(prefix[-1]) + 1)])
+        sql.append("ORDER BY position DESC LIMIT ?" if query.backwards else
+                   "ORDER BY position LIMIT ?")
+        params.append(query.limit)
+        return [row_to_event(r) for r in self.execute(" ".join(sql), tuple(params))]
+
+    def head_position(self) -> int:
+        """The highest position of the log (0: empty). SQLite commits in position order,
+        so every position up to it is settled."""
+        ((head,),) = self.execute("SELECT coalesce(max(position), 0) FROM es_events")
+        return int(head)
+
+    def read_checkpoint(self, consumer: str) -> int | None:
+        """A consumer's stored position in the global log (None: it has none yet)."""
+        rows = self.execute("SELECT position FROM es_consumer_checkpoints WHERE consumer = ?",
+                            (consumer,))
+        return None if not rows else int(rows[0][0])
 
     def read_partition(self, partition: int, from_position: int, limit: int
                        ) -> list[RecordedEvent]:
