@@ -56,7 +56,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from eventstore.backup_targets import DirectoryTarget, S3Target, Target, target
+from eventstore.backup_targets import DirectoryTarget, ReplaceConflict, S3Target, Target, target
 from eventstore.errors import BackupError, BackupLocked
 
 __all__ = ["BackupError", "BackupLocked", "DirectoryTarget", "S3Target", "Segment", "Target",
@@ -115,21 +115,23 @@ def _parse_manifest(where: Target, raw: bytes | None) -> list[Segment]:
         raise BackupError(f"{where}/{MANIFEST}: unreadable manifest: {exc}") from None
 
 
-def _write_manifest(where: Target, segments: list[Segment], read: bytes | None) -> bytes:
-    """Write the manifest, unless it is no longer the one this run read (`read`).
+def _write_manifest(where: Target, segments: list[Segment], tag: str) -> str:
+    """Write the manifest if it is still the one this run read (`tag`, from
+    Target.read_tagged); returns the new tag.
 
-    The lock makes that impossible between writers through one source database; the
-    check turns the case the lock cannot see (two source databases writing one bucket at
-    once) into an error, instead of a restore point silently lost. It narrows that race,
-    it does not close it: S3 has no compare-and-swap that every server honours."""
-    if where.read(MANIFEST) != read:
+    The lock makes a change impossible between writers through one source database (and,
+    in a directory, between any). The conditional write covers what the lock cannot see:
+    two source databases writing one bucket at once. The loser gets an error, not a
+    restore point silently dropped from the manifest."""
+    text = json.dumps({"format": FORMAT, "segments": [asdict(s) for s in segments]}, indent=1)
+    try:
+        where.replace(MANIFEST, text.encode(), tag)
+    except ReplaceConflict:
         raise BackupError(f"{where}/{MANIFEST} changed while this run held the location: "
                           "another writer (a backup from another database?) wrote it. Nothing "
                           "was recorded; the next backup or expire-backups removes the "
-                          "unrecorded segment. Back up each database to its own location")
-    text = json.dumps({"format": FORMAT, "segments": [asdict(s) for s in segments]}, indent=1)
-    where.write(MANIFEST, text.encode())
-    return text.encode()
+                          "unrecorded segment. Back up each database to its own location") from None
+    return where.read_tagged(MANIFEST)[1]
 
 
 def chains(segments: list[Segment]) -> list[list[Segment]]:
@@ -165,8 +167,9 @@ def locked(store: Any, where: Target, timeout: float = 0.0) -> Iterator[None]:
       when to break it);
     - for a directory, also an fcntl lock on LOCATION/.lock, which holds across source
       databases and mount paths and is dropped by the kernel when its process dies.
-    Two source databases writing one bucket at the same moment are caught only by the
-    manifest check (see _write_manifest): give each database its own prefix.
+    Two source databases writing one bucket at the same moment are caught by the
+    manifest's conditional write (see _write_manifest), not kept apart: give each
+    database its own prefix (the operator's default, the EventStore's name).
     """
     from eventstore.store.postgres_backup import location_lock
 
@@ -216,15 +219,15 @@ def backup(store: Any, location: str | Path | Target, full_every: int = DEFAULT_
         raise BackupError(f"retention must be more than 0 days, not {retention_days}")
     where = _where(location)
     with locked(store, where, lock_timeout):
-        raw = where.read(MANIFEST)
+        raw, tag = where.read_tagged(MANIFEST)
         segments = _parse_manifest(where, raw)
         segment = _write_segment(store, where, segments, full_every)
         if segment is not None:
             segments = [*segments, segment]
-            raw = _write_manifest(where, segments, raw)
+            tag = _write_manifest(where, segments, tag)
         expired: list[Segment] = []
         if retention_days is not None:
-            segments, expired = _expire(where, segments, raw, retention_days, datetime.now(UTC))
+            segments, expired = _expire(where, segments, tag, retention_days, datetime.now(UTC))
         return BackupRun(segment, expired, _remove_orphans(where, segments))
 
 
@@ -301,13 +304,13 @@ def expire(store: Any, location: str | Path | Target, retention_days: float,
         raise BackupError(f"retention must be more than 0 days, not {retention_days}")
     where = _where(location)
     with locked(store, where, lock_timeout):
-        raw = where.read(MANIFEST)
-        kept, removed = _expire(where, _parse_manifest(where, raw), raw, retention_days,
+        raw, tag = where.read_tagged(MANIFEST)
+        kept, removed = _expire(where, _parse_manifest(where, raw), tag, retention_days,
                                 now or datetime.now(UTC))
         return Expiry(removed, _remove_orphans(where, kept))
 
 
-def _expire(where: Target, segments: list[Segment], raw: bytes | None, retention_days: float,
+def _expire(where: Target, segments: list[Segment], tag: str, retention_days: float,
             now: datetime) -> tuple[list[Segment], list[Segment]]:
     """(kept, removed) after expiring by retention; the caller holds the lock."""
     cutoff = now - timedelta(days=retention_days)
@@ -318,7 +321,7 @@ def _expire(where: Target, segments: list[Segment], raw: bytes | None, retention
     if not removed:
         return segments, []
     kept = [s for c in groups[keep_from:] for s in c]
-    _write_manifest(where, kept, raw)
+    _write_manifest(where, kept, tag)
     for s in removed:
         where.delete(s.file)
     return kept, removed

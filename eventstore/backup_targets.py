@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import hashlib
 import io
 import os
 import queue
@@ -48,6 +49,10 @@ class Target(Protocol):
 
     def write(self, name: str, data: bytes) -> None: ...
 
+    def read_tagged(self, name: str) -> tuple[bytes | None, str]: ...
+
+    def replace(self, name: str, data: bytes, tag: str) -> None: ...
+
     def open_writer(self, name: str) -> contextlib.AbstractContextManager[BinaryIO]: ...
 
     def download(self, name: str, path: Path) -> bool: ...
@@ -61,6 +66,10 @@ class Target(Protocol):
     def local_lock(self, timeout: float) -> contextlib.AbstractContextManager[None]: ...
 
     def abort_unfinished(self) -> list[str]: ...
+
+
+class ReplaceConflict(BackupError):
+    """`Target.replace` found the object changed since it was read."""
 
 
 def temporary_name(name: str) -> str:
@@ -82,6 +91,18 @@ class DirectoryTarget:
     def write(self, name: str, data: bytes) -> None:
         with self.open_writer(name) as out:  # atomic: never a half-written manifest
             out.write(data)
+
+    def read_tagged(self, name: str) -> tuple[bytes | None, str]:
+        """The content and a tag for `replace`: its sha256 ("" when absent)."""
+        data = self.read(name)
+        return data, hashlib.sha256(data).hexdigest() if data is not None else ""
+
+    def replace(self, name: str, data: bytes, tag: str) -> None:
+        """Write `name` if it still has `tag` (see read_tagged), else ReplaceConflict.
+        Check and write are one step for writers holding the directory's flock."""
+        if self.read_tagged(name)[1] != tag:
+            raise ReplaceConflict(f"{self}/{name}")
+        self.write(name, data)
 
     @contextlib.contextmanager
     def open_writer(self, name: str) -> Iterator[BinaryIO]:
@@ -324,6 +345,46 @@ class S3Target:
     def write(self, name: str, data: bytes) -> None:
         try:
             self.client.put_object(self.bucket, self._key(name), io.BytesIO(data), len(data))
+        except Exception as exc:
+            raise self._error("write", name, exc) from None
+
+    def read_tagged(self, name: str) -> tuple[bytes | None, str]:
+        """The content and a tag for `replace`: its ETag ("" when absent)."""
+        from minio.error import S3Error
+
+        try:
+            response = self.client.get_object(self.bucket, self._key(name))
+            try:
+                return bytes(response.read()), str(response.headers.get("ETag") or "")
+            finally:
+                response.close()
+                response.release_conn()
+        except S3Error as exc:
+            if exc.code == "NoSuchKey":
+                return None, ""
+            raise self._error("read", name, exc) from None
+        except Exception as exc:
+            raise self._error("read", name, exc) from None
+
+    def replace(self, name: str, data: bytes, tag: str) -> None:
+        """Write `name` if its ETag is still `tag` ("": if it does not exist), else
+        ReplaceConflict: a conditional PUT (If-Match / If-None-Match: *), which AWS S3,
+        MinIO and versitygw honour, so the check and the write are one step. A server
+        that ignores the headers still gets the check just before the write. (minio's
+        put_object would turn these headers into user metadata: its _put_object sends
+        them as they are.)"""
+        from minio.error import S3Error
+
+        if self.read_tagged(name)[1] != tag:
+            raise ReplaceConflict(f"{self}/{name}")
+        condition = {"If-Match": tag} if tag else {"If-None-Match": "*"}
+        try:
+            self.client._put_object(self.bucket, self._key(name), data,
+                                    {"Content-Type": "application/octet-stream", **condition})
+        except S3Error as exc:
+            if exc.code in ("PreconditionFailed", "ConditionalRequestConflict"):
+                raise ReplaceConflict(f"{self}/{name}") from None
+            raise self._error("write", name, exc) from None
         except Exception as exc:
             raise self._error("write", name, exc) from None
 

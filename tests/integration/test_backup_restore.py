@@ -22,7 +22,7 @@ from click.testing import CliRunner
 
 from eventstore import EventStore, ExpectedVersion, NewEvent
 from eventstore import backup as backups
-from eventstore.backup_targets import temporary_name
+from eventstore.backup_targets import ReplaceConflict, temporary_name
 from eventstore.cli import BACKUP_LOCKED, main
 from eventstore.store import postgres_backup
 from tests.harness.postgres import PostgresServer
@@ -564,3 +564,56 @@ def test_expiry_removes_what_interrupted_backups_left(
         assert not client._list_multipart_uploads(bucket, prefix=prefix).uploads
     assert [s.file for s in _assert_chain_valid(location)] == recorded
     assert _restored_log(postgres_server, location, "backup_orphans_restored") == expected
+
+
+def test_a_manifest_changed_by_another_writer_is_not_overwritten(
+        postgres_server: PostgresServer, location: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the lock cannot see (a backup from another database into one bucket): the
+    manifest is replaced only if it is still the one the run read; the loser fails,
+    and the other writer's manifest stays."""
+    source_url = postgres_server.create_database("backup_cas_source")
+    where = backups.target(location)
+    with EventStore.connect(source_url) as store:
+        store.migrate()
+        _append(store, "a", 2)
+        _cli("backup", location, "--url", source_url)
+        _append(store, "a", 1)
+        theirs = json.dumps({"format": backups.FORMAT, "segments": []}).encode()
+        write_segment = backups._write_segment
+
+        def meanwhile(*args: Any) -> Any:
+            segment = write_segment(*args)
+            where.write(backups.MANIFEST, theirs)  # the other writer, while this one streams
+            return segment
+
+        monkeypatch.setattr(backups, "_write_segment", meanwhile)
+        output = _cli("backup", location, "--url", source_url, code=1)
+    assert f"{where}/manifest.json changed while this run held the location" in output, output
+    assert where.read(backups.MANIFEST) == theirs
+
+
+def test_replace_is_conditional_on_the_server_too(location: str,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Target.replace: refused when the object changed since it was read, or exists when
+    it was absent; on S3 by the server's conditional PUT even when the check just before
+    it is fooled (the other writer came in between)."""
+    where = backups.target(location)
+    where.write("m", b"1")
+    _, tag = where.read_tagged("m")
+    where.write("m", b"2")
+    with pytest.raises(ReplaceConflict):
+        where.replace("m", b"3", tag)
+    with pytest.raises(ReplaceConflict):
+        where.replace("m", b"3", "")
+    assert where.read("m") == b"2"
+    where.replace("m", b"4", where.read_tagged("m")[1])
+    where.replace("new", b"5", "")
+    assert (where.read("m"), where.read("new")) == (b"4", b"5")
+    if location.startswith("s3://"):
+        monkeypatch.setattr(where, "read_tagged", lambda name: (b"1", tag))
+        with pytest.raises(ReplaceConflict):
+            where.replace("m", b"6", tag)
+        monkeypatch.setattr(where, "read_tagged", lambda name: (None, ""))
+        with pytest.raises(ReplaceConflict):
+            where.replace("m", b"6", "")
+        assert where.read("m") == b"4"
