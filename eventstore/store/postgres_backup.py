@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 _COLUMNS = ("position, id, stream_id, version, type, schema_version, payload, metadata, "
             "recorded_at")
 _CUTOFF = ("(position + 0) < (SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint << 20)")
-_FETCH = 2000
+_FETCH = 500
 
 
 class SegmentExport:
