@@ -59,8 +59,9 @@ from typing import Any
 from eventstore.backup_targets import DirectoryTarget, ReplaceConflict, S3Target, Target, target
 from eventstore.errors import BackupError, BackupLocked
 
-__all__ = ["BackupError", "BackupLocked", "DirectoryTarget", "S3Target", "Segment", "Target",
-           "backup", "expire", "read_manifest", "restore", "target", "verify"]
+__all__ = ["BackupError", "BackupLocked", "BackupRun", "DirectoryTarget", "Expiry", "S3Target",
+           "Segment", "Target", "backup", "expire", "locked", "read_manifest", "restore",
+           "target", "verify"]
 
 MANIFEST = "manifest.json"
 FORMAT = 1
@@ -165,7 +166,7 @@ def locked(store: Any, where: Target, timeout: float = 0.0) -> Iterator[None]:
       kinds, needs nothing in the location, and dies with its connection: a killed Job
       never leaves a stale lock (a lock object in a bucket would, with no safe rule for
       when to break it);
-    - for a directory, also an fcntl lock on LOCATION/.lock, which holds across source
+    - for a directory, also a flock on LOCATION/.lock, which holds across source
       databases and mount paths and is dropped by the kernel when its process dies.
     Two source databases writing one bucket at the same moment are caught by the
     manifest's conditional write (see _write_manifest), not kept apart: give each

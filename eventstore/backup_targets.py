@@ -20,6 +20,7 @@ import errno
 import fcntl
 import hashlib
 import io
+import logging
 import os
 import queue
 import re
@@ -34,10 +35,14 @@ from urllib.parse import urlsplit
 
 from eventstore.errors import BackupError, BackupLocked
 
+log = logging.getLogger("eventstore.backup")
+
 #: S3's smallest part; a multipart upload of unknown length needs a part size.
 MIN_PART_SIZE = 5 << 20
 #: The default part: memory per upload, and with S3's 10,000 parts a cap of ~156 GiB.
 DEFAULT_PART_SIZE = 16 << 20
+#: Listings of unfinished uploads one clean-up goes through (1,000 uploads each).
+_ABORT_ROUNDS = 10
 #: A directory's lock file (see DirectoryTarget.local_lock).
 LOCK_FILE = ".lock"
 
@@ -157,7 +162,11 @@ class DirectoryTarget:
                     break
                 except OSError as exc:
                     if exc.errno not in (errno.EACCES, errno.EAGAIN, errno.EWOULDBLOCK):
-                        raise BackupError(f"{self}: cannot lock {LOCK_FILE}: {exc}") from None
+                        # A file system without locks (ENOLCK, EOPNOTSUPP: some network and
+                        # FUSE mounts): the database lock still holds for one source database.
+                        log.warning("%s: cannot lock %s (%s): relying on the database lock "
+                                    "alone", self, LOCK_FILE, exc)
+                        break
                     if time.monotonic() >= deadline:
                         raise BackupLocked(str(self), timeout, f"a process holds {LOCK_FILE} "
                                            "(a backup from another database or host)") from None
@@ -475,13 +484,18 @@ class S3Target:
         Through the client's ListMultipartUploads/AbortMultipartUpload calls, which minio
         exposes only as `_`-methods."""
         start = f"{self.prefix}/" if self.prefix else ""
-        aborted = []
+        aborted: list[str] = []
         try:
-            result = self.client._list_multipart_uploads(self.bucket, prefix=start + "segment-")
-            for upload in result.uploads:
-                self.client._abort_multipart_upload(self.bucket, upload.object_name,
-                                                    str(upload.upload_id))
-                aborted.append(str(upload.object_name)[len(start):])
+            # A listing holds up to 1,000 uploads; the aborted ones leave it, so list again
+            # (a bounded number of times: a server that keeps them must not loop us forever).
+            for _ in range(_ABORT_ROUNDS):
+                result = self.client._list_multipart_uploads(self.bucket, prefix=start + "segment-")
+                if not result.uploads:
+                    break
+                for upload in result.uploads:
+                    self.client._abort_multipart_upload(self.bucket, upload.object_name,
+                                                        str(upload.upload_id))
+                    aborted.append(str(upload.object_name)[len(start):])
         except Exception as exc:
             raise self._error("abort unfinished uploads of", "segments", exc) from None
         return aborted

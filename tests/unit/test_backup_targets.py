@@ -100,3 +100,27 @@ def test_a_directory_writer_leaves_nothing_on_an_error(tmp_path: Path) -> None:
     with where.open_writer("seg") as out:
         out.write(b"whole")
     assert where.names() == ["seg"] and where.read("seg") == b"whole"
+
+
+def test_a_directory_without_file_locks_relies_on_the_database_lock(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """ENOLCK (a mount without lock support) must not stop backups: a warning, and on."""
+    import errno
+    import fcntl
+
+    def no_locks(fd: int, operation: int) -> None:
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with DirectoryTarget(tmp_path).local_lock(0):
+        pass
+    assert "relying on the database lock alone" in caplog.text
+
+
+def test_a_held_directory_lock_is_refused_by_name(tmp_path: Path) -> None:
+    from eventstore.errors import BackupLocked
+
+    where = DirectoryTarget(tmp_path)
+    with where.local_lock(0), pytest.raises(BackupLocked, match=r"a process holds \.lock"), \
+            DirectoryTarget(tmp_path).local_lock(0.2):
+        pass
