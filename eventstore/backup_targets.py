@@ -113,16 +113,19 @@ class DirectoryTarget:
     def open_writer(self, name: str) -> Iterator[BinaryIO]:
         """A temporary file in the directory, fsync'd and renamed to `name` on a clean
         exit (so a crash leaves a `.tmp` file, never a partial `name`), removed on an error."""
-        self.directory.mkdir(parents=True, exist_ok=True)
         tmp = self.directory / temporary_name(name)
         try:
+            self.directory.mkdir(parents=True, exist_ok=True)
             with tmp.open("wb") as out:
                 yield out
                 out.flush()
                 os.fsync(out.fileno())
             tmp.replace(self.directory / name)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
+        except BaseException as exc:
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+            if isinstance(exc, OSError):  # a full or read-only volume: named, not a traceback
+                raise BackupError(f"{self}: cannot write {name}: {exc}") from None
             raise
         _fsync_directory(self.directory)
 
@@ -152,8 +155,11 @@ class DirectoryTarget:
         locks), and the kernel drops it when its process dies. flock, not lockf: a POSIX
         lock is the process's, so another thread closing the file would drop it. The
         file itself stays, empty: it is the lock's handle, not a flag."""
-        self.directory.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise BackupError(f"{self}: cannot open {LOCK_FILE}: {exc}") from None
         try:
             deadline = time.monotonic() + timeout
             while True:

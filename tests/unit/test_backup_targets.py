@@ -124,3 +124,15 @@ def test_a_held_directory_lock_is_refused_by_name(tmp_path: Path) -> None:
     with where.local_lock(0), pytest.raises(BackupLocked, match=r"a process holds \.lock"), \
             DirectoryTarget(tmp_path).local_lock(0.2):
         pass
+
+
+def test_an_unwritable_directory_is_named(tmp_path: Path) -> None:
+    """A read-only or full volume: a BackupError naming the location and the file (the CLI
+    prints it), not an OSError traceback."""
+    blocked = tmp_path / "file"
+    blocked.write_text("not a directory")
+    where = DirectoryTarget(blocked / "backup")
+    with pytest.raises(BackupError, match="cannot write seg"), where.open_writer("seg") as out:
+        out.write(b"x")
+    with pytest.raises(BackupError, match=r"cannot open \.lock"), where.local_lock(0):
+        pass
