@@ -32,29 +32,36 @@ Positions are renumbered (PostgreSQL positions are built from the writing transa
 id, see eventstore/store/postgres_schema.py), so consumers' checkpoints start over after a
 restore; snapshots are rebuilt by the snapshotter. PostgreSQL only.
 
-Targets: a directory (a mounted volume) or an S3-compatible bucket (the `minio` client:
-AWS S3, MinIO, versitygw, SeaweedFS ...), credentials from AWS_ACCESS_KEY_ID and
-AWS_SECRET_ACCESS_KEY and never logged.
+One writer at a time: a backup and an expiry hold the location's lock (see `locked`) for
+their whole run, and under it remove what interrupted backups left (a segment written
+but never recorded, a temporary file, an unfinished multipart upload).
+
+Targets (eventstore/backup_targets.py): a directory (a mounted volume) or an
+S3-compatible bucket (the `minio` client: AWS S3, MinIO, versitygw, SeaweedFS ...),
+credentials from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY and never logged. Segments
+are streamed into them as they are read, never staged on local disk.
 """
 
 from __future__ import annotations
 
 import gzip
 import hashlib
-import io
 import json
-import os
 import re
-import shutil
 import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Protocol
-from urllib.parse import urlsplit
+from typing import Any
 
-from eventstore.errors import BackupError as BackupError  # re-exported
+from eventstore.backup_targets import DirectoryTarget, ReplaceConflict, S3Target, Target, target
+from eventstore.errors import BackupError, BackupLocked
+
+__all__ = ["BackupError", "BackupLocked", "BackupRun", "DirectoryTarget", "Expiry", "S3Target",
+           "Segment", "Target", "backup", "expire", "locked", "read_manifest", "restore",
+           "target", "verify"]
 
 MANIFEST = "manifest.json"
 FORMAT = 1
@@ -88,201 +95,15 @@ class Segment:
         return datetime.fromisoformat(self.created)
 
 
-class Target(Protocol):
-    """Where segments and the manifest live: a directory (a mounted volume) or a bucket."""
-
-    def read(self, name: str) -> bytes | None: ...
-
-    def write(self, name: str, data: bytes) -> None: ...
-
-    def upload(self, name: str, path: Path) -> None: ...
-
-    def download(self, name: str, path: Path) -> bool: ...
-
-    def delete(self, name: str) -> None: ...
-
-
-class DirectoryTarget:
-    def __init__(self, directory: Path) -> None:
-        self.directory = Path(directory)
-
-    def __str__(self) -> str:
-        return str(self.directory)
-
-    def read(self, name: str) -> bytes | None:
-        path = self.directory / name
-        return path.read_bytes() if path.exists() else None
-
-    def write(self, name: str, data: bytes) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        tmp = self.directory / (name + ".tmp")
-        tmp.write_bytes(data)
-        tmp.replace(self.directory / name)  # atomic: never a half-written manifest
-
-    def upload(self, name: str, path: Path) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        tmp = self.directory / (name + ".tmp")
-        shutil.copyfile(path, tmp)
-        tmp.replace(self.directory / name)
-
-    def download(self, name: str, path: Path) -> bool:
-        source = self.directory / name
-        if not source.exists():
-            return False
-        shutil.copyfile(source, path)
-        return True
-
-    def delete(self, name: str) -> None:
-        (self.directory / name).unlink(missing_ok=True)
-
-
-#: S3's bucket naming rules (the client refuses other names before any request).
-_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
-
-#: S3 error codes that mean the credentials were refused (besides any 403).
-#: XAdminUserNotFound: versitygw's answer (a 404) for an unknown access key.
-_AUTH_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied",
-               "InvalidToken", "ExpiredToken", "AuthorizationHeaderMalformed",
-               "XAdminUserNotFound"}
-
-
-class S3Target:
-    """An S3-compatible bucket, through the `minio` client (no botocore: it installs beside
-    the kubernetes client). Credentials: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY (and
-    AWS_SESSION_TOKEN); endpoint: the `endpoint` argument, else EVENTSTORE_S3_ENDPOINT or
-    AWS_ENDPOINT_URL, else AWS S3; region: the argument, else AWS_REGION or
-    AWS_DEFAULT_REGION. Error messages name the bucket, the object and the S3 error code,
-    never a credential."""
-
-    def __init__(self, bucket: str, prefix: str, endpoint: str | None = None,
-                 region: str | None = None) -> None:
-        import certifi
-        import urllib3
-        from minio import Minio
-
-        self.bucket = bucket
-        self.prefix = prefix.strip("/")
-        access_key = os.environ.get("AWS_ACCESS_KEY_ID")
-        secret_key = os.environ.get("AWS_SECRET_ACCESS_KEY")
-        if not access_key or not secret_key:
-            raise BackupError(f"{self}: no S3 credentials: set AWS_ACCESS_KEY_ID and "
-                              "AWS_SECRET_ACCESS_KEY (the operator sets them from the "
-                              "target's credentialsSecret)")
-        url = (endpoint or os.environ.get("EVENTSTORE_S3_ENDPOINT")
-               or os.environ.get("AWS_ENDPOINT_URL") or "https://s3.amazonaws.com")
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.netloc or parts.path not in ("", "/"):
-            raise BackupError(f"S3 endpoint {url!r}: expected http(s)://host[:port] with no path")
-        self.endpoint = f"{parts.scheme}://{parts.netloc}"
-        # Bounded waits: an unreachable endpoint fails in seconds, not minutes.
-        http = urllib3.PoolManager(
-            timeout=urllib3.Timeout(connect=10, read=120),
-            retries=urllib3.Retry(total=3, backoff_factor=0.2,
-                                  status_forcelist=[500, 502, 503, 504]),
-            cert_reqs="CERT_REQUIRED", ca_certs=os.environ.get("SSL_CERT_FILE") or certifi.where())
-        self.client = Minio(
-            parts.netloc, access_key=access_key, secret_key=secret_key,
-            session_token=os.environ.get("AWS_SESSION_TOKEN") or None,
-            secure=parts.scheme == "https",
-            region=region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or None,
-            http_client=http)
-
-    def __str__(self) -> str:
-        return f"s3://{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"
-
-    def _key(self, name: str) -> str:
-        return f"{self.prefix}/{name}" if self.prefix else name
-
-    def _error(self, doing: str, name: str, exc: Exception) -> BackupError:
-        """One place that turns the client's errors into messages naming what failed."""
-        from minio.error import S3Error
-
-        where = f"{self}: cannot {doing} {name}"
-        if isinstance(exc, S3Error):
-            status = getattr(exc.response, "status", None)
-            if exc.code in _AUTH_CODES or status == 403:
-                return BackupError(f"{where}: the S3 endpoint {self.endpoint} refused the "
-                                   f"credentials ({exc.code}): check AWS_ACCESS_KEY_ID and "
-                                   "AWS_SECRET_ACCESS_KEY (or the target's credentialsSecret)")
-            if exc.code == "NoSuchBucket":
-                return BackupError(f"{where}: bucket {self.bucket} does not exist at "
-                                   f"{self.endpoint}: create it first")
-            return BackupError(f"{where}: {exc.code}: {exc.message}")
-        return BackupError(f"{where}: S3 endpoint {self.endpoint} unreachable or failing "
-                           f"({type(exc).__name__}: {exc})")
-
-    def read(self, name: str) -> bytes | None:
-        from minio.error import S3Error
-
-        try:
-            response = self.client.get_object(self.bucket, self._key(name))
-            try:
-                return bytes(response.read())
-            finally:
-                response.close()
-                response.release_conn()
-        except S3Error as exc:
-            if exc.code == "NoSuchKey":
-                return None
-            raise self._error("read", name, exc) from None
-        except Exception as exc:  # urllib3's errors: the endpoint, named; never leaked
-            raise self._error("read", name, exc) from None
-
-    def write(self, name: str, data: bytes) -> None:
-        try:
-            self.client.put_object(self.bucket, self._key(name), io.BytesIO(data), len(data))
-        except Exception as exc:
-            raise self._error("write", name, exc) from None
-
-    def upload(self, name: str, path: Path) -> None:
-        # Multipart above the part size (5 MiB and up), parts checked by the client.
-        try:
-            self.client.fput_object(self.bucket, self._key(name), str(path))
-        except Exception as exc:
-            raise self._error("write", name, exc) from None
-
-    def download(self, name: str, path: Path) -> bool:
-        from minio.error import S3Error
-
-        try:
-            self.client.fget_object(self.bucket, self._key(name), str(path))
-            return True
-        except S3Error as exc:
-            if exc.code == "NoSuchKey":
-                return False
-            raise self._error("read", name, exc) from None
-        except Exception as exc:
-            raise self._error("read", name, exc) from None
-
-    def delete(self, name: str) -> None:
-        try:
-            self.client.remove_object(self.bucket, self._key(name))
-        except Exception as exc:
-            raise self._error("delete", name, exc) from None
-
-
-def target(location: str | Path, *, s3_endpoint: str | None = None,
-           s3_region: str | None = None) -> Target:
-    """`s3://bucket/prefix` or a directory path."""
-    text = str(location)
-    if text.startswith("s3://"):
-        bucket, _, prefix = text.removeprefix("s3://").partition("/")
-        if not bucket:
-            raise BackupError(f"{text}: no bucket name (s3://bucket/prefix)")
-        if not _BUCKET.fullmatch(bucket):
-            raise BackupError(f"{text}: {bucket!r} is not a valid S3 bucket name (3 to 63 "
-                              "lowercase letters, digits, '.' and '-', starting and ending "
-                              "with a letter or digit)")
-        return S3Target(bucket, prefix, s3_endpoint, s3_region)
-    return DirectoryTarget(Path(text))
-
-
 def _where(location: str | Path | Target) -> Target:
     return location if not isinstance(location, str | Path) else target(location)
 
 
 def read_manifest(where: Target) -> list[Segment]:
-    raw = where.read(MANIFEST)
+    return _parse_manifest(where, where.read(MANIFEST))
+
+
+def _parse_manifest(where: Target, raw: bytes | None) -> list[Segment]:
     if raw is None:
         return []
     known = {f.name for f in fields(Segment)}
@@ -295,9 +116,23 @@ def read_manifest(where: Target) -> list[Segment]:
         raise BackupError(f"{where}/{MANIFEST}: unreadable manifest: {exc}") from None
 
 
-def _write_manifest(where: Target, segments: list[Segment]) -> None:
+def _write_manifest(where: Target, segments: list[Segment], tag: str) -> str:
+    """Write the manifest if it is still the one this run read (`tag`, from
+    Target.read_tagged); returns the new tag.
+
+    The lock makes a change impossible between writers through one source database (and,
+    in a directory, between any). The conditional write covers what the lock cannot see:
+    two source databases writing one bucket at once. The loser gets an error, not a
+    restore point silently dropped from the manifest."""
     text = json.dumps({"format": FORMAT, "segments": [asdict(s) for s in segments]}, indent=1)
-    where.write(MANIFEST, text.encode())
+    try:
+        where.replace(MANIFEST, text.encode(), tag)
+    except ReplaceConflict:
+        raise BackupError(f"{where}/{MANIFEST} changed while this run held the location: "
+                          "another writer (a backup from another database?) wrote it. Nothing "
+                          "was recorded; the next backup or expire-backups removes the "
+                          "unrecorded segment. Back up each database to its own location") from None
+    return where.read_tagged(MANIFEST)[1]
 
 
 def chains(segments: list[Segment]) -> list[list[Segment]]:
@@ -318,66 +153,179 @@ def _sequence(segment: Segment) -> int:
         return 0
 
 
-def backup(store: Any, location: str | Path | Target, full_every: int = DEFAULT_FULL_EVERY,
-           ) -> Segment | None:
-    """Write the next segment: a full backup when one is due (see the module docstring),
-    else the events since the last segment; None if there is nothing new."""
-    from eventstore.store.postgres_backup import export_segment, store_identity
+@contextmanager
+def locked(store: Any, where: Target, timeout: float = 0.0) -> Iterator[None]:
+    """Hold the location for one writer (a backup, an expiry) or raise BackupLocked.
 
+    Two writers of one location corrupt it: two segments claiming one position range, or
+    an expiry rewriting the manifest while a backup extends it (the manifest would name
+    deleted segments). The CronJob's concurrencyPolicy: Forbid covers the operator's Jobs
+    only, not a person running `eventstore backup` by hand meanwhile. So:
+    - a session advisory lock in the source database keyed by the normalised location
+      (`Target.lock_key`: the real path, or bucket and prefix). It holds for both target
+      kinds, needs nothing in the location, and dies with its connection: a killed Job
+      never leaves a stale lock (a lock object in a bucket would, with no safe rule for
+      when to break it);
+    - for a directory, also a flock on LOCATION/.lock, which holds across source
+      databases and mount paths and is dropped by the kernel when its process dies.
+    Two source databases writing one bucket at the same moment are caught by the
+    manifest's conditional write (see _write_manifest), not kept apart: give each
+    database its own prefix (the operator's default, the EventStore's name).
+    """
+    from eventstore.store.postgres_backup import location_lock
+
+    with location_lock(store, where.lock_key(), timeout) as mine:
+        if not mine:
+            raise BackupLocked(str(where), timeout)
+        with where.local_lock(timeout):
+            yield
+
+
+#: What an interrupted backup leaves: a segment the manifest does not name (killed between
+#: the segment and the manifest), or a directory's temporary file (killed mid-write).
+_SEGMENT = re.compile(r"segment-\d+-\d+-\d+\.jsonl\.gz")
+_TEMPORARY = re.compile(r"\.?(segment-\d+-\d+-\d+\.jsonl\.gz|manifest\.json)(\.[0-9a-f]+)?\.tmp")
+
+
+def _remove_orphans(where: Target, segments: list[Segment]) -> list[str]:
+    """Delete what interrupted backups left (see _SEGMENT); only under `locked`, so never
+    the files of a backup in progress. Other files in the location are not touched."""
+    named = {s.file for s in segments}
+    orphans = [n for n in where.names()
+               if (_SEGMENT.fullmatch(n) and n not in named) or _TEMPORARY.fullmatch(n)]
+    for name in orphans:
+        where.delete(name)
+    return orphans + where.abort_unfinished()
+
+
+@dataclass(frozen=True)
+class BackupRun:
+    """What one `backup` did: the new segment (None: nothing new), the segments expired
+    by retention, and the leftovers of interrupted backups it removed."""
+
+    segment: Segment | None
+    expired: list[Segment]
+    orphans: list[str]
+
+
+def backup(store: Any, location: str | Path | Target, full_every: int = DEFAULT_FULL_EVERY,
+           *, retention_days: float | None = None, lock_timeout: float = 0.0) -> BackupRun:
+    """Under the location's lock (see `locked`): write the next segment (a full backup
+    when one is due, see the module docstring, else the events since the last segment;
+    none if there is nothing new), expire by `retention_days` if given, and remove what
+    interrupted backups left."""
     if full_every < 0:
         raise BackupError(f"full_every must be 0 (never) or more, not {full_every}")
+    if retention_days is not None and retention_days <= 0:
+        raise BackupError(f"retention must be more than 0 days, not {retention_days}")
     where = _where(location)
-    segments = read_manifest(where)
+    with locked(store, where, lock_timeout):
+        raw, tag = where.read_tagged(MANIFEST)
+        segments = _parse_manifest(where, raw)
+        segment = _write_segment(store, where, segments, full_every)
+        if segment is not None:
+            segments = [*segments, segment]
+            tag = _write_manifest(where, segments, tag)
+        expired: list[Segment] = []
+        if retention_days is not None:
+            segments, expired = _expire(where, segments, tag, retention_days, datetime.now(UTC))
+        return BackupRun(segment, expired, _remove_orphans(where, segments))
+
+
+def _write_segment(store: Any, where: Target, segments: list[Segment], full_every: int
+                   ) -> Segment | None:
+    """Stream the next segment into the location (never staged on local disk), hashing
+    it on the way; None when there is nothing new."""
+    from eventstore.store.postgres_backup import open_export, store_identity
+
     chain = chains(segments)[-1] if segments else []
     store_id = store_identity(store)
     full = (not chain or chain[0].store_id != store_id
             or (full_every > 0 and len(chain) >= full_every))
     after = 0 if full else chain[-1].to_position
     since = None if full else chain[-1].snapshot_xmin
-    with tempfile.TemporaryDirectory(prefix="eventstore-backup-") as tmp:
-        path = Path(tmp) / "segment.jsonl.gz"
-        with gzip.GzipFile(path, "wb", mtime=0) as out:
-            def emit(row: dict[str, Any]) -> None:
-                out.write(json.dumps(row, sort_keys=True, separators=(",", ":")).encode() + b"\n")
-
-            exported = export_segment(store, after, since, emit)
-        if exported.events == 0 and exported.archived == 0:
+    with open_export(store, after, since) as export:
+        rows = export.rows()
+        first = next(rows, None)
+        if first is None:
             return None
-        digest = hashlib.sha256()
-        with path.open("rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
         seq = max((_sequence(s) for s in segments), default=0) + 1
-        name = f"segment-{seq:06d}-{after}-{exported.to_position}.jsonl.gz"
-        where.upload(name, path)  # the segment first: a manifest never names a missing one
-    segment = Segment(
-        file=name, after_position=after, to_position=exported.to_position,
-        events=exported.events, sha256=digest.hexdigest(), created=datetime.now(UTC).isoformat(),
-        archived=exported.archived, snapshot_xmin=exported.snapshot_xmin, store_id=store_id)
-    _write_manifest(where, [*segments, segment])
-    return segment
+        name = f"segment-{seq:06d}-{after}-{export.to_position}.jsonl.gz"
+        digest = hashlib.sha256()
+        with where.open_writer(name) as sink:
+            hashing = _HashingWriter(sink, digest)
+            with gzip.GzipFile(fileobj=hashing, mode="wb", mtime=0) as out:
+                for row in _chain(first, rows):
+                    out.write(json.dumps(row, sort_keys=True, separators=(",", ":")).encode()
+                              + b"\n")
+    # The segment exists before the manifest names it: a manifest never names a missing one.
+    return Segment(
+        file=name, after_position=after, to_position=export.to_position,
+        events=export.events, sha256=digest.hexdigest(), created=datetime.now(UTC).isoformat(),
+        archived=export.archived, snapshot_xmin=export.snapshot_xmin, store_id=store_id)
 
 
-def expire(location: str | Path | Target, retention_days: float,
-           now: datetime | None = None) -> list[Segment]:
-    """Remove the chains no restore point of the last `retention_days` needs (see the
-    module docstring); returns the removed segments. The manifest is rewritten first, so
-    an interrupted expiry leaves unreferenced files, never a manifest naming a missing one."""
+def _chain(first: dict[str, Any], rest: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    yield first
+    yield from rest
+
+
+class _HashingWriter:
+    """Passes the compressed bytes on to the target's writer, hashing them on the way."""
+
+    def __init__(self, sink: Any, digest: Any) -> None:
+        self._sink = sink
+        self._digest = digest
+
+    def write(self, data: bytes) -> int:
+        self._digest.update(data)
+        self._sink.write(data)
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class Expiry:
+    """What one `expire` removed: whole chains, and leftovers of interrupted backups."""
+
+    segments: list[Segment]
+    orphans: list[str]
+
+
+def expire(store: Any, location: str | Path | Target, retention_days: float,
+           now: datetime | None = None, *, lock_timeout: float = 0.0) -> Expiry:
+    """Under the location's lock (see `locked`, taken in `store`, the database the backups
+    are taken from): remove the chains no restore point of the last `retention_days`
+    needs (see the module docstring), and what interrupted backups left. The manifest is
+    rewritten first, so an interrupted expiry leaves unreferenced files (removed by the
+    next run), never a manifest naming a missing one."""
     if retention_days <= 0:
         raise BackupError(f"retention must be more than 0 days, not {retention_days}")
     where = _where(location)
-    segments = read_manifest(where)
-    cutoff = (now or datetime.now(UTC)) - timedelta(days=retention_days)
+    with locked(store, where, lock_timeout):
+        raw, tag = where.read_tagged(MANIFEST)
+        kept, removed = _expire(where, _parse_manifest(where, raw), tag, retention_days,
+                                now or datetime.now(UTC))
+        return Expiry(removed, _remove_orphans(where, kept))
+
+
+def _expire(where: Target, segments: list[Segment], tag: str, retention_days: float,
+            now: datetime) -> tuple[list[Segment], list[Segment]]:
+    """(kept, removed) after expiring by retention; the caller holds the lock."""
+    cutoff = now - timedelta(days=retention_days)
     groups = chains(segments)
     # The newest chain whose full backup is at or before the cutoff: older chains go.
     keep_from = max((i for i, c in enumerate(groups) if c[0].created_at <= cutoff), default=0)
     removed = [s for c in groups[:keep_from] for s in c]
     if not removed:
-        return []
-    _write_manifest(where, [s for c in groups[keep_from:] for s in c])
+        return segments, []
+    kept = [s for c in groups[keep_from:] for s in c]
+    _write_manifest(where, kept, tag)
     for s in removed:
         where.delete(s.file)
-    return removed
+    return kept, removed
 
 
 def last_position(location: str | Path | Target) -> int:

@@ -2,7 +2,8 @@
 
 0 success; 1 a command failed (e.g. check-config found a bad file, replay timed out);
 2 usage error (click); 3 the server could not start (bad settings, unreachable database,
-missing token), as uvicorn does for startup failures.
+missing token), as uvicorn does for startup failures; 4 a backup or expire-backups found
+its location held by another one (nothing was written; try again later).
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from eventstore import envcontract
 from eventstore.errors import EventStoreError
 
 STARTUP_FAILURE = 3
+#: `backup` / `expire-backups`: another one holds the location (try again later).
+BACKUP_LOCKED = 4
 log = logging.getLogger("eventstore.cli")
 
 
@@ -266,6 +269,20 @@ def _s3_options(command: Any) -> Any:
                                              "AWS_DEFAULT_REGION).")(command)
 
 
+def _lock_option(command: Any) -> Any:
+    """--lock-timeout: how long a backup or an expiry waits for the location's lock."""
+    return click.option(
+        "--lock-timeout", type=click.FloatRange(min=0), default=0, show_default=True,
+        help="Seconds to wait while another backup or expire-backups holds LOCATION; "
+             f"then fail with exit code {BACKUP_LOCKED}. 0: fail at once.")(command)
+
+
+def _backup_failed(exc: EventStoreError) -> None:
+    from eventstore.errors import BackupLocked
+
+    _fail(f"{type(exc).__name__}: {exc}", BACKUP_LOCKED if isinstance(exc, BackupLocked) else 1)
+
+
 @main.command()
 @click.argument("location")
 @click.option("--url", help="Event store URL (default: from the environment, as `serve`).")
@@ -275,25 +292,33 @@ def _s3_options(command: Any) -> Any:
 @click.option("--retention-days", type=click.FloatRange(min=0, min_open=True),
               help="After the backup, remove the chains no restore point of the last "
                    "DAYS days needs (default: keep everything).")
+@click.option("--s3-part-size", type=click.IntRange(min=5), default=16, show_default=True,
+              help="MiB per part of a segment's upload to S3: memory used, and with S3's "
+                   "10,000 parts the largest segment (16: ~156 GiB).")
+@_lock_option
 @_s3_options
 def backup(location: str, url: str | None, full_every: int, retention_days: float | None,
-           s3_endpoint: str | None, s3_region: str | None) -> None:
+           s3_part_size: int, lock_timeout: float, s3_endpoint: str | None,
+           s3_region: str | None) -> None:
     """Back up the events written since the last backup in LOCATION (a new segment), or
-    a full backup when one is due.
+    a full backup when one is due; remove what interrupted backups left there.
 
-    LOCATION is a directory or s3://bucket/prefix (AWS_* credentials, AWS_ENDPOINT_URL)."""
+    LOCATION is a directory or s3://bucket/prefix (AWS_* credentials, AWS_ENDPOINT_URL).
+    One backup or expire-backups at a time holds LOCATION (a lock in the database)."""
     from eventstore import backup as backups
 
     try:
-        where = backups.target(location, s3_endpoint=s3_endpoint, s3_region=s3_region)
+        where = backups.target(location, s3_endpoint=s3_endpoint, s3_region=s3_region,
+                               s3_part_size=s3_part_size << 20)
         with _postgres_store(url) as store:
-            segment = backups.backup(store, where, full_every=full_every)
-        removed = backups.expire(where, retention_days) if retention_days else []
+            run = backups.backup(store, where, full_every=full_every,
+                                 retention_days=retention_days, lock_timeout=lock_timeout)
         position = backups.last_position(where)
     except EventStoreError as exc:
-        _fail(f"{type(exc).__name__}: {exc}")
+        _backup_failed(exc)
         return
     result_file = os.environ.get(envcontract.BACKUP_RESULT_FILE)
+    segment = run.segment
     if segment is None:
         click.echo("nothing new since the last backup")
     else:
@@ -301,34 +326,46 @@ def backup(location: str, url: str | None, full_every: int, retention_days: floa
         click.echo(f"{segment.file} ({kind}): {segment.events} events, positions "
                    f"{segment.after_position + 1}..{segment.to_position}, "
                    f"{segment.archived} archive moves, sha256 {segment.sha256}")
-    if removed:
-        click.echo(f"expired {len(removed)} segments older than the retention: "
-                   + ", ".join(s.file for s in removed))
+    if run.expired:
+        click.echo(f"expired {len(run.expired)} segments older than the retention: "
+                   + ", ".join(s.file for s in run.expired))
+    _echo_orphans(run.orphans)
     if result_file:
         # For the operator's status: a Job writes it to its termination message.
         Path(result_file).write_text(json.dumps({"position": position,
                                                  "segment": segment.file if segment else None}))
 
 
+def _echo_orphans(orphans: list[str]) -> None:
+    if orphans:
+        click.echo(f"removed {len(orphans)} files of interrupted backups: " + ", ".join(orphans))
+
+
 @main.command("expire-backups")
 @click.argument("location")
 @click.option("--retention-days", type=click.FloatRange(min=0, min_open=True), required=True,
               help="Keep every restore point of the last DAYS days.")
+@click.option("--url", help="URL of the event store the backups are taken from, whose "
+                            "lock on LOCATION this takes (default: from the environment, "
+                            "as `serve`).")
+@_lock_option
 @_s3_options
-def expire_backups(location: str, retention_days: float, s3_endpoint: str | None,
-                   s3_region: str | None) -> None:
+def expire_backups(location: str, retention_days: float, url: str | None, lock_timeout: float,
+                   s3_endpoint: str | None, s3_region: str | None) -> None:
     """Remove the backup chains in LOCATION that no restore point of the last DAYS days
-    needs (the newest chain always stays)."""
+    needs (the newest chain always stays), and what interrupted backups left there."""
     from eventstore import backup as backups
 
     try:
         where = backups.target(location, s3_endpoint=s3_endpoint, s3_region=s3_region)
-        removed = backups.expire(where, retention_days)
+        with _postgres_store(url) as store:
+            expiry = backups.expire(store, where, retention_days, lock_timeout=lock_timeout)
     except EventStoreError as exc:
-        _fail(f"{type(exc).__name__}: {exc}")
+        _backup_failed(exc)
         return
-    click.echo(f"expired {len(removed)} segments" + (": " if removed else "")
-               + ", ".join(s.file for s in removed))
+    click.echo(f"expired {len(expiry.segments)} segments" + (": " if expiry.segments else "")
+               + ", ".join(s.file for s in expiry.segments))
+    _echo_orphans(expiry.orphans)
 
 
 @main.command()

@@ -295,6 +295,32 @@ class BackupError(EventStoreError):
     code = "backup_error"
 
 
+class BackupLocked(BackupError):
+    """Another backup or expiry holds the backup location; nothing was written."""
+
+    status = 409
+    code = "backup_locked"
+
+    def __init__(self, location: str, timeout: float = 0.0, holder: str = "") -> None:
+        self.location = location
+        self.timeout = timeout
+        self.holder = holder
+        waited = f" (waited {timeout:g} s)" if timeout > 0 else ""
+        super().__init__(
+            f"{location}: another backup or expire-backups holds this location{waited}"
+            f"{': ' + holder if holder else ''}. Two writers would corrupt its chain, so "
+            "nothing was written: try again when it has finished, or pass --lock-timeout "
+            "SECONDS to wait for it")
+
+    def details(self) -> dict[str, Any]:
+        return {"location": self.location, "timeout": self.timeout, "holder": self.holder}
+
+    @classmethod
+    def from_reply(cls, message: str, details: Mapping[str, Any]) -> Self:
+        return cls(str(details.get("location", "")), float(details.get("timeout", 0.0)),
+                   str(details.get("holder", "")))
+
+
 class ConfigError(EventStoreError):
     """The environment does not describe a server we can start; names the variable."""
 

@@ -11,9 +11,10 @@ repeats a move, and replaying a move twice changes nothing.
 
 from __future__ import annotations
 
+import hashlib
 import json
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -22,26 +23,62 @@ if TYPE_CHECKING:
 _COLUMNS = ("position, id, stream_id, version, type, schema_version, payload, metadata, "
             "recorded_at")
 _CUTOFF = ("(position + 0) < (SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint << 20)")
-_FETCH = 2000
+_FETCH = 500
 
 
-@dataclass(frozen=True)
-class ExportedSegment:
-    """What one export wrote: its position range, counts, and the snapshot it saw."""
+class SegmentExport:
+    """One segment being read: the snapshot's head (`to_position`), id and xmin are known
+    when it opens, before a row is read, so the segment can be named and streamed out;
+    `rows()` yields the archive moves then the events, counting them."""
 
-    store_id: str
-    after_position: int
-    to_position: int
-    events: int
-    archived: int
-    snapshot_xmin: int
+    def __init__(self, conn: Any, store_id: str, after: int, to_position: int,
+                 snapshot_xmin: int, since_xmin: int | None) -> None:
+        self._conn = conn
+        self.store_id = store_id
+        self.after_position = after
+        self.to_position = to_position
+        self.snapshot_xmin = snapshot_xmin
+        self._since = since_xmin
+        self.events = 0
+        self.archived = 0
+
+    def rows(self) -> Iterator[dict[str, Any]]:
+        after, head = self.after_position, self.to_position
+        if self._since is not None and after > 0:
+            moves = self._conn.cursor(name="es_backup_moves")
+            moves.itersize = _FETCH
+            moves.execute(
+                "SELECT id::text, archived_at FROM es_events_archive WHERE position <= %s"
+                " AND archived_tx >= %s::text::xid8 ORDER BY position", (after, str(self._since)))
+            for event_id, archived_at in moves:
+                self.archived += 1
+                yield {"archived": event_id, "archived_at": archived_at.isoformat()}
+            moves.close()
+        if head > after:
+            cur = self._conn.cursor(name="es_backup_events")
+            cur.itersize = _FETCH
+            cur.execute(
+                f"SELECT {_COLUMNS}, NULL::timestamptz AS archived_at FROM es_events"
+                " WHERE position > %s AND position <= %s"
+                f" UNION ALL SELECT {_COLUMNS}, archived_at FROM es_events_archive"
+                " WHERE position > %s AND position <= %s ORDER BY 1",
+                (after, head, after, head))
+            for r in cur:
+                self.events += 1
+                yield {"position": r[0], "id": str(r[1]), "stream_id": r[2], "version": r[3],
+                       "type": r[4], "schema_version": r[5], "payload": r[6], "metadata": r[7],
+                       "recorded_at": r[8].isoformat(),
+                       "archived_at": r[9].isoformat() if r[9] is not None else None}
+            cur.close()
 
 
-def export_segment(store: PostgresEventStore, after: int, since_xmin: int | None,
-                   emit: Callable[[dict[str, Any]], None]) -> ExportedSegment:
-    """Emit, in one snapshot, the events (log and archive) with after < position <= head
-    and, unless `since_xmin` is None (a full backup), the archive moves of events at or
-    below `after` made by transactions at or after `since_xmin`."""
+@contextmanager
+def open_export(store: PostgresEventStore, after: int, since_xmin: int | None
+                ) -> Iterator[SegmentExport]:
+    """A segment's export in one snapshot: the events (log and archive) with
+    after < position <= head and, unless `since_xmin` is None (a full backup), the archive
+    moves of events at or below `after` made by transactions at or after `since_xmin`.
+    The snapshot stays open while the caller streams the rows out."""
     with store._connection() as conn, conn.transaction():
         conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         conn.execute("SET LOCAL statement_timeout = 0")  # a full export reads everything
@@ -52,35 +89,25 @@ def export_segment(store: PostgresEventStore, after: int, since_xmin: int | None
             f"  (SELECT coalesce(max(position), 0) FROM es_events_archive WHERE {_CUTOFF}))"
         ).fetchone()
         assert row is not None
-        store_id, xmin, head = str(row[0]), int(row[1]), max(int(row[2]), after)
-        archived = 0
-        if since_xmin is not None and after > 0:
-            moves = conn.cursor(name="es_backup_moves")
-            moves.execute(
-                "SELECT id::text, archived_at FROM es_events_archive WHERE position <= %s"
-                " AND archived_tx >= %s::text::xid8 ORDER BY position", (after, str(since_xmin)))
-            for event_id, archived_at in moves:
-                emit({"archived": event_id, "archived_at": archived_at.isoformat()})
-                archived += 1
-            moves.close()
-        events = 0
-        if head > after:
-            cur = conn.cursor(name="es_backup_events")
-            cur.itersize = _FETCH
-            cur.execute(
-                f"SELECT {_COLUMNS}, NULL::timestamptz AS archived_at FROM es_events"
-                " WHERE position > %s AND position <= %s"
-                f" UNION ALL SELECT {_COLUMNS}, archived_at FROM es_events_archive"
-                " WHERE position > %s AND position <= %s ORDER BY 1",
-                (after, head, after, head))
-            for r in cur:
-                emit({"position": r[0], "id": str(r[1]), "stream_id": r[2], "version": r[3],
-                      "type": r[4], "schema_version": r[5], "payload": r[6], "metadata": r[7],
-                      "recorded_at": r[8].isoformat(),
-                      "archived_at": r[9].isoformat() if r[9] is not None else None})
-                events += 1
-            cur.close()
-    return ExportedSegment(store_id, after, head, events, archived, xmin)
+        yield SegmentExport(conn, str(row[0]), after, max(int(row[2]), after), int(row[1]),
+                            since_xmin)
+
+
+@contextmanager
+def location_lock(store: PostgresEventStore, key: str, wait: float) -> Iterator[bool]:
+    """True while this session holds the backup lock of a location (`key`, its normalised
+    name), False if another session held it for `wait` seconds. A session advisory lock
+    in the source database: it dies with the connection, so a killed backup never leaves
+    a stale lock behind."""
+    with store.datastore.exclusive(backup_lock_key(key), wait=wait) as mine:
+        yield mine
+
+
+def backup_lock_key(key: str) -> int:
+    """A location's advisory-lock key: a signed 64-bit hash, apart from the store's small
+    fixed keys (setup, retention) by its size."""
+    digest = hashlib.sha256(f"eventstore-backup:{key}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
 
 
 def apply_archive_moves(store: PostgresEventStore, moves: Sequence[dict[str, Any]]) -> int:

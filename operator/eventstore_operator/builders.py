@@ -882,6 +882,10 @@ def major_upgrade_refusal(component: str, old: str | None, new: str, allowed: bo
     )
 
 
+#: How long a scheduled backup waits for a backup or expiry someone runs by hand.
+BACKUP_LOCK_TIMEOUT_SECONDS = 600
+
+
 def _backup_pod(owner: Owner, spec: Obj, command: str, where: Mapping[str, Any]) -> Obj:
     """A pod that runs `eventstore backup|restore LOCATION` against the event store's
     PostgreSQL; LOCATION is /backup (the claim `where.pvc` mounted there) or
@@ -901,11 +905,12 @@ def _backup_pod(owner: Owner, spec: Obj, command: str, where: Mapping[str, Any])
         location = names.BACKUP_DIR
         mounts.append({"name": "target", "mountPath": names.BACKUP_DIR})
         volumes.append({"name": "target", "persistentVolumeClaim": {"claimName": where["pvc"]["claimName"]}})
-    # Scratch for the segments on their way (a backup writes one there before the upload;
-    # a restore checks every segment there before it writes an event): node ephemeral
-    # storage, as large as the compressed segments.
-    mounts.append({"name": "tmp", "mountPath": "/tmp"})
-    volumes.append({"name": "tmp", "emptyDir": {}})
+    if command == "restore":
+        # A restore downloads and checks every segment of the chain here before it writes
+        # an event: node ephemeral storage, as large as the compressed chain. A backup
+        # streams its segment to the target and needs no scratch space.
+        mounts.append({"name": "tmp", "mountPath": "/tmp"})
+        volumes.append({"name": "tmp", "emptyDir": {}})
     container: Obj = {
         "name": command,
         "image": spec["image"],
@@ -964,8 +969,8 @@ def backup_cronjob(owner: Owner, spec: Mapping[str, Any]) -> Obj | None:
 
     Each run adds one segment (the events since the last one, or a full backup every
     `fullEvery` segments) to the target, then expires what `retention` no longer needs
-    (eventstore/backup.py); concurrencyPolicy Forbid keeps two runs from writing the same
-    manifest.
+    (eventstore/backup.py); concurrencyPolicy Forbid keeps two runs from overlapping, and
+    the location's lock a run from writing beside a backup started by hand.
     """
     spec = normalize_spec(spec)
     backup = spec.get("backup")
@@ -975,6 +980,9 @@ def backup_cronjob(owner: Owner, spec: Mapping[str, Any]) -> Obj | None:
     pod_spec = _backup_pod(owner, spec, "backup", backup["target"])
     args = pod_spec["containers"][0]["args"]
     args += ["--full-every", str(int(backup.get("fullEvery") or 7))]
+    # Wait for a backup someone runs by hand (`eventstore backup` holds the location's
+    # lock; concurrencyPolicy Forbid covers only this CronJob's own runs) rather than fail.
+    args += ["--lock-timeout", str(BACKUP_LOCK_TIMEOUT_SECONDS)]
     if backup.get("retention"):
         args += ["--retention-days", str(retention_days(str(backup["retention"])))]
     # The backed-up position, for status.lastBackup: the Job's termination message.

@@ -830,7 +830,8 @@ def test_spec_backup_runs_a_cronjob(kubectl: Kubectl, namespace: str, operator: 
     cron = wait_for(lambda: kubectl.get("cronjob", "demo-backup", namespace), 20, "the backup CronJob")
     pod = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
     (c,) = pod["containers"]
-    assert c["command"] + c["args"] == ["eventstore", "backup", "/backup", "--full-every", "7"]
+    assert c["command"] + c["args"] == ["eventstore", "backup", "/backup", "--full-every", "7",
+                                        "--lock-timeout", "600"]
     assert {e["name"] for e in c["env"]} >= {"EVENT_DB_HOST", "EVENT_DB_PASSWORD_FILE"}
     volumes = {v["name"]: v for v in pod["volumes"]}
     assert volumes["target"]["persistentVolumeClaim"]["claimName"] == "backups"
@@ -863,7 +864,7 @@ def test_spec_backup_runs_a_cronjob(kubectl: Kubectl, namespace: str, operator: 
     wait_for(
         lambda: (kubectl.get("cronjob", "demo-backup", namespace) or {})["spec"]["jobTemplate"]["spec"][
             "template"]["spec"]["containers"][0]["args"][2:]
-        == ["--full-every", "2", "--retention-days", "30"],
+        == ["--full-every", "2", "--lock-timeout", "600", "--retention-days", "30"],
         20,
         "the CronJob to keep 30 days",
     )

@@ -465,10 +465,10 @@ def test_backup_to_an_s3_bucket() -> None:
     assert cron is not None
     pod = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
     (c,) = pod["containers"]
-    assert c["args"] == ["backup", "s3://b/demo", "--full-every", "7"]
-    # No target volume; /tmp (the root file system is read-only) stages the segments.
-    assert [v["name"] for v in pod["volumes"]] == ["event-db-password", "tmp"]
-    assert {"name": "tmp", "mountPath": "/tmp"} in c["volumeMounts"]
+    assert c["args"] == ["backup", "s3://b/demo", "--full-every", "7", "--lock-timeout", "600"]
+    # No target volume, and no /tmp: the backup streams its segment to the bucket.
+    assert [v["name"] for v in pod["volumes"]] == ["event-db-password"]
+    assert all(m["mountPath"] != "/tmp" for m in c["volumeMounts"])
     env = {e["name"]: e for e in c["env"]}
     assert env["AWS_ENDPOINT_URL"]["value"] == "http://minio:9000"
     assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"] == {
@@ -477,6 +477,10 @@ def test_backup_to_an_s3_bucket() -> None:
     restore = builders.restore_job(OWNER, {"restore": {"from": spec["backup"]["target"]}})
     assert restore is not None
     assert restore["spec"]["template"]["spec"]["containers"][0]["args"] == ["restore", "s3://b/demo"]
+    # A restore checks the whole chain in /tmp (the root file system is read-only) first.
+    restore_pod = restore["spec"]["template"]["spec"]
+    assert [v["name"] for v in restore_pod["volumes"]] == ["event-db-password", "tmp"]
+    assert {"name": "tmp", "mountPath": "/tmp"} in restore_pod["containers"][0]["volumeMounts"]
 
 
 def test_backup_retention_and_full_backups_reach_the_job() -> None:
@@ -487,7 +491,8 @@ def test_backup_retention_and_full_backups_reach_the_job() -> None:
     cron = builders.backup_cronjob(OWNER, spec)
     assert cron is not None
     (c,) = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
-    assert c["args"] == ["backup", "/backup", "--full-every", "3", "--retention-days", "14"]
+    assert c["args"] == ["backup", "/backup", "--full-every", "3", "--lock-timeout", "600",
+                         "--retention-days", "14"]
     assert builders.retention_days("30d") == 30
     with pytest.raises(ValueError, match="'30x'"):
         builders.retention_days("30x")
