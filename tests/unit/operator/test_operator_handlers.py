@@ -565,7 +565,8 @@ def test_spec_backup_runs_a_cronjob_and_reports_the_last_backup(fake: FakeKube) 
     cron = fake.objects[("CronJob", "ns", "demo-backup")]
     assert cron["spec"]["schedule"] == "0 * * * *" and cron["spec"]["concurrencyPolicy"] == "Forbid"
     pod = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
-    assert pod["containers"][0]["args"] == ["backup", "/backup", "--full-every", "7"]
+    assert pod["containers"][0]["args"] == ["backup", "/backup", "--full-every", "7",
+                                             "--lock-timeout", "600"]
     target = {v["name"]: v for v in pod["volumes"]}["target"]
     assert target["persistentVolumeClaim"]["claimName"] == "backups"
     assert conditions(fake)["BackupSucceeded"]["reason"] == "NoBackupYet"
