@@ -59,8 +59,10 @@ go_build_begin() {
 }
 
 go_build_finish() {
-  "$TMP_OUT" "$GO_BUILD_VERSION_FLAG" >/dev/null || {
-    go_build_log "the new binary does not start ($TMP_OUT $GO_BUILD_VERSION_FLAG failed); not cached"
+  local said
+  said=$("$TMP_OUT" "$GO_BUILD_VERSION_FLAG" 2>&1) || {
+    go_build_log "the new binary does not start, so it is not cached; $GO_BUILD_NAME $GO_BUILD_VERSION_FLAG said:"
+    printf '%s\n' "$said" | tail -n 20 >&2
     exit 1; }
   mv -f "$TMP_OUT" "$OUT"
   go_build_log "built $OUT in $(( $(date +%s) - GO_BUILD_START ))s"
