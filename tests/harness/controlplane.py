@@ -3,9 +3,10 @@ as local processes, the way controller-runtime's envtest does, for tests that ne
 semantics: validation, RBAC, owner references, the StatefulSet and garbage collectors.
 
 Binaries are built from Go modules by `scripts/k8s/build.sh` into
-`${XDG_CACHE_HOME:-~/.cache}/eventstore-ci/k8s-<version>-etcd-<version>/bin/` (built on
-first use when missing; set EVENTSTORE_K8S_BIN_DIR to use another folder holding etcd,
-kube-apiserver, kube-controller-manager, kubectl and helm).
+`${XDG_CACHE_HOME:-~/.cache}/eventstore-ci/k8s-<version>-etcd-<version>/bin/` (the cache
+root is $EVENTSTORE_CI_CACHE when set; built on first use when missing; set
+EVENTSTORE_K8S_BIN_DIR to use another folder holding etcd, kube-apiserver,
+kube-controller-manager, kubectl and helm).
 
 No kubelet and no scheduler run: Pods stay Pending and PVCs stay unbound. Tests assert on
 the objects the controllers create, not on running containers.
@@ -47,7 +48,7 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from tests.harness.kubeaccess import PKI, api_get, client_cert_auth, http_ok, kubeconfig
-from tests.harness.process import free_port
+from tests.harness.process import ci_cache_dir, free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BUILD_SCRIPT = REPO_ROOT / "scripts" / "k8s" / "build.sh"
@@ -109,8 +110,7 @@ def default_bin_dir() -> Path:
     override = os.environ.get("EVENTSTORE_K8S_BIN_DIR")
     if override:
         return Path(override)
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return cache / "eventstore-ci" / f"k8s-{K8S_VERSION}-etcd-{ETCD_VERSION}" / "bin"
+    return ci_cache_dir() / f"k8s-{K8S_VERSION}-etcd-{ETCD_VERSION}" / "bin"
 
 
 def missing_binaries(bin_dir: Path) -> list[str]:

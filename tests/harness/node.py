@@ -97,6 +97,7 @@ from tests.harness.controlplane import (
     default_bin_dir,
 )
 from tests.harness.kubeaccess import PKI, api_get, client_cert_auth, http_ok, kubeconfig
+from tests.harness.process import ci_cache_dir
 
 # -- fixed facts of the cluster --------------------------------------------------------------
 
@@ -1509,8 +1510,7 @@ def _cached_build_output(script: Path, name: str, module: str) -> Path | None:
     version = re.search(rf"^\s*(?:require\s+)?{re.escape(module)}\s+(v\S+)", mod, re.M)
     if version is None:
         return None
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    path = cache / "eventstore-ci" / f"{name}-{version.group(1)}" / name
+    path = ci_cache_dir() / f"{name}-{version.group(1)}" / name
     return path if os.access(path, os.X_OK) else None
 
 
