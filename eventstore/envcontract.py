@@ -10,8 +10,8 @@ any server dependency: the operator imports it.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Final
 
 # -- paths inside a store pod -----------------------------------------------------------
 
@@ -67,72 +67,45 @@ AWS_ENDPOINT_URL = "AWS_ENDPOINT_URL"
 AWS_DEFAULT_REGION = "AWS_DEFAULT_REGION"
 
 
-@dataclass(frozen=True)
-class DatabaseEnv:
-    """The variables that describe one database: `<prefix>_HOST`, `_PORT`, ...
-
-    A password comes as `<prefix>_PASSWORD` or, in pods, as the file `<prefix>_PASSWORD_FILE`
-    names (a mounted Secret key: the environment shows in `kubectl describe`)."""
-
-    prefix: str
-
-    def _name(self, suffix: str) -> str:
-        return f"{self.prefix}_{suffix}"
-
-    @property
-    def host(self) -> str:
-        return self._name("HOST")
-
-    @property
-    def port(self) -> str:
-        return self._name("PORT")
-
-    @property
-    def name(self) -> str:
-        return self._name("NAME")
-
-    @property
-    def user(self) -> str:
-        return self._name("USER")
-
-    @property
-    def password(self) -> str:
-        return self._name("PASSWORD")
-
-    @property
-    def password_file(self) -> str:
-        return secret_file(self.password)
-
-    def variables(self) -> frozenset[str]:
-        return frozenset({self.host, self.port, self.name, self.user, self.password,
-                          self.password_file})
-
-
 def secret_file(name: str) -> str:
     """The variable naming the file that holds secret `name` (`NAME_FILE`)."""
     return f"{name}_FILE"
 
 
-class _EventDatabase(DatabaseEnv):
-    @property
-    def sslmode(self) -> str:
-        return self._name("SSLMODE")
+class DatabaseEnv:
+    """The variables that describe one database: `<prefix>_HOST`, `_PORT`, ...
 
-    @property
-    def sslrootcert(self) -> str:
-        return self._name("SSLROOTCERT")
+    A password comes as `<prefix>_PASSWORD` or, in pods, as the file `<prefix>_PASSWORD_FILE`
+    names (a mounted Secret key: the environment shows in `kubectl describe`). Every
+    attribute but `prefix` is a variable name, so `variables()` cannot miss one."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix: Final = prefix
+        self.host: Final = f"{prefix}_HOST"
+        self.port: Final = f"{prefix}_PORT"
+        self.name: Final = f"{prefix}_NAME"
+        self.user: Final = f"{prefix}_USER"
+        self.password: Final = f"{prefix}_PASSWORD"
+        self.password_file: Final = secret_file(self.password)
 
     def variables(self) -> frozenset[str]:
-        return super().variables() | {self.sslmode, self.sslrootcert}
+        return frozenset(value for key, value in vars(self).items() if key != "prefix")
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.prefix!r})"
+
+
+class _EventDatabase(DatabaseEnv):
+    def __init__(self, prefix: str) -> None:
+        super().__init__(prefix)
+        self.sslmode: Final = f"{prefix}_SSLMODE"
+        self.sslrootcert: Final = f"{prefix}_SSLROOTCERT"
 
 
 class _SnapshotDatabase(DatabaseEnv):
-    @property
-    def auth_source(self) -> str:
-        return self._name("AUTH_SOURCE")
-
-    def variables(self) -> frozenset[str]:
-        return super().variables() | {self.auth_source}
+    def __init__(self, prefix: str) -> None:
+        super().__init__(prefix)
+        self.auth_source: Final = f"{prefix}_AUTH_SOURCE"
 
 
 #: The events' PostgreSQL.

@@ -8,6 +8,7 @@ from itertools import count
 
 import pytest
 
+from tests.harness.fixtures import started_or_skipped
 from tests.harness.postgres import PostgresServer
 
 _databases = count()
@@ -15,19 +16,9 @@ _databases = count()
 
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[PostgresServer]:
-    """The throwaway PostgreSQL server (or the one named by EVENTSTORE_TEST_POSTGRES_URL's
-    harness, when a developer keeps one running with `make pg-up`)."""
-    server = PostgresServer()
-    try:
-        server.start()
-    except Exception as exc:
-        if os.environ.get("CI") or os.environ.get("EVENTSTORE_REQUIRE_POSTGRES"):
-            raise
-        pytest.skip(f"PostgreSQL could not be started here: {exc}")
-    try:
-        yield server
-    finally:
-        server.stop()
+    """The throwaway PostgreSQL server. Skips the tests that need it when it cannot start
+    here, unless CI or EVENTSTORE_REQUIRE_POSTGRES is set (then the failure is an error)."""
+    yield from started_or_skipped(PostgresServer(), "PostgreSQL", "EVENTSTORE_REQUIRE_POSTGRES")
 
 
 @pytest.fixture

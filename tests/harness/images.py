@@ -5,7 +5,8 @@ host (a static Go binary, or a Debian bookworm `debootstrap` base changed inside
 and written as a single-layer OCI archive with `tarfile` and `json`, which
 `ctr -n k8s.io images import` accepts.
 
-Each archive is cached under ${XDG_CACHE_HOME:-~/.cache}/eventstore-ci/images-v1/, named by
+Each archive is cached under ${XDG_CACHE_HOME:-~/.cache}/eventstore-ci/images-v1/ (the cache
+root is $EVENTSTORE_CI_CACHE when set), named by
 a hash of everything it is made from (the recipe, its image config, its scripts, the base
 tarball's recipe, this checkout's package sources, the FerretDB binary), so an unchanged
 checkout reuses it and `make images` takes seconds. `import` skips an image the node's
@@ -40,6 +41,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tests.harness.process import ci_cache_dir
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 PAUSE_IMAGE = "registry.k8s.io/pause:3.10"
@@ -47,8 +50,7 @@ STORE_IMAGE = "ghcr.io/eventstore-py/eventstore:0.1.0"
 POSTGRES_IMAGE = "eventstore.local/postgres:15"
 MONGODB_IMAGE = "eventstore.local/ferretdb:1.24.2"
 
-CACHE_DIR = (Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-             / "eventstore-ci" / "images-v1")
+CACHE_DIR = ci_cache_dir() / "images-v1"
 NODE_DIR = Path(os.environ.get("EVENTSTORE_NODE_DIR", "/var/lib/eventstore-node"))
 NODE_SOCKET = NODE_DIR / "containerd" / "containerd.sock"
 NAMESPACE = "k8s.io"  # the containerd namespace the CRI plugin (kubelet) sees

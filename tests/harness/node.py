@@ -90,15 +90,14 @@ from pathlib import Path
 from typing import Any
 
 from tests.harness.controlplane import (
-    _PKI,
     K8S_VERSION,
     REPO_ROOT,
     BinariesUnavailable,
-    _kubeconfig,
-    _openssl,
     build,
     default_bin_dir,
 )
+from tests.harness.kubeaccess import PKI, api_get, client_cert_auth, http_ok, kubeconfig
+from tests.harness.process import ci_cache_dir
 
 # -- fixed facts of the cluster --------------------------------------------------------------
 
@@ -435,34 +434,12 @@ def dns_query(name: str, server: str = GATEWAY_IP, port: int = 53, timeout: floa
 
 # -- certificates ------------------------------------------------------------------------------
 
-class _NodePKI(_PKI):
-    """The control plane harness's CA, kept across `up`s of the same node (a second `up` must
-    not re-key a running cluster): the CA is made only when missing."""
-
-    def __init__(self, directory: Path) -> None:
-        if (directory / "ca.crt").exists() and (directory / "ca.key").exists():
-            self.dir = directory
-            self.ca_key = directory / "ca.key"
-            self.ca_crt = directory / "ca.crt"
-        else:
-            super().__init__(directory)
-
-    def ensure_client(self, name: str, user: str, groups: Sequence[str] = ()) -> tuple[Path, Path]:
-        crt, key = self.dir / f"{name}.crt", self.dir / f"{name}.key"
-        if crt.exists() and key.exists():
-            return crt, key
-        return self.client_cert(name, user, groups)
-
-    def ensure_server(self, name: str, common_name: str, sans: Sequence[str]) -> tuple[Path, Path]:
-        crt, key = self.dir / f"{name}.crt", self.dir / f"{name}.key"
-        if crt.exists() and key.exists():
-            return crt, key
-        return self.issue(name, f"/CN={common_name}",
-                          "basicConstraints=CA:FALSE\n"
-                          "keyUsage=critical,digitalSignature,keyEncipherment\n"
-                          "extendedKeyUsage=serverAuth\n"
-                          f"subjectAltName={','.join(sans)}\n")
-
+# The API server's names: the node's address, loopback, and the `kubernetes` Service.
+APISERVER_SANS = (f"IP:{GATEWAY_IP}", "IP:127.0.0.1", f"IP:{KUBERNETES_SERVICE_IP}", "DNS:localhost",
+                  "DNS:kubernetes", "DNS:kubernetes.default", "DNS:kubernetes.default.svc",
+                  f"DNS:kubernetes.default.svc.{CLUSTER_DOMAIN}")
+# The kubelet's serving certificate (logs, exec, port-forward from the API server).
+KUBELET_SANS = (f"IP:{GATEWAY_IP}", f"DNS:{NODE_NAME}", "DNS:localhost", "IP:127.0.0.1")
 
 # Client identities: (file name, user, groups). The bootstrap RBAC policy already binds the
 # system:* users; BOOTSTRAP_OBJECTS binds the others.
@@ -802,33 +779,15 @@ class Node:
 
     # -- readiness -----------------------------------------------------------------------
 
-    def _ssl_context(self) -> ssl.SSLContext:
-        ctx = ssl.create_default_context(cafile=str(self.pki_dir / "ca.crt"))
-        ctx.load_cert_chain(str(self.pki_dir / "admin.crt"), str(self.pki_dir / "admin.key"))
-        return ctx
-
     def _api_get(self, path: str) -> Any:
-        """GET on the apiserver as admin: the decoded JSON, or None unless 200."""
-        try:   # the certificates are missing (down) or unreadable (not root): not ready either
-            with urllib.request.urlopen(self.server + path, timeout=5, context=self._ssl_context()) as resp:
-                body = resp.read()
-        except (urllib.error.URLError, OSError, ssl.SSLError):
-            return None
-        try:
-            return json.loads(body)
-        except ValueError:
-            return body.decode(errors="replace")
+        """GET on the apiserver as admin: the decoded JSON, or None unless 200 (also when the
+        certificates are missing, after `down`, or unreadable, when not root)."""
+        return api_get(self.server + path, ca=self.pki_dir / "ca.crt",
+                       cert=(self.pki_dir / "admin.crt", self.pki_dir / "admin.key"))
 
     @staticmethod
     def _http_ok(url: str) -> bool:
-        ctx = ssl.create_default_context()
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-        try:
-            with urllib.request.urlopen(url, timeout=3, context=ctx) as resp:
-                return int(resp.status) == 200
-        except (urllib.error.URLError, OSError, ssl.SSLError):
-            return False
+        return http_ok(url, verify=False, timeout=3)
 
     def _containerd_ready(self) -> bool:
         """Serving, with its CRI plugin loaded (a bad config leaves containerd up without it)."""
@@ -1013,23 +972,18 @@ class Node:
                 _write_sysctl(name, "1")
 
     def _write_pki(self) -> None:
-        pki = _NodePKI(self.pki_dir)
-        pki.ensure_server("apiserver", "kube-apiserver", [
-            f"IP:{GATEWAY_IP}", "IP:127.0.0.1", f"IP:{KUBERNETES_SERVICE_IP}", "DNS:localhost",
-            "DNS:kubernetes", "DNS:kubernetes.default", "DNS:kubernetes.default.svc",
-            f"DNS:kubernetes.default.svc.{CLUSTER_DOMAIN}"])
-        pki.ensure_server("kubelet-serving", f"system:node:{NODE_NAME}",
-                          [f"IP:{GATEWAY_IP}", f"DNS:{NODE_NAME}", "DNS:localhost", "IP:127.0.0.1"])
-        if not (pki.dir / "sa.key").exists():
-            _openssl("ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", "sa.key", cwd=pki.dir)
-            _openssl("ec", "-in", "sa.key", "-pubout", "-out", "sa.pub", cwd=pki.dir)
+        # The CA and every pair are made only when missing: a second `up` must not re-key a
+        # running cluster.
+        pki = PKI(self.pki_dir)
+        pki.ensure_server("apiserver", "kube-apiserver", APISERVER_SANS)
+        pki.ensure_server("kubelet-serving", f"system:node:{NODE_NAME}", KUBELET_SANS)
+        pki.ensure_service_account_keys()
         for name, user, groups in CLIENTS:
-            crt, key = pki.ensure_client(name, user, groups)
+            cert = pki.ensure_client(name, user, groups)
             if name == "front-proxy-client":
                 continue   # a flag of the apiserver, not a kubeconfig
             path = self.kubeconfig if name == "admin" else self._kubeconfig_of(name)
-            auth = {"client-certificate": str(crt), "client-key": str(key)}
-            _write_if_changed(path, _kubeconfig(self.server, pki.ca_crt, user, auth), 0o600)
+            _write_if_changed(path, kubeconfig(self.server, pki.ca_crt, user, client_cert_auth(cert)), 0o600)
         for path in pki.dir.glob("*.key"):
             path.chmod(0o600)
 
@@ -1556,8 +1510,7 @@ def _cached_build_output(script: Path, name: str, module: str) -> Path | None:
     version = re.search(rf"^\s*(?:require\s+)?{re.escape(module)}\s+(v\S+)", mod, re.M)
     if version is None:
         return None
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    path = cache / "eventstore-ci" / f"{name}-{version.group(1)}" / name
+    path = ci_cache_dir() / f"{name}-{version.group(1)}" / name
     return path if os.access(path, os.X_OK) else None
 
 

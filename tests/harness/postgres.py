@@ -6,20 +6,20 @@ dir, a free loopback port. Installs the `postgresql` package when the binaries a
 
 from __future__ import annotations
 
-import contextlib
 import glob
 import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 import psycopg
+
+from tests.harness.process import ServerProcess, free_port, serve_in_foreground
+
+__all__ = ["PostgresServer", "ensure_installed", "find_bin_dir", "free_port", "main"]
 
 
 def find_bin_dir() -> Path | None:
@@ -49,23 +49,22 @@ def ensure_installed() -> Path:
     return found
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+class PostgresServer(ServerProcess):
+    """Start with `start()`, always `stop()` (or `close()`). `url` is a libpq URL for the
+    `eventstore` db. `kill()` then `start()` brings the same data back."""
 
-
-class PostgresServer:
-    """Start with `start()`, always `stop()`. `url` is a libpq URL for the `eventstore` db."""
+    label = "PostgreSQL"
+    log_name = "postgres.log"
+    stop_signal = signal.SIGINT      # "fast shutdown": roll back open transactions, exit
+    stop_timeout = 30.0
 
     def __init__(self, *, durable: bool = False, port: int | None = None,
                  max_connections: int = 200) -> None:
+        super().__init__(tmp_prefix="eventstore-pg-", start_timeout=60.0)
         self.durable = durable
         self.port = port or free_port()
         self.max_connections = max_connections
-        self.tmp = Path(tempfile.mkdtemp(prefix="eventstore-pg-"))
         self.data = self.tmp / "data"
-        self.process: subprocess.Popen[bytes] | None = None
         self.user = "eventstore"
         self.database = "eventstore"
 
@@ -88,6 +87,9 @@ class PostgresServer:
         return ["setpriv", "--reuid=postgres", "--regid=postgres", "--init-groups", "--", *argv]
 
     def start(self) -> PostgresServer:
+        if self.is_running():
+            return self
+        self._check_open()
         bin_dir = ensure_installed()
         if os.geteuid() == 0:
             self._as_db_user(["true"])
@@ -106,44 +108,28 @@ class PostgresServer:
         if not self.durable:
             options += ["-c", "fsync=off", "-c", "synchronous_commit=off",
                         "-c", "full_page_writes=off"]
-        log = open(self.tmp / "postgres.log", "ab")  # noqa: SIM115 - closed with the process
-        self.process = subprocess.Popen(
-            self._as_db_user([str(bin_dir / "postgres"), "-D", str(self.data), *options]),
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with psycopg.connect(self.admin_url(), autocommit=True, connect_timeout=2) as conn:
-                    exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s",
-                                          (self.database,)).fetchone()
-                    if not exists:
-                        conn.execute(f'CREATE DATABASE "{self.database}"')
-                break
-            except psycopg.OperationalError:
-                if self.process.poll() is not None or time.monotonic() > deadline:
-                    tail = (self.tmp / "postgres.log").read_text(errors="replace")[-2000:]
-                    self.stop()
-                    raise RuntimeError(f"PostgreSQL did not start:\n{tail}") from None
-                time.sleep(0.1)
+        self._spawn(self._as_db_user([str(bin_dir / "postgres"), "-D", str(self.data), *options]))
+        self._wait_ready(self._database_exists, interval=0.1)
         return self
 
-    def kill(self) -> None:
-        """Stop the server abruptly (SIGKILL), keeping its data for a restart."""
-        if self.process and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
+    def _database_exists(self) -> bool:
+        """Connects, and creates the `eventstore` database on the first start."""
+        try:
+            with psycopg.connect(self.admin_url(), autocommit=True, connect_timeout=2) as conn:
+                exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s",
+                                      (self.database,)).fetchone()
+                if not exists:
+                    conn.execute(f'CREATE DATABASE "{self.database}"')
+        except psycopg.OperationalError:
+            return False
+        return True
 
     def stop(self, remove: bool = True) -> None:
-        if self.process and self.process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGINT)  # fast shutdown
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+        """Stop the server; with `remove` (the default) also delete its data (`close()`)."""
         if remove:
-            shutil.rmtree(self.tmp, ignore_errors=True)
+            self.close()
+        else:
+            super().stop()
 
     def create_database(self, name: str) -> str:
         with psycopg.connect(self.admin_url(), autocommit=True) as conn:
@@ -153,12 +139,8 @@ class PostgresServer:
 
 
 def main() -> None:
-    server = PostgresServer(durable="--durable" in sys.argv).start()
-    print(f"export EVENTSTORE_TEST_POSTGRES_URL={server.url}", flush=True)
-    try:
-        signal.sigwait({signal.SIGINT, signal.SIGTERM})
-    finally:
-        server.stop()
+    server = PostgresServer(durable="--durable" in sys.argv)
+    serve_in_foreground(server, lambda s: print(f"export EVENTSTORE_TEST_POSTGRES_URL={s.url}", flush=True))
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from itertools import count
 import pytest
 
 from tests.harness.ferretdb import FerretDBServer
+from tests.harness.fixtures import started_or_skipped
 
 _databases = count()
 
@@ -21,17 +22,8 @@ _databases = count()
 def ferretdb_server() -> Iterator[FerretDBServer]:
     """The throwaway FerretDB server. Skips the tests that need it when it cannot start
     here, unless CI or EVENTSTORE_REQUIRE_MONGO is set (then the failure is an error)."""
-    server = FerretDBServer()
-    try:
-        try:
-            server.start()
-        except Exception as exc:
-            if os.environ.get("CI") or os.environ.get("EVENTSTORE_REQUIRE_MONGO"):
-                raise
-            pytest.skip(f"FerretDB (MongoDB wire server) could not be started here: {exc}")
-        yield server
-    finally:
-        server.close()
+    yield from started_or_skipped(FerretDBServer(), "FerretDB (MongoDB wire server)",
+                                  "EVENTSTORE_REQUIRE_MONGO")
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ from itertools import count
 
 import pytest
 
+from tests.harness.fixtures import started_or_skipped
 from tests.harness.s3 import S3Server
 
 _buckets = count()
@@ -21,17 +22,8 @@ _buckets = count()
 def s3_server() -> Iterator[S3Server]:
     """The throwaway S3 server. Skips the tests that need it when it cannot start here,
     unless CI or EVENTSTORE_REQUIRE_S3 is set (then the failure is an error)."""
-    server = S3Server()
-    try:
-        try:
-            server.start()
-        except Exception as exc:
-            if os.environ.get("CI") or os.environ.get("EVENTSTORE_REQUIRE_S3"):
-                raise
-            pytest.skip(f"the S3-compatible server (versitygw) could not be started here: {exc}")
-        yield server
-    finally:
-        server.close()
+    yield from started_or_skipped(S3Server(), "the S3-compatible server (versitygw)",
+                                  "EVENTSTORE_REQUIRE_S3")
 
 
 @pytest.fixture

@@ -112,3 +112,20 @@ def test_paths_are_one_source() -> None:
     assert str(envcontract.DEFAULT_TOKEN_FILE) == names.TOKEN_FILE
     assert envcontract.data_dir({}) == Path("/data")
     assert envcontract.config_dir({envcontract.CONFIG_DIR: "/x"}) == Path("/x")
+
+
+def test_the_database_variables_are_spelled_from_their_prefix() -> None:
+    # The names pods and users set: a rename here breaks every deployed EventStore.
+    event_db, snapshot_db = envcontract.EVENT_DB, envcontract.SNAPSHOT_DB
+    assert (event_db.host, event_db.port, event_db.name, event_db.user, event_db.password,
+            event_db.password_file, event_db.sslmode, event_db.sslrootcert) == (
+        "EVENT_DB_HOST", "EVENT_DB_PORT", "EVENT_DB_NAME", "EVENT_DB_USER", "EVENT_DB_PASSWORD",
+        "EVENT_DB_PASSWORD_FILE", "EVENT_DB_SSLMODE", "EVENT_DB_SSLROOTCERT")
+    assert snapshot_db.auth_source == "SNAPSHOT_DB_AUTH_SOURCE"
+    assert event_db.variables() == {
+        "EVENT_DB_HOST", "EVENT_DB_PORT", "EVENT_DB_NAME", "EVENT_DB_USER", "EVENT_DB_PASSWORD",
+        "EVENT_DB_PASSWORD_FILE", "EVENT_DB_SSLMODE", "EVENT_DB_SSLROOTCERT"}
+    assert snapshot_db.variables() == {
+        "SNAPSHOT_DB_HOST", "SNAPSHOT_DB_PORT", "SNAPSHOT_DB_NAME", "SNAPSHOT_DB_USER",
+        "SNAPSHOT_DB_PASSWORD", "SNAPSHOT_DB_PASSWORD_FILE", "SNAPSHOT_DB_AUTH_SOURCE"}
+    assert envcontract.secret_file(event_db.password) == event_db.password_file
