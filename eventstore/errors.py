@@ -312,13 +312,13 @@ class BackupLocked(BackupError):
             "nothing was written: try again when it has finished, or pass --lock-timeout "
             "SECONDS to wait for it")
 
-    def details(self) -> dict[str, Any]:
-        return {"location": self.location, "timeout": self.timeout, "holder": self.holder}
-
+    # Raised by the CLI and the backup Jobs, never sent as an HTTP reply: its location is
+    # in its message, and the reply shape (ErrorOut) gains no fields for it.
     @classmethod
     def from_reply(cls, message: str, details: Mapping[str, Any]) -> Self:
-        return cls(str(details.get("location", "")), float(details.get("timeout", 0.0)),
-                   str(details.get("holder", "")))
+        error = cls("")
+        error.args = (message,)
+        return error
 
 
 class ConfigError(EventStoreError):
