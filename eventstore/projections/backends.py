@@ -71,6 +71,11 @@ _BATCH_SETTINGS = (b"SET LOCAL statement_timeout = 0; SET LOCAL enable_seqscan =
                    b" SET LOCAL enable_bitmapscan = on; SET LOCAL enable_sort = on")
 
 
+class CheckpointMoved(Exception):
+    """A batch's checkpoint was not where the batch started (a rebuild or a replay moved
+    it): nothing of the batch commits; reload the checkpoint and go on."""
+
+
 def projection_lock_key(name: str) -> int:
     """The first advisory-lock key of a projection's partitions (a stable int4)."""
     import zlib
@@ -87,6 +92,8 @@ class Backend(Protocol):
 
     def read(self, partition: int, from_position: int, limit: int) -> list[RecordedEvent]: ...
     def transaction(self) -> Any: ...
+    def batch(self, projection: str, partition: int, start: int, end: int,
+              count: int) -> Any: ...
     def reading(self) -> Any: ...
     def savepoint(self, tx: ReadModelTx) -> Any: ...
     def setup_lock(self, tx: ReadModelTx) -> None: ...
@@ -121,6 +128,17 @@ class PostgresBackend:
     @contextmanager
     def transaction(self) -> Iterator[ReadModelTx]:
         with self.datastore.transaction(setup=_BATCH_SETTINGS) as conn:
+            yield ReadModelTx(conn, "postgresql")
+
+    @contextmanager
+    def batch(self, projection: str, partition: int, start: int, end: int,
+              count: int) -> Iterator[ReadModelTx]:
+        """A batch's transaction, its checkpoint moved from `start` to `end` first
+        (CheckpointMoved if someone else moved it), in the round trip of its BEGIN."""
+        with self.datastore.projection_batch(projection, partition, start, end, count,
+                                             setup=_BATCH_SETTINGS) as (conn, moved):
+            if not moved:
+                raise CheckpointMoved
             yield ReadModelTx(conn, "postgresql")
 
     @contextmanager
@@ -196,6 +214,21 @@ class SQLiteBackend:
         its write lock rather than inside SQLite."""
         with self.datastore.write(translate=False) as conn:
             yield ReadModelTx(conn, "sqlite")
+
+    @contextmanager
+    def batch(self, projection: str, partition: int, start: int, end: int,
+              count: int) -> Iterator[ReadModelTx]:
+        """A batch's transaction, its checkpoint moved from `start` to `end` first
+        (CheckpointMoved if someone else moved it)."""
+        with self.transaction() as tx:
+            moved = tx.execute(
+                "UPDATE es_projection_checkpoints SET position = %s, events_handled = "
+                "events_handled + %s, updated_at = CURRENT_TIMESTAMP WHERE projection = %s "
+                "AND partition = %s AND position = %s",
+                (end, count, projection, partition, start))
+            if moved.rowcount != 1:
+                raise CheckpointMoved
+            yield tx
 
     @contextmanager
     def reading(self) -> Iterator[ReadModelTx]:

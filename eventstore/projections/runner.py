@@ -24,7 +24,12 @@ from typing import Any
 from eventstore import metrics
 from eventstore.errors import StoreUnavailable
 from eventstore.events import RecordedEvent
-from eventstore.projections.backends import Backend, LocalBackend, backend_for
+from eventstore.projections.backends import (
+    Backend,
+    CheckpointMoved,
+    LocalBackend,
+    backend_for,
+)
 from eventstore.projections.base import Projection, ReadModelTx, load_projection
 from eventstore.settings import ProjectionSettings
 from eventstore.store.base import EventStore
@@ -51,10 +56,6 @@ def _raise_if_transient(exc: Exception) -> None:
         raise exc
     if error is not None:
         raise error from exc
-
-
-class _LostCheckpoint(Exception):
-    """Someone else moved the checkpoint (a rebuild, a replay): reload and go on."""
 
 
 class _BatchFailed(Exception):
@@ -284,7 +285,7 @@ class ProjectionRunner:
             full = False
             try:
                 full = self.process_batch(unit)
-            except _LostCheckpoint:
+            except CheckpointMoved:
                 full = True
                 position = self._load_checkpoint(unit)
                 with self._cond:
@@ -317,8 +318,7 @@ class ProjectionRunner:
             return False
         end = events[-1].position + 1
         try:
-            with self.backend.transaction() as tx:
-                self._advance(tx, unit, start, end, len(events))
+            with self.backend.batch(name, partition, start, end, len(events)) as tx:
                 self._apply_batch(projection, events, tx)
         except _BatchFailed as failed:
             # Rolled back whole, checkpoint included: again, one event at a time, each in
@@ -326,8 +326,7 @@ class ProjectionRunner:
             log.info("projection batch failed; handling its events one by one",
                      extra={"projection": name, "partition": partition},
                      exc_info=failed.__cause__)
-            with self.backend.transaction() as tx:
-                self._advance(tx, unit, start, end, len(events))
+            with self.backend.batch(name, partition, start, end, len(events)) as tx:
                 for index, event in enumerate(events):
                     # With per-event handlers the batch attempt was the failing event's
                     # first try; the events before it are applied again, once each.
@@ -343,16 +342,6 @@ class ProjectionRunner:
         for event in events:
             histogram.observe(max(0.0, (now - event.timestamp).total_seconds()))
         return len(events) == batch_size
-
-    @staticmethod
-    def _advance(tx: ReadModelTx, unit: Unit, start: int, end: int, count: int) -> None:
-        """Move the unit's checkpoint from `start` to `end` (compare-and-set)."""
-        moved = tx.execute(
-            "UPDATE es_projection_checkpoints SET position = %s, events_handled = "
-            "events_handled + %s, updated_at = CURRENT_TIMESTAMP WHERE projection = %s AND "
-            "partition = %s AND position = %s", (end, count, unit[0], unit[1], start))
-        if moved.rowcount != 1:
-            raise _LostCheckpoint
 
     @staticmethod
     def _apply_batch(projection: Projection, events: Sequence[RecordedEvent],

@@ -22,6 +22,7 @@ from typing import Any
 
 import psycopg
 import psycopg.errors
+from psycopg import sql
 from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
 
@@ -38,6 +39,13 @@ log = logging.getLogger(__name__)
 #: compiling it took 0.9 s (seen on the group commit's statement).
 PLANNER_OPTIONS = ("-c enable_bitmapscan=off -c enable_seqscan=off -c enable_sort=off"
                    " -c jit=off")
+#: A projection batch's checkpoint move, a compare-and-set (see projection_batch). With
+#: literals: it is sent with the batch's BEGIN in one simple query, which takes no
+#: parameters.
+_ADVANCE_CHECKPOINT = sql.SQL(
+    "UPDATE es_projection_checkpoints SET position = {end}, events_handled = events_handled"
+    " + {count}, updated_at = CURRENT_TIMESTAMP WHERE projection = {projection} AND"
+    " partition = {partition} AND position = {start}")
 #: At most one pool replacement per this many seconds (see `_replace_pool_soon`).
 POOL_RESET_INTERVAL_SECONDS = 1.0
 #: The readers' cutoff: positions are (transaction id << 20 | index), so every row below the
@@ -187,15 +195,45 @@ class PostgresDatastore:
         """A pooled connection inside one transaction (committed when the block ends).
 
         `setup`: statements without parameters (SET LOCAL ...) sent with the BEGIN, in the
-        same round trip; a projection batch is a handful of round trips, so one counts."""
-        with self.connection() as conn:
-            if not setup:
-                with conn.transaction():
-                    yield conn
-                return
-            conn.execute(b"BEGIN; " + setup)
-            try:
+        same round trip."""
+        if not setup:
+            with self.connection() as conn, conn.transaction():
                 yield conn
+            return
+        with self._begin(setup) as (conn, _):
+            yield conn
+
+    @contextmanager
+    def projection_batch(self, projection: str, partition: int, start: int, end: int,
+                         count: int, setup: bytes = b""
+                         ) -> Iterator[tuple[psycopg.Connection[TupleRow], bool]]:
+        """A projection batch's transaction. Its BEGIN, `setup` and the move of the
+        checkpoint from `start` to `end` (a compare-and-set) go in one round trip: a
+        batch is a handful of round trips, so one counts. Yields the connection and
+        whether the checkpoint moved; when it did not, the caller raises, and nothing of
+        the batch commits."""
+        advance = _ADVANCE_CHECKPOINT.format(
+            end=sql.Literal(end), count=sql.Literal(count), projection=sql.Literal(projection),
+            partition=sql.Literal(partition), start=sql.Literal(start))
+        statements = sql.SQL("; ").join([sql.SQL(setup.decode()), advance] if setup
+                                         else [advance])
+        with self._begin(statements) as (conn, moved):
+            yield conn, moved == 1
+
+    @contextmanager
+    def _begin(self, statements: bytes | sql.Composable
+               ) -> Iterator[tuple[psycopg.Connection[TupleRow], int]]:
+        """BEGIN and `statements` (no parameters) in one round trip, then the block, then
+        COMMIT (ROLLBACK when it raises). Yields the row count of the last statement."""
+        with self.connection() as conn:
+            if isinstance(statements, sql.Composable):
+                statements = statements.as_bytes(conn)
+            cursor = conn.execute(b"BEGIN; " + statements)
+            while cursor.nextset():
+                pass
+            rowcount = cursor.rowcount
+            try:
+                yield conn, rowcount
             except BaseException:
                 with suppress(psycopg.Error):  # if the connection is gone, the pool drops it
                     conn.rollback()

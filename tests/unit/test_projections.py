@@ -135,7 +135,7 @@ def test_a_moved_checkpoint_rolls_the_batch_back(store: EventStore) -> None:
         try:
             runner.process_batch(("p", partition))
         except Exception as exc:
-            assert type(exc).__name__ == "_LostCheckpoint"
+            assert type(exc).__name__ == "CheckpointMoved"
     runner.backend.close()
     assert _seen(store) == []
 

@@ -1,0 +1,95 @@
+"""A projection batch on PostgreSQL: its checkpoint moves (compare-and-set) in the round
+trip of its BEGIN, its writes commit with that move or not at all, and a failing batch is
+rolled back whole and applied again one event at a time."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+
+from eventstore import EventStore, NewEvent
+from eventstore.projections.backends import CheckpointMoved
+from eventstore.projections.runner import ProjectionRunner, _UnitState
+from eventstore.settings import ProjectionSettings
+from tests.unit.test_projections import BatchFailer, Recorder
+
+pytestmark = pytest.mark.postgres
+
+
+@pytest.fixture
+def store(postgres_url: str) -> Iterator[EventStore]:
+    store = EventStore.connect(postgres_url)
+    store.migrate()
+    yield store
+    store.close()
+
+
+def _seen(url: str) -> list[tuple[str, int]]:
+    with psycopg.connect(url) as conn:
+        return [(r[0], int(r[1])) for r in conn.execute("SELECT stream, version FROM seen")]
+
+
+def _handled(url: str) -> int:
+    with psycopg.connect(url) as conn:
+        row = conn.execute("SELECT sum(events_handled) FROM es_projection_checkpoints"
+                           " WHERE projection = 'p'").fetchone()
+    return int(row[0]) if row and row[0] is not None else 0
+
+
+def _run(store: EventStore, projection: Recorder, **settings: int) -> ProjectionRunner:
+    runner = ProjectionRunner(store, {"p": projection},
+                              ProjectionSettings.model_validate(settings),
+                              poll_interval=0.05, sleep=lambda _: None)
+    runner.start()
+    assert runner.wait_caught_up("p", 30)
+    return runner
+
+
+@pytest.mark.parametrize("projection_class", [Recorder, BatchFailer])
+def test_a_failing_batch_is_rolled_back_and_applied_one_event_at_a_time(
+        store: EventStore, postgres_url: str, projection_class: type[Recorder]) -> None:
+    store.append("a", [NewEvent("T", {}), NewEvent("T", {"fail": True}), NewEvent("T", {})])
+    store.append("b", [NewEvent("T", {}), NewEvent("T", {})])
+    runner = _run(store, projection_class(), workers=1, batch_size=10, retry_attempts=2)
+    letters = runner.dead_letters("p")
+    runner.stop()
+    assert [(d["stream_id"], d["version"], d["attempts"]) for d in letters] == [("a", 2, 3)]
+    # every other event applied exactly once, the checkpoints moved once per event
+    assert sorted(_seen(postgres_url)) == [("a", 1), ("a", 3), ("b", 1), ("b", 2)]
+    assert _handled(postgres_url) == 5
+
+
+def test_a_batch_from_a_moved_checkpoint_writes_nothing(store: EventStore,
+                                                         postgres_url: str) -> None:
+    for n in range(40):
+        store.append(f"s-{n}", [NewEvent("T", {})])
+    runner = ProjectionRunner(store, {"p": Recorder()}, ProjectionSettings(workers=1))
+    runner.setup()
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute("UPDATE es_projection_checkpoints SET position = 7 WHERE projection = 'p'")
+    refused = 0
+    for partition in range(16):
+        runner._owned[("p", partition)] = _UnitState(position=0)  # stale: it is at 7
+        try:
+            runner.process_batch(("p", partition))
+        except CheckpointMoved:
+            refused += 1
+    runner.backend.close()
+    assert refused > 0, "no partition had events; the test proves nothing"
+    assert _seen(postgres_url) == []
+    assert _handled(postgres_url) == 0
+    with psycopg.connect(postgres_url) as conn:
+        positions = {int(r[0]) for r in conn.execute(
+            "SELECT position FROM es_projection_checkpoints WHERE projection = 'p'")}
+    assert positions == {7}
+
+
+def test_batches_move_the_checkpoint_once_each(store: EventStore, postgres_url: str) -> None:
+    for n in range(60):
+        store.append(f"acc-{n % 9}", [NewEvent("T", {"n": n})])
+    runner = _run(store, Recorder(), workers=2, batch_size=4)
+    runner.stop()
+    assert len(_seen(postgres_url)) == 60
+    assert _handled(postgres_url) == 60
