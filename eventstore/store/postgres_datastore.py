@@ -228,12 +228,11 @@ class PostgresDatastore:
         with self.connection() as conn:
             if isinstance(statements, sql.Composable):
                 statements = statements.as_bytes(conn)
-            cursor = conn.execute(b"BEGIN; " + statements)
-            while cursor.nextset():
-                pass
-            rowcount = cursor.rowcount
             try:
-                yield conn, rowcount
+                cursor = conn.execute(b"BEGIN; " + statements)
+                while cursor.nextset():
+                    pass
+                yield conn, cursor.rowcount
             except BaseException:
                 with suppress(psycopg.Error):  # if the connection is gone, the pool drops it
                     conn.rollback()
