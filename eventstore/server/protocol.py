@@ -56,6 +56,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     draining: ClassVar[Draining | None] = None
 
     _head_bytes: int = 0
+    #: The last bytes of the head read so far, so that a blank line split across two
+    #: reads is found.
+    _head_tail: bytes = b""
     _reading_head: bool = True
     _refused: bool = False
     _head_timer: asyncio.TimerHandle | None = None
@@ -77,12 +80,18 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if self._refused:
             return  # lingering after an error reply: drop what still arrives
         if self._reading_head:
-            self._head_bytes += len(data)
+            # Count the head exactly, up to its blank line, before the parser sees it: a
+            # whole head can arrive in one read (up to 256 KiB), and counting only heads
+            # still unfinished after a read let such a one pass a smaller limit.
+            window = self._head_tail + data
+            end = window.find(b"\r\n\r\n")
+            self._head_bytes += len(data) if end < 0 else end + 4 - len(self._head_tail)
+            self._head_tail = window[-3:]
+            if self._head_bytes > self.max_head_bytes and not self.transport.is_closing():
+                self._refuse(HeadersTooLarge(
+                    f"the request line and headers passed {self.max_head_bytes} bytes"))
+                return
         super().data_received(data)
-        if (self._reading_head and self._head_bytes > self.max_head_bytes
-                and not self.transport.is_closing()):
-            self._refuse(HeadersTooLarge(
-                f"the request line and headers passed {self.max_head_bytes} bytes"))
 
     def on_headers_complete(self) -> None:
         self._reading_head = False
@@ -96,6 +105,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         # Whatever arrives next is the next request's head.
         self._reading_head = True
         self._head_bytes = 0
+        self._head_tail = b""
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
