@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.harness.controlplane import default_bin_dir
+from tests.harness.fixtures import required as require_env_set
 
 REPO = Path(__file__).resolve().parents[2]
 REQUIRE_ENV = "EVENTSTORE_REQUIRE_KIND"
@@ -55,7 +56,7 @@ def missing_requirements() -> list[str]:
 
 
 def required() -> bool:
-    return os.environ.get(REQUIRE_ENV, "").lower() in {"1", "true", "yes"}
+    return require_env_set(REQUIRE_ENV)
 
 
 def run(argv: list[str], *, input: str | None = None, timeout: float = 600, check: bool = True,

@@ -31,13 +31,14 @@ import pytest
 
 from tests.e2e_shared.access import Timings
 from tests.e2e_shared.scenarios import attach_diagnostics
+from tests.harness.fixtures import required as require_env_set
 from tests.harness.node import HostState, Node, NodeError, NodeUnavailable
 
 _HERE = Path(__file__).resolve().parent
 
 
 def required() -> bool:
-    return os.environ.get("EVENTSTORE_REQUIRE_NODE", "").lower() in {"1", "true", "yes"}
+    return require_env_set("EVENTSTORE_REQUIRE_NODE")
 
 
 def unavailable(reason: str) -> None:

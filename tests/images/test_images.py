@@ -36,13 +36,14 @@ import pytest
 
 from eventstore_operator import builders, names
 from tests.harness import images
+from tests.harness.fixtures import required
 
 OWNER = builders.Owner(name="demo", namespace="test", uid="0000")
 PREFIX = "images-test-"
 
 
 def _require(reason: str) -> None:
-    if os.environ.get("EVENTSTORE_REQUIRE_NODE", "").lower() in {"1", "true", "yes"}:
+    if required("EVENTSTORE_REQUIRE_NODE"):
         pytest.fail(f"EVENTSTORE_REQUIRE_NODE is set but {reason}")
     pytest.skip(reason)
 

@@ -11,7 +11,6 @@ Pods can be admitted), deleted after the test without waiting.
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,12 +18,13 @@ from pathlib import Path
 import pytest
 
 from tests.harness.controlplane import BinariesUnavailable, ControlPlane, ensure_binaries, wait_until
+from tests.harness.fixtures import required
 
 _HERE = Path(__file__).resolve().parent
 
 
 def _required() -> bool:
-    return os.environ.get("EVENTSTORE_REQUIRE_K8S", "").lower() in {"1", "true", "yes"}
+    return required("EVENTSTORE_REQUIRE_K8S")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
