@@ -1,7 +1,8 @@
 """The PostgreSQL event store: appends and subscriptions over one PostgresDatastore
 (postgres_datastore.py: the pools, error translation and every read of events, of one
 stream or of the log, which it shares with projections and retention). One round trip per
-append; threads that append together share one (group_commit.py)."""
+append (a few for an append written with COPY); threads that append together share one
+(group_commit.py)."""
 
 from __future__ import annotations
 

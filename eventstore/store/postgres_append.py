@@ -3,12 +3,12 @@
 The synchronous store (postgres.py) and the event-loop appender (postgres_async.py) both
 import from here, never from each other.
 
-Three statements, one shape. Each reads a stream's current version and the time, and
-inserts only when the expectation holds on the version it read, every event of an append
-with that one time (so a temporal read sees an append whole or not at all); a concurrent
-append that read the same version collides on UNIQUE (stream_id, version) and gets
-UniqueViolation. Positions are
-`xid8 << 20 | index`, the index counting the transaction's events (see postgres_schema).
+Every way of writing has one shape. It reads a stream's current version and the time,
+and inserts only when the expectation holds on the version it read, every event of an
+append with that one time (so a temporal read sees an append whole or not at all); a
+concurrent append that read the same version collides on UNIQUE (stream_id, version) and
+gets UniqueViolation. Positions are `xid8 << 20 | index`, the index counting the
+transaction's events (see postgres_schema).
 
 - APPEND_SQL: one stream, one statement, autocommit: atomic and one round trip.
 - APPEND_MANY_SQL: one stream of an append_many; its events are numbered after those of
@@ -43,12 +43,12 @@ from eventstore.store.prepared import PreparedAppend
 
 #: A batch of the group commit holds at most this many events ...
 BATCH_MAX_EVENTS = 1000
-#: An append of this many events or more is written alone, with COPY (copy_append), and
-#: never shares a commit: it fills one well enough on its own.
-COPY_MIN_EVENTS = 64
-#: ... and about this many bytes of encoded events. An append larger than either bound
-#: alone is never batched: it fills its own commit.
+#: ... and about this many bytes of encoded events. An append larger than that alone is
+#: never batched: it fills its own commit.
 BATCH_MAX_BYTES = 1024 * 1024
+#: An append of this many events or more is written alone, with COPY (copy_append), and
+#: never shares a commit either: it fills one well enough on its own.
+COPY_MIN_EVENTS = 64
 assert COPY_MIN_EVENTS <= BATCH_MAX_EVENTS < MAX_EVENTS_PER_TRANSACTION
 
 #: The stream's version now, including events retention moved to the archive (COALESCE
