@@ -37,6 +37,7 @@ import psycopg
 from psycopg.rows import TupleRow
 
 from eventstore.events import AppendResult, Expected, NewEvent
+from eventstore.store.encoding import conflicts
 from eventstore.store.postgres_datastore import PostgresDatastore
 from eventstore.store.postgres_schema import MAX_EVENTS_PER_TRANSACTION
 from eventstore.store.prepared import PreparedAppend
@@ -106,12 +107,6 @@ COPY_SQL = (b"COPY es_events (position, id, stream_id, version, type, schema_ver
             b" payload, metadata, recorded_at, tx_id) FROM STDIN")
 
 
-def holds(expected_code: int, current: int) -> bool:
-    """_HOLDS, for copy_append, which checks the expectation here."""
-    return (expected_code == -2 or (expected_code == -4 and current > 0)
-            or (expected_code == -1 and current == 0) or expected_code == current)
-
-
 def write_alone(conn: psycopg.Connection[TupleRow], prepared: PreparedAppend
                 ) -> tuple[int, list[int] | None]:
     """One append in its own transaction: (the version it read, its positions, or None
@@ -133,7 +128,7 @@ def copy_append(conn: psycopg.Connection[TupleRow], prepared: PreparedAppend
         head = conn.execute(COPY_HEAD_SQL, {"stream": stream_id}).fetchone()
         assert head is not None
         xid, current, recorded_at = int(head[0]), int(head[1]), head[2]
-        if not holds(prepared.expected_code, current):
+        if conflicts(prepared.expected, current):
             return current, None
         first = xid << 20
         with conn.cursor().copy(COPY_SQL) as copy:
