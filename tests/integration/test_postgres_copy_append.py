@@ -18,6 +18,7 @@ from eventstore import (
     ValidationError,
 )
 from eventstore.store.postgres_append import COPY_MIN_EVENTS
+from tests.integration.log_follower import follow_log
 
 pytestmark = pytest.mark.postgres
 
@@ -100,19 +101,6 @@ def test_racing_large_appends_each_land_whole_and_readers_skip_nothing(
     seen: list[RecordedEvent] = []
     failures: list[BaseException] = []
 
-    def follow() -> None:
-        position = 0
-        while True:
-            done = stop.is_set()  # read once more after the writers stopped
-            page = store.read_all(from_position=position, limit=500)
-            seen.extend(page)
-            if page:
-                position = page[-1].position + 1
-            elif done:
-                return
-            else:
-                store.wait_for_events(position - 1, 0.05)
-
     def write(n: int) -> None:
         try:
             for r in range(rounds):
@@ -124,7 +112,7 @@ def test_racing_large_appends_each_land_whole_and_readers_skip_nothing(
         except BaseException as exc:  # reported below, not lost in the thread
             failures.append(exc)
 
-    reader = threading.Thread(target=follow)
+    reader = threading.Thread(target=follow_log, args=(store, stop, seen))
     reader.start()
     threads = [threading.Thread(target=write, args=(n,)) for n in range(writers)]
     for thread in threads:

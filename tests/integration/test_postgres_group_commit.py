@@ -31,6 +31,7 @@ from eventstore import (
 from eventstore.events import AppendResult, Expected
 from eventstore.store.postgres import PostgresEventStore
 from eventstore.store.prepared import PreparedAppend
+from tests.integration.log_follower import follow_log
 
 pytestmark = pytest.mark.postgres
 
@@ -181,19 +182,6 @@ def test_many_tasks_on_distinct_and_shared_streams_keep_every_guarantee(
     seen: list[RecordedEvent] = []
     done = threading.Event()
 
-    def follow() -> None:
-        position = 0
-        while True:
-            finished = done.is_set()
-            page = store.read_all(from_position=position, limit=500)
-            seen.extend(page)
-            if page:
-                position = page[-1].position + 1
-            elif finished:
-                return
-            else:
-                store.wait_for_events(position, 0.05)
-
     async def task(n: int, appender: Any) -> None:
         for i in range(12):
             stream = f"own-{n}" if rng.random() < 0.5 else f"shared-{rng.randrange(4)}"
@@ -217,7 +205,7 @@ def test_many_tasks_on_distinct_and_shared_streams_keep_every_guarantee(
             await appender.close()
 
     before = batches("async")
-    follower = threading.Thread(target=follow)
+    follower = threading.Thread(target=follow_log, args=(store, done, seen))
     follower.start()
     asyncio.run(main())
     done.set()
