@@ -28,9 +28,12 @@ _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan
 _ESCAPED_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 
 
-def encode_json(value: Any, what: str) -> str:
+def encode_json(value: Any, what: object) -> str:
     """Encode a payload or metadata object, refusing anything JSON cannot carry faithfully
-    and what PostgreSQL's jsonb cannot store (so both backends accept the same events)."""
+    and what PostgreSQL's jsonb cannot store (so both backends accept the same events).
+    `what` names the value in a refusal; it is made a string only then (see _Field)."""
+    if type(value) is dict and not value:  # most metadata: no encoder needed
+        return "{}"
     if not isinstance(value, dict):
         raise ValidationError(f"{what} must be a JSON object (a dict), not {type(value).__name__}")
     try:
@@ -97,8 +100,8 @@ def check_append(
                 raise ValidationError(f"{_where(index, stream_id)} repeats event id {event.id} "
                                       "within one append")
             seen_ids.add(event.id)
-        payload = _encode_field(event.payload, "payload", index, stream_id)
-        metadata = _encode_field(event.metadata, "metadata", index, stream_id)
+        payload = encode_json(event.payload, _Field("payload", index, stream_id))
+        metadata = encode_json(event.metadata, _Field("metadata", index, stream_id))
         if payload.isascii() and metadata.isascii():  # O(1): one byte per character
             size = len(payload) + len(metadata)
         else:
@@ -122,21 +125,17 @@ def _where(index: int, stream_id: str) -> str:
     return f"event {index} of the append to {stream_id!r}"
 
 
-def _encode_field(value: Any, name: str, index: int, stream_id: str) -> str:
-    """encode_json, without building its error message up front; the empty object (most
-    metadata) is answered without the encoder. Anything unusual goes through encode_json,
-    which decides and words the refusal."""
-    if type(value) is dict:
-        if not value:
-            return "{}"
-        try:
-            text = _ENCODER.encode(value)
-        except (TypeError, ValueError, RecursionError):
-            pass
-        else:
-            if "\\u0000" not in text:
-                return text
-    return encode_json(value, f"{name} of {_where(index, stream_id)}")
+class _Field:
+    """Names a payload or metadata in a refusal. Built for every event of every append,
+    so its text is composed only when a refusal prints it."""
+
+    __slots__ = ("index", "name", "stream_id")
+
+    def __init__(self, name: str, index: int, stream_id: str) -> None:
+        self.name, self.index, self.stream_id = name, index, stream_id
+
+    def __str__(self) -> str:
+        return f"{self.name} of {_where(self.index, self.stream_id)}"
 
 
 def check_read_stream(
