@@ -108,7 +108,7 @@ def validate_stream_id(stream_id: object) -> str:
         raise ValidationError("stream id must be a non-empty string")
     if len(stream_id) > 200:
         raise ValidationError(f"stream id is {len(stream_id)} characters long; the limit is 200")
-    if not STREAM_ID_PATTERN.match(stream_id):
+    if not STREAM_ID_PATTERN.fullmatch(stream_id):
         raise ValidationError(
             f"stream id {stream_id[:60]!r} has characters that are not allowed: use letters, "
             "digits and _ . : @ + = ~ - (and start with a letter, digit or _)"
@@ -135,7 +135,7 @@ def validate_checkpoint(checkpoint: object) -> Checkpoint:
     if not isinstance(checkpoint, Checkpoint):
         raise ValidationError(f"checkpoint must be a Checkpoint, not {type(checkpoint).__name__}")
     consumer = checkpoint.consumer
-    if not isinstance(consumer, str) or not STREAM_ID_PATTERN.match(consumer):
+    if not isinstance(consumer, str) or not STREAM_ID_PATTERN.fullmatch(consumer):
         raise ValidationError(
             f"consumer name {str(consumer)[:60]!r} is not allowed: use 1-200 letters, digits "
             "and _ . : @ + = ~ - (the rules of stream ids)")

@@ -59,7 +59,7 @@ SNAPSHOTTER = "snapshotter"
 
 
 def _check_projection_name(name: str) -> str:
-    if not _PROJECTION_NAME.match(name):
+    if not _PROJECTION_NAME.fullmatch(name):
         raise ValueError(
             f"projection name {name!r} must be a DNS label: lower-case letters, digits and "
             "'-', at most 63 characters, starting and ending with a letter or digit"
@@ -68,13 +68,13 @@ def _check_projection_name(name: str) -> str:
 
 
 def _check_projection_target(target: str) -> str:
-    if not _PROJECTION_TARGET.match(target):
+    if not _PROJECTION_TARGET.fullmatch(target):
         raise ValueError(f"{target!r} must be 'module:object', for example 'myapp.projections:Balances'")
     return target
 
 
 def _check_aggregate_name(name: str) -> str:
-    if not _AGGREGATE_NAME.match(name):
+    if not _AGGREGATE_NAME.fullmatch(name):
         raise ValueError(
             f"aggregate name {name!r} is not a valid type name: a letter or '_' first, then "
             "letters, digits, '_', '.' or '-', at most 100 characters (for example Account)"
@@ -83,7 +83,7 @@ def _check_aggregate_name(name: str) -> str:
 
 
 def _check_aggregate_target(target: str) -> str:
-    if not _PROJECTION_TARGET.match(target):
+    if not _PROJECTION_TARGET.fullmatch(target):
         raise ValueError(f"{target!r} must be 'module:object', for example 'myapp.domain:Account'")
     return target
 

@@ -115,8 +115,8 @@ def stream_id_for(namespace: str, originator_id: UUID | str) -> str:
     """The stream of an aggregate sequence (see the module docstring)."""
     if isinstance(originator_id, UUID):
         part = str(originator_id)
-    elif isinstance(originator_id, str) and _PLAIN_ID.match(originator_id) \
-            and not _UUID_TEXT.match(originator_id):
+    elif isinstance(originator_id, str) and _PLAIN_ID.fullmatch(originator_id) \
+            and not _UUID_TEXT.fullmatch(originator_id):
         part = originator_id
     elif isinstance(originator_id, str):
         part = "~" + base64.urlsafe_b64encode(originator_id.encode()).decode().rstrip("=")
@@ -135,14 +135,14 @@ def originator_id_of(stream_id: str) -> UUID | str:
     if part.startswith("~"):
         data = part[1:]
         return base64.urlsafe_b64decode(data + "=" * (-len(data) % 4)).decode()
-    if _UUID_TEXT.match(part):
+    if _UUID_TEXT.fullmatch(part):
         return UUID(part)
     return part
 
 
 def type_for(topic: str) -> str:
     """The event type a topic is stored under: itself when it can be, else a hash."""
-    if EVENT_TYPE_PATTERN.match(topic) and not topic.startswith(_HASHED_TOPIC):
+    if EVENT_TYPE_PATTERN.fullmatch(topic) and not topic.startswith(_HASHED_TOPIC):
         return topic
     return _HASHED_TOPIC + hashlib.sha256(topic.encode()).hexdigest()
 
@@ -195,7 +195,7 @@ class EventStoreRecorder:
     """The store and the namespace shared by the recorders of one application."""
 
     def __init__(self, store: LogStore, namespace: str) -> None:
-        if not _NAMESPACE.match(namespace):
+        if not _NAMESPACE.fullmatch(namespace):
             raise ProgrammingError(
                 f"namespace {namespace!r} is not usable: use letters, digits and _ . : @ + = ~ "
                 "(no '-': it ends the namespace in stream ids), at most 100")

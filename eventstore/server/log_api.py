@@ -274,7 +274,7 @@ def save_checkpoint(state: State, consumer: Consumer,
 
 def _check_types(types: list[str] | None) -> None:
     for name in types or ():
-        if not EVENT_TYPE_PATTERN.match(name):
+        if not EVENT_TYPE_PATTERN.fullmatch(name):
             raise ValidationError(f"types has {name[:60]!r}, which is not an event type")
 
 

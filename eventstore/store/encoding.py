@@ -85,7 +85,7 @@ def check_append(
         event_type = event.type
         if not isinstance(event_type, str) or not event_type:
             raise ValidationError(f"{_where(index, stream_id)} has no type")
-        if not EVENT_TYPE_PATTERN.match(event_type):
+        if not EVENT_TYPE_PATTERN.fullmatch(event_type):
             raise ValidationError(
                 f"{_where(index, stream_id)} has type {event_type[:60]!r}: a type is a name "
                 "such as 'Deposited' or 'bank.Deposited' (letters, digits, _ . : -; at most 200)"
@@ -184,10 +184,10 @@ def check_read_all(from_position: int, limit: int, to_position: int | None = Non
         raise ValidationError(f"types names {len(checked)} event types; the limit is "
                               f"{MAX_FILTER_TYPES} per read")
     for name in checked:
-        if not isinstance(name, str) or not EVENT_TYPE_PATTERN.match(name):
+        if not isinstance(name, str) or not EVENT_TYPE_PATTERN.fullmatch(name):
             raise ValidationError(f"types has {str(name)[:60]!r}, which is not an event type")
     if stream_prefix is not None and (not isinstance(stream_prefix, str) or
-                                      not _PREFIX_PATTERN.match(stream_prefix)):
+                                      not _PREFIX_PATTERN.fullmatch(stream_prefix)):
         raise ValidationError(
             f"stream_prefix {str(stream_prefix)[:60]!r} is not the start of a stream id "
             "(letters, digits and _ . : @ + = ~ -, at most 200)")

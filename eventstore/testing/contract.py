@@ -130,7 +130,7 @@ class EventStoreContract:
     # -- bad input ---------------------------------------------------------------------
 
     @pytest.mark.parametrize("stream_id", ["", "x" * 10_000, "a b", "a/b", "x'; DROP TABLE es_events; --",
-                                           'a"b', "ß", None, 42])
+                                           'a"b', "ß", None, 42, "a\n", "a\r\n", "a\tb"])
     def test_bad_stream_ids_are_refused(self, store: EventStore, stream_id: object) -> None:
         store.append("kept", [ev()])
         with pytest.raises(ValidationError, match="stream id"):
@@ -139,7 +139,7 @@ class EventStoreContract:
         assert [e.aggregate_id for e in store.read_all()] == ["kept"]
 
     @pytest.mark.parametrize("event_type", ["", "Robert'); DROP TABLE es_events;--", "a b",
-                                            "x" * 500, "1abc"])
+                                            "x" * 500, "1abc", "Deposited\n", "Deposited\t"])
     def test_bad_event_types_are_refused(self, store: EventStore, event_type: str) -> None:
         store.append("kept", [ev()])
         with pytest.raises(ValidationError, match="type"):

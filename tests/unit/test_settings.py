@@ -110,6 +110,9 @@ def test_store_settings_refusals_name_file_key_reason(text: str, key: str, reaso
         ('projections: {Bad_Name: "a:b"}', "projections.Bad_Name", "DNS label"),
         ('projections: {good: "no-colon"}', "projections.good", "module:object"),
         ('projections: {good: "a:b:c"}', "projections.good", "module:object"),
+        # A trailing newline passes Python's `$`: the checks match the whole name.
+        ('projections: {"good\\n": "a:b"}', "projections.good\n", "DNS label"),
+        ('projections: {good: "a:b\\n"}', "projections.good", "module:object"),
         ("projections: {good: 3}", "projections.good", "valid string"),
         ("threads: 3", "threads", "unknown key"),
     ],
