@@ -146,6 +146,20 @@ class EventStoreContract:
             store.append("s", [NewEvent(type=event_type, payload={})])
         assert len(store.read_all()) == 1
 
+    @pytest.mark.parametrize("event_id", ["not-a-uuid", str(uuid4()), 42, None,
+                                          'x\t1\tinjected'])
+    def test_event_ids_that_are_not_uuids_are_refused(self, store: EventStore,
+                                                       event_id: object) -> None:
+        # SQLite stored such an id as text, and the stream could then not be read back.
+        store.append("kept", [ev()])
+        for count in (1, 100):  # the statement path and the COPY path
+            events = [ev(n) for n in range(count - 1)]
+            events.append(NewEvent("E", {}, id=event_id))  # type: ignore[arg-type]
+            with pytest.raises(ValidationError, match=r"event \d+ .* has id .*uuid\.UUID"):
+                store.append("s", events)
+        assert store.read_stream("s") == []
+        assert [e.aggregate_id for e in store.read_all()] == ["kept"]
+
     @pytest.mark.parametrize("payload", [{"x": object()}, {"x": float("nan")}, "not a dict",
                                          [1, 2], {"x": {1, 2}}, b"bytes"])
     def test_non_json_payloads_are_refused(self, store: EventStore, payload: object) -> None:
