@@ -33,6 +33,7 @@ from eventstore.store.prepared import PreparedAppend
 log = logging.getLogger(__name__)
 
 W = TypeVar("W")  # what waits for a result: a future, or a thread's slot
+_BATCH_SIZE = metrics.APPEND_BATCH_SIZE.labels("threads")
 
 
 def take_batch(queue: deque[tuple[PreparedAppend, W]], busy: set[str] | None = None,
@@ -95,11 +96,22 @@ class ThreadGroupCommit:
     def append(self, prepared: PreparedAppend,
                alone: Callable[[PreparedAppend], AppendResult]) -> AppendResult | None:
         """The append's result, or None: it did not go through in a batch, run `alone`."""
-        slot = _Slot()
         with self._lock:
-            self._queue.append((prepared, slot))
-            leading = not self._leading
-            self._leading = True
+            lone = not self._leading  # nothing runs, so nothing is queued either
+            if lone:
+                self._leading = True
+            else:
+                slot = _Slot()
+                self._queue.append((prepared, slot))
+        if lone:
+            # The batch would be this append alone: no slot, no wake-up (a third of a lone
+            # writer's time in this class went to them).
+            try:
+                _BATCH_SIZE.observe(1)
+                return alone(prepared)
+            finally:
+                self._hand_on(None)
+        leading = False
         while True:
             if not leading:
                 slot.wake.wait()
@@ -111,27 +123,34 @@ class ThreadGroupCommit:
             following: _Slot | None = None
             try:
                 if len(batch) == 1 and batch[0][1] is slot:
-                    metrics.APPEND_BATCH_SIZE.labels("threads").observe(1)
+                    _BATCH_SIZE.observe(1)
                     return alone(prepared)
                 self._write(batch)
             finally:
-                with self._lock:
-                    for _, waiting in batch:
-                        waiting.done = True
-                    following = self._queue[0][1] if self._queue else None
-                    if following is None:
-                        self._leading = False
-                    elif following is not slot:
-                        following.wake.set()
-                for _, waiting in batch:
-                    if waiting is not slot:
-                        waiting.wake.set()
+                following = self._hand_on(slot, batch)
             if slot.done:
                 return slot.result
             leading = following is slot
 
+    def _hand_on(self, slot: _Slot | None,
+                 batch: Sequence[tuple[PreparedAppend, _Slot]] = ()) -> _Slot | None:
+        """End a lead: mark the batch done, wake its threads and hand the lead to the
+        first thread still queued (returned; it may be `slot` itself)."""
+        with self._lock:
+            for _, waiting in batch:
+                waiting.done = True
+            following = self._queue[0][1] if self._queue else None
+            if following is None:
+                self._leading = False
+            elif following is not slot:
+                following.wake.set()
+        for _, waiting in batch:
+            if waiting is not slot:
+                waiting.wake.set()
+        return following
+
     def _write(self, batch: list[tuple[PreparedAppend, _Slot]]) -> None:
-        metrics.APPEND_BATCH_SIZE.labels("threads").observe(len(batch))
+        _BATCH_SIZE.observe(len(batch))
         try:
             results = self._write_batch([p for p, _ in batch])
         except Exception:  # `write_batch` hands back expected failures as Nones: a bug

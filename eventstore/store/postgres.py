@@ -476,7 +476,8 @@ class PostgresEventStore(EventStore):
                     self._notifier = threading.Thread(
                         target=self._notify_loop, name="eventstore-notify", daemon=True)
                     self._notifier.start()
-        self._pending.set()
+        if not self._pending.is_set():  # set() takes a lock and wakes; most appends find it set
+            self._pending.set()
 
     def _notify_loop(self) -> None:
         # Its own connection, never one of the pool's: a wake-up need not wait for the
