@@ -30,6 +30,7 @@ transaction's events (see postgres_schema).
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from typing import Any, Protocol
 
@@ -122,7 +123,11 @@ def write_alone(conn: psycopg.Connection[TupleRow], prepared: PreparedAppend
 def copy_append(conn: psycopg.Connection[TupleRow], prepared: PreparedAppend
                 ) -> tuple[int, list[int] | None]:
     """A large append with COPY (see the module's doc). Every event of it gets the one
-    time read at its start, so a temporal read sees all of it or none of it."""
+    time read at its start, so a temporal read sees all of it or none of it.
+
+    The rows are written as COPY text here rather than with `write_row`, which dumps
+    field by field and took half of the append's client time; they go out in chunks, so
+    the server parses and indexes one chunk while the next is formatted."""
     stream_id = prepared.stream_id
     with conn.transaction():
         head = conn.execute(COPY_HEAD_SQL, {"stream": stream_id}).fetchone()
@@ -131,12 +136,35 @@ def copy_append(conn: psycopg.Connection[TupleRow], prepared: PreparedAppend
         if conflicts(prepared.expected, current):
             return current, None
         first = xid << 20
+        # Ends every row: the time (ISO 8601, read the same under any DateStyle), xid.
+        tail = f"\t{recorded_at.isoformat()}\t{xid}\n"
+        stream = copy_text(stream_id)
         with conn.cursor().copy(COPY_SQL) as copy:
+            rows: list[str] = []
             for n, (event, (payload, metadata)) in enumerate(
                     zip(prepared.events, prepared.encoded, strict=True)):
-                copy.write_row((first | n, event.id, stream_id, current + n + 1, event.type,
-                                event.schema_version, payload, metadata, recorded_at, xid))
+                rows.append(f"{first | n}\t{event.id}\t{stream}\t{current + n + 1}\t"
+                            f"{copy_text(event.type)}\t{event.schema_version}\t"
+                            f"{copy_text(payload)}\t{copy_text(metadata)}{tail}")
+                if len(rows) == _COPY_CHUNK_ROWS:
+                    copy.write("".join(rows))
+                    rows.clear()
+            if rows:
+                copy.write("".join(rows))
     return current, [first | n for n in range(prepared.count)]
+
+
+#: Rows per write of copy_append: about 32 KiB of typical events.
+_COPY_CHUNK_ROWS = 200
+_COPY_SPECIAL = re.compile(r"[\\\n\r\t]")
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"})
+
+
+def copy_text(value: str) -> str:
+    """`value` as a field of COPY's text format: backslash, newline, carriage return and
+    tab escaped (the only characters that format gives a meaning). Encoded JSON holds
+    backslashes only where it escapes a character, so most fields pass unchanged."""
+    return value.translate(_COPY_ESCAPES) if _COPY_SPECIAL.search(value) else value
 
 
 def append_params(prepared: PreparedAppend) -> dict[str, Any]:
