@@ -99,9 +99,9 @@ def check_append(
                                       "within one append")
             seen_ids.add(event_id.int)
         payload = encode_json(event.payload, _Field("payload", index, stream_id))
-        metadata = event.metadata
-        metadata = "{}" if type(metadata) is dict and not metadata else \
-            encode_json(metadata, _Field("metadata", index, stream_id))
+        given = event.metadata
+        metadata = "{}" if type(given) is dict and not given else \
+            encode_json(given, _Field("metadata", index, stream_id))
         if payload.isascii() and metadata.isascii():  # O(1): one byte per character
             size = len(payload) + len(metadata)
         else:
