@@ -9,10 +9,12 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
-from eventstore import EventStore, NewEvent
+from eventstore import EventStore, NewEvent, RecordedEvent
 from eventstore.projections.backends import CheckpointMoved
+from eventstore.projections.base import ReadModelTx
 from eventstore.projections.runner import ProjectionRunner, _UnitState
 from eventstore.settings import ProjectionSettings
+from eventstore.store.postgres import PostgresEventStore
 from tests.unit.test_projections import BatchFailer, Recorder
 
 pytestmark = pytest.mark.postgres
@@ -93,3 +95,45 @@ def test_batches_move_the_checkpoint_once_each(store: EventStore, postgres_url: 
     runner.stop()
     assert len(_seen(postgres_url)) == 60
     assert _handled(postgres_url) == 60
+
+
+class _SettingsSpy(Recorder):
+    """Records synchronous_commit as each batch's transaction sees it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.settings: list[str] = []
+
+    def handle(self, event: RecordedEvent, tx: ReadModelTx) -> None:
+        row = tx.execute("SHOW synchronous_commit").fetchone()
+        self.settings.append(str(row[0]) if row else "")
+        super().handle(event, tx)
+
+
+def test_a_batch_commits_without_waiting_for_the_disk_and_appends_still_do(
+        postgres_url: str) -> None:
+    """Batches are derived state and commit asynchronously (read model and checkpoint
+    together); the store's pool is shared with appends, which must stay durable: the
+    setting is local to the batch's transaction and never stays on a connection."""
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        # The test server runs with synchronous_commit off; this database gets it on.
+        database = conn.execute("SELECT current_database()").fetchone()
+        assert database is not None
+        conn.execute(f'ALTER DATABASE "{database[0]}" SET synchronous_commit = on')
+    store = EventStore.connect(postgres_url, pool_min_size=1, pool_max_size=1)
+    try:
+        store.migrate()
+        for n in range(10):
+            store.append(f"s-{n}", [NewEvent("T", {})])
+        spy = _SettingsSpy()
+        runner = _run(store, spy, workers=1, batch_size=5)
+        runner.stop()
+        assert spy.settings and set(spy.settings) == {"off"}
+        assert _handled(postgres_url) == 10
+        store.append("after", [NewEvent("T", {})])
+        assert isinstance(store, PostgresEventStore)
+        with store._connection() as conn:  # the pool's only connection
+            row = conn.execute("SHOW synchronous_commit").fetchone()
+        assert row == ("on",)
+    finally:
+        store.close()
