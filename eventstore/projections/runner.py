@@ -336,11 +336,9 @@ class ProjectionRunner:
             state = self._owned.get(unit)
             if state is not None:
                 state.position = end
-        now = datetime.now(UTC)
         metrics.PROJECTION_EVENTS.labels(name).inc(len(events))
-        histogram = metrics.EVENT_PROCESSING_LATENCY.labels(name)
-        for event in events:
-            histogram.observe(max(0.0, (now - event.timestamp).total_seconds()))
+        metrics.observe_ages(metrics.EVENT_PROCESSING_LATENCY.labels(name), datetime.now(UTC),
+                             (event.timestamp for event in events))
         return len(events) == batch_size
 
     @staticmethod
