@@ -4,6 +4,7 @@ shape's place in the OpenAPI document (`document_errors`)."""
 
 from __future__ import annotations
 
+import re
 from http import HTTPStatus
 from typing import Any
 
@@ -36,18 +37,56 @@ async def _invalid(_: Request, exc: Exception) -> JSONResponse:
 _FRAMEWORK_REFUSALS: dict[int, type[EventStoreError]] = {404: NotFound, 405: MethodNotAllowed}
 
 
-async def _http_error(_: Request, exc: Exception) -> JSONResponse:
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     # The framework's own refusals (404 for an unknown path, 405): answered as the
     # library class of that status (NotFound, MethodNotAllowed); the code of any other
     # is the status phrase, in the same shape.
     assert isinstance(exc, StarletteHTTPException)
     cls = _FRAMEWORK_REFUSALS.get(exc.status_code)
+    headers = dict(exc.headers or {})
     if cls is not None:
         status, body = error_reply(cls(str(exc.detail)))
     else:
         kind = HTTPStatus(exc.status_code).phrase.lower().replace(" ", "_")
         status, body = exc.status_code, error_body(kind, str(exc.detail))
-    return JSONResponse(body, status_code=status, headers=exc.headers)
+    if status == 405:
+        headers["Allow"] = allowed_methods(request)
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def allowed_methods(request: Request) -> str:
+    """Every method the request's path takes. Starlette's 405 names only the methods of
+    the first route whose path matched (`DELETE /streams/x` said `Allow: POST`, though
+    GET is served there too); RFC 9110 asks for all of them. Read from the app's own
+    OpenAPI document (every route of ours is in it), so no framework internals."""
+    app = request.app
+    table: list[tuple[re.Pattern[str], frozenset[str]]] | None = getattr(
+        app.state, "allowed_methods", None)
+    if table is None:
+        table = _method_table(app.openapi())
+        app.state.allowed_methods = table
+    path = request.url.path
+    methods: set[str] = set()
+    for pattern, allowed in table:
+        if pattern.fullmatch(path):
+            methods |= allowed
+    return ", ".join(sorted(methods))
+
+
+def _method_table(document: dict[str, Any]) -> list[tuple[re.Pattern[str], frozenset[str]]]:
+    """(path template as a pattern, its methods) for each path of an OpenAPI document; a
+    path that takes GET also takes HEAD (Starlette answers it)."""
+    table = []
+    for template, operations in document.get("paths", {}).items():
+        methods = {method.upper() for method in operations if method.upper() in _HTTP_METHODS}
+        if "GET" in methods:
+            methods.add("HEAD")
+        pattern = re.sub(r"\\\{[^/]+?\\\}", "[^/]+", re.escape(template))
+        table.append((re.compile(pattern), frozenset(methods)))
+    return table
+
+
+_HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
 def install_error_handlers(app: FastAPI) -> None:
