@@ -52,13 +52,16 @@ def _snapshotter(server: ServerProcess) -> dict[str, Any]:
 
 
 def _wait_balanced(pods: list[ServerProcess], timeout: float = 30) -> None:
-    """Until the snapshotter's 16 partitions are split across every pod (so no partition
-    changes hands while the test appends)."""
+    """Until the snapshotter's 16 partitions are split across every pod, none above its
+    share (so no partition changes hands while the test appends). Every pod owning some is
+    not enough: [8, 7, 1] still releases partitions to the third pod, and a snapshot was
+    then taken by two pods."""
     deadline = time.monotonic() + timeout
     owned: list[int] = []
+    share = -(-16 // len(pods))
     while time.monotonic() < deadline:
         owned = [len(_snapshotter(p)["owned_here"]) for p in pods]
-        if sum(owned) == 16 and all(owned):
+        if sum(owned) == 16 and all(owned) and max(owned) <= share:
             return
         time.sleep(0.2)
     raise AssertionError(f"partitions never balanced: {owned}")
