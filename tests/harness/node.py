@@ -96,7 +96,15 @@ from tests.harness.controlplane import (
     build,
     default_bin_dir,
 )
-from tests.harness.kubeaccess import PKI, api_get, client_cert_auth, http_ok, kubeconfig
+from tests.harness.kubeaccess import (
+    PKI,
+    CommandError,
+    KubectlClient,
+    api_get,
+    client_cert_auth,
+    http_ok,
+    kubeconfig,
+)
 from tests.harness.process import ci_cache_dir
 
 # -- fixed facts of the cluster --------------------------------------------------------------
@@ -168,14 +176,6 @@ class NodeError(RuntimeError):
 
 class NodeUnavailable(BinariesUnavailable):
     """This machine cannot run the node (not root, a binary or host package missing)."""
-
-
-class CommandError(subprocess.CalledProcessError):
-    """A CalledProcessError whose message carries the command's stderr (pytest shows str(exc),
-    and "returned non-zero exit status 1" alone says nothing)."""
-
-    def __str__(self) -> str:
-        return f"{super().__str__()}\n{(self.stderr or '').strip()}"
 
 
 def state_dir() -> Path:
@@ -507,7 +507,7 @@ BOOTSTRAP_OBJECTS: list[dict[str, Any]] = [
 
 # -- the node ----------------------------------------------------------------------------------
 
-class Node:
+class Node(KubectlClient):
     """The one-node cluster whose state lives in `directory` (default: `state_dir()`).
 
     Creating a Node starts nothing; `start()` (or `Node.up()`) brings everything up or adopts
@@ -596,28 +596,6 @@ class Node:
                 "PATH": f"{self.bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
                 "HELM_CACHE_HOME": str(helm / "cache"), "HELM_CONFIG_HOME": str(helm / "config"),
                 "HELM_DATA_HOME": str(helm / "data")}
-
-    def kubectl_run(self, *args: str, check: bool = True, input: str | None = None,
-                    timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
-        """kubectl as admin; with check=True a non-zero exit raises CommandError (a
-        CalledProcessError whose message ends with kubectl's stderr)."""
-        argv = [str(self.kubectl), f"--kubeconfig={self.kubeconfig}", *args]
-        proc = subprocess.run(argv, input=input, capture_output=True, text=True, timeout=timeout,
-                              check=False)
-        if check and proc.returncode != 0:
-            raise CommandError(proc.returncode, argv, proc.stdout, proc.stderr)
-        return proc
-
-    def kubectl_json(self, *args: str) -> Any:
-        return json.loads(self.kubectl_run(*args, "-o", "json").stdout)
-
-    def apply(self, manifest: str | dict[str, Any] | list[dict[str, Any]],
-              namespace: str | None = None) -> None:
-        """`kubectl apply -f -` of YAML/JSON text, one object or a list of objects."""
-        if isinstance(manifest, list):
-            manifest = {"apiVersion": "v1", "kind": "List", "items": manifest}
-        text = manifest if isinstance(manifest, str) else json.dumps(manifest)
-        self.kubectl_run("apply", *(["-n", namespace] if namespace else []), "-f", "-", input=text)
 
     def helm_run(self, *args: str, check: bool = True, input: str | None = None,
                  timeout: float = 600.0) -> subprocess.CompletedProcess[str]:
