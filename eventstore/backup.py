@@ -33,8 +33,12 @@ id, see eventstore/store/postgres_schema.py), so consumers' checkpoints start ov
 restore; snapshots are rebuilt by the snapshotter. PostgreSQL only.
 
 One writer at a time: a backup and an expiry hold the location's lock (see `locked`) for
-their whole run, and under it remove what interrupted backups left (a segment written
-but never recorded, a temporary file, an unfinished multipart upload).
+their whole run, and under it remove what interrupted backups of their database left (a
+segment written but never recorded, a temporary file, an unfinished multipart upload).
+Segment names carry the writing database's id, so two databases backing up into one
+location (which their locks, taken in each database, do not keep apart) neither
+overwrite nor clean up each other's segments; the manifest's conditional replace makes
+the loser of a race fail.
 
 Targets (eventstore/backup_targets.py): a directory (a mounted volume) or an
 S3-compatible bucket (the `minio` client: AWS S3, MinIO, versitygw, SeaweedFS ...),
@@ -183,19 +187,42 @@ def locked(store: Any, where: Target, timeout: float = 0.0) -> Iterator[None]:
 
 #: What an interrupted backup leaves: a segment the manifest does not name (killed between
 #: the segment and the manifest), or a directory's temporary file (killed mid-write).
-_SEGMENT = re.compile(r"segment-\d+-\d+-\d+\.jsonl\.gz")
-_TEMPORARY = re.compile(r"\.?(segment-\d+-\d+-\d+\.jsonl\.gz|manifest\.json)(\.[0-9a-f]+)?\.tmp")
+#: A segment's name: its sequence number, position range and (since names carry it) the
+#: first 12 hex digits of the id of the database that wrote it, so that two databases
+#: backing up into one location never write the same name nor clean up each other's
+#: files (see _remove_orphans).
+_SEGMENT = re.compile(r"segment-\d+-\d+-\d+(?:-[0-9a-f]{12})?\.jsonl\.gz")
+_TEMPORARY = re.compile(r"\.?(segment-\d+-\d+-\d+(?:-[0-9a-f]{12})?\.jsonl\.gz|manifest\.json)"
+                        r"(\.[0-9a-f]+)?\.tmp")
+_WRITER = re.compile(r"segment-\d+-\d+-\d+-([0-9a-f]{12})\.jsonl\.gz")
 
 
-def _remove_orphans(where: Target, segments: list[Segment]) -> list[str]:
-    """Delete what interrupted backups left (see _SEGMENT); only under `locked`, so never
-    the files of a backup in progress. Other files in the location are not touched."""
+def writer_token(store_id: str) -> str:
+    """What a segment's name carries of the database that wrote it."""
+    return store_id.replace("-", "")[:12]
+
+
+def written_by(name: str, token: str) -> bool:
+    """Whether a segment (or its temporary file or upload) is this database's to clean
+    up: its name carries `token`, or no writer at all (named before names carried one)."""
+    match = _WRITER.search(name)
+    return match is None or match.group(1) == token
+
+
+def _remove_orphans(where: Target, segments: list[Segment], token: str) -> list[str]:
+    """Delete what interrupted backups of this database (`token`, see writer_token) left:
+    segments the manifest does not name, temporary files, unfinished uploads. Only under
+    `locked`, so never the files of a backup of this database in progress; and never
+    another database's, whose backup into the same location may be running right now (the
+    lock is taken in each source database, so two databases do not see each other's: on
+    S3 nothing else holds between them). Other files in the location are not touched."""
     named = {s.file for s in segments}
     orphans = [n for n in where.names()
-               if (_SEGMENT.fullmatch(n) and n not in named) or _TEMPORARY.fullmatch(n)]
+               if ((_SEGMENT.fullmatch(n) and n not in named) or _TEMPORARY.fullmatch(n))
+               and written_by(n, token)]
     for name in orphans:
         where.delete(name)
-    return orphans + where.abort_unfinished()
+    return orphans + where.abort_unfinished(lambda name: written_by(name, token))
 
 
 @dataclass(frozen=True)
@@ -229,7 +256,8 @@ def backup(store: Any, location: str | Path | Target, full_every: int = DEFAULT_
         expired: list[Segment] = []
         if retention_days is not None:
             segments, expired = _expire(where, segments, tag, retention_days, datetime.now(UTC))
-        return BackupRun(segment, expired, _remove_orphans(where, segments))
+        return BackupRun(segment, expired,
+                         _remove_orphans(where, segments, writer_token(_identity(store))))
 
 
 def _write_segment(store: Any, where: Target, segments: list[Segment], full_every: int
@@ -250,7 +278,8 @@ def _write_segment(store: Any, where: Target, segments: list[Segment], full_ever
         if first is None:
             return None
         seq = max((_sequence(s) for s in segments), default=0) + 1
-        name = f"segment-{seq:06d}-{after}-{export.to_position}.jsonl.gz"
+        name = (f"segment-{seq:06d}-{after}-{export.to_position}-{writer_token(store_id)}"
+                ".jsonl.gz")
         digest = hashlib.sha256()
         with where.open_writer(name) as sink:
             hashing = _HashingWriter(sink, digest)
@@ -263,6 +292,12 @@ def _write_segment(store: Any, where: Target, segments: list[Segment], full_ever
         file=name, after_position=after, to_position=export.to_position,
         events=export.events, sha256=digest.hexdigest(), created=datetime.now(UTC).isoformat(),
         archived=export.archived, snapshot_xmin=export.snapshot_xmin, store_id=store_id)
+
+
+def _identity(store: Any) -> str:
+    from eventstore.store.postgres_backup import store_identity
+
+    return store_identity(store)
 
 
 def _chain(first: dict[str, Any], rest: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
@@ -308,7 +343,7 @@ def expire(store: Any, location: str | Path | Target, retention_days: float,
         raw, tag = where.read_tagged(MANIFEST)
         kept, removed = _expire(where, _parse_manifest(where, raw), tag, retention_days,
                                 now or datetime.now(UTC))
-        return Expiry(removed, _remove_orphans(where, kept))
+        return Expiry(removed, _remove_orphans(where, kept, writer_token(_identity(store))))
 
 
 def _expire(where: Target, segments: list[Segment], tag: str, retention_days: float,

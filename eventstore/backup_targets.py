@@ -28,7 +28,7 @@ import secrets
 import shutil
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 from urllib.parse import urlsplit
@@ -70,7 +70,7 @@ class Target(Protocol):
 
     def local_lock(self, timeout: float) -> contextlib.AbstractContextManager[None]: ...
 
-    def abort_unfinished(self) -> list[str]: ...
+    def abort_unfinished(self, ours: Callable[[str], bool]) -> list[str]: ...
 
 
 class ReplaceConflict(BackupError):
@@ -181,7 +181,7 @@ class DirectoryTarget:
         finally:
             os.close(fd)  # releases the lock
 
-    def abort_unfinished(self) -> list[str]:
+    def abort_unfinished(self, ours: Callable[[str], bool]) -> list[str]:
         return []  # a directory's unfinished writes are `.tmp` files, in `names`
 
 
@@ -484,9 +484,10 @@ class S3Target:
     def local_lock(self, timeout: float) -> Iterator[None]:
         yield  # the database lock only: see eventstore/backup.py on writers of one bucket
 
-    def abort_unfinished(self) -> list[str]:
+    def abort_unfinished(self, ours: Callable[[str], bool]) -> list[str]:
         """Abort the multipart uploads of segments left by killed backups (a process killed
-        mid-upload leaves its parts stored, unlisted and billed); the names aborted.
+        mid-upload leaves its parts stored, unlisted and billed) whose names `ours` accepts
+        (another database's upload may be running); the names aborted.
         Through the client's ListMultipartUploads/AbortMultipartUpload calls, which minio
         exposes only as `_`-methods."""
         start = f"{self.prefix}/" if self.prefix else ""
@@ -496,9 +497,11 @@ class S3Target:
             # (a bounded number of times: a server that keeps them must not loop us forever).
             for _ in range(_ABORT_ROUNDS):
                 result = self.client._list_multipart_uploads(self.bucket, prefix=start + "segment-")
-                if not result.uploads:
+                mine = [u for u in result.uploads
+                        if ours(str(u.object_name)[len(start):])]
+                if not mine:
                     break
-                for upload in result.uploads:
+                for upload in mine:
                     self.client._abort_multipart_upload(self.bucket, upload.object_name,
                                                         str(upload.upload_id))
                     aborted.append(str(upload.object_name)[len(start):])

@@ -566,6 +566,56 @@ def test_expiry_removes_what_interrupted_backups_left(
     assert _restored_log(postgres_server, location, "backup_orphans_restored") == expected
 
 
+def test_another_databases_files_are_neither_overwritten_nor_removed(
+        postgres_server: PostgresServer, location: str, s3_server: S3Server) -> None:
+    """Two source databases backing up into one location (their locks, taken in each
+    database, do not see each other): a segment's name carries its database, so a run of
+    one never removes what the other has in flight (a segment not yet recorded, an
+    unfinished upload); that database's own next run does."""
+    a_url = postgres_server.create_database("backup_two_a")
+    b_url = postgres_server.create_database("backup_two_b")
+    where = backups.target(location)
+    with EventStore.connect(a_url) as a, EventStore.connect(b_url) as b:
+        a.migrate()
+        b.migrate()
+        _append(a, "a", 3)
+        _append(b, "b", 2)
+        tokens = [backups.writer_token(postgres_backup.store_identity(s))  # type: ignore[arg-type]
+                  for s in (a, b)]
+        expected_b = _log(b)
+    assert tokens[0] != tokens[1]
+    _cli("backup", location, "--url", a_url)
+    # What A has in flight while B runs: its next segment, uploaded, not yet recorded.
+    in_flight = [f"segment-000002-0-99-{tokens[0]}.jsonl.gz"]
+    where.write(in_flight[0], b"A's next segment")
+    mine = []  # B's own leftover: removed by B's run
+    if location.startswith("s3://"):
+        bucket, _, prefix = location.removeprefix("s3://").partition("/")
+        client = s3_server.client()
+        for token, names in ((tokens[0], in_flight), (tokens[1], mine)):
+            name = f"segment-000003-0-99-{token}.jsonl.gz"
+            upload_id = client._create_multipart_upload(bucket, f"{prefix}/{name}", {})
+            client._upload_part(bucket, f"{prefix}/{name}", b"x" * 1024, None, upload_id, 1)
+            names.append(name)
+
+    output = _cli("backup", location, "--url", b_url)
+    assert all(name not in output for name in in_flight), output
+    assert all(name in output for name in mine), output
+    assert in_flight[0] in where.names()
+    if location.startswith("s3://"):
+        assert [u.object_name for u in client._list_multipart_uploads(
+            bucket, prefix=prefix).uploads] == [f"{prefix}/{in_flight[1]}"]
+    segments = _assert_chain_valid(location)
+    assert [s.file.rsplit("-", 1)[1] for s in segments] == [f"{t}.jsonl.gz" for t in tokens]
+    assert _restored_log(postgres_server, location, "backup_two_restored") == expected_b
+
+    output = _cli("expire-backups", location, "--url", a_url, "--retention-days", "1000")
+    assert all(name in output for name in in_flight), output
+    assert in_flight[0] not in where.names()
+    if location.startswith("s3://"):
+        assert not client._list_multipart_uploads(bucket, prefix=prefix).uploads
+
+
 def test_a_manifest_changed_by_another_writer_is_not_overwritten(
         postgres_server: PostgresServer, location: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """What the lock cannot see (a backup from another database into one bucket): the
