@@ -73,9 +73,9 @@ _BATCH_SETTINGS = (b"SET LOCAL statement_timeout = 0; SET LOCAL enable_seqscan =
 #: read-model writes and its checkpoint commit together, so a crash can only lose whole
 #: recent batches (at most wal_writer_delay x 3, 600 ms by default), read model and
 #: checkpoint alike, and the worker that takes the partition then applies them again.
-#: Nothing is acknowledged to anyone on the strength of a batch's commit. The flush was a
-#: fifth of a catch-up's time. Appends never carry this setting: it is local to the
-#: batch's transaction.
+#: Nothing is acknowledged to anyone on the strength of a batch's commit. COMMIT was a
+#: fifth of the workers' samples in a catch-up (py-spy). Appends never carry this
+#: setting: it is local to the batch's transaction.
 _BATCH_COMMIT = _BATCH_SETTINGS + b"; SET LOCAL synchronous_commit = off"
 
 

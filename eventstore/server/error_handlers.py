@@ -49,8 +49,9 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     else:
         kind = HTTPStatus(exc.status_code).phrase.lower().replace(" ", "_")
         status, body = exc.status_code, error_body(kind, str(exc.detail))
-    if status == 405:
-        headers["Allow"] = allowed_methods(request)
+    if status == 405:  # paths outside the document (/openapi.json): the framework's, sorted
+        framework = sorted(m.strip() for m in headers.get("Allow", "").split(",") if m.strip())
+        headers["Allow"] = allowed_methods(request) or ", ".join(framework)
     return JSONResponse(body, status_code=status, headers=headers)
 
 

@@ -78,7 +78,7 @@ def check_append(
     check_ids = len(events) > 1
     # This loop runs once per event of every append, so the common case takes the
     # cheapest test first (exact types, known event types, empty metadata) and every
-    # refusal's text is built only when it is raised (_refuse, _Field).
+    # refusal's text is built only when it is raised (_check_type, _Field ...).
     for index, event in enumerate(events):
         if type(event) is not NewEvent and not isinstance(event, NewEvent):
             raise ValidationError(f"{_where(index, stream_id)} is a {type(event).__name__}, "

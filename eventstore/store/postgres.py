@@ -476,7 +476,7 @@ class PostgresEventStore(EventStore):
                     self._notifier = threading.Thread(
                         target=self._notify_loop, name="eventstore-notify", daemon=True)
                     self._notifier.start()
-        if not self._pending.is_set():  # set() takes a lock and wakes; most appends find it set
+        if not self._pending.is_set():  # set() takes a lock; under load most appends find it set
             self._pending.set()
 
     def _notify_loop(self) -> None:
