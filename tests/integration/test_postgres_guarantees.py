@@ -17,7 +17,8 @@ import psycopg
 import pytest
 
 from eventstore import ConcurrencyError, EventStore, NewEvent, RecordedEvent
-from eventstore.store.postgres import APPEND_SQL, PostgresEventStore
+from eventstore.store.postgres import APPEND_SQL
+from tests.integration.durable_store import durable_single_connection_store, pool_synchronous_commit
 
 pytestmark = pytest.mark.postgres
 
@@ -223,21 +224,9 @@ def test_appends_stay_durable_commits_while_the_notifier_runs(postgres_url: str)
     """The notifier sends NOTIFY with synchronous_commit off (a wake-up need not wait for
     the disk). That setting must never reach a connection that appends: it would
     acknowledge appends before they are on disk (it once did, through the pool)."""
-    with psycopg.connect(postgres_url, autocommit=True) as conn:
-        # The test server runs with synchronous_commit off; this database gets it on.
-        database = conn.execute("SELECT current_database()").fetchone()
-        assert database is not None
-        conn.execute(f'ALTER DATABASE "{database[0]}" SET synchronous_commit = on')
-    store = EventStore.connect(postgres_url, pool_min_size=1, pool_max_size=1)
-    try:
-        store.migrate()
+    with durable_single_connection_store(postgres_url) as store:
         for n in range(20):
             store.append("durable", [NewEvent("Tick", {"n": n})])
             time.sleep(0.01)  # let the notifier run in between
         time.sleep(0.1)
-        assert isinstance(store, PostgresEventStore)
-        with store._connection() as conn:  # the pool's only connection
-            row = conn.execute("SHOW synchronous_commit").fetchone()
-        assert row == ("on",)
-    finally:
-        store.close()
+        assert pool_synchronous_commit(store) == ("on",)

@@ -14,7 +14,7 @@ from eventstore.projections.backends import CheckpointMoved
 from eventstore.projections.base import ReadModelTx
 from eventstore.projections.runner import ProjectionRunner, _UnitState
 from eventstore.settings import ProjectionSettings
-from eventstore.store.postgres import PostgresEventStore
+from tests.integration.durable_store import durable_single_connection_store, pool_synchronous_commit
 from tests.unit.test_projections import BatchFailer, Recorder
 
 pytestmark = pytest.mark.postgres
@@ -115,14 +115,7 @@ def test_a_batch_commits_without_waiting_for_the_disk_and_appends_still_do(
     """Batches are derived state and commit asynchronously (read model and checkpoint
     together); the store's pool is shared with appends, which must stay durable: the
     setting is local to the batch's transaction and never stays on a connection."""
-    with psycopg.connect(postgres_url, autocommit=True) as conn:
-        # The test server runs with synchronous_commit off; this database gets it on.
-        database = conn.execute("SELECT current_database()").fetchone()
-        assert database is not None
-        conn.execute(f'ALTER DATABASE "{database[0]}" SET synchronous_commit = on')
-    store = EventStore.connect(postgres_url, pool_min_size=1, pool_max_size=1)
-    try:
-        store.migrate()
+    with durable_single_connection_store(postgres_url) as store:
         for n in range(10):
             store.append(f"s-{n}", [NewEvent("T", {})])
         spy = _SettingsSpy()
@@ -131,9 +124,4 @@ def test_a_batch_commits_without_waiting_for_the_disk_and_appends_still_do(
         assert spy.settings and set(spy.settings) == {"off"}
         assert _handled(postgres_url) == 10
         store.append("after", [NewEvent("T", {})])
-        assert isinstance(store, PostgresEventStore)
-        with store._connection() as conn:  # the pool's only connection
-            row = conn.execute("SHOW synchronous_commit").fetchone()
-        assert row == ("on",)
-    finally:
-        store.close()
+        assert pool_synchronous_commit(store) == ("on",)
