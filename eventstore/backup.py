@@ -191,10 +191,9 @@ def locked(store: Any, where: Target, timeout: float = 0.0) -> Iterator[None]:
 #: first 12 hex digits of the id of the database that wrote it, so that two databases
 #: backing up into one location never write the same name nor clean up each other's
 #: files (see _remove_orphans).
-_SEGMENT = re.compile(r"segment-\d+-\d+-\d+(?:-[0-9a-f]{12})?\.jsonl\.gz")
-_TEMPORARY = re.compile(r"\.?(segment-\d+-\d+-\d+(?:-[0-9a-f]{12})?\.jsonl\.gz|manifest\.json)"
-                        r"(\.[0-9a-f]+)?\.tmp")
-_WRITER = re.compile(r"segment-\d+-\d+-\d+-([0-9a-f]{12})\.jsonl\.gz")
+_SEGMENT_NAME = r"segment-\d+-\d+-\d+(?:-(?P<writer>[0-9a-f]{12}))?\.jsonl\.gz"
+_SEGMENT = re.compile(_SEGMENT_NAME)
+_TEMPORARY = re.compile(rf"\.?({_SEGMENT_NAME}|manifest\.json)(\.[0-9a-f]+)?\.tmp")
 
 
 def writer_token(store_id: str) -> str:
@@ -205,8 +204,8 @@ def writer_token(store_id: str) -> str:
 def written_by(name: str, token: str) -> bool:
     """Whether a segment (or its temporary file or upload) is this database's to clean
     up: its name carries `token`, or no writer at all (named before names carried one)."""
-    match = _WRITER.search(name)
-    return match is None or match.group(1) == token
+    match = _SEGMENT.search(name)
+    return match is None or match["writer"] in (None, token)
 
 
 def _remove_orphans(where: Target, segments: list[Segment], token: str) -> list[str]:
@@ -247,9 +246,10 @@ def backup(store: Any, location: str | Path | Target, full_every: int = DEFAULT_
         raise BackupError(f"retention must be more than 0 days, not {retention_days}")
     where = _where(location)
     with locked(store, where, lock_timeout):
+        store_id = _identity(store)
         raw, tag = where.read_tagged(MANIFEST)
         segments = _parse_manifest(where, raw)
-        segment = _write_segment(store, where, segments, full_every)
+        segment = _write_segment(store, store_id, where, segments, full_every)
         if segment is not None:
             segments = [*segments, segment]
             tag = _write_manifest(where, segments, tag)
@@ -257,17 +257,16 @@ def backup(store: Any, location: str | Path | Target, full_every: int = DEFAULT_
         if retention_days is not None:
             segments, expired = _expire(where, segments, tag, retention_days, datetime.now(UTC))
         return BackupRun(segment, expired,
-                         _remove_orphans(where, segments, writer_token(_identity(store))))
+                         _remove_orphans(where, segments, writer_token(store_id)))
 
 
-def _write_segment(store: Any, where: Target, segments: list[Segment], full_every: int
-                   ) -> Segment | None:
-    """Stream the next segment into the location (never staged on local disk), hashing
-    it on the way; None when there is nothing new."""
-    from eventstore.store.postgres_backup import open_export, store_identity
+def _write_segment(store: Any, store_id: str, where: Target, segments: list[Segment],
+                   full_every: int) -> Segment | None:
+    """Stream the next segment of `store` (whose identity is `store_id`) into the location
+    (never staged on local disk), hashing it on the way; None when there is nothing new."""
+    from eventstore.store.postgres_backup import open_export
 
     chain = chains(segments)[-1] if segments else []
-    store_id = store_identity(store)
     full = (not chain or chain[0].store_id != store_id
             or (full_every > 0 and len(chain) >= full_every))
     after = 0 if full else chain[-1].to_position
