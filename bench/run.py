@@ -18,6 +18,8 @@ from typing import Any
 from bench import store_bench
 from tests.harness.postgres import PostgresServer
 
+BENCHMARKS = ["store", "ids", "http", "snapshots", "server", "snapshotter"]
+
 
 def print_table(rows: list[dict[str, Any]]) -> None:
     width = max([44, *(len(row["name"]) for row in rows)])
@@ -41,10 +43,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--scale", type=float, default=1.0, help="multiply iteration counts")
     parser.add_argument("--out", default="bench-results/results.json")
-    parser.add_argument("--only", choices=["store", "http", "snapshots", "server", "snapshotter"],
-                        action="append")
+    parser.add_argument("--only", choices=BENCHMARKS, action="append")
     args = parser.parse_args()
-    only = set(args.only or ["store", "http", "snapshots", "server", "snapshotter"])
+    only = set(args.only or BENCHMARKS)
 
     server = PostgresServer(durable=True).start()
     results: dict[str, Any] = {
@@ -56,6 +57,10 @@ def main() -> int:
         if "store" in only:
             results["results"] += store_bench.run(server.create_database("bench_store"),
                                                   args.scale)
+        if "ids" in only:
+            from bench import id_locality_bench
+
+            results["results"] += id_locality_bench.run(server, args.scale)
         if "http" in only:
             from bench import http_bench
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import enum
+import os
 import re
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
-from uuid import UUID, uuid4
+from uuid import UUID
 
 from eventstore.errors import ValidationError
 
@@ -35,15 +37,37 @@ class ExpectedVersion(enum.Enum):
 
 Expected = int | ExpectedVersion
 
+# UUIDv7 (RFC 9562): 48 bits of Unix time in milliseconds, the version (7), 12 random bits,
+# the variant (0b10), 62 random bits.
+_UUID7_CLEAR = ~((0xF << 76) | (0x3 << 62)) & ((1 << 128) - 1)
+_UUID7_MARK = (0x7 << 76) | (0x2 << 62)
+
+
+def uuid7() -> UUID:
+    """A new time-ordered event id (UUIDv7, RFC 9562), NewEvent's default.
+
+    Why not uuid4: every event id goes into a unique index. Random ids land on a random
+    page of it, so once the index outgrows memory each insert reads a page, and after
+    every checkpoint each first touch of a page writes the whole page to the WAL. Ids
+    that start with the time land on the index's newest pages. On a store holding 2
+    million events (10-event appends right after a checkpoint), uuid4 ids wrote 46 KB of
+    WAL per append and uuid7 ids 9 KB (bench/id_locality_bench.py). Ids of one
+    millisecond are ordered at random among themselves; uniqueness rests on the 74
+    random bits, as uuid4's does on 122."""
+    now_ms = time.time_ns() // 1_000_000
+    return UUID(int=(now_ms << 80 | int.from_bytes(os.urandom(10))) & _UUID7_CLEAR
+                | _UUID7_MARK)
+
 
 @dataclass(frozen=True, slots=True)
 class NewEvent:
-    """An event to append. `id` makes a re-sent append idempotent."""
+    """An event to append. `id` makes a re-sent append idempotent; the default is a new
+    time-ordered one (`uuid7`)."""
 
     type: str
     payload: JSONObject
     metadata: JSONObject = field(default_factory=dict)
-    id: UUID = field(default_factory=uuid4)
+    id: UUID = field(default_factory=uuid7)
     schema_version: int = 1
 
 

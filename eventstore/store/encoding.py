@@ -92,7 +92,7 @@ def check_append(
         event_id = event.id
         if type(event_id) is not UUID and not isinstance(event_id, UUID):
             raise ValidationError(f"{_where(index, stream_id)} has id {event_id!r}: an event id "
-                                  "is a uuid.UUID (the default, uuid4(), is a new one)")
+                                  "is a uuid.UUID (the default, events.uuid7(), is a new one)")
         if check_ids:
             if event_id.int in seen_ids:
                 raise ValidationError(f"{_where(index, stream_id)} repeats event id {event_id} "
