@@ -50,10 +50,10 @@ def uuid7() -> UUID:
     page of it, so once the index outgrows memory each insert reads a page, and after
     every checkpoint each first touch of a page writes the whole page to the WAL. Ids
     that start with the time land on the index's newest pages. On a store holding 2
-    million events (10-event appends right after a checkpoint), uuid4 ids wrote 46 KB of
-    WAL per append and uuid7 ids 9 KB (bench/id_locality_bench.py). Ids of one
-    millisecond are ordered at random among themselves; uniqueness rests on the 74
-    random bits, as uuid4's does on 122."""
+    million events (10-event appends right after a checkpoint), uuid4 ids wrote 54 KiB
+    of WAL per append and uuid7 ids 8.3 KiB (`python3 -m bench.run --only ids`). Ids of
+    one millisecond are ordered at random among themselves and differ in 74 random bits
+    (uuid4: 122)."""
     now_ms = time.time_ns() // 1_000_000
     return UUID(int=(now_ms << 80 | int.from_bytes(os.urandom(10))) & _UUID7_CLEAR
                 | _UUID7_MARK)
