@@ -6,7 +6,10 @@ operator and the example EventStore (manifests/examples/eventstore.yaml, pointed
 image the suite built); then the objects, a client workload from the host (through
 `kubectl port-forward`) and from a pod, a ConfigMap edit that rolls the pods, an invalid
 one that changes nothing, a store pod restarted on its claim, a store pod and the
-PostgreSQL pod deleted under load, `helm upgrade` to a new image tag and `helm uninstall`.
+PostgreSQL pod deleted under load, backup Jobs onto a claim and a new EventStore restored
+from them, `helm upgrade` to a new image tag and `helm uninstall`. The same backup scenario
+onto an S3 bucket skips here: this suite has no S3 endpoint its pods can reach (tests/e2e_node
+runs it against versitygw on its node bridge).
 """
 
 from __future__ import annotations
@@ -44,6 +47,14 @@ def deployment(kind_cluster: KindCluster, store_image: str) -> Iterator[Deployme
         kind_cluster.kubectl_run("delete", "namespace", NAMESPACE, "--wait=false", "--ignore-not-found",
                                  check=False)
         print("kind suite timings:\n  " + "\n  ".join(TIMINGS.lines()))
+
+
+@pytest.fixture(scope="module")
+def s3_backup_target() -> scenarios.S3BackupTarget:
+    pytest.skip("no S3 endpoint that kind's pods can reach: tests/harness/s3.py's versitygw runs "
+                "on the host and this suite does not serve it on kind's Docker network (the "
+                "one-node suite, tests/e2e_node, runs this scenario against versitygw on its "
+                "node bridge)")
 
 
 @pytest.fixture(autouse=True)
@@ -101,7 +112,12 @@ def test_postgres_pod_deleted_under_load_503_then_recovery(deployment: Deploymen
 
 
 def test_backup_jobs_then_a_new_eventstore_restored_from_them(deployment: Deployment) -> None:
-    scenarios.check_backup_then_restore_into_a_new_eventstore(deployment)
+    scenarios.check_backup_then_restore_into_a_new_eventstore(deployment, scenarios.ClaimBackupTarget())
+
+
+def test_s3_backup_jobs_then_a_new_eventstore_restored_from_the_bucket(
+        s3_backup_target: scenarios.S3BackupTarget, deployment: Deployment) -> None:
+    scenarios.check_backup_then_restore_into_a_new_eventstore(deployment, s3_backup_target)
 
 
 def test_helm_upgrade_to_a_new_image_tag_rolls_the_store(deployment: Deployment) -> None:

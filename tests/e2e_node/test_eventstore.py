@@ -20,8 +20,10 @@ the same order, on one Helm release shared by this module (destructive scenarios
 6. a store pod restarted on its claim keeps /data (its read model goes on from its
    checkpoint);
 7. a store pod, then the PostgreSQL pod, deleted under in-cluster append load;
-8. spec.backup onto a claim: two backup Jobs (full, then incremental) reported in
-   status.lastBackup, then a new EventStore with spec.restore.from restores the same log;
+8. spec.backup onto a claim, then onto an S3 bucket (versitygw on the node bridge's
+   address, which the pods reach; its credentials in a Secret only): two backup Jobs (full,
+   then incremental) reported in status.lastBackup, the segments read back from the target
+   apart from the Jobs, then a new EventStore with spec.restore.from restores the same log;
 9. `helm upgrade` to a second tag of the store image rolls the store;
 10. `helm uninstall` keeps the claims (and should keep the credentials to reuse them).
 
@@ -32,6 +34,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -44,7 +47,9 @@ from tests.e2e_shared import scenarios
 from tests.e2e_shared.access import DirectAccess, Timings
 from tests.e2e_shared.scenarios import Deployment
 from tests.harness import images
-from tests.harness.node import Node
+from tests.harness.fixtures import started_or_skipped
+from tests.harness.node import GATEWAY_IP, Node
+from tests.harness.s3 import S3Server
 
 REPO = Path(__file__).resolve().parents[2]
 NAMESPACE = "eventstore-e2e"
@@ -130,6 +135,24 @@ def deployment(node: Node, local_images: None, timings: Timings) -> Iterator[Dep
             node.ctr("images", "rm", f"{repository}:{UPGRADE_TAG}", check=False)
 
 
+@pytest.fixture(scope="module")
+def s3_backup_target(node: Node) -> Iterator[scenarios.S3BackupTarget]:
+    """versitygw (tests/harness/s3.py) on the node bridge's address, which the pods reach,
+    with a random key and secret and a bucket of its own, for this module; then stopped
+    through its own process handle and its data removed. Skipped when it cannot start here
+    (a failure with EVENTSTORE_REQUIRE_S3=1, as .ci/run sets)."""
+    servers = started_or_skipped(S3Server(host=GATEWAY_IP), f"versitygw on the node bridge ({GATEWAY_IP})",
+                                 "EVENTSTORE_REQUIRE_S3")
+    server = next(servers)
+    try:
+        bucket = server.create_bucket(f"e2e-{uuid.uuid4().hex[:8]}")
+        yield scenarios.S3BackupTarget(endpoint=server.endpoint, bucket=bucket, prefix=f"{NAMESPACE}/backups",
+                                       region=server.region, access_key=server.access_key,
+                                       secret_key=server.secret_key)
+    finally:
+        servers.close()
+
+
 @pytest.fixture(autouse=True)
 def timed_scenario(request: pytest.FixtureRequest, timings: Timings) -> Iterator[None]:
     """Each scenario's whole time (its own phases are listed under it)."""
@@ -185,7 +208,12 @@ def test_postgres_pod_deleted_under_load_503_then_recovery(deployment: Deploymen
 
 
 def test_backup_jobs_then_a_new_eventstore_restored_from_them(deployment: Deployment) -> None:
-    scenarios.check_backup_then_restore_into_a_new_eventstore(deployment)
+    scenarios.check_backup_then_restore_into_a_new_eventstore(deployment, scenarios.ClaimBackupTarget())
+
+
+def test_s3_backup_jobs_then_a_new_eventstore_restored_from_the_bucket(
+        deployment: Deployment, s3_backup_target: scenarios.S3BackupTarget) -> None:
+    scenarios.check_backup_then_restore_into_a_new_eventstore(deployment, s3_backup_target)
 
 
 def test_helm_upgrade_to_a_new_image_tag_rolls_the_store(deployment: Deployment) -> None:

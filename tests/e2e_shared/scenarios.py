@@ -11,7 +11,8 @@ namespace, not another one, until spec.network.allowFrom widens it -> a ConfigMa
 rolls the store pods one at a time onto the new settings -> an invalid edit changes
 nothing -> a store pod restarted on its claim keeps /data -> a store pod deleted under
 load loses nothing -> the PostgreSQL pod deleted under load: 503s, never 500, recovery,
-nothing lost -> backup Jobs from spec.backup, then a new EventStore restored from them ->
+nothing lost -> backup Jobs from spec.backup onto a claim, then onto an S3 bucket, each
+followed by a new EventStore restored from them (one scenario, `BackupTarget`) ->
 helm upgrade to a new image tag rolls the store -> helm uninstall keeps the claims (and
 the credentials).
 
@@ -25,6 +26,8 @@ import base64
 import contextlib
 import copy
 import dataclasses
+import gzip
+import hashlib
 import json
 import re
 import subprocess
@@ -35,6 +38,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -334,11 +338,7 @@ class WorkloadJob:
 
     def finished(self) -> str | None:
         """"Complete" or "Failed" once the Job is done, else None."""
-        job = assertions.get(self.dep.kube, "job", self.name, self.dep.namespace) or {}
-        for c in (job.get("status") or {}).get("conditions") or []:
-            if c.get("type") in ("Complete", "Failed") and c.get("status") == "True":
-                return str(c["type"])
-        return None
+        return job_finished(self.dep, self.name)
 
     def stop(self) -> None:
         """Ask a load workload to finish now (it polls for its --stop-file)."""
@@ -1114,6 +1114,175 @@ def check_reinstall_reuses_the_claims(dep: Deployment) -> None:
 # -- backup and restore (issue 13: spec.backup, spec.restore.from) ------------------------
 
 BACKUP_CLAIM = "e2e-backups"
+BACKUP_SECRET = "e2e-backup-s3"
+#: The keys of spec.backup.target (and spec.restore.from): exactly one is set.
+BACKUP_TARGET_KINDS = ("pvc", "s3")
+#: What `eventstore backup` writes besides its manifest (eventstore/backup.py).
+SEGMENT_FILE = re.compile(r"segment-\d+-\d+-\d+(-[0-9a-f]{12})?\.jsonl\.gz")
+
+
+class BackupTarget(Protocol):
+    """Where the backup scenario backs up to and restores from: spec.backup.target and
+    spec.restore.from take the same shape."""
+
+    kind: str  #: its key in spec.backup.target: "pvc" or "s3"
+
+    def create(self, dep: Deployment) -> None:
+        """What the target needs in the namespace (the claim; the credentials Secret)."""
+        ...
+
+    def spec(self) -> dict[str, Any]:
+        """spec.backup.target and spec.restore.from: {kind: {...}}."""
+        ...
+
+    def location(self) -> str:
+        """What the operator's Jobs give `eventstore backup|restore`."""
+        ...
+
+    def check_pod(self, pod_spec: Mapping[str, Any]) -> None:
+        """How a backup or restore pod reaches the target (mount; endpoint and credentials)."""
+        ...
+
+    def secrets(self) -> list[str]:
+        """Values that must be in no object of the namespace but a Secret."""
+        ...
+
+    def files(self, dep: Deployment) -> dict[str, bytes]:
+        """What the location holds, read apart from the operator's Jobs: name -> bytes."""
+        ...
+
+
+def _container_env(pod_spec: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    (container,) = pod_spec["containers"]
+    return {e["name"]: e for e in container.get("env") or []}
+
+
+@dataclass
+class ClaimBackupTarget:
+    """An existing PersistentVolumeClaim; read back by a Job of the store image that mounts
+    it read-only and prints every file (base64) as one JSON line."""
+
+    claim: str = BACKUP_CLAIM
+    kind: str = "pvc"
+
+    def create(self, dep: Deployment) -> None:
+        claim = {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                 "metadata": {"name": self.claim, "namespace": dep.namespace},
+                 "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}
+        dep.kube.kubectl_run("apply", "-f", "-", input=json.dumps(claim))
+
+    def spec(self) -> dict[str, Any]:
+        return {"pvc": {"claimName": self.claim}}
+
+    def location(self) -> str:
+        return names.BACKUP_DIR
+
+    def check_pod(self, pod_spec: Mapping[str, Any]) -> None:
+        (container,) = pod_spec["containers"]
+        volumes = {v["name"]: v for v in pod_spec["volumes"]}
+        (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == names.BACKUP_DIR]
+        assert volumes[mount["name"]].get("persistentVolumeClaim") == {"claimName": self.claim}, volumes
+
+    def secrets(self) -> list[str]:
+        return []
+
+    def files(self, dep: Deployment) -> dict[str, bytes]:
+        job = f"e2e-backup-files-{uuid.uuid4().hex[:6]}"
+        script = ("import base64, json, os\n"
+                  "root = '/backup'\n"
+                  "out = {}\n"
+                  "for d, _, fs in os.walk(root):\n"
+                  "    for f in fs:\n"
+                  "        p = os.path.join(d, f)\n"
+                  "        out[os.path.relpath(p, root)] = base64.b64encode(open(p, 'rb').read()).decode()\n"
+                  "print(json.dumps(out))\n")
+        manifest = {
+            "apiVersion": "batch/v1", "kind": "Job",
+            "metadata": {"name": job, "namespace": dep.namespace},
+            "spec": {"backoffLimit": 0, "template": {"spec": {
+                "restartPolicy": "Never", "enableServiceLinks": False, "automountServiceAccountToken": False,
+                "securityContext": {"runAsUser": 10001, "runAsGroup": 10001, "runAsNonRoot": True},
+                "containers": [{"name": "list", "image": dep.store_image, "imagePullPolicy": "IfNotPresent",
+                                "command": ["python3", "-c", script], "securityContext": RESTRICTED,
+                                "resources": {"requests": {"cpu": "50m", "memory": "64Mi"},
+                                              "limits": {"memory": "256Mi"}},
+                                "volumeMounts": [{"name": "backup", "mountPath": "/backup",
+                                                  "readOnly": True}]}],
+                "volumes": [{"name": "backup", "persistentVolumeClaim": {"claimName": self.claim,
+                                                                         "readOnly": True}}],
+            }}},
+        }
+        dep.kube.kubectl_run("apply", "-f", "-", input=json.dumps(manifest))
+        try:
+            state = assertions.poll(lambda: job_finished(dep, job), 120, f"Job {job} to list the claim",
+                                    interval=1)
+            logs = dep.kube.kubectl_run("logs", "-n", dep.namespace, f"job/{job}", check=False).stdout
+            assert state == "Complete", f"Job {job}: {state}\n{logs}"
+            listed: dict[str, str] = json.loads(logs.strip().splitlines()[-1])
+            return {name: base64.b64decode(data) for name, data in listed.items()}
+        finally:
+            dep.kube.kubectl_run("delete", "job", job, "-n", dep.namespace, "--ignore-not-found",
+                                 "--wait=false", "--cascade=background", check=False)
+
+
+@dataclass
+class S3BackupTarget:
+    """A bucket of an S3-compatible server the pods reach at `endpoint` (and so does this
+    process); its root credentials go into the Secret BACKUP_SECRET, nowhere else."""
+
+    endpoint: str
+    bucket: str
+    prefix: str
+    region: str
+    access_key: str = field(repr=False)
+    secret_key: str = field(repr=False)
+    secret: str = BACKUP_SECRET
+    kind: str = "s3"
+
+    def create(self, dep: Deployment) -> None:
+        body = {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+                "metadata": {"name": self.secret, "namespace": dep.namespace},
+                "stringData": {"AWS_ACCESS_KEY_ID": self.access_key,
+                               "AWS_SECRET_ACCESS_KEY": self.secret_key}}
+        # Through stdin: never in argv (visible in `ps`).
+        dep.kube.kubectl_run("apply", "-f", "-", input=json.dumps(body))
+
+    def spec(self) -> dict[str, Any]:
+        return {"s3": {"bucket": self.bucket, "prefix": self.prefix, "endpoint": self.endpoint,
+                       "region": self.region, "credentialsSecret": {"name": self.secret}}}
+
+    def location(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}"
+
+    def check_pod(self, pod_spec: Mapping[str, Any]) -> None:
+        env = _container_env(pod_spec)
+        for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+            assert "value" not in env[key], f"{key} is written into the pod spec"
+            assert env[key]["valueFrom"] == {"secretKeyRef": {"name": self.secret, "key": key}}, env[key]
+        assert env["AWS_ENDPOINT_URL"].get("value") == self.endpoint, env.get("AWS_ENDPOINT_URL")
+        assert env["AWS_DEFAULT_REGION"].get("value") == self.region, env.get("AWS_DEFAULT_REGION")
+
+    def secrets(self) -> list[str]:
+        return [self.access_key, self.secret_key]
+
+    def client(self) -> Any:
+        from minio import Minio
+
+        parts = urlsplit(self.endpoint)
+        return Minio(parts.netloc, access_key=self.access_key, secret_key=self.secret_key,
+                     secure=parts.scheme == "https", region=self.region)
+
+    def files(self, dep: Deployment) -> dict[str, bytes]:
+        client = self.client()
+        out: dict[str, bytes] = {}
+        for item in client.list_objects(self.bucket, prefix=f"{self.prefix}/", recursive=True):
+            response = client.get_object(self.bucket, item.object_name)
+            try:
+                out[item.object_name.removeprefix(f"{self.prefix}/")] = response.read()
+            finally:
+                response.close()
+                response.release_conn()
+        return out
 
 
 def whole_log(client: EventStoreClient) -> list[tuple[Any, ...]]:
@@ -1129,19 +1298,20 @@ def whole_log(client: EventStoreClient) -> list[tuple[Any, ...]]:
         position = page[-1].position + 1
 
 
+def job_finished(dep: Deployment, job: str) -> str | None:
+    """"Complete" or "Failed" once Job `job` is done, else None."""
+    body = dep.get("job", job) or {}
+    for c in (body.get("status") or {}).get("conditions") or []:
+        if c.get("type") in ("Complete", "Failed") and c.get("status") == "True":
+            return str(c["type"])
+    return None
+
+
 def run_backup_job(dep: Deployment, job: str) -> None:
     """A Job from the backup CronJob now (as `kubectl create job --from=cronjob`), to Complete."""
     dep.kube.kubectl_run("create", "job", job, f"--from=cronjob/{names.backup(dep.name)}", "-n",
                          dep.namespace)
-
-    def finished() -> str | None:
-        body = dep.get("job", job) or {}
-        for c in (body.get("status") or {}).get("conditions") or []:
-            if c.get("type") in ("Complete", "Failed") and c.get("status") == "True":
-                return str(c["type"])
-        return None
-
-    state = assertions.poll(finished, 180, f"backup Job {job} to finish", interval=1)
+    state = assertions.poll(lambda: job_finished(dep, job), 180, f"backup Job {job} to finish", interval=1)
     logs = dep.kube.kubectl_run("logs", "-n", dep.namespace, f"job/{job}", check=False).stdout
     assert state == "Complete", f"backup Job {job}: {state}\n{logs}"
 
@@ -1156,49 +1326,100 @@ def last_backup(dep: Deployment, job: str) -> dict[str, Any]:
     return assertions.poll(reported, 90, f"status.lastBackup to show Job {job}", interval=1)
 
 
-def check_backup_then_restore_into_a_new_eventstore(dep: Deployment) -> None:
-    """spec.backup onto a claim: a backup Job (from the CronJob), more appends, a second
-    (incremental) one, each in status.lastBackup with its time and position; then a new
-    EventStore with spec.restore.from that claim starts from the backup, and its log is
-    the source's, event for event."""
-    claim = {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
-             "metadata": {"name": BACKUP_CLAIM, "namespace": dep.namespace},
-             "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}
-    dep.kube.kubectl_run("apply", "-f", "-", input=json.dumps(claim))
+def assert_only_in_secrets(dep: Deployment, values: list[str]) -> None:
+    """No object of the namespace but a Secret holds any of `values` (credentials): not the
+    EventStore, a ConfigMap, the CronJob, a Job or a pod."""
+    if not values:
+        return
+    dump = dep.kube.kubectl_run("get", "eventstores,configmaps,cronjobs,jobs,pods", "-n", dep.namespace,
+                                "-o", "json").stdout
+    leaked = [i for i, value in enumerate(values) if value in dump]
+    assert not leaked, f"credential(s) #{leaked} of the backup target appear outside its Secret"
+
+
+def check_backup_files(files: Mapping[str, bytes], first: Mapping[str, Any], second: Mapping[str, Any],
+                       log_ids: list[str], incremental_ids: list[str]) -> list[dict[str, Any]]:
+    """What the location holds, as read apart from the Jobs: a manifest naming a full and
+    an incremental segment that end at the positions status.lastBackup reported, both there
+    with the manifest's sha256, no other segment, and between them the whole log's events
+    in order (the incremental one exactly the events appended between the two Jobs)."""
+    assert "manifest.json" in files, f"no manifest.json among {sorted(files)}"
+    segments: list[dict[str, Any]] = json.loads(files["manifest.json"])["segments"]
+    assert len(segments) == 2, segments
+    full, incremental = segments
+    assert full["after_position"] == 0 and full["to_position"] == int(first["position"]), (full, first)
+    assert incremental["after_position"] == full["to_position"], segments
+    assert incremental["to_position"] == int(second["position"]), (incremental, second)
+    stored = sorted(name for name in files if SEGMENT_FILE.fullmatch(name))
+    assert stored == sorted(s["file"] for s in segments), (stored, segments)
+    ids: list[list[str]] = []
+    for segment in segments:
+        data = files[segment["file"]]
+        assert hashlib.sha256(data).hexdigest() == segment["sha256"], f"{segment['file']}: sha256 differs"
+        rows = [json.loads(line) for line in gzip.decompress(data).splitlines()]
+        ids.append([str(r["id"]) for r in rows if "id" in r])
+        assert len(ids[-1]) == segment["events"], (segment, len(ids[-1]))
+    assert ids[1] == incremental_ids, (ids[1], incremental_ids)
+    assert ids[0] + ids[1] == log_ids, "the segments do not hold the source's log, in order"
+    return segments
+
+
+def check_backup_then_restore_into_a_new_eventstore(dep: Deployment, target: BackupTarget) -> None:
+    """spec.backup onto `target` (a claim, an S3 bucket): a backup Job (from the CronJob),
+    more appends, a second (incremental) one, each in status.lastBackup with its time and
+    position; what the location then holds, read apart from the Jobs (check_backup_files);
+    the target's credentials in its Secret only; then a new EventStore with spec.restore.from
+    the same target starts from the backup, and its log is the source's, event for event."""
+    target.create(dep)
     backup = {"schedule": "0 0 1 1 *", "fullEvery": 7, "retention": "30d",
-              "target": {"pvc": {"claimName": BACKUP_CLAIM}}}
+              # A merge patch: the other kind of target (an earlier scenario's) set to null.
+              "target": {**dict.fromkeys(BACKUP_TARGET_KINDS), **target.spec()}}
     dep.kube.kubectl_run("patch", names.PLURAL, dep.name, "-n", dep.namespace, "--type=merge", "-p",
                          json.dumps({"spec": {"backup": backup}}))
-    assertions.poll(lambda: dep.get("cronjob", names.backup(dep.name)), 60, "the backup CronJob")
 
-    prefix = f"backup-{uuid.uuid4().hex[:6]}"
+    def cronjob_pod() -> dict[str, Any] | None:
+        cronjob = dep.get("cronjob", names.backup(dep.name)) or {}
+        pod: dict[str, Any] = (((cronjob.get("spec") or {}).get("jobTemplate") or {}).get("spec") or {}
+                               ).get("template", {}).get("spec") or {}
+        args = (pod.get("containers") or [{}])[0].get("args") or []
+        return pod if args[1:2] == [target.location()] else None
+
+    target.check_pod(assertions.poll(cronjob_pod, 60, f"the backup CronJob onto {target.location()}"))
+
+    prefix = f"backup-{target.kind}-{uuid.uuid4().hex[:6]}"
     with dep.client() as client:
         for i in range(5):
             events = [NewEvent(type="Deposited", payload={"amount": n}) for n in range(3)]
             client.append(f"{prefix}-account-{i}", events, expected_version=ExpectedVersion.NO_STREAM)
             dep.record({f"{prefix}-account-{i}": [str(e.id) for e in events]})
     with dep.timings.phase("backup Job (full)"):
-        run_backup_job(dep, "e2e-backup-1")
-    first = last_backup(dep, "e2e-backup-1")
+        run_backup_job(dep, f"e2e-backup-{target.kind}-1")
+    first = last_backup(dep, f"e2e-backup-{target.kind}-1")
+    incremental_ids: list[str] = []
     with dep.client() as client:
         for i in range(5):
             events = [NewEvent(type="Withdrawn", payload={"amount": 1})]
             client.append(f"{prefix}-account-{i}", events, expected_version=3)
             dep.record({f"{prefix}-account-{i}": [str(e.id) for e in events]})
+            incremental_ids += [str(e.id) for e in events]
     with dep.timings.phase("backup Job (incremental)"):
-        run_backup_job(dep, "e2e-backup-2")
-    second = last_backup(dep, "e2e-backup-2")
+        run_backup_job(dep, f"e2e-backup-{target.kind}-2")
+    second = last_backup(dep, f"e2e-backup-{target.kind}-2")
     assert int(second["position"]) > int(first["position"]), (first, second)
     assert second["completionTime"] >= first["completionTime"], (first, second)
     with dep.client() as client:
         expected = whole_log(client)
     assert sum(1 for e in expected if e[1].startswith(prefix)) == 20
+    with dep.timings.phase(f"backup files read from the {target.kind} target"):
+        segments = check_backup_files(target.files(dep), first, second, [e[0] for e in expected],
+                                      incremental_ids)
+    print(f"{target.location()}: " + ", ".join(f"{s['file']} ({s['events']} events)" for s in segments))
 
-    # A new EventStore from that claim: one small store, restored before it starts.
-    name = f"{dep.name}-restored"
+    # A new EventStore from that target: one small store, restored before it starts.
+    name = f"{dep.name}-restored-{target.kind}"
     spec = copy.deepcopy((dep.values.get("eventstore") or {}).get("spec") or {})
     small = {"requests": {"cpu": "50m", "memory": "128Mi"}}
-    spec.update(replicas=1, resources=small, restore={"from": {"pvc": {"claimName": BACKUP_CLAIM}}})
+    spec.update(replicas=1, resources=small, restore={"from": target.spec()})
     spec.pop("backup", None)
     for database in ("postgres", "mongodb"):
         spec[database] = {**spec.get(database, {}), "resources": small}
@@ -1211,6 +1432,12 @@ def check_backup_then_restore_into_a_new_eventstore(dep: Deployment) -> None:
             restored.wait_all_ready()
         status = (restored.get(names.PLURAL, name) or {}).get("status") or {}
         assert (status.get("restore") or {}).get("job") == names.restore(name), status
+        job = restored.get("job", names.restore(name))
+        assert job is not None and job_finished(restored, names.restore(name)) == "Complete", job
+        pod_spec = job["spec"]["template"]["spec"]
+        assert pod_spec["containers"][0]["args"][:2] == ["restore", target.location()], pod_spec
+        target.check_pod(pod_spec)
+        assert_only_in_secrets(dep, target.secrets())
         with restored.client() as client:
             actual = whole_log(client)
         assert len(actual) == len(expected) and actual == expected, (

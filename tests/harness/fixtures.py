@@ -5,7 +5,7 @@ that need it with the reason, unless the run requires it; always close it."""
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Generator
 from typing import TypeVar
 
 import pytest
@@ -22,7 +22,7 @@ def required(require_env: str) -> bool:
     return os.environ.get(require_env, "").strip().lower() in {"1", "true", "yes"}
 
 
-def started_or_skipped(server: S, what: str, require_env: str) -> Iterator[S]:
+def started_or_skipped(server: S, what: str, require_env: str) -> Generator[S, None, None]:
     """For `yield from` in a fixture: `server` started, closed after the session. When it
     cannot start, the tests skip naming `what` and why, or fail if `required`."""
     try:

@@ -25,10 +25,11 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 S = TypeVar("S", bound="ServerProcess")
 
 
-def free_port() -> int:
-    """A loopback port free right now (another process may take it before we bind it)."""
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port free on `host` (loopback unless told) right now (another process may take it
+    before we bind it)."""
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
+        sock.bind((host, 0))
         return int(sock.getsockname()[1])
 
 

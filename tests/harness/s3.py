@@ -1,6 +1,8 @@
 """A throwaway S3-compatible server for the backup tests: versitygw (a real S3 gateway in
 Go: SigV4 authentication, multipart uploads, checksums) on its POSIX backend in a temp
-dir, on a free loopback port, with a random root access key and secret.
+dir, on a free loopback port (or on another address of this host, `host`: the
+one-node suite binds the node bridge's address so that pods reach it), with a random root
+access key and secret.
 
 The binary is built once by scripts/versitygw/build.sh (`make deps`) and cached under
 ~/.cache/eventstore-ci/versitygw-<version>/. `python -m tests.harness.s3` runs one in the
@@ -38,22 +40,24 @@ def ensure_binary() -> Path:
 
 
 class S3Server(ServerProcess):
-    """versitygw on 127.0.0.1:`port`; `endpoint`, `access_key`, `secret_key`, `region`."""
+    """versitygw on `host`:`port` (127.0.0.1 unless told); `endpoint`, `access_key`,
+    `secret_key`, `region`."""
 
     label = "versitygw"
     log_name = "versitygw.log"
     region = "us-east-1"
 
-    def __init__(self, start_timeout: float = 30.0) -> None:
+    def __init__(self, start_timeout: float = 30.0, host: str = "127.0.0.1") -> None:
         super().__init__(tmp_prefix="eventstore-s3-", start_timeout=start_timeout)
-        self.port = free_port()
+        self.host = host
+        self.port = free_port(host)
         self.access_key = "es" + secrets.token_hex(8)
         self.secret_key = secrets.token_urlsafe(24)
         self.root = self.tmp / "buckets"
 
     @property
     def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     @property
     def env(self) -> dict[str, str]:
@@ -70,7 +74,7 @@ class S3Server(ServerProcess):
         # The secret goes through the environment, not argv (visible in `ps`).
         env = {**os.environ, "ROOT_ACCESS_KEY_ID": self.access_key,
                "ROOT_SECRET_ACCESS_KEY": self.secret_key}
-        self._spawn([str(binary), "--port", f"127.0.0.1:{self.port}", "--region", self.region,
+        self._spawn([str(binary), "--port", f"{self.host}:{self.port}", "--region", self.region,
                      "--quiet", "posix", str(self.root)], env=env)
         self._wait_ready(self._answers)
         return self
@@ -88,8 +92,13 @@ class S3Server(ServerProcess):
         """A minio client for this server (test set-up and inspection)."""
         from minio import Minio
 
-        return Minio(f"127.0.0.1:{self.port}", access_key=self.access_key,
+        return Minio(f"{self.host}:{self.port}", access_key=self.access_key,
                      secret_key=secret_key or self.secret_key, secure=False, region=self.region)
+
+    def create_bucket(self, name: str) -> str:
+        """A new empty bucket `name` (returned)."""
+        self.client().make_bucket(name)
+        return name
 
 
 def _announce(server: S3Server) -> None:

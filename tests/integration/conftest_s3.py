@@ -30,9 +30,7 @@ def s3_server() -> Iterator[S3Server]:
 def s3_bucket(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> str:
     """A fresh bucket for one test, with AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
     AWS_ENDPOINT_URL and AWS_DEFAULT_REGION set for the server."""
-    name = f"t{os.getpid()}-{next(_buckets)}"
-    client = s3_server.client()
-    client.make_bucket(name)
+    name = s3_server.create_bucket(f"t{os.getpid()}-{next(_buckets)}")
     for key, value in s3_server.env.items():
         monkeypatch.setenv(key, value)
     return name
