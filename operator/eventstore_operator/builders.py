@@ -894,6 +894,9 @@ def _backup_pod(owner: Owner, spec: Obj, command: str, where: Mapping[str, Any])
     volumes, mounts = password_volumes(owner, spec, (envcontract.EVENT_DB.prefix,))
     if where.get("s3"):
         s3 = where["s3"]
+        # A backup's prefix defaults to its EventStore's name. A restore's is required by
+        # the schema (the new EventStore's name is not where the source's backups are);
+        # the default stays for EventStores stored before the schema required it.
         location = f"s3://{s3['bucket']}/{s3.get('prefix') or owner.name}"
         secret = s3["credentialsSecret"]["name"]
         env += [_secret_env(k, secret, k)

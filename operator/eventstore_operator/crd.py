@@ -267,8 +267,17 @@ def _condition_schema() -> dict[str, Any]:
     }
 
 
-def _backup_target_schema(description: str) -> dict[str, Any]:
-    """A backup location: an existing PersistentVolumeClaim or an S3-compatible bucket."""
+def _backup_target_schema(description: str, *, restoring: bool = False) -> dict[str, Any]:
+    """A backup location: an existing PersistentVolumeClaim or an S3-compatible bucket.
+
+    `restoring`: the location of spec.restore.from, whose S3 prefix is required. A backup
+    defaults it to its own EventStore's name, which a restore cannot know: the default
+    there would be the new EventStore's name, where no backup is."""
+    s3_required = ["bucket", "credentialsSecret", *(["prefix"] if restoring else [])]
+    prefix_description = (
+        "Key prefix of the backups: the source's spec.backup.target.s3.prefix, or the "
+        "source EventStore's name when that was unset." if restoring
+        else "Key prefix; unset: this EventStore's name.")
     return {
         "type": "object",
         "description": description,
@@ -284,10 +293,10 @@ def _backup_target_schema(description: str) -> dict[str, Any]:
             "s3": {
                 "type": "object",
                 "description": "An S3-compatible bucket (AWS S3, MinIO, SeaweedFS, ...).",
-                "required": ["bucket", "credentialsSecret"],
+                "required": s3_required,
                 "properties": {
                     "bucket": {"type": "string", "minLength": 3, "maxLength": 63},
-                    "prefix": {"type": "string", "maxLength": 512, "description": "Key prefix."},
+                    "prefix": {"type": "string", "maxLength": 512, "description": prefix_description},
                     "endpoint": {
                         "type": "string",
                         "maxLength": 512,
@@ -501,7 +510,8 @@ def spec_schema() -> dict[str, Any]:
                 ),
                 "required": ["from"],
                 "properties": {
-                    "from": _backup_target_schema("The backup to restore (as spec.backup.target)."),
+                    "from": _backup_target_schema("The backup to restore (as spec.backup.target).",
+                                                  restoring=True),
                     "asOf": {
                         "type": "string",
                         "format": "date-time",

@@ -878,8 +878,18 @@ def test_spec_restore_runs_a_job_before_the_store(
     kubectl: Kubectl, namespace: str, operator: OperatorProcess
 ) -> None:
     """Issue 13 #3 (operator side): spec.restore.from makes a restore Job, and the store
-    StatefulSet waits for it (no kubelet here: the Job never finishes)."""
+    StatefulSet waits for it (no kubelet here: the Job never finishes). Restoring from a
+    bucket needs the backups' prefix: a backup's defaults to its own EventStore's name,
+    which the new one cannot know, so the API server refuses a restore without it."""
     body = yaml.safe_load(EXAMPLE.read_text())
+    s3 = {"bucket": "backups", "credentialsSecret": {"name": "s3"}}
+    body["spec"]["restore"] = {"from": {"s3": s3}}
+    refused = kubectl.run("apply", "--dry-run=server", "-n", namespace, "-f", "-",
+                          input=yaml.safe_dump(body), check=False)
+    assert refused.returncode != 0 and "spec.restore.from.s3.prefix: Required value" in refused.stderr, \
+        refused.stderr
+    body["spec"]["restore"] = {"from": {"s3": {**s3, "prefix": "demo-old"}}}
+    kubectl.run("apply", "--dry-run=server", "-n", namespace, "-f", "-", input=yaml.safe_dump(body))
     body["spec"]["restore"] = {"from": {"pvc": {"claimName": "backups"}}}
     kubectl.apply(yaml.safe_dump(body), namespace)
     job = wait_for(lambda: kubectl.get("job", "demo-restore", namespace), 30, "the restore Job")
