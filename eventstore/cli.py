@@ -368,13 +368,48 @@ def expire_backups(location: str, retention_days: float, url: str | None, lock_t
     _echo_orphans(expiry.orphans)
 
 
+@main.command("list-backups")
+@click.argument("location")
+@click.option("--json", "as_json", is_flag=True, help="One JSON document instead of lines.")
+@_s3_options
+def list_backups(location: str, as_json: bool, s3_endpoint: str | None,
+                 s3_region: str | None) -> None:
+    """The restore points in LOCATION, oldest first: every segment of its manifest, by
+    chain, with the time `restore --as-of` compares. Reads the manifest only (no
+    database, no lock)."""
+    from dataclasses import asdict
+
+    from eventstore import backup as backups
+
+    try:
+        where = backups.target(location, s3_endpoint=s3_endpoint, s3_region=s3_region)
+        segments = backups.read_manifest(where)
+    except EventStoreError as exc:
+        _backup_failed(exc)
+        return
+    listed = [(number, segment) for number, chain in enumerate(backups.chains(segments), 1)
+              for segment in chain]
+    if as_json:
+        click.echo(json.dumps({"location": str(where), "segments": [
+            {"chain": number, "full": segment.full, **asdict(segment)}
+            for number, segment in listed]}, indent=1))
+        return
+    if not listed:
+        click.echo(f"no backups in {where}")
+    for number, segment in listed:
+        kind = "full       " if segment.full else "incremental"
+        click.echo(f"{segment.created}  chain {number}  {kind}  {segment.events:>9} events  "
+                   f"positions {segment.after_position + 1}..{segment.to_position}  {segment.file}")
+
+
 @main.command()
 @click.argument("location")
 @click.option("--url", help="Event store URL (default: from the environment, as `serve`).")
 @click.option("--as-of", type=click.DateTime(formats=["%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%dT%H:%M:%S",
                                             "%Y-%m-%dT%H:%M:%S.%f%z", "%Y-%m-%dT%H:%M:%S.%f"]),
               help="Restore the newest backup written at or before this time (UTC unless "
-                   "it names a zone; default: the newest backup).")
+                   "it names a zone; default: the newest backup; `list-backups` shows "
+                   "the times).")
 @_s3_options
 def restore(location: str, url: str | None, as_of: datetime | None, s3_endpoint: str | None,
             s3_region: str | None) -> None:

@@ -87,6 +87,7 @@ def test_backup_incremental_restore_gives_an_identical_log(
         postgres_server: PostgresServer, location: str, tmp_path: Path) -> None:
     source_url = postgres_server.create_database("backup_source")
     target_url = postgres_server.create_database("backup_target")
+    assert "no backups in" in _cli("list-backups", location)
     with EventStore.connect(source_url) as store:
         store.migrate()
         for i in range(5):
@@ -111,6 +112,21 @@ def test_backup_incremental_restore_gives_an_identical_log(
     assert [s.events for s in manifest] == [15, 6]
     assert manifest[1].after_position == manifest[0].to_position
     assert manifest[0].full and not manifest[1].full
+
+    # `list-backups` shows the restore points (no database needed); a time it shows,
+    # given to `restore --as-of`, restores that point.
+    lines = _cli("list-backups", location).splitlines()
+    assert len(lines) == 2, lines
+    assert lines[0].startswith(f"{manifest[0].created}  chain 1  full ")
+    assert "15 events" in lines[0] and lines[0].endswith(manifest[0].file)
+    assert lines[1].startswith(f"{manifest[1].created}  chain 1  incremental ")
+    assert "6 events" in lines[1] and lines[1].endswith(manifest[1].file)
+    listed = json.loads(_cli("list-backups", location, "--json"))["segments"]
+    assert [(s["chain"], s["full"], s["file"], s["events"]) for s in listed] == [
+        (1, True, manifest[0].file, 15), (1, False, manifest[1].file, 6)]
+    first_point = postgres_server.create_database("backup_first_point")
+    assert "restored 15 events" in _cli("restore", location, "--url", first_point,
+                                        "--as-of", listed[0]["created"])
 
     assert "restored 21 events" in _cli("restore", location, "--url", target_url)
     with EventStore.connect(target_url) as store:
