@@ -268,6 +268,31 @@ def pod_ready(pod: Mapping[str, Any]) -> bool:
     return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
 
 
+def store_image_job(dep: Deployment, name: str, container: str, command: list[str], *,
+                    mounts: list[dict[str, Any]], volumes: list[dict[str, Any]]) -> dict[str, Any]:
+    """A Job that runs `command` once in a container of the store image, as the store pods
+    run (non-root, read-only root file system), with these volumes."""
+    return {
+        "apiVersion": "batch/v1", "kind": "Job",
+        "metadata": {"name": name, "namespace": dep.namespace},
+        "spec": {"backoffLimit": 0, "template": {"spec": {
+            "restartPolicy": "Never",
+            "enableServiceLinks": False,
+            "automountServiceAccountToken": False,
+            "securityContext": {"runAsUser": 10001, "runAsGroup": 10001, "runAsNonRoot": True},
+            "containers": [{
+                "name": container, "image": dep.store_image, "imagePullPolicy": "IfNotPresent",
+                "command": command,
+                "securityContext": RESTRICTED,
+                "resources": {"requests": {"cpu": "50m", "memory": "64Mi"},
+                              "limits": {"memory": "256Mi"}},
+                "volumeMounts": mounts,
+            }],
+            "volumes": volumes,
+        }}},
+    }
+
+
 class WorkloadJob:
     """tests/e2e_shared/workload.py as a Job on the store image, talking to the store's
     Service by its cluster DNS name, with the API token from the Secret."""
@@ -279,32 +304,18 @@ class WorkloadJob:
 
     def manifest(self) -> dict[str, Any]:
         dep = self.dep
-        return {
-            "apiVersion": "batch/v1", "kind": "Job",
-            "metadata": {"name": self.name, "namespace": dep.namespace},
-            "spec": {"backoffLimit": 0, "template": {"spec": {
-                "restartPolicy": "Never",
-                "enableServiceLinks": False,
-                "automountServiceAccountToken": False,
-                "securityContext": {"runAsUser": 10001, "runAsGroup": 10001, "runAsNonRoot": True},
-                "containers": [{
-                    "name": "workload", "image": dep.store_image, "imagePullPolicy": "IfNotPresent",
-                    # The image's entrypoint is `eventstore`; its interpreter runs the script.
-                    "command": ["python3", "/workload/workload.py",
-                                "--url", f"http://{names.store(dep.name)}:{names.HTTP_PORT}",
-                                "--token-file", f"/token/{names.TOKEN_KEY}", *self.args],
-                    "securityContext": RESTRICTED,
-                    "resources": {"requests": {"cpu": "50m", "memory": "64Mi"},
-                                  "limits": {"memory": "256Mi"}},
-                    "volumeMounts": [{"name": "workload", "mountPath": "/workload", "readOnly": True},
-                                     {"name": "token", "mountPath": "/token", "readOnly": True},
-                                     {"name": "tmp", "mountPath": "/tmp"}],
-                }],
-                "volumes": [{"name": "workload", "configMap": {"name": WORKLOAD_CONFIGMAP}},
-                            {"name": "token", "secret": {"secretName": names.api_token(dep.name)}},
-                            {"name": "tmp", "emptyDir": {"sizeLimit": "16Mi"}}],
-            }}},
-        }
+        return store_image_job(
+            dep, self.name, "workload",
+            # The image's entrypoint is `eventstore`; its interpreter runs the script.
+            ["python3", "/workload/workload.py",
+             "--url", f"http://{names.store(dep.name)}:{names.HTTP_PORT}",
+             "--token-file", f"/token/{names.TOKEN_KEY}", *self.args],
+            mounts=[{"name": "workload", "mountPath": "/workload", "readOnly": True},
+                    {"name": "token", "mountPath": "/token", "readOnly": True},
+                    {"name": "tmp", "mountPath": "/tmp"}],
+            volumes=[{"name": "workload", "configMap": {"name": WORKLOAD_CONFIGMAP}},
+                     {"name": "token", "secret": {"secretName": names.api_token(dep.name)}},
+                     {"name": "tmp", "emptyDir": {"sizeLimit": "16Mi"}}])
 
     def start(self) -> WorkloadJob:
         self.dep.kube.kubectl_run("delete", "job", self.name, "-n", self.dep.namespace, "--ignore-not-found",
@@ -1196,28 +1207,14 @@ class ClaimBackupTarget:
                   "        p = os.path.join(d, f)\n"
                   "        out[os.path.relpath(p, root)] = base64.b64encode(open(p, 'rb').read()).decode()\n"
                   "print(json.dumps(out))\n")
-        manifest = {
-            "apiVersion": "batch/v1", "kind": "Job",
-            "metadata": {"name": job, "namespace": dep.namespace},
-            "spec": {"backoffLimit": 0, "template": {"spec": {
-                "restartPolicy": "Never", "enableServiceLinks": False, "automountServiceAccountToken": False,
-                "securityContext": {"runAsUser": 10001, "runAsGroup": 10001, "runAsNonRoot": True},
-                "containers": [{"name": "list", "image": dep.store_image, "imagePullPolicy": "IfNotPresent",
-                                "command": ["python3", "-c", script], "securityContext": RESTRICTED,
-                                "resources": {"requests": {"cpu": "50m", "memory": "64Mi"},
-                                              "limits": {"memory": "256Mi"}},
-                                "volumeMounts": [{"name": "backup", "mountPath": "/backup",
-                                                  "readOnly": True}]}],
-                "volumes": [{"name": "backup", "persistentVolumeClaim": {"claimName": self.claim,
-                                                                         "readOnly": True}}],
-            }}},
-        }
+        manifest = store_image_job(
+            dep, job, "list", ["python3", "-c", script],
+            mounts=[{"name": "backup", "mountPath": "/backup", "readOnly": True}],
+            volumes=[{"name": "backup", "persistentVolumeClaim": {"claimName": self.claim,
+                                                                  "readOnly": True}}])
         dep.kube.kubectl_run("apply", "-f", "-", input=json.dumps(manifest))
         try:
-            state = assertions.poll(lambda: job_finished(dep, job), 120, f"Job {job} to list the claim",
-                                    interval=1)
-            logs = dep.kube.kubectl_run("logs", "-n", dep.namespace, f"job/{job}", check=False).stdout
-            assert state == "Complete", f"Job {job}: {state}\n{logs}"
+            logs = completed_job_logs(dep, job, 120)
             listed: dict[str, str] = json.loads(logs.strip().splitlines()[-1])
             return {name: base64.b64decode(data) for name, data in listed.items()}
         finally:
@@ -1307,13 +1304,19 @@ def job_finished(dep: Deployment, job: str) -> str | None:
     return None
 
 
+def completed_job_logs(dep: Deployment, job: str, timeout: float) -> str:
+    """Job `job`'s output once it has finished, which must be as Complete."""
+    state = assertions.poll(lambda: job_finished(dep, job), timeout, f"Job {job} to finish", interval=1)
+    logs = dep.kube.kubectl_run("logs", "-n", dep.namespace, f"job/{job}", check=False).stdout
+    assert state == "Complete", f"Job {job}: {state}\n{logs}"
+    return logs
+
+
 def run_backup_job(dep: Deployment, job: str) -> None:
     """A Job from the backup CronJob now (as `kubectl create job --from=cronjob`), to Complete."""
     dep.kube.kubectl_run("create", "job", job, f"--from=cronjob/{names.backup(dep.name)}", "-n",
                          dep.namespace)
-    state = assertions.poll(lambda: job_finished(dep, job), 180, f"backup Job {job} to finish", interval=1)
-    logs = dep.kube.kubectl_run("logs", "-n", dep.namespace, f"job/{job}", check=False).stdout
-    assert state == "Complete", f"backup Job {job}: {state}\n{logs}"
+    completed_job_logs(dep, job, 180)
 
 
 def last_backup(dep: Deployment, job: str) -> dict[str, Any]:
