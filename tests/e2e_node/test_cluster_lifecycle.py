@@ -145,6 +145,52 @@ def test_network_policies_are_enforced(node: Node, namespace: str) -> None:
     wait_until(lambda: _fetch(node, namespace, url), timeout=30, message="ingress from a friend allowed")
 
 
+#: What the client pod prints for a connection: "answered ..." or the error's name.
+_CONNECT = """
+import socket, sys
+try:
+    with socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10) as s:
+        s.sendall(b"GET / HTTP/1.1\\r\\nHost: x\\r\\nConnection: close\\r\\n\\r\\n")
+        print("answered", s.recv(80))
+except OSError as exc:
+    print(type(exc).__name__)
+"""
+
+
+@pytest.mark.timeout(1800)   # a cold build of the store image (debootstrap) comes first
+def test_a_service_without_endpoints_refuses_connections(node: Node, namespace: str) -> None:
+    """A connection to a Service whose pods are all gone or NotReady is refused, as
+    kube-proxy's REJECT means it to be, and nothing off the node answers a pod: the guard
+    table of tests/harness/node.py (`guard_ruleset`) says why. Without it, the sandbox's
+    egress proxy answered such a connection with an empty HTTP 404."""
+    from tests.harness import images
+
+    images.import_images(["store"], address=Path(node.containerd_address))
+    node.apply([
+        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "nobody"},
+         "spec": {"selector": {"app": "no-such-pod"}, "ports": [{"port": 8080, "targetPort": 8080}]}},
+        {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "client"},
+         "spec": {"terminationGracePeriodSeconds": 1, "automountServiceAccountToken": False,
+                  "containers": [{"name": "client", "image": images.STORE_IMAGE, "imagePullPolicy": "Never",
+                                  "command": ["python3", "-c", "import time; time.sleep(86400)"]}]}},
+    ], namespace=namespace)
+    try:
+        node.kubectl_run("wait", "--for=condition=Ready", "pod/client", "-n", namespace, "--timeout=90s",
+                         timeout=120)
+    except subprocess.CalledProcessError:
+        print(node.diagnostics(namespace))
+        raise
+
+    def connect(host: str, port: int) -> str:
+        return node.kubectl_run("exec", "client", "-n", namespace, "--", "python3", "-c", _CONNECT,
+                                host, str(port), timeout=60).stdout.strip()
+
+    # The same pod reaches a Service that has endpoints: the apiserver's.
+    assert connect(f"kubernetes.default.svc.{CLUSTER_DOMAIN}", 443).startswith("answered")
+    assert connect(f"nobody.{namespace}.svc.{CLUSTER_DOMAIN}", 8080) == "ConnectionRefusedError"
+    assert connect("192.0.2.1", 80) == "ConnectionRefusedError", "an address off the node answered a pod"
+
+
 def test_second_up_changes_nothing(node: Node) -> None:
     pids = node.pids()
     proc = subprocess.run([sys.executable, "-m", "tests.harness.node", "up"], cwd=REPO_ROOT,

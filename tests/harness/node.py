@@ -18,7 +18,8 @@ InternalIP, the apiserver's and kubelet's listen address and the cluster DNS ser
 pod reaches them as its gateway and they do not listen on the machine's real interfaces (only
 kube-router's health port does: v2.1 has no flag for its address).
 Pods get POD_SUBNET from the CNI bridge plugin (host-local IPAM, masquerade, hairpin, portmap);
-Services get SERVICE_CIDR from kube-proxy.
+Services get SERVICE_CIDR from kube-proxy. Pods have no way off the node: the nftables table
+GUARD_TABLE refuses what they send out of any other interface (see `guard_ruleset`).
 
 Storage: the default StorageClass STORAGE_CLASS (WaitForFirstConsumer, reclaim Delete) is served
 by `Provisioner`, which makes a directory under the state dir and a `local` PersistentVolume of
@@ -60,7 +61,7 @@ Command line: `python -m tests.harness.node up|down [--purge]|status` (`make clu
 `make cluster-down`). `up` prints each phase's time on stderr and, as its last stdout line,
 `export KUBECONFIG=<path>`. Needs root, the binaries of scripts/k8s/build.sh and
 scripts/coredns/build.sh (built on first use when Go is there), and Debian's containerd, runc,
-containernetworking-plugins and iptables (nft backend).
+containernetworking-plugins, iptables (nft backend) and nftables.
 """
 
 from __future__ import annotations
@@ -85,7 +86,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -133,11 +134,13 @@ KUBELET_PORT, KUBELET_HEALTHZ_PORT = 10250, 10248
 PROXY_METRICS_PORT, PROXY_HEALTHZ_PORT = 10249, 10256
 COREDNS_HEALTH_PORT, COREDNS_READY_PORT = 18080, 18181
 KUBE_ROUTER_HEALTH_PORT = 20244
+GUARD_TABLE = "eventstore-node"        # nftables (inet) table of ours alone: `down` deletes it
 
 NODE_BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet",
                  "kube-proxy", "kubectl", "helm")
 HOST_COMMANDS = ("containerd", "containerd-shim-runc-v2", "runc", "ctr", "ip", "iptables-nft",
-                 "ip6tables-nft", "iptables-nft-save", "ip6tables-nft-save", "mount", "umount", "openssl")
+                 "ip6tables-nft", "iptables-nft-save", "ip6tables-nft-save", "nft", "mount", "umount",
+                 "openssl")
 CNI_PLUGINS = ("bridge", "host-local", "portmap", "loopback")
 COREDNS_BUILD = REPO_ROOT / "scripts" / "coredns" / "build.sh"
 KUBE_ROUTER_BUILD = REPO_ROOT / "scripts" / "kube-router" / "build.sh"
@@ -311,6 +314,44 @@ def _cgroup_mounts() -> list[Path]:
     return mounts
 
 
+IPTABLES_TABLE_NAMES = ("filter", "nat", "mangle", "raw", "security")
+
+
+def _nft_tables() -> list[str]:
+    """The host's nftables tables ("family name") but for those iptables-nft keeps, which
+    `_iptables_tables` reports."""
+    if shutil.which("nft") is None:
+        return []
+    listed = _run(["nft", "list", "tables"], check=False).stdout.split("\n")
+    tables = [line.removeprefix("table ").strip() for line in listed if line.startswith("table ")]
+    return sorted(t for t in tables if t.split()[-1] not in IPTABLES_TABLE_NAMES)
+
+
+def guard_ruleset() -> str:
+    """The nftables table that keeps pods on the node: whatever a pod sends that would leave
+    by another interface than the bridge is refused (ICMP port unreachable, as kube-proxy's
+    own REJECT for a Service without endpoints).
+
+    Why: kube-router's NetworkPolicy chain ACCEPTs allowed traffic at the top of FORWARD,
+    before kube-proxy's "has no endpoints" REJECT, so a connection to a Service whose pods
+    are all NotReady is not refused: untranslated, it follows the default route. On a real
+    network it would time out or be refused; on these machines the default route leads to
+    the sandbox's egress proxy, which answers any address and port itself (an empty HTTP
+    404, seen by the PostgreSQL-outage test as a NotFound from the store's Service). A
+    base chain of its own, at a priority before iptables-nft's, refuses it whatever order
+    the other chains are in. Nothing of the cluster needs to leave: the apiserver, DNS and
+    the test's S3 server listen on the bridge's own address."""
+    return f"""table inet {GUARD_TABLE}
+delete table inet {GUARD_TABLE}
+table inet {GUARD_TABLE} {{
+    chain forward {{
+        type filter hook forward priority filter - 10; policy accept;
+        iifname "{BRIDGE}" oifname != "{BRIDGE}" counter reject
+    }}
+}}
+"""
+
+
 def _ipsets() -> list[str]:
     if shutil.which("ipset") is None:
         return []
@@ -329,6 +370,7 @@ class HostState:
     cgroups: list[str]                    # existing kubepods cgroup dirs
     ipsets: list[str]
     links: list[str]
+    nft_tables: list[str] = field(default_factory=list)  # "inet eventstore-node" ... (native ones)
 
     @classmethod
     def capture(cls) -> HostState:
@@ -348,6 +390,7 @@ class HostState:
                            if (m / CGROUP_ROOT_NAME).is_dir()),
             ipsets=_ipsets(),
             links=sorted(p.name for p in Path("/sys/class/net").iterdir()),
+            nft_tables=_nft_tables(),
         )
 
     def to_json(self) -> str:
@@ -378,6 +421,9 @@ class HostState:
         extra_cg = sorted(set(after.cgroups) - set(self.cgroups))
         if extra_cg:
             problems.append(f"cgroups left: {', '.join(extra_cg)}")
+        extra_nft = sorted(set(after.nft_tables) - set(self.nft_tables))
+        if extra_nft:
+            problems.append(f"nftables tables left: {', '.join(extra_nft)}")
         extra_sets = sorted(set(after.ipsets) - set(self.ipsets))
         if extra_sets:
             problems.append(f"ipsets left: {', '.join(extra_sets)}")
@@ -883,8 +929,8 @@ class Node(KubectlClient):
             raise NodeUnavailable("the one-node cluster needs root (network, mounts, cgroups); run as root")
         packages = {"containerd": "containerd", "containerd-shim-runc-v2": "containerd", "ctr": "containerd",
                     "runc": "runc", "ip": "iproute2", "iptables-nft": "iptables", "ip6tables-nft": "iptables",
-                    "iptables-nft-save": "iptables", "ip6tables-nft-save": "iptables", "mount": "mount",
-                    "umount": "mount", "openssl": "openssl"}
+                    "iptables-nft-save": "iptables", "ip6tables-nft-save": "iptables", "nft": "nftables",
+                    "mount": "mount", "umount": "mount", "openssl": "openssl"}
         missing = sorted({packages[c] for c in HOST_COMMANDS if shutil.which(c) is None})
         missing += ["containernetworking-plugins"] if any(
             not os.access(CNI_BIN_DIR / p, os.X_OK) for p in CNI_PLUGINS) else []
@@ -945,6 +991,7 @@ class Node(KubectlClient):
         if GATEWAY_IP not in have:
             _run(["ip", "addr", "add", f"{GATEWAY_IP}/{POD_SUBNET.split('/')[1]}", "dev", BRIDGE])
         _run(["ip", "link", "set", BRIDGE, "mtu", str(_uplink_mtu()), "up"])
+        _run(["nft", "-f", "-"], input=guard_ruleset())
         for name in ("net.ipv4.ip_forward", "net.bridge.bridge-nf-call-iptables"):
             if _read_sysctl(name) not in (None, "1"):
                 _write_sysctl(name, "1")
@@ -1361,6 +1408,8 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
                 for table, chains in _iptables_tables(family).items():
                     if f"ipv{family}/{table}" not in before.tables and not any(chains.values()):
                         _run(["nft", "delete", "table", "ip" if family == 4 else "ip6", table], check=False)
+        if f"inet {GUARD_TABLE}" in _nft_tables():
+            _run(["nft", "delete", "table", "inet", GUARD_TABLE], check=False)
         if shutil.which("ipset") and before is not None:
             for name in sorted(set(_ipsets()) - set(before.ipsets)):
                 _run(["ipset", "destroy", name], check=False)
