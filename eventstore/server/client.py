@@ -294,7 +294,8 @@ class EventStoreClient:
         if body.get("error") == ConcurrencyError.code and "stream_id" not in body:
             # An older server named the stream only in the path of the append.
             body["stream_id"] = str(response.request.url.path).rsplit("/", 1)[-1]
-        raise error_from_reply(response.status_code, body, response.text)
+        fallback = response.text if body.get("error") or body.get("detail") else _not_ours(response)
+        raise error_from_reply(response.status_code, body, fallback)
 
     def close(self) -> None:
         self._http.close()
@@ -305,6 +306,18 @@ class EventStoreClient:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.close()
+
+
+def _not_ours(response: httpx.Response) -> str:
+    """The message for an error reply without the store's error shape. Such a reply comes
+    from whatever answered in the store's place (a proxy, an ingress, another server on
+    that address), so it says who, rather than a bare "NotFound" for an append."""
+    server = response.headers.get("server")
+    text = response.text.strip()
+    said = f"body {text[:200]!r}" if text else "empty body"
+    who = f"server {server!r}, " if server else ""
+    return (f"not an event store's reply ({who}{said}): is something else answering at "
+            f"{response.request.url.scheme}://{response.request.url.netloc.decode()}?")
 
 
 def _append_body(events: Sequence[NewEvent], expected_version: Expected) -> dict[str, Any]:

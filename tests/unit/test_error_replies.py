@@ -199,3 +199,34 @@ def test_a_conflict_reply_without_a_stream_id_names_the_stream_of_the_path() -> 
     with pytest.raises(ConcurrencyError) as raised:
         client.append("acc-9", [], expected_version=0)
     assert (raised.value.stream_id, raised.value.actual_version) == ("acc-9", 2)
+
+
+def test_a_reply_not_in_the_stores_shape_says_who_answered() -> None:
+    """Seen in CI: an egress proxy answered a Service address with an empty 404, and the
+    workload reported a bare "NotFound: " for an append."""
+    import httpx
+
+    replies = {"http://proxy": httpx.Response(404, headers={"server": "keryx"}),
+               "http://gateway": httpx.Response(502, text="<html>bad gateway</html>",
+                                                headers={"server": "nginx"}),
+               "http://plain": httpx.Response(404)}
+    for base, reply in replies.items():
+        client = EventStoreClient(base, TOKEN, transport=httpx.MockTransport(lambda _, r=reply: r))
+        with pytest.raises(EventStoreError) as raised:
+            client.append("acc-9", [], expected_version=0)
+        assert f"is something else answering at {base}" in str(raised.value)
+        if reply.status_code == 404:
+            assert type(raised.value) is errors.NotFound
+    proxy = EventStoreClient("http://proxy", TOKEN,
+                             transport=httpx.MockTransport(lambda _: replies["http://proxy"]))
+    with pytest.raises(errors.NotFound, match=r"^not an event store's reply \(server 'keryx', empty body\)"):
+        proxy.read_stream("acc-9")
+    gateway = EventStoreClient("http://gateway", TOKEN,
+                               transport=httpx.MockTransport(lambda _: replies["http://gateway"]))
+    with pytest.raises(EventStoreError, match=r"^HTTP 502: not an event store's reply \(server 'nginx', "
+                                              r"body '<html>bad gateway</html>'\)"):
+        gateway.head_position()
+    plain = EventStoreClient("http://plain", TOKEN,
+                             transport=httpx.MockTransport(lambda _: replies["http://plain"]))
+    with pytest.raises(errors.NotFound, match=r"^not an event store's reply \(empty body\)"):
+        plain.read_checkpoint("c")
