@@ -24,6 +24,7 @@ import httpx
 
 from eventstore.errors import (
     ConcurrencyError,
+    NotFound,
     StoreUnavailable,
     error_from_reply,
 )
@@ -202,8 +203,8 @@ class EventStoreClient:
         if at_or_below_version is not None:
             params["at_or_below_version"] = at_or_below_version
         response = self._request("GET", f"/streams/{stream_id}/snapshot", params=params)
-        if response.status_code == 404:
-            return None
+        if response.status_code == 404 and _error_code(response) == NotFound.code:
+            return None  # the store's "no snapshot"; another server's 404 is raised
         return self._json(response)
 
     def snapshot_store(self) -> HTTPSnapshotStore:
@@ -306,6 +307,16 @@ class EventStoreClient:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.close()
+
+
+def _error_code(response: httpx.Response) -> str | None:
+    """The `error` code of a reply in the store's shape, else None."""
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    code = body.get("error") if isinstance(body, dict) else None
+    return code if isinstance(code, str) else None
 
 
 def _not_ours(response: httpx.Response) -> str:

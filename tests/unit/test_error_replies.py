@@ -230,3 +230,9 @@ def test_a_reply_not_in_the_stores_shape_says_who_answered() -> None:
                              transport=httpx.MockTransport(lambda _: replies["http://plain"]))
     with pytest.raises(errors.NotFound, match=r"^not an event store's reply \(empty body\)"):
         plain.read_checkpoint("c")
+    # A proxy's 404 is not the store's "no snapshot" (which would mean: replay it all).
+    with pytest.raises(errors.NotFound, match="not an event store's reply"):
+        proxy.get_snapshot("acc-9", "Account")
+    store = EventStoreClient("http://store", TOKEN, transport=httpx.MockTransport(
+        lambda _: httpx.Response(404, json={"error": "not_found", "message": "no snapshot"})))
+    assert store.get_snapshot("acc-9", "Account") is None
