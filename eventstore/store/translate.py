@@ -18,7 +18,7 @@ import psycopg
 import psycopg.errors
 from psycopg_pool import PoolTimeout
 
-from eventstore.errors import EventStoreError, SchemaError, StoreUnavailable
+from eventstore.errors import EventStoreError, SchemaError, StoreUnavailable, ValidationError
 
 #: SQLite's primary result codes (the low byte of an extended code) that say the database
 #: could not serve the call now but may later: busy, locked, I/O error, cannot open, protocol.
@@ -50,6 +50,11 @@ def postgres_error(exc: BaseException) -> EventStoreError | None:
         return SchemaError("the event store schema is missing: run `eventstore migrate` first")
     if isinstance(exc, psycopg.errors.UndefinedFunction):
         return SchemaError("the event store schema is out of date: run `eventstore migrate`")
+    # Class 54: a value or statement past one of PostgreSQL's limits (an index row, a
+    # jsonb value, the number of parameters). psycopg counts it operational, but it is
+    # the request's: the same request fails again, so it is not "unavailable".
+    if isinstance(exc, psycopg.OperationalError) and (exc.sqlstate or "").startswith("54"):
+        return ValidationError(f"PostgreSQL refused it as past one of its limits: {exc}")
     # OperationalError covers lost connections, server shutdown, statement timeouts,
     # deadlocks and serialization failures (class 40): all worth a retry.
     if isinstance(exc, psycopg.OperationalError):

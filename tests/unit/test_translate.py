@@ -10,7 +10,7 @@ import psycopg
 import psycopg.errors
 import pytest
 
-from eventstore.errors import SchemaError, StoreUnavailable
+from eventstore.errors import SchemaError, StoreUnavailable, ValidationError
 from eventstore.snapshots.base import SnapshotUnavailable
 from eventstore.store.translate import postgres_error, sqlite_error, transient
 
@@ -52,6 +52,17 @@ def test_postgres_operational_errors_are_transient_and_constraints_are_not() -> 
     assert transient(psycopg.errors.SyntaxError("syntax error")) is None
     assert isinstance(postgres_error(psycopg.errors.UndefinedTable("no es_events")),
                       SchemaError)
+
+
+def test_postgres_limits_are_the_requests_fault_not_unavailability() -> None:
+    """Class 54 (a jsonb value past 256 MiB, an index row too large, a statement too
+    complex) fails the same way again: a ValidationError, never StoreUnavailable (seen:
+    a restore chunk past jsonb's cap was reported as "PostgreSQL is unavailable")."""
+    for exc in (psycopg.errors.ProgramLimitExceeded("total size of jsonb array elements exceeds"),
+                psycopg.errors.StatementTooComplex("stack depth limit exceeded")):
+        assert isinstance(postgres_error(exc), ValidationError), exc
+        assert transient(exc) is None
+    assert isinstance(postgres_error(psycopg.errors.DiskFull("no space left")), StoreUnavailable)
 
 
 def test_library_errors_pass_as_they_are() -> None:
