@@ -1,10 +1,11 @@
-"""Peak memory and local disk of `eventstore backup` as the backup grows.
+"""Peak memory and local disk of `eventstore backup` and `restore` as the backup grows.
 
-Backups stream their segment to the target (eventstore/backup_targets.py): the peak RSS
-should stay flat from one size to the next (a few S3 parts above the directory's), and
-the temp directory should stay empty. Runs `eventstore backup` under /usr/bin/time -v into
-a directory and into versitygw, with TMPDIR pointing at an empty directory that is
-checked afterwards.
+Backups stream their segment to the target (eventstore/backup_targets.py), and restores
+stream it back (twice: to check it, to import it): the peak RSS should stay flat from one
+size to the next (a few S3 parts above the directory's), and the temp directory should
+stay empty. Runs `eventstore backup`, then `eventstore restore` into a new database, under
+/usr/bin/time -v, into and from a directory and versitygw, with TMPDIR pointing at an
+empty directory that is checked afterwards.
 
     python -m bench.backup_memory     # BENCH_BACKUP_MIB (default 64,256): MiB of payload
 """
@@ -34,16 +35,19 @@ def _fill(url: str, mib: int) -> None:
                                        for _ in range(chunk)], expected_version=ExpectedVersion.ANY)
 
 
-def _backup(url: str, location: str, env: dict[str, str]) -> tuple[int, str]:
-    """(peak RSS in KiB, the command's first output line: the segment)."""
+def _measured(command: str, location: str, url: str, env: dict[str, str]) -> tuple[int, float, str]:
+    """(peak RSS in KiB, wall seconds, the first output line) of `eventstore COMMAND`."""
     result = subprocess.run(
-        ["/usr/bin/time", "-v", sys.executable, "-m", "eventstore.cli", "backup", location,
+        ["/usr/bin/time", "-v", sys.executable, "-m", "eventstore.cli", command, location,
          "--url", url], capture_output=True, text=True, env=env, check=False)
     if result.returncode != 0:
-        raise SystemExit(f"backup failed:\n{result.stdout}\n{result.stderr[-3000:]}")
+        raise SystemExit(f"{command} failed:\n{result.stdout}\n{result.stderr[-3000:]}")
     peak = re.search(r"Maximum resident set size \(kbytes\): (\d+)", result.stderr)
-    assert peak is not None, result.stderr
-    return int(peak.group(1)), result.stdout.strip().splitlines()[0]
+    wall = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): (?:(\d+):)?(\d+):([\d.]+)",
+                     result.stderr)
+    assert peak is not None and wall is not None, result.stderr
+    seconds = int(wall.group(1) or 0) * 3600 + int(wall.group(2)) * 60 + float(wall.group(3))
+    return int(peak.group(1)), seconds, result.stdout.strip().splitlines()[0]
 
 
 def main() -> None:
@@ -60,20 +64,23 @@ def _run(pg: PostgresServer) -> None:
         staging = Path(work) / "tmp"
         staging.mkdir()
         env = {**os.environ, **s3.env, "TMPDIR": str(staging)}
-        print(f"{'payload':>8} {'target':>10} {'segment':>10} {'peak RSS':>10} {'temp dir':>9}")
+        print(f"{'payload':>8} {'target':>10} {'segment':>10} {'backup RSS':>11} {'restore RSS':>12} "
+              f"{'restore':>8} {'temp dir':>9}")
         for mib in SIZES_MIB:
             url = pg.create_database(f"bench_backup_{mib}")
             _fill(url, mib)
             for kind, location in (("directory", str(Path(work) / f"dir-{mib}")),
                                    ("s3", f"s3://bench/size-{mib}")):
-                peak, line = _backup(url, location, env)
+                peak, _, line = _measured("backup", location, url, env)
+                restored = pg.create_database(f"bench_restore_{mib}_{kind}")
+                restore_peak, restore_seconds, _ = _measured("restore", location, restored, env)
                 size = re.search(r"segment-\S+", line)
                 seg = size.group(0) if size else "?"
                 on_disk = sum(p.stat().st_size for p in staging.rglob("*") if p.is_file())
                 segment_bytes = (Path(location) / seg).stat().st_size if kind == "directory" else (
                     s3.client().stat_object("bench", f"size-{mib}/{seg}").size)
-                print(f"{mib:>6}Mi {kind:>10} {segment_bytes / 2**20:>8.1f}Mi "
-                      f"{peak / 1024:>8.1f}Mi {on_disk:>8}B", flush=True)
+                print(f"{mib:>6}Mi {kind:>10} {segment_bytes / 2**20:>8.1f}Mi {peak / 1024:>9.1f}Mi "
+                      f"{restore_peak / 1024:>10.1f}Mi {restore_seconds:>7.1f}s {on_disk:>8}B", flush=True)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,9 @@ backup writes every event (log and archive) up to the head as the chain's first 
 `after < position <= head` and records its range, event count and sha256 in
 `manifest.json`. A restore checks every segment it needs against the manifest before it
 writes anything (a corrupted or missing segment is refused, by name), needs an empty
-database, and writes the segments in order.
+database, and writes the segments in order. It stages nothing on local disk: it reads
+each segment twice, streamed from the target, once to check it and once to import it,
+checking it again on the way (a segment changed in between is named too).
 
 Chains and retention (CloudNativePG's and pgBackRest's scheme, adapted to segments):
 - A new chain (a full backup) starts when `full_every` segments are in the current chain,
@@ -50,15 +52,15 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import io
 import json
 import re
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from eventstore.backup_targets import DirectoryTarget, ReplaceConflict, S3Target, Target, target
 from eventstore.errors import BackupError, BackupLocked
@@ -71,6 +73,9 @@ MANIFEST = "manifest.json"
 FORMAT = 1
 #: Events per restore transaction (a transaction numbers at most 2**20 positions).
 IMPORT_CHUNK = 100_000
+#: Bytes of exported rows per restore transaction: one chunk travels as one jsonb value
+#: (at most 256 MiB in PostgreSQL) and is held in memory while it is imported.
+IMPORT_CHUNK_BYTES = 32 << 20
 #: Segments per chain unless the caller says otherwise (0: never start a new chain).
 DEFAULT_FULL_EVERY = 7
 
@@ -381,38 +386,58 @@ def restore_point(segments: list[Segment], as_of: datetime | None = None) -> lis
     return segments[first:last + 1]
 
 
-def verify(location: str | Path | Target, directory: Path,
-           as_of: datetime | None = None) -> list[tuple[Segment, Path]]:
-    """Download the segments of the restore point into `directory`, each present and
-    matching its checksum, else BackupError naming the segment."""
+def verify(location: str | Path | Target, as_of: datetime | None = None) -> list[Segment]:
+    """The segments of the restore point, each present in the location, following the
+    one before it and matching its checksum (streamed, nothing kept), else BackupError
+    naming the segment."""
     where = _where(location)
     segments = read_manifest(where)
     if not segments:
         raise BackupError(f"{where}: no backup here (no {MANIFEST} or no segments)")
     after = 0
-    out = []
-    for s in restore_point(segments, as_of):
+    needed = restore_point(segments, as_of)
+    for s in needed:
         if s.after_position != after:
             raise BackupError(f"segment {s.file}: starts after {s.after_position}, expected {after}")
-        path = directory / s.file
-        if not where.download(s.file, path):
-            raise BackupError(f"segment {s.file} is missing from {where}")
-        digest = hashlib.sha256()
-        with path.open("rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-        if digest.hexdigest() != s.sha256:
-            raise BackupError(f"segment {s.file} is corrupted: its sha256 does not match the manifest")
-        out.append((s, path))
+        with where.open_reader(s.file) as raw:
+            if raw is None:
+                raise BackupError(f"segment {s.file} is missing from {where}")
+            hashed = _Hashed(raw)
+            if hashed.finish() != s.sha256:
+                raise BackupError(f"segment {s.file} is corrupted: its sha256 does not match the manifest")
         after = s.to_position
-    return out
+    return needed
 
 
-def _lines(segment: Segment, path: Path) -> Iterator[dict[str, Any]]:
+class _Hashed(io.RawIOBase):
+    """A segment being read, its sha256 computed from what passes through."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        self.raw = raw
+        self.digest = hashlib.sha256()
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.raw.read(len(buffer))
+        buffer[:len(data)] = data
+        self.digest.update(data)
+        return len(data)
+
+    def finish(self) -> str:
+        """The sha256 of the whole segment: what is left unread is read first."""
+        for block in iter(lambda: self.raw.read(1 << 20), b""):
+            self.digest.update(block)
+        return self.digest.hexdigest()
+
+
+def _lines(segment: Segment, stream: BinaryIO) -> Iterator[tuple[dict[str, Any], int]]:
+    """Each row of a segment, with the length of its line."""
     try:
-        with gzip.open(path, "rt", encoding="utf-8") as f:
+        with gzip.open(stream, "rt", encoding="utf-8") as f:
             for line in f:
-                yield json.loads(line)
+                yield json.loads(line), len(line)
     except (OSError, ValueError, EOFError) as exc:
         raise BackupError(f"segment {segment.file} is unreadable: {exc}") from None
 
@@ -422,31 +447,45 @@ def restore(store: Any, location: str | Path | Target, as_of: datetime | None = 
     number of events."""
     from eventstore.store.postgres_backup import apply_archive_moves
 
-    with tempfile.TemporaryDirectory(prefix="eventstore-restore-") as tmp:
-        segments = verify(location, Path(tmp), as_of)
-        store.migrate()
-        if not store.is_empty():
-            raise BackupError("the target database is not empty: restore only into an empty one")
-        total = 0
-        for s, path in segments:
+    where = _where(location)
+    segments = verify(where, as_of)
+    store.migrate()
+    if not store.is_empty():
+        raise BackupError("the target database is not empty: restore only into an empty one")
+    total = 0
+    for s in segments:
+        with where.open_reader(s.file) as raw:
+            if raw is None:
+                raise _changed(s, f"it is gone from {where}")
+            hashed = _Hashed(raw)
             rows: list[dict[str, Any]] = []
             moves: list[dict[str, Any]] = []
-            events = 0
-            for row in _lines(s, path):
+            events = size = 0
+            for row, length in _lines(s, io.BufferedReader(hashed, buffer_size=1 << 20)):
                 if "archived" in row:
                     moves.append(row)
                     continue
                 rows.append(row)
                 events += 1
+                size += length
                 # One transaction per chunk: each takes a later transaction id, so order holds.
-                if len(rows) >= IMPORT_CHUNK:
+                if len(rows) >= IMPORT_CHUNK or size >= IMPORT_CHUNK_BYTES:
                     store.import_rows(rows)
-                    rows = []
-            if rows:
-                store.import_rows(rows)
-            if events != s.events or len(moves) != s.archived:
-                raise BackupError(f"segment {s.file}: {events} events and {len(moves)} archive "
-                                  f"moves, the manifest says {s.events} and {s.archived}")
-            apply_archive_moves(store, moves)
-            total += events
+                    rows, size = [], 0
+            if hashed.finish() != s.sha256:
+                raise _changed(s, "its sha256 no longer matches the manifest")
+        if rows:
+            store.import_rows(rows)
+        if events != s.events or len(moves) != s.archived:
+            raise BackupError(f"segment {s.file}: {events} events and {len(moves)} archive "
+                              f"moves, the manifest says {s.events} and {s.archived}")
+        apply_archive_moves(store, moves)
+        total += events
     return total
+
+
+def _changed(segment: Segment, how: str) -> BackupError:
+    """A segment that passed the check and changed before its import: what was imported
+    so far stays (each chunk is its own transaction), so the database must be dropped."""
+    return BackupError(f"segment {segment.file} changed during the restore ({how}): the "
+                       "database holds a partial restore; drop it and restore again")

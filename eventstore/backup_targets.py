@@ -1,5 +1,5 @@
 """Where backups live (eventstore/backup.py): a directory or an S3-compatible bucket, with
-segments streamed in, never staged on local disk.
+segments streamed in and out, never staged on local disk.
 
 A segment is written through `Target.open_writer`, which the backup fills as it reads the
 log and which makes the object appear only when the writer closes cleanly: in a
@@ -25,7 +25,6 @@ import os
 import queue
 import re
 import secrets
-import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -60,7 +59,7 @@ class Target(Protocol):
 
     def open_writer(self, name: str) -> contextlib.AbstractContextManager[BinaryIO]: ...
 
-    def download(self, name: str, path: Path) -> bool: ...
+    def open_reader(self, name: str) -> contextlib.AbstractContextManager[BinaryIO | None]: ...
 
     def delete(self, name: str) -> None: ...
 
@@ -129,12 +128,16 @@ class DirectoryTarget:
             raise
         _fsync_directory(self.directory)
 
-    def download(self, name: str, path: Path) -> bool:
-        source = self.directory / name
-        if not source.exists():
-            return False
-        shutil.copyfile(source, path)
-        return True
+    @contextlib.contextmanager
+    def open_reader(self, name: str) -> Iterator[BinaryIO | None]:
+        """The file to read, or None when there is none."""
+        try:
+            source = (self.directory / name).open("rb")
+        except FileNotFoundError:
+            yield None
+            return
+        with source:
+            yield source
 
     def delete(self, name: str) -> None:
         (self.directory / name).unlink(missing_ok=True)
@@ -279,6 +282,25 @@ _BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 _AUTH_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied",
                "InvalidToken", "ExpiredToken", "AuthorizationHeaderMalformed",
                "XAdminUserNotFound"}
+
+
+class _S3Body(io.RawIOBase):
+    """An object's body being read; the HTTP client's errors become `error(exc)`."""
+
+    def __init__(self, response: Any, error: Callable[[Exception], BackupError]) -> None:
+        self._response = response
+        self._error = error
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        try:
+            data = self._response.read(len(buffer))
+        except Exception as exc:  # urllib3's: a reset, a timeout, a short body
+            raise self._error(exc) from None
+        buffer[:len(data)] = data
+        return len(data)
 
 
 class S3Target:
@@ -447,18 +469,27 @@ class S3Target:
         if "error" in outcome:
             raise self._error("write", name, outcome["error"]) from None  # type: ignore[arg-type]
 
-    def download(self, name: str, path: Path) -> bool:
+    @contextlib.contextmanager
+    def open_reader(self, name: str) -> Iterator[BinaryIO | None]:
+        """The object as a stream (its body as it arrives), or None when there is none; an
+        error while reading it is a BackupError naming it, as any other."""
         from minio.error import S3Error
 
         try:
-            self.client.fget_object(self.bucket, self._key(name), str(path))
-            return True
+            response = self.client.get_object(self.bucket, self._key(name))
         except S3Error as exc:
             if exc.code == "NoSuchKey":
-                return False
+                yield None
+                return
             raise self._error("read", name, exc) from None
         except Exception as exc:
             raise self._error("read", name, exc) from None
+        try:
+            yield io.BufferedReader(_S3Body(response, lambda exc: self._error("read", name, exc)),
+                                    buffer_size=1 << 20)
+        finally:
+            response.close()
+            response.release_conn()
 
     def delete(self, name: str) -> None:
         try:

@@ -83,6 +83,8 @@ log = logging.getLogger(__name__)
 NOTIFY_CHANNEL = "eventstore_appended"
 _NOTIFY_COALESCE_SECONDS = 0.003
 _RACE_RETRIES = 100
+#: Bytes of rows one `import_rows` takes: half of PostgreSQL's cap on one jsonb value.
+IMPORT_MAX_BYTES = 128 << 20
 _CHECKPOINT_SQL = (
     b"INSERT INTO es_consumer_checkpoints AS c (consumer, position) VALUES (%s, %s)"
     b" ON CONFLICT (consumer) DO UPDATE SET position = excluded.position, updated_at = now()"
@@ -578,6 +580,10 @@ class PostgresEventStore(EventStore):
         if len(rows) >= 1 << 20:
             raise ValidationError("at most 1,048,575 events per import transaction")
         batch = json.dumps(list(rows))
+        if len(batch) > IMPORT_MAX_BYTES:
+            # The rows travel as one jsonb value, which PostgreSQL caps at 256 MiB.
+            raise ValidationError(f"{len(batch)} bytes of rows in one import transaction: at "
+                                  f"most {IMPORT_MAX_BYTES}; import them in smaller chunks")
         position = "(pg_current_xact_id()::text::bigint << 20) | (u.n - 1)"
         recordset = (
             "ROWS FROM (jsonb_to_recordset(%s::jsonb) AS (id uuid, stream_id text, version bigint,"

@@ -889,7 +889,9 @@ BACKUP_LOCK_TIMEOUT_SECONDS = 600
 def _backup_pod(owner: Owner, spec: Obj, command: str, where: Mapping[str, Any]) -> Obj:
     """A pod that runs `eventstore backup|restore LOCATION` against the event store's
     PostgreSQL; LOCATION is /backup (the claim `where.pvc` mounted there) or
-    s3://bucket/prefix (`where.s3`, credentials from its Secret)."""
+    s3://bucket/prefix (`where.s3`, credentials from its Secret). Neither needs scratch
+    space: a backup streams its segment to the target, a restore streams each segment
+    from it (twice: to check it, then to import it)."""
     env = [e for e in store_env(owner, spec) if e["name"] in envcontract.EVENT_DB.variables()]
     volumes, mounts = password_volumes(owner, spec, (envcontract.EVENT_DB.prefix,))
     if where.get("s3"):
@@ -908,12 +910,6 @@ def _backup_pod(owner: Owner, spec: Obj, command: str, where: Mapping[str, Any])
         location = names.BACKUP_DIR
         mounts.append({"name": "target", "mountPath": names.BACKUP_DIR})
         volumes.append({"name": "target", "persistentVolumeClaim": {"claimName": where["pvc"]["claimName"]}})
-    if command == "restore":
-        # A restore downloads and checks every segment of the chain here before it writes
-        # an event: node ephemeral storage, as large as the compressed chain. A backup
-        # streams its segment to the target and needs no scratch space.
-        mounts.append({"name": "tmp", "mountPath": "/tmp"})
-        volumes.append({"name": "tmp", "emptyDir": {}})
     container: Obj = {
         "name": command,
         "image": spec["image"],

@@ -4,7 +4,9 @@ tests over both targets (the `location` fixture), and the S3-only failures apart
 
 from __future__ import annotations
 
+import contextlib
 import gzip
+import io
 import itertools
 import json
 import os
@@ -13,6 +15,8 @@ import subprocess
 import sys
 import tempfile
 import threading
+import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -24,6 +28,7 @@ from eventstore import EventStore, ExpectedVersion, NewEvent
 from eventstore import backup as backups
 from eventstore.backup_targets import ReplaceConflict, temporary_name
 from eventstore.cli import BACKUP_LOCKED, main
+from eventstore.errors import BackupError, ValidationError
 from eventstore.store import postgres_backup
 from tests.harness.postgres import PostgresServer
 from tests.harness.s3 import S3Server
@@ -208,7 +213,9 @@ def test_a_large_segment_is_streamed_never_staged(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """A segment past one 5 MiB part is streamed to the target: in parts to S3 (its ETag
     has the part count), through a temporary name in a directory, and never through the
-    local temp directory (which does not exist during the backup). It restores whole."""
+    local temp directory (which does not exist during the backup). It restores whole,
+    streamed back the same way: the temp directory does not exist during the restore
+    either (the restore Job has no scratch volume)."""
     source_url = postgres_server.create_database("backup_large")
     with EventStore.connect(source_url) as store:
         store.migrate()
@@ -229,7 +236,97 @@ def test_a_large_segment_is_streamed_never_staged(
         assert stat.etag.endswith("-2"), stat.etag  # two parts of 5 MiB at most
     else:  # no temporary file left beside it
         assert sorted(where.names()) == sorted([".lock", backups.MANIFEST, segment.file])
-    assert _restored_log(postgres_server, location, "backup_large_restored") == expected
+    with monkeypatch.context() as staging:
+        staging.setattr(tempfile, "tempdir", str(tmp_path / "no-staging-here"))
+        assert _restored_log(postgres_server, location, "backup_large_restored") == expected
+    assert not (tmp_path / "no-staging-here").exists()
+
+
+def test_a_restore_bounds_each_transaction_by_bytes(
+        postgres_server: PostgresServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A restore transaction carries its rows as one jsonb value, which PostgreSQL caps at
+    256 MiB: a backup of 256 MiB of payload failed to restore ("total size of jsonb array
+    elements exceeds the maximum", reported as "PostgreSQL is unavailable";
+    `python -m bench.backup_memory`). Chunks are bounded by bytes as well as by count;
+    here the bound is made small, so 300 events of ~1 KB take many transactions, in order."""
+    from eventstore.store import postgres
+
+    source_url = postgres_server.create_database("backup_chunks_source")
+    location = str(tmp_path / "backup")
+    with EventStore.connect(source_url) as store:
+        store.migrate()
+        for i in range(30):
+            store.append(f"s-{i % 7}", [NewEvent(type="Blob", payload={"data": os.urandom(500).hex()})
+                                        for _ in range(10)], expected_version=ExpectedVersion.ANY)
+        expected = _log(store)
+    _cli("backup", location, "--url", source_url)
+    monkeypatch.setattr(backups, "IMPORT_CHUNK_BYTES", 16 << 10)
+    url = postgres_server.create_database("backup_chunks_restored")
+    with EventStore.connect(url) as store:
+        assert backups.restore(store, location) == 300
+        assert _log(store) == expected
+        assert isinstance(store, postgres.PostgresEventStore)
+        with store.datastore.dedicated("test") as conn:
+            row = conn.execute("SELECT count(DISTINCT tx_id) FROM es_events").fetchone()
+        assert row is not None and row[0] >= 300 * 1000 // (16 << 10), row
+        # One import past the store's own bound is refused before it is sent, by name.
+        monkeypatch.setattr(postgres, "IMPORT_MAX_BYTES", 1000)
+        with pytest.raises(ValidationError, match="bytes of rows in one import transaction: at most 1000"):
+            store.import_rows([{"id": str(uuid.uuid4()), "data": "x" * 2000}])
+        assert len(_log(store)) == 300
+
+
+class _ChangingTarget:
+    """A location whose `victim` segment reads as `changed` (None: gone) from the
+    `after`-th time it is opened: a segment that passes the check and changes before its
+    import."""
+
+    def __init__(self, where: backups.Target, victim: str, changed: bytes | None, after: int) -> None:
+        self.where, self.victim, self.changed, self.after = where, victim, changed, after
+        self.opened = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.where, name)
+
+    @contextlib.contextmanager
+    def open_reader(self, name: str) -> Iterator[Any]:
+        if name == self.victim:
+            self.opened += 1
+            if self.opened >= self.after:
+                yield None if self.changed is None else io.BytesIO(self.changed)
+                return
+        with self.where.open_reader(name) as reader:
+            yield reader
+
+
+def test_a_segment_changed_between_its_check_and_its_import_is_named(
+        postgres_server: PostgresServer, location: str) -> None:
+    """The restore reads each segment twice (to check it, to import it): a segment that
+    differs the second time, or is gone, is refused by name, and the error says that the
+    database holds a partial restore (it refuses a second restore until dropped)."""
+    source_url = postgres_server.create_database("backup_changed_source")
+    with EventStore.connect(source_url) as store:
+        store.migrate()
+        _append(store, "a", 3)
+        _cli("backup", location, "--url", source_url)
+        _append(store, "b", 3)
+        _cli("backup", location, "--url", source_url)
+    where = backups.target(location)
+    second = backups.read_manifest(where)[1].file
+    data = where.read(second)
+    assert data is not None
+    tampered = gzip.compress(gzip.decompress(data).replace(b'"amount":1', b'"amount":7'))
+    for name, changed, says in (("backup_changed_tampered", tampered, "its sha256 no longer matches"),
+                                ("backup_changed_gone", None, "it is gone from")):
+        url = postgres_server.create_database(name)
+        with EventStore.connect(url) as store, pytest.raises(BackupError) as raised:
+            backups.restore(store, _ChangingTarget(where, second, changed, after=2))
+        assert str(raised.value).startswith(f"segment {second} changed during the restore ({says}")
+        assert "the database holds a partial restore; drop it and restore again" in str(raised.value)
+        assert "restore only into an empty one" in _cli("restore", location, "--url", url, code=1)
+    # The same location, unchanged, restores whole.
+    with EventStore.connect(source_url) as store:
+        assert _restored_log(postgres_server, location, "backup_changed_whole") == _log(store)
 
 
 def test_events_archived_after_their_segment_come_back_archived(
