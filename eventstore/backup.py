@@ -63,7 +63,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from eventstore.backup_targets import DirectoryTarget, ReplaceConflict, S3Target, Target, target
-from eventstore.errors import BackupError, BackupLocked
+from eventstore.errors import BackupError, BackupLocked, EventStoreError
 
 __all__ = ["BackupError", "BackupLocked", "BackupRun", "DirectoryTarget", "Expiry", "S3Target",
            "Segment", "Target", "backup", "expire", "locked", "read_manifest", "restore",
@@ -452,40 +452,47 @@ def restore(store: Any, location: str | Path | Target, as_of: datetime | None = 
     store.migrate()
     if not store.is_empty():
         raise BackupError("the target database is not empty: restore only into an empty one")
-    total = 0
-    for s in segments:
-        with where.open_reader(s.file) as raw:
-            if raw is None:
-                raise _changed(s, f"it is gone from {where}")
-            hashed = _Hashed(raw)
-            rows: list[dict[str, Any]] = []
-            moves: list[dict[str, Any]] = []
-            events = size = 0
-            for row, length in _lines(s, io.BufferedReader(hashed, buffer_size=1 << 20)):
-                if "archived" in row:
-                    moves.append(row)
-                    continue
-                rows.append(row)
-                events += 1
-                size += length
-                # One transaction per chunk: each takes a later transaction id, so order holds.
-                if len(rows) >= IMPORT_CHUNK or size >= IMPORT_CHUNK_BYTES:
-                    store.import_rows(rows)
-                    rows, size = [], 0
-            if hashed.finish() != s.sha256:
-                raise _changed(s, "its sha256 no longer matches the manifest")
-        if rows:
-            store.import_rows(rows)
-        if events != s.events or len(moves) != s.archived:
-            raise BackupError(f"segment {s.file}: {events} events and {len(moves)} archive "
-                              f"moves, the manifest says {s.events} and {s.archived}")
-        apply_archive_moves(store, moves)
-        total += events
+    imported = 0  # chunks committed: each is its own transaction, and stays
+    try:
+        total = 0
+        for s in segments:
+            with where.open_reader(s.file) as raw:
+                if raw is None:
+                    raise _changed(s, f"it is gone from {where}")
+                hashed = _Hashed(raw)
+                rows: list[dict[str, Any]] = []
+                moves: list[dict[str, Any]] = []
+                events = size = 0
+                for row, length in _lines(s, io.BufferedReader(hashed, buffer_size=1 << 20)):
+                    if "archived" in row:
+                        moves.append(row)
+                        continue
+                    rows.append(row)
+                    events += 1
+                    size += length
+                    # One transaction per chunk: each takes a later transaction id, so order holds.
+                    if len(rows) >= IMPORT_CHUNK or size >= IMPORT_CHUNK_BYTES:
+                        store.import_rows(rows)
+                        imported += 1
+                        rows, size = [], 0
+                if hashed.finish() != s.sha256:
+                    raise _changed(s, "its sha256 no longer matches the manifest")
+            if rows:
+                store.import_rows(rows)
+                imported += 1
+            if events != s.events or len(moves) != s.archived:
+                raise BackupError(f"segment {s.file}: {events} events and {len(moves)} archive "
+                                  f"moves, the manifest says {s.events} and {s.archived}")
+            apply_archive_moves(store, moves)
+            total += events
+    except EventStoreError as exc:
+        if not imported:
+            raise  # the database is still empty: run the restore again as it is
+        raise BackupError(f"{exc}; the database holds a partial restore: drop it and restore "
+                          "again") from exc
     return total
 
 
 def _changed(segment: Segment, how: str) -> BackupError:
-    """A segment that passed the check and changed before its import: what was imported
-    so far stays (each chunk is its own transaction), so the database must be dropped."""
-    return BackupError(f"segment {segment.file} changed during the restore ({how}): the "
-                       "database holds a partial restore; drop it and restore again")
+    """A segment that passed the check and changed before its import."""
+    return BackupError(f"segment {segment.file} changed during the restore ({how})")

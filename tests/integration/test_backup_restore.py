@@ -288,6 +288,9 @@ class _ChangingTarget:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.where, name)
 
+    def __str__(self) -> str:
+        return str(self.where)
+
     @contextlib.contextmanager
     def open_reader(self, name: str) -> Iterator[Any]:
         if name == self.victim:
@@ -302,8 +305,9 @@ class _ChangingTarget:
 def test_a_segment_changed_between_its_check_and_its_import_is_named(
         postgres_server: PostgresServer, location: str) -> None:
     """The restore reads each segment twice (to check it, to import it): a segment that
-    differs the second time, or is gone, is refused by name, and the error says that the
-    database holds a partial restore (it refuses a second restore until dropped)."""
+    differs the second time, or is gone, is refused by name. The first segment is in by
+    then, so the error says that the database holds a partial restore (a second restore
+    is refused until it is dropped); had nothing been imported, it would not."""
     source_url = postgres_server.create_database("backup_changed_source")
     with EventStore.connect(source_url) as store:
         store.migrate()
@@ -322,8 +326,16 @@ def test_a_segment_changed_between_its_check_and_its_import_is_named(
         with EventStore.connect(url) as store, pytest.raises(BackupError) as raised:
             backups.restore(store, _ChangingTarget(where, second, changed, after=2))
         assert str(raised.value).startswith(f"segment {second} changed during the restore ({says}")
-        assert "the database holds a partial restore; drop it and restore again" in str(raised.value)
+        assert str(raised.value).endswith("; the database holds a partial restore: drop it and "
+                                          "restore again")
         assert "restore only into an empty one" in _cli("restore", location, "--url", url, code=1)
+    url = postgres_server.create_database("backup_changed_first")
+    first = backups.read_manifest(where)[0].file
+    with EventStore.connect(url) as store, pytest.raises(BackupError) as raised:
+        backups.restore(store, _ChangingTarget(where, first, None, after=2))
+    assert str(raised.value) == f"segment {first} changed during the restore (it is gone from {where})"
+    with EventStore.connect(url) as store:
+        assert store.is_empty()  # so the same restore may simply run again
     # The same location, unchanged, restores whole.
     with EventStore.connect(source_url) as store:
         assert _restored_log(postgres_server, location, "backup_changed_whole") == _log(store)
