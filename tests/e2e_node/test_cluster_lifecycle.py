@@ -101,6 +101,32 @@ def test_pod_with_a_100gi_claim_runs_and_its_volume_goes_with_the_claim(node: No
     assert not path.exists()
 
 
+def _store_image_pods(node: Node, namespace: str, pods: dict[str, tuple[dict[str, str], list[str]]],
+                      *others: dict[str, object]) -> None:
+    """Pods on the store image (name -> (labels, python3 arguments)), applied with `others`,
+    each Ready (the cluster's diagnostics printed if one is not)."""
+    from tests.harness import images
+
+    images.import_images(["store"], address=Path(node.containerd_address))
+    manifests = [{"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": labels},
+                  "spec": {"terminationGracePeriodSeconds": 1, "automountServiceAccountToken": False,
+                           "containers": [{"name": name, "image": images.STORE_IMAGE,
+                                           "imagePullPolicy": "Never", "command": ["python3", *args]}]}}
+                 for name, (labels, args) in pods.items()]
+    node.apply([*others, *manifests], namespace=namespace)
+    try:
+        for name in pods:
+            node.kubectl_run("wait", "--for=condition=Ready", f"pod/{name}", "-n", namespace, "--timeout=90s",
+                             timeout=120)
+    except subprocess.CalledProcessError:
+        print(node.diagnostics(namespace))
+        raise
+
+
+#: The `client` pod of the tests below: it only sleeps, the tests exec in it.
+_CLIENT = ({"app": "client"}, ["-c", "import time; time.sleep(86400)"])
+
+
 def _fetch(node: Node, namespace: str, url: str) -> bool:
     """Whether the `client` pod gets an answer from `url` within 2 s."""
     code = f"import urllib.request; urllib.request.urlopen({url!r}, timeout=2)"
@@ -112,26 +138,9 @@ def _fetch(node: Node, namespace: str, url: str) -> bool:
 def test_network_policies_are_enforced(node: Node, namespace: str) -> None:
     if "kube-router" not in node.status():
         pytest.skip("kube-router is not built here (scripts/kube-router/build.sh): policies not enforced")
-    from tests.harness import images
-
-    images.import_images(["store"], address=Path(node.containerd_address))
-
-    def pod(name: str, labels: dict[str, str], *command: str) -> dict[str, object]:
-        return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": labels},
-                "spec": {"terminationGracePeriodSeconds": 1, "containers": [{
-                    "name": name, "image": images.STORE_IMAGE, "imagePullPolicy": "Never",
-                    "command": ["python3", *command]}]}}
-
-    node.apply([pod("web", {"app": "web"}, "-m", "http.server", "8080", "--directory", "/tmp"),
-                pod("client", {"app": "client"}, "-c", "import time; time.sleep(86400)")],
-               namespace=namespace)
-    try:
-        for name in ("web", "client"):
-            node.kubectl_run("wait", "--for=condition=Ready", f"pod/{name}", "-n", namespace, "--timeout=90s",
-                             timeout=120)
-    except subprocess.CalledProcessError:
-        print(node.diagnostics(namespace))
-        raise
+    _store_image_pods(node, namespace, {
+        "web": ({"app": "web"}, ["-m", "http.server", "8080", "--directory", "/tmp"]),
+        "client": _CLIENT})
     url = f"http://{node.kubectl_json('get', 'pod', 'web', '-n', namespace)['status']['podIP']}:8080/"
     assert _fetch(node, namespace, url), "no policy yet: the client reaches the server"
 
@@ -163,23 +172,10 @@ def test_a_service_without_endpoints_refuses_connections(node: Node, namespace: 
     kube-proxy's REJECT means it to be, and nothing off the node answers a pod: the guard
     table of tests/harness/node.py (`guard_ruleset`) says why. Without it, the sandbox's
     egress proxy answered such a connection with an empty HTTP 404."""
-    from tests.harness import images
-
-    images.import_images(["store"], address=Path(node.containerd_address))
-    node.apply([
-        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "nobody"},
-         "spec": {"selector": {"app": "no-such-pod"}, "ports": [{"port": 8080, "targetPort": 8080}]}},
-        {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "client"},
-         "spec": {"terminationGracePeriodSeconds": 1, "automountServiceAccountToken": False,
-                  "containers": [{"name": "client", "image": images.STORE_IMAGE, "imagePullPolicy": "Never",
-                                  "command": ["python3", "-c", "import time; time.sleep(86400)"]}]}},
-    ], namespace=namespace)
-    try:
-        node.kubectl_run("wait", "--for=condition=Ready", "pod/client", "-n", namespace, "--timeout=90s",
-                         timeout=120)
-    except subprocess.CalledProcessError:
-        print(node.diagnostics(namespace))
-        raise
+    _store_image_pods(node, namespace, {"client": _CLIENT},
+                      {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "nobody"},
+                       "spec": {"selector": {"app": "no-such-pod"},
+                                "ports": [{"port": 8080, "targetPort": 8080}]}})
 
     def connect(host: str, port: int) -> str:
         return node.kubectl_run("exec", "client", "-n", namespace, "--", "python3", "-c", _CONNECT,
