@@ -148,9 +148,12 @@ def test_backup_incremental_restore_gives_an_identical_log(
     assert "not empty" in _cli("restore", location, "--url", target_url, code=1)
 
 
-def test_a_corrupted_segment_is_refused_by_name(postgres_server: PostgresServer, location: str) -> None:
-    source_url = postgres_server.create_database("backup_corrupt_source")
-    target_url = postgres_server.create_database("backup_corrupt_target")
+def _two_segments(postgres_server: PostgresServer, location: str, name: str
+                  ) -> tuple[str, backups.Target, str, bytes]:
+    """A source database `name` backed up twice into `location` (3 events each time):
+    (its url, the location, the second segment's file, that segment with one payload
+    changed)."""
+    source_url = postgres_server.create_database(name)
     with EventStore.connect(source_url) as store:
         store.migrate()
         _append(store, "a", 3)
@@ -161,8 +164,14 @@ def test_a_corrupted_segment_is_refused_by_name(postgres_server: PostgresServer,
     second = backups.read_manifest(where)[1].file
     data = where.read(second)
     assert data is not None
-    rows = gzip.decompress(data).replace(b'"amount":1', b'"amount":7')
-    where.write(second, gzip.compress(rows))
+    return source_url, where, second, gzip.compress(
+        gzip.decompress(data).replace(b'"amount":1', b'"amount":7'))
+
+
+def test_a_corrupted_segment_is_refused_by_name(postgres_server: PostgresServer, location: str) -> None:
+    _, where, second, tampered = _two_segments(postgres_server, location, "backup_corrupt_source")
+    target_url = postgres_server.create_database("backup_corrupt_target")
+    where.write(second, tampered)
     assert f"segment {second} is corrupted" in _cli("restore", location, "--url", target_url, code=1)
     with EventStore.connect(target_url) as store:
         store.migrate()
@@ -308,18 +317,8 @@ def test_a_segment_changed_between_its_check_and_its_import_is_named(
     differs the second time, or is gone, is refused by name. The first segment is in by
     then, so the error says that the database holds a partial restore (a second restore
     is refused until it is dropped); had nothing been imported, it would not."""
-    source_url = postgres_server.create_database("backup_changed_source")
-    with EventStore.connect(source_url) as store:
-        store.migrate()
-        _append(store, "a", 3)
-        _cli("backup", location, "--url", source_url)
-        _append(store, "b", 3)
-        _cli("backup", location, "--url", source_url)
-    where = backups.target(location)
-    second = backups.read_manifest(where)[1].file
-    data = where.read(second)
-    assert data is not None
-    tampered = gzip.compress(gzip.decompress(data).replace(b'"amount":1', b'"amount":7'))
+    source_url, where, second, tampered = _two_segments(postgres_server, location,
+                                                        "backup_changed_source")
     for name, changed, says in (("backup_changed_tampered", tampered, "its sha256 no longer matches"),
                                 ("backup_changed_gone", None, "it is gone from")):
         url = postgres_server.create_database(name)
