@@ -28,6 +28,7 @@ from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
 
 from eventstore.errors import StoreUnavailable, ValidationError
 from eventstore.events import Checkpoint, RecordedEvent, validate_checkpoint
+from eventstore.store import jsonb
 from eventstore.store.encoding import LogQuery
 from eventstore.store.rows import EVENT_COLUMNS, row_to_event
 from eventstore.store.translate import postgres_connection_lost, postgres_error
@@ -84,11 +85,12 @@ def connection_kwargs(statement_timeout: float | None, connect_timeout: float) -
 
     Every query here walks an index in order. With stale statistics (a young, fast-growing
     log) the planner prefers scanning and sorting the whole tail of the log for each page of
-    read_all; the planner options keep it on the index."""
+    read_all; the planner options keep it on the index. jsonb is decoded as jsonb.py says."""
     options = PLANNER_OPTIONS
     if statement_timeout is not None:
         options += f" -c statement_timeout={int(statement_timeout * 1000)}"
-    return {"autocommit": True, "options": options, **liveness_kwargs(connect_timeout)}
+    return {"autocommit": True, "options": options, "context": jsonb.ADAPTERS,
+            **liveness_kwargs(connect_timeout)}
 
 
 def safe_url(url: str) -> str:
@@ -245,7 +247,8 @@ class PostgresDatastore:
         is counted in eventstore/store/budget.py."""
         with self.translated():
             return psycopg.connect(self.url, autocommit=True, application_name=application_name,
-                                   **liveness_kwargs(self.pool_timeout), **options)
+                                   context=jsonb.ADAPTERS, **liveness_kwargs(self.pool_timeout),
+                                   **options)
 
     def new_async_pool(self, max_size: int, timeout: float
                        ) -> AsyncConnectionPool[psycopg.AsyncConnection[TupleRow]]:

@@ -7,13 +7,13 @@ log is added in one place.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 from uuid import UUID
 
 from eventstore.events import RecordedEvent
+from eventstore.store.jsonb import loads
 
 #: The columns of an event row, in the order `row_to_event` reads them.
 EVENT_COLUMNS = ("position, id, stream_id, version, type, schema_version, payload, metadata, "
@@ -26,8 +26,8 @@ def row_to_event(row: Sequence[Any]) -> RecordedEvent:
     position, id_, stream_id, version, type_, schema_version, payload, metadata, ts = row
     if isinstance(payload, str):  # SQLite: text columns
         id_ = UUID(id_)
-        payload = json.loads(payload)
-        metadata = json.loads(metadata)
+        payload = loads(payload)
+        metadata = loads(metadata)
         ts = datetime.fromisoformat(ts)
     return RecordedEvent(id=id_, type=type_, aggregate_id=stream_id, version=version,
                          payload=payload, metadata=metadata, timestamp=ts, position=position,
