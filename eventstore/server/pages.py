@@ -9,12 +9,11 @@ more than a few of them past the budget.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from eventstore.events import RecordedEvent
-from eventstore.server.wire import event_to_dict
+from eventstore.server.wire import event_json
 
 DEFAULT_MAX_PAGE_BYTES = 4 * 1024 * 1024
 #: Events read before their size is known.
@@ -50,7 +49,7 @@ def encode_page(fetch: Fetch, limit: int, budget: int) -> Page:
     while len(encoded) < limit:
         events = fetch(included[-1] if included else None, chunk)
         for event in events:
-            data = json.dumps(event_to_dict(event)).encode()
+            data = event_json(event)
             if encoded and size + len(data) > budget:
                 return Page(included, encoded, truncated=True)
             included.append(event)
