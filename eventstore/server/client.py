@@ -11,7 +11,6 @@ pods take the snapshots, at the cadence of their ConfigMap (`settings()`).
 from __future__ import annotations
 
 import contextlib
-import json
 import socket
 import threading
 from collections.abc import Iterator, Sequence
@@ -38,6 +37,7 @@ from eventstore.events import (
     RecordedEvent,
     StreamAppend,
 )
+from eventstore.store.jsonb import loads
 
 if TYPE_CHECKING:
     from eventstore.server.remote_snapshots import HTTPSnapshotStore
@@ -275,7 +275,8 @@ class EventStoreClient:
 
     def _json(self, response: httpx.Response) -> dict[str, Any]:
         self._check(response)
-        data: dict[str, Any] = response.json()
+        # The events of a page are most of a reply: decoded as the store decodes its own.
+        data: dict[str, Any] = loads(response.content)
         return data
 
     def _check(self, response: httpx.Response) -> None:
@@ -402,7 +403,7 @@ class RemoteSubscription(Iterator[RecordedEvent]):
                 if self._closed.is_set():
                     break
                 if message.get("event") == "event":
-                    return event_from_dict(json.loads(message["data"]))
+                    return event_from_dict(loads(message["data"]))
         except (httpx.TransportError, httpx.StreamError) as exc:
             if not self._closed.is_set():
                 self._release()

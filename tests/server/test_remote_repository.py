@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from eventstore import Repository
+from eventstore import NewEvent, Repository
 from eventstore.events import AGGREGATE_TYPE_KEY
 from eventstore.examples.bank import Account
 from eventstore.server.client import EventStoreClient
@@ -91,3 +91,24 @@ def test_client_reads_page_through_long_streams(store: EventStoreClient) -> None
     back = store.read_stream("long", backwards=True, limit=1_200)
     assert [e.version for e in back] == list(range(2_401, 1_201, -1))
     assert repo.load("long").balance == 2_400
+
+
+def test_numbers_survive_the_http_round_trip(store: EventStoreClient) -> None:
+    """Integers past 64 bits stay exact through every JSON step: the server's decoding of
+    jsonb, its page encoding and the client's decoding (each takes orjson's fast path only
+    where it is exact)."""
+    numbers = {"past_u64": 2**64 + 1, "big": 10**30 + 7, "negative": -(2**63) - 1,
+               "int": 1250, "float": 0.1, "small": 2.5e-8, "text": "ünïcødé \u2603"}
+    store.append("numbers", [NewEvent("Measured", numbers, metadata={"trace": 10**20}),
+                             NewEvent("Measured", {"n": 1})])
+    first = store.read_stream("numbers")[0]
+    logged = next(e for e in store.read_all() if e.aggregate_id == "numbers")
+    subscription = store.subscribe(logged.position)
+    try:
+        followed = next(iter(subscription))
+    finally:
+        subscription.close()
+    for read in (first, logged, followed):
+        assert read.metadata == {"trace": 10**20}
+        assert sorted((k, repr(v)) for k, v in read.payload.items()) == sorted(
+            (k, repr(v)) for k, v in numbers.items())
