@@ -29,7 +29,8 @@ from eventstore import backup as backups
 from eventstore.backup_targets import ReplaceConflict, temporary_name
 from eventstore.cli import BACKUP_LOCKED, main
 from eventstore.errors import BackupError, ValidationError
-from eventstore.store import postgres_backup
+from eventstore.store import postgres, postgres_backup
+from eventstore.store.postgres import PostgresEventStore
 from tests.harness.postgres import PostgresServer
 from tests.harness.s3 import S3Server
 
@@ -258,7 +259,6 @@ def test_a_restore_bounds_each_transaction_by_bytes(
     elements exceeds the maximum", reported as "PostgreSQL is unavailable";
     `python -m bench.backup_memory`). Chunks are bounded by bytes as well as by count;
     here the bound is made small, so 300 events of ~1 KB take many transactions, in order."""
-    from eventstore.store import postgres
 
     source_url = postgres_server.create_database("backup_chunks_source")
     location = str(tmp_path / "backup")
@@ -274,7 +274,7 @@ def test_a_restore_bounds_each_transaction_by_bytes(
     with EventStore.connect(url) as store:
         assert backups.restore(store, location) == 300
         assert _log(store) == expected
-        assert isinstance(store, postgres.PostgresEventStore)
+        assert isinstance(store, PostgresEventStore)
         with store.datastore.dedicated("test") as conn:
             row = conn.execute("SELECT count(DISTINCT tx_id) FROM es_events").fetchone()
         assert row is not None and row[0] >= 300 * 1000 // (16 << 10), row
@@ -334,6 +334,7 @@ def test_a_segment_changed_between_its_check_and_its_import_is_named(
         backups.restore(store, _ChangingTarget(where, first, None, after=2))
     assert str(raised.value) == f"segment {first} changed during the restore (it is gone from {where})"
     with EventStore.connect(url) as store:
+        assert isinstance(store, PostgresEventStore)
         assert store.is_empty()  # so the same restore may simply run again
     # The same location, unchanged, restores whole.
     with EventStore.connect(source_url) as store:
@@ -712,7 +713,7 @@ def test_another_databases_files_are_neither_overwritten_nor_removed(
     # What A has in flight while B runs: its next segment, uploaded, not yet recorded.
     in_flight = [f"segment-000002-0-99-{tokens[0]}.jsonl.gz"]
     where.write(in_flight[0], b"A's next segment")
-    mine = []  # B's own leftover: removed by B's run
+    mine: list[str] = []  # B's own leftover: removed by B's run
     if location.startswith("s3://"):
         bucket, _, prefix = location.removeprefix("s3://").partition("/")
         client = s3_server.client()
