@@ -21,8 +21,7 @@ import re
 from typing import Any
 
 import orjson
-from psycopg import adapters
-from psycopg.adapt import AdaptersMap
+import psycopg
 from psycopg.types.json import set_json_loads
 
 _LONG_DIGITS = re.compile(rb"\d{19}")
@@ -44,13 +43,14 @@ def loads(data: bytes | str) -> Any:
     return json.loads(data)
 
 
-def _adapters() -> AdaptersMap:
-    context = AdaptersMap(adapters)
-    set_json_loads(loads, context)
-    return context
+def decode_with_loads(conn: psycopg.Connection[Any]) -> None:
+    """Decode json and jsonb on `conn` with `loads`: a pool's `configure`, or called on a
+    dedicated connection. Per connection, over the adapters it copied from psycopg's global
+    ones when it connected, so adapters a program registers globally still reach the
+    store's connections, and other psycopg users in the process keep json.loads."""
+    set_json_loads(loads, conn)
 
 
-#: The adapters every connection of the store starts from (psycopg's `context=`): the
-#: global defaults with this decoder for json and jsonb. Not set globally, so other psycopg
-#: users in the process keep theirs.
-ADAPTERS = _adapters()
+async def decode_with_loads_async(conn: psycopg.AsyncConnection[Any]) -> None:
+    """`decode_with_loads` for the async pool."""
+    set_json_loads(loads, conn)

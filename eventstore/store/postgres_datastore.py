@@ -85,12 +85,11 @@ def connection_kwargs(statement_timeout: float | None, connect_timeout: float) -
 
     Every query here walks an index in order. With stale statistics (a young, fast-growing
     log) the planner prefers scanning and sorting the whole tail of the log for each page of
-    read_all; the planner options keep it on the index. jsonb is decoded as jsonb.py says."""
+    read_all; the planner options keep it on the index."""
     options = PLANNER_OPTIONS
     if statement_timeout is not None:
         options += f" -c statement_timeout={int(statement_timeout * 1000)}"
-    return {"autocommit": True, "options": options, "context": jsonb.ADAPTERS,
-            **liveness_kwargs(connect_timeout)}
+    return {"autocommit": True, "options": options, **liveness_kwargs(connect_timeout)}
 
 
 def safe_url(url: str) -> str:
@@ -138,7 +137,7 @@ class PostgresDatastore:
         return ConnectionPool(
             self.url, min_size=self.pool_sizes[0], max_size=self.pool_sizes[1],
             kwargs=connection_kwargs(self.statement_timeout, self.pool_timeout),
-            open=False, name="eventstore",
+            configure=jsonb.decode_with_loads, open=False, name="eventstore",
             # How long a call waits for a connection: while the database is down, callers
             # get StoreUnavailable after this instead of hanging.
             timeout=self.pool_timeout)
@@ -246,9 +245,10 @@ class PostgresDatastore:
         call: LISTEN, the coalesced NOTIFY, the projection runner's advisory locks. Each
         is counted in eventstore/store/budget.py."""
         with self.translated():
-            return psycopg.connect(self.url, autocommit=True, application_name=application_name,
-                                   context=jsonb.ADAPTERS, **liveness_kwargs(self.pool_timeout),
-                                   **options)
+            conn = psycopg.connect(self.url, autocommit=True, application_name=application_name,
+                                   **liveness_kwargs(self.pool_timeout), **options)
+        jsonb.decode_with_loads(conn)
+        return conn
 
     def new_async_pool(self, max_size: int, timeout: float
                        ) -> AsyncConnectionPool[psycopg.AsyncConnection[TupleRow]]:
@@ -256,7 +256,7 @@ class PostgresDatastore:
         appends (the append side opens, uses and replaces it)."""
         return AsyncConnectionPool(
             self.url, min_size=max_size, max_size=max_size, open=False, timeout=timeout,
-            name="eventstore-async",
+            name="eventstore-async", configure=jsonb.decode_with_loads_async,
             kwargs=connection_kwargs(self.statement_timeout, self.pool_timeout))
 
     def close(self) -> None:

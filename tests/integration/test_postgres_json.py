@@ -1,0 +1,92 @@
+"""Which connections decode jsonb with the store's decoder (eventstore/store/jsonb.py): the
+store's own, pooled, async and dedicated; not the program's other psycopg connections, and
+without hiding adapters the program registers with psycopg globally."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from typing import Any
+
+import orjson
+import psycopg
+import pytest
+from psycopg.adapt import Dumper
+
+from eventstore import EventStore
+from eventstore.store import jsonb
+from eventstore.store.postgres import PostgresEventStore
+
+pytestmark = pytest.mark.postgres
+QUERY = """SELECT '{"amount": 1250}'::jsonb, '[1, 2]'::json"""
+
+
+@pytest.fixture
+def orjson_calls(monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    calls: list[object] = []
+    real = orjson.loads
+
+    def counting(data: Any) -> Any:
+        calls.append(data)
+        return real(data)
+
+    monkeypatch.setattr(jsonb.orjson, "loads", counting)
+    return calls
+
+
+class Cents:
+    def __init__(self, cents: int) -> None:
+        self.cents = cents
+
+
+class CentsDumper(Dumper):
+    def dump(self, obj: Cents) -> bytes:
+        return f"{obj.cents / 100:.2f}".encode()
+
+
+@pytest.fixture
+def store(postgres_url: str) -> Iterator[PostgresEventStore]:
+    # Registered globally before the store connects, as a program would at start-up.
+    psycopg.adapters.register_dumper(Cents, CentsDumper)
+    store = EventStore.connect(postgres_url)
+    assert isinstance(store, PostgresEventStore)
+    store.migrate()
+    yield store
+    store.close()
+
+
+def test_the_stores_connections_decode_with_the_stores_decoder(
+        store: PostgresEventStore, orjson_calls: list[object]) -> None:
+    with store.datastore.connection() as conn:
+        assert conn.execute(QUERY).fetchone() == ({"amount": 1250}, [1, 2])
+    assert len(orjson_calls) == 2
+    with store.datastore.dedicated("test") as conn:
+        assert conn.execute(QUERY).fetchone() == ({"amount": 1250}, [1, 2])
+    assert len(orjson_calls) == 4
+
+    async def on_the_async_pool() -> Any:
+        pool = store.datastore.new_async_pool(1, timeout=10)
+        await pool.open(wait=True)
+        try:
+            async with pool.connection() as conn:
+                return await (await conn.execute(QUERY)).fetchone()
+        finally:
+            await pool.close()
+
+    assert asyncio.run(on_the_async_pool()) == ({"amount": 1250}, [1, 2])
+    assert len(orjson_calls) == 6
+
+
+def test_other_connections_keep_json_loads(store: PostgresEventStore, postgres_url: str,
+                                           orjson_calls: list[object]) -> None:
+    with psycopg.connect(postgres_url) as conn:
+        assert conn.execute(QUERY).fetchone() == ({"amount": 1250}, [1, 2])
+    assert orjson_calls == []
+
+
+def test_globally_registered_adapters_reach_the_stores_connections(
+        store: PostgresEventStore) -> None:
+    with store.datastore.connection() as conn:
+        assert conn.execute("SELECT %s::numeric::text", (Cents(1250),)).fetchone() == ("12.50",)
+    with store.datastore.dedicated("test") as conn:
+        assert conn.execute("SELECT %s::numeric::text", (Cents(5),)).fetchone() == ("0.05",)
