@@ -14,8 +14,8 @@ import pytest
 from psycopg.adapt import Dumper
 
 from eventstore import EventStore
-from eventstore.store import jsonb
 from eventstore.store.postgres import PostgresEventStore
+from tests.calls import record_calls
 
 pytestmark = pytest.mark.postgres
 QUERY = """SELECT '{"amount": 1250}'::jsonb, '[1, 2]'::json"""
@@ -23,15 +23,7 @@ QUERY = """SELECT '{"amount": 1250}'::jsonb, '[1, 2]'::json"""
 
 @pytest.fixture
 def orjson_calls(monkeypatch: pytest.MonkeyPatch) -> list[object]:
-    calls: list[object] = []
-    real = orjson.loads
-
-    def counting(data: Any) -> Any:
-        calls.append(data)
-        return real(data)
-
-    monkeypatch.setattr(jsonb.orjson, "loads", counting)
-    return calls
+    return record_calls(monkeypatch, orjson, "loads")
 
 
 class Cents:

@@ -14,8 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from eventstore.events import RecordedEvent
-from eventstore.server import wire
 from eventstore.server.wire import event_json, event_to_dict
+from tests.calls import record_calls
 
 PAYLOADS = st.dictionaries(st.text(), st.recursive(
     st.none() | st.booleans() | st.integers()
@@ -67,14 +67,7 @@ def test_long_integers_text_and_floats(payload: dict[str, Any]) -> None:
 
 def test_orjson_writes_ordinary_events(monkeypatch: pytest.MonkeyPatch) -> None:
     """The fast path is taken: json.dumps only for what orjson refuses."""
-    calls: list[object] = []
-    real = json.dumps
-
-    def counting(value: Any, **kwargs: Any) -> str:
-        calls.append(value)
-        return real(value, **kwargs)
-
-    monkeypatch.setattr(wire.json, "dumps", counting)
+    calls = record_calls(monkeypatch, json, "dumps")
     at = datetime(2026, 12, 1, tzinfo=UTC)
     event_json(event({"amount": 1250, "note": "x"}, {}, at))
     assert calls == []

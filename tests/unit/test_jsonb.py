@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from eventstore.store import jsonb
+from tests.calls import record_calls
 
 JSON_VALUES = st.recursive(
     st.none() | st.booleans() | st.integers()
@@ -52,14 +53,7 @@ def test_numbers_and_depth_orjson_would_get_wrong_or_refuse(text: str) -> None:
 def test_ordinary_documents_skip_the_stdlib(monkeypatch: pytest.MonkeyPatch) -> None:
     """The fast path is taken: a payload of ordinary numbers never reaches json.loads, and
     one with a long integer does."""
-    calls: list[object] = []
-    real = json.loads
-
-    def counting(data: Any, **kwargs: Any) -> Any:
-        calls.append(data)
-        return real(data, **kwargs)
-
-    monkeypatch.setattr(jsonb.json, "loads", counting)
+    calls = record_calls(monkeypatch, json, "loads")
     assert jsonb.loads(b'{"amount": 1250, "rate": 0.25, "note": "x"}') == {
         "amount": 1250, "rate": 0.25, "note": "x"}
     assert jsonb.loads("{}") == {}
