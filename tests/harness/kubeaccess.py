@@ -8,6 +8,7 @@ import json
 import shutil
 import ssl
 import subprocess
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
@@ -160,6 +161,12 @@ def http_ok(url: str, *, verify: bool = True, timeout: float = 5.0) -> bool:
         return False
 
 
+def crd_established(crd: dict[str, Any]) -> bool:
+    """True once the apiserver has marked the CRD Established (it serves the new kind)."""
+    conditions = (crd.get("status") or {}).get("conditions") or []
+    return any(c.get("type") == "Established" and c.get("status") == "True" for c in conditions)
+
+
 class CommandError(subprocess.CalledProcessError):
     """A CalledProcessError whose message carries the command's stderr (pytest shows str(exc),
     and "returned non-zero exit status 1" alone says nothing)."""
@@ -195,6 +202,17 @@ class KubectlClient:
     def kubectl_json(self, *args: str, kubeconfig: Path | None = None) -> Any:
         """`kubectl ... -o json`, parsed."""
         return json.loads(self.kubectl_run(*args, "-o", "json", kubeconfig=kubeconfig).stdout)
+
+    def wait_crd_established(self, name: str, timeout: float = 60.0) -> None:
+        """Until the CRD `name` is Established. Not `kubectl wait --for=condition=Established`:
+        that fails at once (".status.conditions accessor error: <nil> is of the type <nil>")
+        when it reads a fresh CRD before the apiserver has written any condition, as it did
+        in one CI run."""
+        deadline = time.monotonic() + timeout
+        while not crd_established(self.kubectl_json("get", "crd", name)):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"CRD {name} is not Established after {timeout:g}s")
+            time.sleep(0.1)
 
     def apply(self, manifest: str | dict[str, Any] | list[dict[str, Any]],
               namespace: str | None = None) -> None:

@@ -101,7 +101,7 @@ def crd_installed(control_plane: ControlPlane) -> None:
     """The chart's CRD (the same bytes as manifests/crd.yaml: client-side apply, as the other
     tests do, so re-applying it is a no-op)."""
     control_plane.kubectl_run("apply", "-f", str(CRD_FILE))
-    control_plane.kubectl_run("wait", "--for=condition=Established", f"crd/{names.CRD_NAME}", "--timeout=60s")
+    control_plane.wait_crd_established(names.CRD_NAME)
 
 
 def values_of(file: str) -> dict[str, Any]:

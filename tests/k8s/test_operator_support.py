@@ -19,6 +19,8 @@ from typing import Any, TypeVar
 
 import yaml
 
+from tests.harness.kubeaccess import crd_established
+
 REPO = Path(__file__).resolve().parents[2]
 MANIFESTS = REPO / "manifests"
 MANIFEST_NAMESPACE = "eventstore-system"
@@ -112,13 +114,12 @@ def crd_yaml() -> str:
 
 
 def install_crd(kubectl: Kubectl) -> None:
+    """Apply the CRD and wait until it is served (see KubectlClient.wait_crd_established for
+    why not `kubectl wait`)."""
     kubectl.apply(crd_yaml())
-    kubectl.run(
-        "wait",
-        "--for=condition=Established",
-        "crd/eventstores.eventstore.io",
-        "--timeout=30s",
-    )
+    wait_for(lambda: crd_established(json.loads(
+        kubectl.run("get", "crd", "eventstores.eventstore.io", "-o", "json").stdout)),
+        30, "the CRD to be Established")
 
 
 def service_account_kubeconfig(

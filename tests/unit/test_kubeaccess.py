@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from tests.harness import controlplane, node
-from tests.harness.kubeaccess import PKI, client_cert_auth, kubeconfig
+from tests.harness.kubeaccess import PKI, client_cert_auth, crd_established, kubeconfig
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
 
@@ -170,3 +170,17 @@ def test_the_node_pki_and_kubeconfigs(tmp_path: Path) -> None:
     n._write_pki()
     assert {p.name: p.read_bytes() for p in pki.iterdir()} == before
 
+
+
+@pytest.mark.parametrize("crd,established", [
+    ({}, False),  # read before the apiserver wrote any status: what broke `kubectl wait`
+    ({"status": None}, False),
+    ({"status": {"conditions": None}}, False),
+    ({"status": {"conditions": [{"type": "NamesAccepted", "status": "True"}]}}, False),
+    ({"status": {"conditions": [{"type": "Established", "status": "False"}]}}, False),
+    ({"status": {"conditions": [{"type": "NamesAccepted", "status": "True"},
+                                {"type": "Established", "status": "True"}]}}, True),
+])
+def test_crd_established_reads_only_the_established_condition(crd: dict[str, Any],
+                                                               established: bool) -> None:
+    assert crd_established(crd) is established
