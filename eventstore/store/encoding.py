@@ -51,14 +51,6 @@ def encode_json(value: Any, what: object) -> str:
     return text
 
 
-def decode_json(text: str | bytes | dict[str, Any]) -> dict[str, Any]:
-    if isinstance(text, dict):
-        return text
-    value = json.loads(text)
-    assert isinstance(value, dict)
-    return value
-
-
 def check_append(
     stream_id: str, events: Sequence[NewEvent], max_payload_bytes: int, max_events: int
 ) -> list[tuple[str, str]]:
