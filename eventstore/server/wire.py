@@ -183,11 +183,19 @@ class ProjectionsOut(BaseModel):
     projections: list[dict[str, Any]]
 
 
-def event_to_dict(event: RecordedEvent) -> dict[str, Any]:
-    return {"id": str(event.id), "type": event.type, "stream_id": event.aggregate_id,
+def _event_fields(event: RecordedEvent) -> dict[str, Any]:
+    """An event's reply object, its id and time still a UUID and a datetime."""
+    return {"id": event.id, "type": event.type, "stream_id": event.aggregate_id,
             "version": event.version, "payload": event.payload, "metadata": event.metadata,
-            "timestamp": event.timestamp.isoformat(), "position": event.position,
+            "timestamp": event.timestamp, "position": event.position,
             "schema_version": event.schema_version}
+
+
+def event_to_dict(event: RecordedEvent) -> dict[str, Any]:
+    fields = _event_fields(event)
+    fields["id"] = str(event.id)
+    fields["timestamp"] = event.timestamp.isoformat()
+    return fields
 
 
 def event_json(event: RecordedEvent) -> bytes:
@@ -195,11 +203,7 @@ def event_json(event: RecordedEvent) -> bytes:
     itself, in the same forms (0.7 us an event against 9.2 us for json.dumps of the dict).
     An integer past 64 bits, which orjson refuses, takes json.dumps."""
     try:
-        return orjson.dumps({
-            "id": event.id, "type": event.type, "stream_id": event.aggregate_id,
-            "version": event.version, "payload": event.payload, "metadata": event.metadata,
-            "timestamp": event.timestamp, "position": event.position,
-            "schema_version": event.schema_version})
+        return orjson.dumps(_event_fields(event))
     except TypeError:  # orjson.JSONEncodeError
         return json.dumps(event_to_dict(event)).encode()
 
