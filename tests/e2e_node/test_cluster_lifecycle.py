@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from tests.e2e_node.conftest import NodeSession
-from tests.harness.controlplane import REPO_ROOT, wait_until
+from tests.harness.controlplane import REPO_ROOT
+from tests.harness.kubeaccess import wait_until
 from tests.harness.node import (
     BRIDGE,
     CLUSTER_DOMAIN,

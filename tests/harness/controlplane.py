@@ -41,10 +41,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any
 
 from tests.harness.kubeaccess import (
     PKI,
@@ -87,7 +87,6 @@ APISERVER_SANS = ("IP:127.0.0.1", "DNS:localhost", "IP:10.0.0.1", "DNS:kubernete
                   "DNS:kubernetes.default", "DNS:kubernetes.default.svc",
                   "DNS:kubernetes.default.svc.cluster.local")
 
-T = TypeVar("T")
 
 
 class ControlPlaneError(RuntimeError):
@@ -152,20 +151,6 @@ def ensure_binaries() -> Path:
     if missing_binaries(built):
         raise BinariesUnavailable(f"build.sh did not produce {', '.join(missing_binaries(built))}")
     return built
-
-
-def wait_until(condition: Callable[[], T | None], *, timeout: float = 60.0, interval: float = 0.5,
-               message: str = "condition") -> T:
-    """Poll `condition` until it returns something truthy (returned); fail with `message` after
-    `timeout`. Controllers are eventually consistent, so tests poll instead of sleeping."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{message} did not happen within {timeout:.0f}s (last value: {value!r})")
-        time.sleep(interval)
 
 
 class ControlPlane(KubectlClient):

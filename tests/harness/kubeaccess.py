@@ -11,9 +11,9 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 
 class PKIError(RuntimeError):
@@ -161,6 +161,23 @@ def http_ok(url: str, *, verify: bool = True, timeout: float = 5.0) -> bool:
         return False
 
 
+T = TypeVar("T")
+
+
+def wait_until(condition: Callable[[], T | None], *, timeout: float = 60.0, interval: float = 0.5,
+               message: str = "condition") -> T:
+    """Poll `condition` until it returns something truthy (returned); fail with `message` after
+    `timeout`. Controllers are eventually consistent, so tests poll instead of sleeping."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{message} did not happen within {timeout:.0f}s (last value: {value!r})")
+        time.sleep(interval)
+
+
 def crd_established(crd: dict[str, Any]) -> bool:
     """True once the apiserver has marked the CRD Established (it serves the new kind)."""
     conditions = (crd.get("status") or {}).get("conditions") or []
@@ -208,11 +225,8 @@ class KubectlClient:
         that fails at once (".status.conditions accessor error: <nil> is of the type <nil>")
         when it reads a fresh CRD before the apiserver has written any condition, as it did
         in one CI run."""
-        deadline = time.monotonic() + timeout
-        while not crd_established(self.kubectl_json("get", "crd", name)):
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"CRD {name} is not Established after {timeout:g}s")
-            time.sleep(0.1)
+        wait_until(lambda: crd_established(self.kubectl_json("get", "crd", name)),
+                   timeout=timeout, interval=0.1, message=f"CRD {name} Established")
 
     def apply(self, manifest: str | dict[str, Any] | list[dict[str, Any]],
               namespace: str | None = None) -> None:

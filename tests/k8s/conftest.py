@@ -17,8 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness.controlplane import BinariesUnavailable, ControlPlane, ensure_binaries, wait_until
+from tests.harness.controlplane import BinariesUnavailable, ControlPlane, ensure_binaries
 from tests.harness.fixtures import required
+from tests.harness.kubeaccess import wait_until
 
 _HERE = Path(__file__).resolve().parent
 

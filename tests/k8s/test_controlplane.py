@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from tests.harness.controlplane import K8S_VERSION, ControlPlane, wait_until
+from tests.harness.controlplane import K8S_VERSION, ControlPlane
+from tests.harness.kubeaccess import wait_until
 
 pytestmark = pytest.mark.k8s
 

@@ -171,7 +171,6 @@ def test_the_node_pki_and_kubeconfigs(tmp_path: Path) -> None:
     assert {p.name: p.read_bytes() for p in pki.iterdir()} == before
 
 
-
 @pytest.mark.parametrize("crd,established", [
     ({}, False),  # read before the apiserver wrote any status: what broke `kubectl wait`
     ({"status": None}, False),
