@@ -18,7 +18,7 @@ from typing import Any
 from bench import store_bench
 from tests.harness.postgres import PostgresServer
 
-BENCHMARKS = ["store", "ids", "http", "snapshots", "server", "snapshotter"]
+BENCHMARKS = ["store", "ids", "partitions", "http", "snapshots", "server", "snapshotter"]
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
@@ -61,6 +61,10 @@ def main() -> int:
             from bench import id_locality_bench
 
             results["results"] += id_locality_bench.run(server, args.scale)
+        if "partitions" in only:
+            from bench import partition_read_bench
+
+            results["results"] += partition_read_bench.run(server, args.scale)
         if "http" in only:
             from bench import http_bench
 
