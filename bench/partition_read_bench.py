@@ -9,6 +9,9 @@ with nothing new is then found empty only after walking every later event of the
 every poll of every worker. Not a goal row: the figure says what the row-comparison
 spelling buys, and that it does not grow with the log.
 
+The same on a SQLite file, where the former read also hashed every stream id it walked
+past (in Python), against the indexed partition column of SQLite schema version 4.
+
 Called by bench/run.py: `run(server, scale)` returns rows {name, unit, value, floor_name,
 floor, ratio, goal}.
 """
@@ -17,17 +20,20 @@ from __future__ import annotations
 
 import json
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import psycopg
 
 from bench.store_bench import PAYLOAD
-from eventstore import EventStore
+from eventstore import EventStore, NewEvent
 from eventstore.store.postgres import PostgresEventStore
 from eventstore.store.postgres_datastore import CUTOFF, PARTITION, PLANNER_OPTIONS
 from eventstore.store.rows import EVENT_COLUMNS
+from eventstore.store.sqlite import SQLiteEventStore
 from tests.harness.postgres import PostgresServer
 
 #: The partition read before 2026-12-02, for comparison.
@@ -37,6 +43,14 @@ _FORMER_SQL = (
     f" UNION ALL (SELECT {EVENT_COLUMNS} FROM es_events_archive WHERE {PARTITION} = %(p)s"
     " AND position >= %(f)s ORDER BY position LIMIT %(n)s)"
     " ORDER BY position LIMIT %(n)s").encode()
+
+
+#: SQLite's partition read before schema version 4, for comparison.
+_FORMER_SQLITE_SQL = (
+    f"SELECT * FROM (SELECT {EVENT_COLUMNS} FROM es_events WHERE position >= ? AND "
+    f"es_partition(stream_id) = ? UNION ALL SELECT {EVENT_COLUMNS} FROM "
+    "es_events_archive WHERE position >= ? AND es_partition(stream_id) = ?) "
+    "ORDER BY position LIMIT ?")
 
 
 def load(url: str, early: int, late: int) -> None:
@@ -101,4 +115,41 @@ def run(server: PostgresServer, scale: float = 1.0, rounds: int = 3) -> list[dic
                     "floor": round(floor, 1), "ratio": round(value / floor, 3), "goal": ""})
     finally:
         store.close()
+    rows.append(sqlite_idle_read(early // 10, late // 4, reads, rounds))
     return rows
+
+
+def sqlite_idle_read(early: int, late: int, reads: int, rounds: int) -> dict[str, Any]:
+    """The idle-partition read on a SQLite file loaded through the store's own appends."""
+    with tempfile.TemporaryDirectory() as tmp:
+        store = EventStore.connect(f"sqlite:///{Path(tmp) / 'es.db'}")
+        assert isinstance(store, SQLiteEventStore)
+        store.migrate()
+        try:
+            for s in range(0, early, 100):
+                store.append(f"early-{s // 100 % 400}", [NewEvent("Deposited", PAYLOAD)
+                                                         for _ in range(100)])
+            for s in range(0, late, 500):
+                store.append(f"late-{s // 500 % 3}", [NewEvent("Deposited", PAYLOAD)
+                                                      for _ in range(500)])
+            datastore = store.datastore
+            busy = {int(r[0]) for r in datastore.execute(
+                "SELECT DISTINCT partition FROM es_events WHERE stream_id LIKE 'late-%'")}
+            idle = min(set(range(16)) - busy)
+            ((after_idle,),) = datastore.execute(
+                "SELECT max(position) + 1 FROM es_events WHERE partition = ?", (idle,))
+            params = (after_idle, idle, after_idle, idle, 100)
+            now_us, before_us = [], []
+            for _ in range(rounds):
+                now_us.append(per_read_us(reads, lambda: datastore.read_partition(
+                    idle, after_idle, 100)))
+                before_us.append(per_read_us(reads, lambda: datastore.execute(
+                    _FORMER_SQLITE_SQL, params)))
+        finally:
+            store.close()
+    value, floor = statistics.median(now_us), statistics.median(before_us)
+    return {"name": f"SQLite: projection read, a partition with no event in the last {late:,}",
+            "value": round(value, 1),
+            "unit": f"µs per read; a file of {early + late:,} events; lower is better",
+            "floor_name": "the same read filtered on es_partition(stream_id), no index",
+            "floor": round(floor, 1), "ratio": round(value / floor, 3), "goal": ""}

@@ -38,12 +38,12 @@ from eventstore.store.encoding import (
 )
 from eventstore.store.prepared import PreparedAppend
 from eventstore.store.rows import EVENT_COLUMNS
-from eventstore.store.sqlite_datastore import SQLiteDatastore, immediate_transaction
+from eventstore.store.sqlite_datastore import SQLiteDatastore, immediate_transaction, sqlite_partition
 
 # SQLite lets one transaction write at a time (BEGIN IMMEDIATE takes the write lock), so a
 # position from AUTOINCREMENT is allocated and committed before the next writer starts:
 # commit order is position order and a reader of the global log can never skip an event.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 #: Projection checkpoints and dead letters; also the schema of a pod's local read-model file.
 PROJECTION_SCHEMA = """
 CREATE TABLE IF NOT EXISTS es_projection_checkpoints (
@@ -84,6 +84,7 @@ CREATE TABLE IF NOT EXISTS es_events (
     payload        TEXT NOT NULL,
     metadata       TEXT NOT NULL,
     recorded_at    TEXT NOT NULL,
+    partition      INTEGER,
     UNIQUE (stream_id, version)
 );
 CREATE TABLE IF NOT EXISTS es_events_archive (
@@ -97,6 +98,7 @@ CREATE TABLE IF NOT EXISTS es_events_archive (
     metadata       TEXT NOT NULL,
     recorded_at    TEXT NOT NULL,
     archived_at    TEXT NOT NULL,
+    partition      INTEGER,
     UNIQUE (stream_id, version)
 );
 CREATE INDEX IF NOT EXISTS es_events_type_position ON es_events (type, position);
@@ -106,6 +108,16 @@ CREATE TABLE IF NOT EXISTS es_consumer_checkpoints (
     updated_at TEXT NOT NULL
 );
 """ + PROJECTION_SCHEMA
+#: Version 4: each event's projection partition (sqlite_partition of its stream id), stored
+#: and indexed with its position, so a projection worker reads a partition as one range of
+#: an index. Before, it walked the log from its checkpoint and hashed every stream id: a
+#: partition idle over a long stretch cost that whole stretch on every poll (32 ms a read
+#: at 100,000 events). Files of an earlier version gain the column, filled in, on migrate.
+_PARTITION_INDEXES = """
+CREATE INDEX IF NOT EXISTS es_events_partition_position ON es_events (partition, position);
+CREATE INDEX IF NOT EXISTS es_events_archive_partition_position
+    ON es_events_archive (partition, position)
+"""
 _COLUMNS = EVENT_COLUMNS
 
 
@@ -149,6 +161,13 @@ class SQLiteEventStore(EventStore):
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     conn.execute(statement)
+            for table in ("es_events", "es_events_archive"):
+                columns = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+                if "partition" not in columns:  # a file of schema version 3 or earlier
+                    conn.execute(f"ALTER TABLE {table} ADD COLUMN partition INTEGER")
+                    conn.execute(f"UPDATE {table} SET partition = es_partition(stream_id)")
+            for statement in _PARTITION_INDEXES.split(";"):
+                conn.execute(statement)
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         return SCHEMA_VERSION
 
@@ -210,13 +229,14 @@ class SQLiteEventStore(EventStore):
                         item.stream_id, expected.value if isinstance(expected, ExpectedVersion)
                         else expected, current)
                 positions = []
+                partition = sqlite_partition(item.stream_id)
                 for n, (event, (payload, metadata)) in enumerate(
                         zip(item.events, encoded, strict=True)):
                     cur = conn.execute(
-                        f"INSERT INTO es_events ({_COLUMNS.removeprefix('position, ')}) "
-                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        f"INSERT INTO es_events ({_COLUMNS.removeprefix('position, ')}, "
+                        "partition) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         (str(event.id), item.stream_id, current + n + 1, event.type,
-                         event.schema_version, payload, metadata, now),
+                         event.schema_version, payload, metadata, now, partition),
                     )
                     positions.append(int(cur.lastrowid or 0))
                 last = current + len(item.events)
@@ -279,8 +299,8 @@ class SQLiteEventStore(EventStore):
         with self._write() as conn:
             where = "stream_id = ? AND version <= ? AND recorded_at < ?"
             conn.execute(
-                f"INSERT INTO es_events_archive ({_COLUMNS}, archived_at) SELECT {_COLUMNS}, ? "
-                f"FROM es_events WHERE {where}",
+                f"INSERT INTO es_events_archive ({_COLUMNS}, partition, archived_at) SELECT"
+                f" {_COLUMNS}, partition, ? FROM es_events WHERE {where}",
                 (datetime.now(UTC).isoformat(), stream_id, up_to_version, cutoff))
             return conn.execute(f"DELETE FROM es_events WHERE {where}",
                                 (stream_id, up_to_version, cutoff)).rowcount

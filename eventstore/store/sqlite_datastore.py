@@ -24,6 +24,13 @@ from eventstore.store.postgres_schema import PROJECTION_PARTITIONS
 from eventstore.store.rows import EVENT_COLUMNS, row_to_event
 from eventstore.store.translate import sqlite_error
 
+#: The next events of a partition (see read_partition); parameters: partition, position,
+#: partition, position, limit.
+PARTITION_SQL = (
+    f"SELECT * FROM (SELECT {EVENT_COLUMNS} FROM es_events WHERE partition = ? AND "
+    f"position >= ? UNION ALL SELECT {EVENT_COLUMNS} FROM es_events_archive WHERE "
+    "partition = ? AND position >= ?) ORDER BY position LIMIT ?")
+
 
 def sqlite_partition(stream_id: str) -> int:
     """A stream's projection partition on SQLite (registered as `es_partition`)."""
@@ -236,21 +243,18 @@ class SQLiteDatastore:
 
     def read_partition(self, partition: int, from_position: int, limit: int
                        ) -> list[RecordedEvent]:
-        """The next `limit` events of one projection partition, the archive included.
-        (SQLite commits in position order: there is no cutoff to respect.)"""
-        rows = self.execute(
-            f"SELECT * FROM (SELECT {EVENT_COLUMNS} FROM es_events WHERE position >= ? AND "
-            f"es_partition(stream_id) = ? UNION ALL SELECT {EVENT_COLUMNS} FROM "
-            "es_events_archive WHERE position >= ? AND es_partition(stream_id) = ?) "
-            "ORDER BY position LIMIT ?", (from_position, partition, from_position, partition,
-                                          limit))
+        """The next `limit` events of one projection partition, the archive included: a
+        range of each table's (partition, position) index. (SQLite commits in position
+        order: there is no cutoff to respect.)"""
+        rows = self.execute(PARTITION_SQL,
+                            (partition, from_position, partition, from_position, limit))
         return [row_to_event(r) for r in rows]
 
     def partition_behind(self, partition: int, position: int) -> tuple[int, datetime | None]:
         """(events of the partition at or after `position`, the oldest one's time)."""
         ((count, oldest),) = self.execute(
-            "SELECT count(*), min(recorded_at) FROM es_events WHERE position >= ? AND "
-            "es_partition(stream_id) = ?", (position, partition))
+            "SELECT count(*), min(recorded_at) FROM es_events WHERE partition = ? AND "
+            "position >= ?", (partition, position))
         return int(count), datetime.fromisoformat(oldest).astimezone(UTC) if oldest else None
 
     def checkpoints(self, projection: str) -> list[tuple[int, int, int]]:
