@@ -6,6 +6,7 @@ import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 from uuid import UUID
 
@@ -26,6 +27,25 @@ from eventstore.events import (
 _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 #: A JSON-escaped NUL that is not itself an escaped backslash followed by "u0000".
 _ESCAPED_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
+#: In encoded JSON, a string (skipped whole) or a float in exponent notation with a
+#: positive exponent (group 1), the form Python writes for a float of 1e16 or more.
+_STRING_OR_EXPONENT = re.compile(r'"(?:[^"\\]|\\.)*"|(-?\d+(?:\.\d+)?e\+\d+)')
+
+
+def _positional(match: re.Match[str]) -> str:
+    number = match.group(1)
+    return match.group(0) if number is None else f"{Decimal(number):f}.0"
+
+
+def floats_stay_floats(text: str) -> str:
+    """Rewrite floats written as 1e+16 as 10000000000000000.0.
+
+    PostgreSQL's jsonb keeps a number as `numeric` and writes it back in positional
+    notation with the scale it was given: `1e+16` comes back as `10000000000000000`, which
+    any JSON decoder reads as an int (1.5e+300 as an int of 301 digits), while
+    `10000000000000000.0` comes back as written, a float equal to the one appended. Both
+    backends store the same text."""
+    return _STRING_OR_EXPONENT.sub(_positional, text) if "e+" in text else text
 
 
 def encode_json(value: Any, what: object) -> str:
@@ -48,7 +68,7 @@ def encode_json(value: Any, what: object) -> str:
     if "\\u0000" in text and _ESCAPED_NUL.search(text):
         raise ValidationError(f"{what} contains a NUL character (\\u0000), which cannot be "
                               "stored; remove it or encode the value (e.g. base64)")
-    return text
+    return floats_stay_floats(text)
 
 
 def check_append(

@@ -49,6 +49,7 @@ from eventstore.store.encoding import (
     conflicts,
     earlier_append,
     earlier_appends,
+    floats_stay_floats,
 )
 from eventstore.store.group_commit import ThreadGroupCommit
 from eventstore.store.postgres_append import (
@@ -579,7 +580,8 @@ class PostgresEventStore(EventStore):
         """
         if len(rows) >= 1 << 20:
             raise ValidationError("at most 1,048,575 events per import transaction")
-        batch = json.dumps(list(rows))
+        # As for appends: floats of 1e16 and more written so that jsonb keeps them floats.
+        batch = floats_stay_floats(json.dumps(list(rows)))
         if len(batch) > IMPORT_MAX_BYTES:
             # The rows travel as one jsonb value, which PostgreSQL caps at 256 MiB.
             raise ValidationError(f"{len(batch)} bytes of rows in one import transaction: at "

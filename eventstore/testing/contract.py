@@ -224,10 +224,14 @@ class EventStoreContract:
 
     def test_numbers_come_back_as_stored(self, store: EventStore) -> None:
         """Integers past 64 bits stay exact integers, in reads of a stream and of the log
-        (a fast JSON decoder alone would return them as floats)."""
+        (a fast JSON decoder alone would return them as floats); floats of 1e16 and more
+        stay floats (PostgreSQL's jsonb writes `1e+16` back as an integer)."""
         numbers = {"past_u64": 2**64, "big": 10**30 + 7, "negative": -(2**63) - 1,
                    "nineteen_digits": 1234567890123456789, "int": 1250, "float": 0.1,
-                   "small": 2.5e-8, "fraction": 123456.789, "deep": [[{"n": -(10**25)}]]}
+                   "small": 2.5e-8, "fraction": 123456.789, "deep": [[{"n": -(10**25)}]],
+                   "float_1e16": 1e16, "float_big": -1.5e300, "float_max": 1.7976931348623157e308,
+                   "float_19": 1.2345678901234567e19, "text": "1e+16 stays text",
+                   "floats": [1e22, 9.999999999999999e15, 5e-324]}
         store.append("s", [NewEvent(type="T", payload=numbers, metadata={"trace": 10**20})])
         for read in (store.read_stream("s")[0], store.read_all()[0]):
             assert read.payload == numbers and read.metadata == {"trace": 10**20}

@@ -792,3 +792,23 @@ def test_replace_is_conditional_on_the_server_too(location: str,
         with pytest.raises(ReplaceConflict):
             where.replace("m", b"6", "")
         assert where.read("m") == b"4"
+
+
+def test_numbers_come_back_from_a_restore_as_stored(postgres_server: PostgresServer,
+                                                    tmp_path: Path) -> None:
+    """A backup and restore keeps each number's type and value: integers past 64 bits,
+    and floats of 1e16 and more (which jsonb would give back as integers had the restore
+    written them as 1e+16)."""
+    numbers = {"float_1e16": 1e16, "float_big": -1.5e300, "float": 0.1, "int": 7,
+               "past_u64": 2**64, "nested": [1e22, {"f": 2.5e19}], "text": "1e+16"}
+    source_url = postgres_server.create_database("numbers_source")
+    with EventStore.connect(source_url) as store:
+        store.migrate()
+        store.append("n-1", [NewEvent("Measured", numbers, metadata={"scale": 1e18})])
+    location = str(tmp_path / "backup")
+    _cli("backup", location, "--url", source_url)
+    restored = _restored_log(postgres_server, location, "numbers_target")
+    assert len(restored) == 1
+    payload, metadata = restored[0][4], restored[0][5]
+    assert repr(sorted(payload.items())) == repr(sorted(numbers.items()))
+    assert repr(metadata) == repr({"scale": 1e18})

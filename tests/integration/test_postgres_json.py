@@ -11,9 +11,12 @@ from typing import Any
 import orjson
 import psycopg
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from psycopg.adapt import Dumper
 
 from eventstore import EventStore
+from eventstore.store.encoding import encode_json
 from eventstore.store.postgres import PostgresEventStore
 from tests.calls import record_calls
 
@@ -82,3 +85,17 @@ def test_globally_registered_adapters_reach_the_stores_connections(
         assert conn.execute("SELECT %s::numeric::text", (Cents(1250),)).fetchone() == ("12.50",)
     with store.datastore.dedicated("test") as conn:
         assert conn.execute("SELECT %s::numeric::text", (Cents(5),)).fetchone() == ("0.05",)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.floats(allow_nan=False, allow_infinity=False))
+def test_any_float_comes_back_from_jsonb_as_the_same_float(store: PostgresEventStore,
+                                                           value: float) -> None:
+    """What PostgreSQL's jsonb gives back for the encoded text decodes to the same float
+    (not an int of up to 309 digits, as `1e+16` would)."""
+    text = encode_json({"x": value}, "payload")
+    with store.datastore.connection() as conn:
+        row = conn.execute("SELECT %s::jsonb", (text,)).fetchone()
+    assert row is not None
+    back = row[0]["x"]
+    assert type(back) is float and back == value, (text, back)

@@ -96,9 +96,10 @@ def test_client_reads_page_through_long_streams(store: EventStoreClient) -> None
 def test_numbers_survive_the_http_round_trip(store: EventStoreClient) -> None:
     """Integers past 64 bits stay exact through every JSON step: the server's decoding of
     jsonb, its page encoding and the client's decoding (each takes orjson's fast path only
-    where it is exact)."""
+    where it is exact); floats of 1e16 and more stay floats."""
     numbers = {"past_u64": 2**64 + 1, "big": 10**30 + 7, "negative": -(2**63) - 1,
-               "int": 1250, "float": 0.1, "small": 2.5e-8, "text": "ünïcødé \u2603"}
+               "int": 1250, "float": 0.1, "small": 2.5e-8, "text": "ünïcødé \u2603",
+               "float_1e16": 1e16, "float_big": -1.5e300, "floats": [1e22, 2.5e19]}
     store.append("numbers", [NewEvent("Measured", numbers, metadata={"trace": 10**20}),
                              NewEvent("Measured", {"n": 1})])
     first = store.read_stream("numbers")[0]
