@@ -29,7 +29,11 @@ _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan
 _ESCAPED_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 #: In encoded JSON, a string (skipped whole) or a float in exponent notation with a
 #: positive exponent (group 1), the form Python writes for a float of 1e16 or more.
-_STRING_OR_EXPONENT = re.compile(r'"(?:[^"\\]|\\.)*"|(-?\d+(?:\.\d+)?e\+\d+)')
+_STRING_OR_EXPONENT = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|(-?\d+(?:\.\d+)?e\+\d+)')
+#: What such a float contains; most payloads have none, strings included. (A pattern
+#: that starts with a literal is searched for quickly: 0.6 ms for 450 KB, 6 ms with \d
+#: first.)
+_EXPONENT = re.compile(r"e\+\d")
 
 
 def _positional(match: re.Match[str]) -> str:
@@ -45,7 +49,9 @@ def floats_stay_floats(text: str) -> str:
     any JSON decoder reads as an int (1.5e+300 as an int of 301 digits), while
     `10000000000000000.0` comes back as written, a float equal to the one appended. Both
     backends store the same text."""
-    return _STRING_OR_EXPONENT.sub(_positional, text) if "e+" in text else text
+    if "e+" not in text or not _EXPONENT.search(text):  # the usual case
+        return text
+    return _STRING_OR_EXPONENT.sub(_positional, text)
 
 
 def encode_json(value: Any, what: object) -> str:
