@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
@@ -50,9 +50,23 @@ class RetentionReport:
     streams_without_snapshot: int = 0
 
 
-def candidate_streams(store: EventStore, older_than: datetime, limit: int = 10_000) -> list[str]:
-    """Streams with events in the hot table recorded before `older_than`."""
-    return store.retention_candidates(older_than, limit)
+#: Candidate streams read per query. A run reads page after page to the last stream: the
+#: streams it cannot archive (no snapshot, or none that covers an old event) stay
+#: candidates, and a run that read one page only would examine the same ones every time.
+PAGE_SIZE = 10_000
+
+
+def candidate_streams(store: EventStore, older_than: datetime, page_size: int = PAGE_SIZE
+                      ) -> Iterator[str]:
+    """Every stream with events in the hot table recorded before `older_than`, read a
+    page at a time in stream id order."""
+    after = ""
+    while True:
+        page = store.retention_candidates(older_than, page_size, after)
+        yield from page
+        if len(page) < page_size:
+            return
+        after = page[-1]
 
 
 def run_retention(
@@ -61,18 +75,20 @@ def run_retention(
     retention_days: int,
     aggregate_types: Sequence[str],
     now: datetime | None = None,
+    page_size: int = PAGE_SIZE,
 ) -> RetentionReport:
-    """One pass; see the module docstring. `aggregate_types` are the snapshot kinds whose
-    snapshots count as covering a stream (the stream id is the aggregate id)."""
+    """One pass over every candidate stream; see the module docstring. `aggregate_types`
+    are the snapshot kinds whose snapshots count as covering a stream (the stream id is
+    the aggregate id)."""
     now = now or datetime.now(UTC)
     cutoff = now - timedelta(days=retention_days)
     with store.retention_lock() as mine:
         if not mine:
             log.info("retention skipped: another replica is running it")
             return RetentionReport(ran=False)
-        streams = candidate_streams(store, cutoff)
-        archived_streams = archived_events = uncovered = 0
-        for stream_id in streams:
+        examined = archived_streams = archived_events = uncovered = 0
+        for stream_id in candidate_streams(store, cutoff, page_size):
+            examined += 1
             covered = _covered_version(snapshots, aggregate_types, stream_id)
             if covered is None:
                 uncovered += 1
@@ -81,7 +97,7 @@ def run_retention(
             if moved:
                 archived_streams += 1
                 archived_events += moved
-        report = RetentionReport(True, len(streams), archived_streams, archived_events, uncovered)
+        report = RetentionReport(True, examined, archived_streams, archived_events, uncovered)
     log.info("retention run finished", extra={
         "cutoff": cutoff.isoformat(), "streams_examined": report.streams_examined,
         "streams_archived": report.streams_archived,

@@ -190,9 +190,11 @@ class EventStore(abc.ABC):
         `read_archived_stream`.
         """
 
-    def retention_candidates(self, older_than: datetime, limit: int) -> list[str]:
-        """Streams with events in the log recorded before `older_than`, at most `limit`,
-        sorted (eventstore.retention's first query)."""
+    def retention_candidates(self, older_than: datetime, limit: int, after: str = ""
+                             ) -> list[str]:
+        """Streams with events in the log recorded before `older_than`: the first `limit`
+        after the stream id `after`, in the database's order of stream ids (pass the last
+        one back as `after` for the next page; eventstore.retention's query)."""
         raise NotImplementedError(f"retention does not know {type(self).__name__}")
 
     @contextmanager

@@ -405,8 +405,9 @@ class PostgresEventStore(EventStore):
 
     # -- retention (eventstore/retention.py) --------------------------------------------
 
-    def retention_candidates(self, older_than: datetime, limit: int) -> list[str]:
-        return self.datastore.retention_candidates(older_than, limit)
+    def retention_candidates(self, older_than: datetime, limit: int, after: str = ""
+                             ) -> list[str]:
+        return self.datastore.retention_candidates(older_than, limit, after)
 
     @contextmanager
     def retention_lock(self) -> Iterator[bool]:

@@ -355,14 +355,18 @@ class PostgresDatastore:
 
     # -- retention ---------------------------------------------------------------------
 
-    def retention_candidates(self, older_than: datetime, limit: int) -> list[str]:
-        """Streams with events in the log recorded before `older_than` (at most `limit`)."""
+    def retention_candidates(self, older_than: datetime, limit: int, after: str
+                             ) -> list[str]:
+        """Streams with events in the log recorded before `older_than`: the first `limit`
+        after `after`, in stream id order (EventStore.retention_candidates). Sorting is
+        allowed here: the old rows are found on the time index, then ordered."""
         if older_than.tzinfo is None:
             raise ValidationError("older_than has no time zone: pass an aware datetime (UTC)")
-        with self.connection() as conn:
-            rows = conn.execute("SELECT DISTINCT stream_id FROM es_events WHERE recorded_at < %s "
-                                "LIMIT %s", (older_than, limit)).fetchall()
-        return sorted(str(r[0]) for r in rows)
+        with self.transaction(b"SET LOCAL enable_sort = on") as conn:
+            rows = conn.execute("SELECT DISTINCT stream_id FROM es_events WHERE recorded_at < %s"
+                                " AND stream_id > %s ORDER BY stream_id LIMIT %s",
+                                (older_than, after, limit)).fetchall()
+        return [str(r[0]) for r in rows]
 
     @contextmanager
     def exclusive(self, key: int, wait: float = 0.5) -> Iterator[bool]:

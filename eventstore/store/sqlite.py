@@ -313,10 +313,11 @@ class SQLiteEventStore(EventStore):
                                backwards)
         return self.datastore.read_log(query)
 
-    def retention_candidates(self, older_than: datetime, limit: int) -> list[str]:
+    def retention_candidates(self, older_than: datetime, limit: int, after: str = ""
+                             ) -> list[str]:
         if older_than.tzinfo is None:
             raise ValidationError("older_than has no time zone: pass an aware datetime (UTC)")
-        return self.datastore.retention_candidates(older_than, limit)
+        return self.datastore.retention_candidates(older_than, limit, after)
 
     def head_position(self) -> int:
         return self.datastore.head_position()

@@ -264,11 +264,14 @@ class SQLiteDatastore:
             "WHERE projection = ? ORDER BY partition", (projection,))
         return [(int(p), int(pos), int(n)) for p, pos, n in rows]
 
-    def retention_candidates(self, older_than: datetime, limit: int) -> list[str]:
-        """Streams with events in the log recorded before `older_than` (at most `limit`)."""
+    def retention_candidates(self, older_than: datetime, limit: int, after: str
+                             ) -> list[str]:
+        """Streams with events in the log recorded before `older_than`: the first `limit`
+        after `after`, in stream id order (EventStore.retention_candidates)."""
         rows = self.execute("SELECT DISTINCT stream_id FROM es_events WHERE recorded_at < ? "
-                            "LIMIT ?", (older_than.astimezone(UTC).isoformat(), limit))
-        return sorted(str(r[0]) for r in rows)
+                            "AND stream_id > ? ORDER BY stream_id LIMIT ?",
+                            (older_than.astimezone(UTC).isoformat(), after, limit))
+        return [str(r[0]) for r in rows]
 
     def close(self, timeout: float = 30.0) -> None:
         """Refuse new calls (StoreUnavailable), wait up to `timeout` seconds for the calls
