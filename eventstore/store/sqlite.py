@@ -113,11 +113,21 @@ CREATE TABLE IF NOT EXISTS es_consumer_checkpoints (
 #: an index. Before, it walked the log from its checkpoint and hashed every stream id: a
 #: partition idle over a long stretch cost that whole stretch on every poll (32 ms a read
 #: at 100,000 events). Files of an earlier version gain the column, filled in, on migrate.
-_PARTITION_INDEXES = """
-CREATE INDEX IF NOT EXISTS es_events_partition_position ON es_events (partition, position);
-CREATE INDEX IF NOT EXISTS es_events_archive_partition_position
-    ON es_events_archive (partition, position)
-"""
+#: The triggers fill the column in for a row written without it: by a process still
+#: running an earlier version of eventstore on a file this one has migrated (those register
+#: `es_partition` on their connections too), whose events projections would otherwise
+#: never read.
+_PARTITION_INDEXES = (
+    "CREATE INDEX IF NOT EXISTS es_events_partition_position ON es_events (partition, position)",
+    "CREATE INDEX IF NOT EXISTS es_events_archive_partition_position"
+    " ON es_events_archive (partition, position)",
+    "CREATE TRIGGER IF NOT EXISTS es_events_partition_filled AFTER INSERT ON es_events"
+    " WHEN NEW.partition IS NULL BEGIN UPDATE es_events SET partition ="
+    " es_partition(NEW.stream_id) WHERE position = NEW.position; END",
+    "CREATE TRIGGER IF NOT EXISTS es_events_archive_partition_filled AFTER INSERT ON"
+    " es_events_archive WHEN NEW.partition IS NULL BEGIN UPDATE es_events_archive SET"
+    " partition = es_partition(NEW.stream_id) WHERE position = NEW.position; END",
+)
 _COLUMNS = EVENT_COLUMNS
 
 
@@ -166,7 +176,7 @@ class SQLiteEventStore(EventStore):
                 if "partition" not in columns:  # a file of schema version 3 or earlier
                     conn.execute(f"ALTER TABLE {table} ADD COLUMN partition INTEGER")
                     conn.execute(f"UPDATE {table} SET partition = es_partition(stream_id)")
-            for statement in _PARTITION_INDEXES.split(";"):
+            for statement in _PARTITION_INDEXES:
                 conn.execute(statement)
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         return SCHEMA_VERSION

@@ -88,9 +88,10 @@ def test_a_version_3_file_gains_the_partition_column_on_migrate(tmp_path: Path) 
     before = [(e.id, e.aggregate_id, e.version, e.position, e.payload, e.timestamp)
               for e in _every_event(store)]
     store.close()
-    # Make it a file as schema version 3 left it: no partition column, no index.
+    # Make it a file as schema version 3 left it: no partition column, index or trigger.
     conn = sqlite3.connect(path)
     for table in ("es_events", "es_events_archive"):
+        conn.execute(f"DROP TRIGGER {table}_partition_filled")
         conn.execute(f"DROP INDEX {table}_partition_position")
         conn.execute(f"ALTER TABLE {table} DROP COLUMN partition")
     conn.execute("PRAGMA user_version = 3")
@@ -112,5 +113,36 @@ def test_a_version_3_file_gains_the_partition_column_on_migrate(tmp_path: Path) 
         (row,) = store.datastore.execute(
             "SELECT partition FROM es_events WHERE stream_id = 'acct-0' AND version = 8")
         assert row[0] == sqlite_partition("acct-0")
+    finally:
+        store.close()
+
+
+def test_rows_written_without_a_partition_get_one(tmp_path: Path) -> None:
+    """A process still running an earlier version (its INSERTs name no partition column;
+    its connections register es_partition, as every version's do) writes to a migrated
+    file: the rows get their partition all the same, and projections read them."""
+    path = tmp_path / "es.db"
+    store = _store(path)
+    try:
+        store.append("acct-1", [NewEvent("Deposited", {"i": 0})])
+        old = sqlite3.connect(path, isolation_level=None)
+        old.create_function("es_partition", 1, sqlite_partition, deterministic=True)
+        old.execute("INSERT INTO es_events (id, stream_id, version, type, schema_version,"
+                    " payload, metadata, recorded_at) VALUES ('8d1f4f0e-0000-7000-8000-"
+                    "000000000001', 'acct-2', 1, 'Deposited', 1, '{}', '{}', ?)",
+                    (datetime.now(UTC).isoformat(),))
+        old.execute("INSERT INTO es_events_archive (position, id, stream_id, version, type,"
+                    " schema_version, payload, metadata, recorded_at, archived_at) SELECT"
+                    " position, id, stream_id, version, type, schema_version, payload,"
+                    " metadata, recorded_at, recorded_at FROM es_events WHERE stream_id ="
+                    " 'acct-1'")
+        old.execute("DELETE FROM es_events WHERE stream_id = 'acct-1'")
+        old.close()
+        for table in ("es_events", "es_events_archive"):
+            rows = store.datastore.execute(f"SELECT stream_id, partition FROM {table}")
+            assert rows and all(p == sqlite_partition(s) for s, p in rows), (table, rows)
+        for stream in ("acct-1", "acct-2"):
+            read = store.datastore.read_partition(sqlite_partition(stream), 0, 10)
+            assert [e.aggregate_id for e in read] == [stream]
     finally:
         store.close()
