@@ -117,7 +117,7 @@ CREATE TABLE IF NOT EXISTS es_consumer_checkpoints (
 #: running an earlier version of eventstore on a file this one has migrated (those register
 #: `es_partition` on their connections too), whose events projections would otherwise
 #: never read.
-_PARTITION_INDEXES = (
+_PARTITION_SCHEMA = (
     "CREATE INDEX IF NOT EXISTS es_events_partition_position ON es_events (partition, position)",
     "CREATE INDEX IF NOT EXISTS es_events_archive_partition_position"
     " ON es_events_archive (partition, position)",
@@ -176,7 +176,7 @@ class SQLiteEventStore(EventStore):
                 if "partition" not in columns:  # a file of schema version 3 or earlier
                     conn.execute(f"ALTER TABLE {table} ADD COLUMN partition INTEGER")
                     conn.execute(f"UPDATE {table} SET partition = es_partition(stream_id)")
-            for statement in _PARTITION_INDEXES:
+            for statement in _PARTITION_SCHEMA:
                 conn.execute(statement)
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         return SCHEMA_VERSION

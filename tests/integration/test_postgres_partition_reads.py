@@ -8,9 +8,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from eventstore import EventStore, NewEvent, RecordedEvent
+from eventstore import EventStore, NewEvent
 from eventstore.store.postgres import PostgresEventStore
 from eventstore.store.postgres_datastore import _BEHIND_SQL, _PARTITION_SQL, PARTITION
+from tests.partition_pages import in_pages
 
 pytestmark = pytest.mark.postgres
 
@@ -85,15 +86,6 @@ def test_an_idle_partition_is_read_from_its_index_not_by_walking_the_log(
     assert store.datastore.partition_behind(idle, after_last) == (0, None)
 
 
-def _in_pages(store: PostgresEventStore, partition: int, size: int) -> list[RecordedEvent]:
-    events: list[RecordedEvent] = []
-    position = 0
-    while page := store.datastore.read_partition(partition, position, size):
-        events.extend(page)
-        position = page[-1].position + 1
-    return events
-
-
 def test_partition_pages_hold_exactly_the_partitions_events_archive_included(
         store: PostgresEventStore) -> None:
     for s in range(40):
@@ -110,7 +102,7 @@ def test_partition_pages_hold_exactly_the_partitions_events_archive_included(
     for partition in range(16):
         expected = [e.id for e in every if partition_of[e.aggregate_id] == partition]
         for size in (1, 3, 100):
-            assert [e.id for e in _in_pages(store, partition, size)] == expected, (partition, size)
+            assert [e.id for e in in_pages(store.datastore, partition, size)] == expected, (partition, size)
         count, oldest = store.datastore.partition_behind(partition, 0)
         hot_ids = [e for e in hot if partition_of[e.aggregate_id] == partition]
         assert count == len(hot_ids)

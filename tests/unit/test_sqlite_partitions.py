@@ -11,6 +11,7 @@ from pathlib import Path
 from eventstore import EventStore, NewEvent, RecordedEvent
 from eventstore.store.sqlite import SCHEMA_VERSION, SQLiteEventStore
 from eventstore.store.sqlite_datastore import PARTITION_SQL, sqlite_partition
+from tests.partition_pages import in_pages
 
 
 def _store(path: Path) -> SQLiteEventStore:
@@ -27,15 +28,6 @@ def _fill(store: SQLiteEventStore) -> None:
         assert store.archive_stream(stream, 4, datetime.now(UTC) + timedelta(days=1)) == 4
 
 
-def _in_pages(store: SQLiteEventStore, partition: int, size: int) -> list[RecordedEvent]:
-    events: list[RecordedEvent] = []
-    position = 0
-    while page := store.datastore.read_partition(partition, position, size):
-        events.extend(page)
-        position = page[-1].position + 1
-    return events
-
-
 def _every_event(store: SQLiteEventStore) -> list[RecordedEvent]:
     archived = [e for s in ("acct-3", "acct-11") for e in store.read_archived_stream(s)]
     return sorted(store.read_all(limit=10_000) + archived, key=lambda e: e.position)
@@ -47,7 +39,7 @@ def _assert_partitions_read_right(store: SQLiteEventStore) -> None:
     for partition in range(16):
         expected = [e.id for e in every if sqlite_partition(e.aggregate_id) == partition]
         for size in (1, 3, 100):
-            assert [e.id for e in _in_pages(store, partition, size)] == expected
+            assert [e.id for e in in_pages(store.datastore, partition, size)] == expected
         hot = [e for e in store.read_all(limit=10_000)
                if sqlite_partition(e.aggregate_id) == partition]
         count, oldest = store.datastore.partition_behind(partition, 0)
