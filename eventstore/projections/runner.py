@@ -73,6 +73,9 @@ class _UnitState:
     due: float = 0.0
     busy: bool = False
     releasing: bool = False
+    #: Bumped whenever a worker takes the unit or its position is set, so that
+    #: _follow_checkpoints never applies a checkpoint it read before either happened.
+    generation: int = 0
 
 
 @dataclass(frozen=True)
@@ -190,6 +193,7 @@ class ProjectionRunner:
             try:
                 self.backend.join()
                 self._rebalance()
+                self._follow_checkpoints()
             except StoreUnavailable as exc:
                 log.warning("projection lock connection failed; partitions released: %s", exc)
                 self.backend.drop_locks()
@@ -229,6 +233,36 @@ class ProjectionRunner:
                     self._cond.notify_all()
                 log.info("claimed partition", extra={"projection": unit[0], "partition": unit[1],
                                                       "position": position})
+
+    def _follow_checkpoints(self) -> None:
+        """Adopt a checkpoint that someone else moved: a rebuild or `eventstore replay` in
+        another process, or a rebuild here while the unit's batch was in flight, resets it
+        in the database. A busy partition finds out at its next batch (the compare-and-set
+        fails); an idle one would read nothing from its old position forever and never
+        start over. Not while the unit is busy: the owner's own batch moves both."""
+        with self._cond:
+            seen = {unit: (state.position, state.generation)
+                    for unit, state in self._owned.items() if not state.busy}
+        if not seen:
+            return
+        with self.backend.transaction() as tx:
+            rows = tx.execute("SELECT projection, partition, position FROM "
+                              "es_projection_checkpoints").fetchall()
+        stored = {(str(r[0]), int(r[1])): int(r[2]) for r in rows}
+        with self._cond:
+            for unit, (position, generation) in seen.items():
+                state = self._owned.get(unit)
+                moved = stored.get(unit)
+                if (state is None or state.busy or state.generation != generation
+                        or moved is None or moved == position):
+                    continue
+                state.position = moved
+                state.generation += 1
+                state.due = 0.0
+                log.info("checkpoint moved by another process; following it", extra={
+                    "projection": unit[0], "partition": unit[1], "was": position,
+                    "position": moved})
+            self._cond.notify_all()
 
     def _release_all(self) -> None:
         with self._cond:
@@ -272,6 +306,7 @@ class ProjectionRunner:
                 if due:
                     _, unit = min(due)
                     self._owned[unit].busy = True
+                    self._owned[unit].generation += 1
                     return unit
                 wait = min((d for d, _ in ready), default=now + self.poll_interval) - now
                 self._cond.wait(timeout=max(0.01, min(wait, self.poll_interval)))
@@ -291,6 +326,7 @@ class ProjectionRunner:
                 with self._cond:
                     if unit in self._owned:
                         self._owned[unit].position = position
+                        self._owned[unit].generation += 1
             except Exception as exc:  # a worker must survive database outages
                 log.warning("projection batch failed; will retry", extra={
                     "projection": unit[0], "partition": unit[1], "error": str(exc)})
@@ -336,6 +372,7 @@ class ProjectionRunner:
             state = self._owned.get(unit)
             if state is not None:
                 state.position = end
+                state.generation += 1
         metrics.PROJECTION_EVENTS.labels(name).inc(len(events))
         metrics.observe_ages(metrics.EVENT_PROCESSING_LATENCY.labels(name), datetime.now(UTC),
                              (event.timestamp for event in events))
@@ -451,8 +488,9 @@ class ProjectionRunner:
             tx.execute("DELETE FROM es_projection_dead_letters WHERE projection = %s", (name,))
         with self._cond:
             for (unit_name, _), state in self._owned.items():
-                if unit_name == name and not state.busy:
+                if unit_name == name and not state.busy:  # busy: see _follow_checkpoints
                     state.position = 0
+                    state.generation += 1
                     state.due = 0.0
             self._cond.notify_all()
         log.info("projection rebuild started", extra={"projection": name})

@@ -4,6 +4,7 @@ rebuild, upcasting and the checkpoint compare-and-set."""
 from __future__ import annotations
 
 import sqlite3
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,6 +17,7 @@ from eventstore.projections import Projection, ReadModelTx, load_projection
 from eventstore.projections.bank import AccountBalances
 from eventstore.projections.runner import ProjectionRunner
 from eventstore.settings import ProjectionSettings
+from eventstore.store.sqlite_datastore import sqlite_partition
 
 upcasters = UpcasterRegistry()
 upcasters.add("Deposited", 1, lambda p: {"amount": p["cents"]})
@@ -118,6 +120,53 @@ def test_rebuild_replays_into_an_empty_read_model(store: EventStore) -> None:
     with sqlite3.connect(store.path) as conn:  # type: ignore[attr-defined]
         assert conn.execute("SELECT owner, balance, events_applied FROM "
                             "proj_account_balances").fetchall() == [("o", 5, 2)]
+
+
+def test_a_rebuild_elsewhere_restarts_the_partitions_that_have_nothing_new(
+        store: EventStore) -> None:
+    """`eventstore replay` in another process resets the checkpoints: this runner's
+    partitions must start over too, though no new event reaches them."""
+    for n in range(20):
+        store.append(f"s-{n}", [NewEvent("T", {"n": n})])
+    projection = Recorder()
+    runner = _run(store, projection, workers=2, batch_size=5)
+    try:
+        other = ProjectionRunner(store, {"p": Recorder()}, ProjectionSettings())
+        other.setup()
+        other.rebuild("p")  # empties `seen` and sets every checkpoint to 0
+        other.backend.close()
+        assert _seen(store) == []
+        assert runner.wait_caught_up("p", 10), runner.status()
+        assert sorted(_seen(store)) == sorted((f"s-{n}", 1) for n in range(20))
+        assert len(projection.calls) == 40  # every event twice: before and after
+    finally:
+        runner.stop()
+
+
+def test_a_rebuild_while_a_partition_is_being_read_starts_that_one_over_too(
+        store: EventStore) -> None:
+    store.append("s-1", [NewEvent("T", {}), NewEvent("T", {})])
+    projection = Recorder()
+    runner = _run(store, projection, workers=1, batch_size=10)
+    try:
+        partition = sqlite_partition("s-1")
+        reading, go_on = threading.Event(), threading.Event()
+        read = runner.backend.read
+
+        def held_read(part: int, start: int, limit: int) -> list[RecordedEvent]:
+            if part == partition and not go_on.is_set():
+                reading.set()
+                go_on.wait(10)
+            return read(part, start, limit)
+
+        runner.backend.read = held_read  # type: ignore[method-assign]
+        assert reading.wait(10)  # a worker is reading the partition, past its events
+        runner.rebuild("p")
+        go_on.set()
+        assert runner.wait_caught_up("p", 10), runner.status()
+        assert _seen(store) == [("s-1", 1), ("s-1", 2)]
+    finally:
+        runner.stop()
 
 
 def test_a_moved_checkpoint_rolls_the_batch_back(store: EventStore) -> None:
