@@ -11,7 +11,7 @@ import pytest
 
 from eventstore import EventStore, NewEvent, RecordedEvent
 from eventstore.projections.backends import CheckpointMoved
-from eventstore.projections.base import ReadModelTx
+from eventstore.projections.base import Projection, ReadModelTx
 from eventstore.projections.runner import ProjectionRunner, _UnitState
 from eventstore.settings import ProjectionSettings
 from tests.integration.durable_store import durable_single_connection_store, pool_synchronous_commit
@@ -125,3 +125,78 @@ def test_a_batch_commits_without_waiting_for_the_disk_and_appends_still_do(
         assert _handled(postgres_url) == 10
         store.append("after", [NewEvent("T", {})])
         assert pool_synchronous_commit(store) == ("on",)
+
+
+class _Checked(Projection):
+    """Writes each event's n into a column that refuses negatives: the database, not
+    Python, fails the event with n < 0."""
+
+    def setup(self, tx: ReadModelTx) -> None:
+        tx.execute("CREATE TABLE IF NOT EXISTS checked (stream text, version int, "
+                   "n int CHECK (n >= 0))")
+
+    def reset(self, tx: ReadModelTx) -> None:
+        tx.execute("DELETE FROM checked")
+
+    def handle(self, event: RecordedEvent, tx: ReadModelTx) -> None:
+        tx.execute("INSERT INTO checked VALUES (%s, %s, %s)",
+                   (event.aggregate_id, event.version, event.payload["n"]))
+
+
+def test_an_event_the_database_refuses_is_parked_and_the_others_applied_once(
+        store: EventStore, postgres_url: str) -> None:
+    """A refusal of the database is the event's failure, not an outage: the event is
+    parked after its tries (not retried for ever), the others applied once."""
+    store.append("a", [NewEvent("T", {"n": 1}), NewEvent("T", {"n": -1}),
+                       NewEvent("T", {"n": 3}), NewEvent("T", {"n": 4})])
+    store.append("b", [NewEvent("T", {"n": 5})])
+    runner = ProjectionRunner(store, {"p": _Checked()}, ProjectionSettings(
+        workers=1, batch_size=10, retry_attempts=2), poll_interval=0.05, sleep=lambda _: None)
+    runner.start()
+    try:
+        assert runner.wait_caught_up("p", 30), runner.status()
+        letters = runner.dead_letters("p")
+    finally:
+        runner.stop()
+    assert [(d["stream_id"], d["version"], d["attempts"]) for d in letters] == [("a", 2, 3)]
+    assert "violates check constraint" in str(letters[0]["error"])
+    with psycopg.connect(postgres_url) as conn:
+        rows = conn.execute("SELECT stream, version FROM checked ORDER BY stream, version")
+        assert rows.fetchall() == [("a", 1), ("a", 3), ("a", 4), ("b", 1)]
+    assert _handled(postgres_url) == 5
+
+
+class _Counted(Projection):
+    """Counts events per stream the way many projections do: insert, and on a unique
+    violation (caught in a savepoint of its own) update instead."""
+
+    def setup(self, tx: ReadModelTx) -> None:
+        tx.execute("CREATE TABLE IF NOT EXISTS counted (stream text PRIMARY KEY, n int)")
+
+    def reset(self, tx: ReadModelTx) -> None:
+        tx.execute("DELETE FROM counted")
+
+    def handle(self, event: RecordedEvent, tx: ReadModelTx) -> None:
+        try:
+            with tx.connection.transaction():
+                tx.execute("INSERT INTO counted VALUES (%s, 1)", (event.aggregate_id,))
+        except psycopg.errors.UniqueViolation:
+            tx.execute("UPDATE counted SET n = n + 1 WHERE stream = %s", (event.aggregate_id,))
+
+
+def test_a_projection_that_catches_its_own_database_error_in_a_savepoint_still_can(
+        store: EventStore, postgres_url: str) -> None:
+    for n in range(30):
+        store.append(f"s-{n % 4}", [NewEvent("T", {})])
+    runner = ProjectionRunner(store, {"p": _Counted()}, ProjectionSettings(
+        workers=2, batch_size=10, retry_attempts=0), poll_interval=0.05, sleep=lambda _: None)
+    runner.start()
+    try:
+        assert runner.wait_caught_up("p", 30), runner.status()
+        assert runner.dead_letters("p") == []
+    finally:
+        runner.stop()
+    with psycopg.connect(postgres_url) as conn:
+        rows = conn.execute("SELECT stream, n FROM counted ORDER BY stream").fetchall()
+    assert rows == [("s-0", 8), ("s-1", 8), ("s-2", 7), ("s-3", 7)]
+    assert _handled(postgres_url) == 30
