@@ -259,9 +259,12 @@ class ProjectionRunner:
                 state.position = moved
                 state.generation += 1
                 state.due = 0.0
-                log.info("checkpoint moved by another process; following it", extra={
-                    "projection": unit[0], "partition": unit[1], "was": position,
-                    "position": moved})
+                # Back: a rebuild or replay started over (worth a line); forward: another
+                # process (say `eventstore replay` next to this pod) handled events.
+                (log.info if moved < position else log.debug)(
+                    "checkpoint moved by another process; following it", extra={
+                        "projection": unit[0], "partition": unit[1], "was": position,
+                        "position": moved})
             self._cond.notify_all()
 
     def _release_all(self) -> None:
