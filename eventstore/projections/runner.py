@@ -245,7 +245,7 @@ class ProjectionRunner:
                     for unit, state in self._owned.items() if not state.busy}
         if not seen:
             return
-        with self.backend.transaction() as tx:
+        with self.backend.reading() as tx:  # no write lock, no transaction: one query
             rows = tx.execute("SELECT projection, partition, position FROM "
                               "es_projection_checkpoints").fetchall()
         stored = {(str(r[0]), int(r[1])): int(r[2]) for r in rows}
