@@ -52,7 +52,9 @@ class AggregateStore(Protocol):
                     as_of: datetime | None = ..., backwards: bool = ...,
                     limit: int | None = ...) -> list[RecordedEvent]: ...
 
-    def read_archived_stream(self, stream_id: str) -> list[RecordedEvent]: ...
+    def read_archived_stream(self, stream_id: str, from_version: int = ..., *,
+                             to_version: int | None = ..., limit: int | None = ...
+                             ) -> list[RecordedEvent]: ...
 
     def stream_version(self, stream_id: str) -> int: ...
 
@@ -149,25 +151,33 @@ class Repository(Generic[A]):
 
     def _history(self, aggregate_id: str, from_version: int, to_version: int | None,
                  max_replay: int | None = None) -> list[RecordedEvent]:
-        """Events from_version..to_version, reaching into the archive when retention has
-        moved the start of the stream there (a load without a usable snapshot)."""
+        """Events from_version..to_version, reaching into the archive for what retention
+        moved there: the start of the stream (a load without a usable snapshot), or, over
+        HTTP, versions it moved between two pages of the read. At most `max_replay`
+        events are read from either table (ReplayTooLong past it)."""
         limit = None if max_replay is None else max_replay + 1
         events = self.store.read_stream(aggregate_id, from_version=from_version,
                                         to_version=to_version, limit=limit)
-        if max_replay is not None and len(events) > max_replay:
+        self._check_replay(aggregate_id, from_version, len(events), max_replay)
+        if _unbroken(events, from_version):
+            return events
+        # Archived events are a prefix of the stream: those below the first live one read,
+        # or in a hole between two pages. With no live event, the archive alone says
+        # whether the stream reaches from_version.
+        archived = self.store.read_archived_stream(
+            aggregate_id, from_version, to_version=events[-1].version if events else to_version,
+            limit=limit)
+        merged = {e.version: e for e in archived} | {e.version: e for e in events}
+        self._check_replay(aggregate_id, from_version, len(merged), max_replay)
+        return [merged[version] for version in sorted(merged)]
+
+    def _check_replay(self, aggregate_id: str, from_version: int, count: int,
+                      max_replay: int | None) -> None:
+        if max_replay is not None and count > max_replay:
             raise ReplayTooLong(
                 f"{self.aggregate_cls.__name__} {aggregate_id!r}: loading it would replay more "
                 f"than {max_replay} events after version {from_version - 1}; no snapshot is "
                 "close enough yet (the snapshotter may still be catching up)")
-        first_hot = events[0].version if events else None
-        if first_hot == from_version:
-            return events
-        if first_hot is None and self.store.stream_version(aggregate_id) < from_version:
-            return events
-        archived = [e for e in self.store.read_archived_stream(aggregate_id)
-                    if e.version >= from_version and (to_version is None or e.version <= to_version)
-                    and (first_hot is None or e.version < first_hot)]
-        return archived + events
 
     def _usable_snapshot(self, aggregate_id: str, target: int | None,
                          strict: bool = False) -> tuple[Snapshot | None, str | None]:
@@ -289,3 +299,9 @@ class Repository(Generic[A]):
                     raise
                 time.sleep(min(0.001 * 2 ** attempt, 0.05))
         raise AssertionError("unreachable")
+
+
+def _unbroken(events: list[RecordedEvent], from_version: int) -> bool:
+    """True when `events` are versions from_version, from_version + 1, ... with no hole."""
+    return bool(events) and events[0].version == from_version and (
+        events[-1].version - from_version == len(events) - 1)

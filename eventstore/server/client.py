@@ -132,18 +132,22 @@ class EventStoreClient:
                 params["from_version"] = page[-1].version + 1
 
     def stream_version(self, stream_id: str) -> int:
-        """The stream's current version; 0 when it does not exist."""
-        last = self.read_stream(stream_id, backwards=True, limit=1)
-        return last[0].version if last else 0
+        """The stream's current version, archived events counted; 0 when it does not
+        exist."""
+        return int(self._call("GET", f"/streams/{stream_id}/version")["version"])
 
     def read_archived_stream(self, stream_id: str, from_version: int = 1,
-                             limit: int | None = None) -> list[RecordedEvent]:
-        """Events retention moved to the archive; without a limit, all of them."""
+                             limit: int | None = None, *, to_version: int | None = None
+                             ) -> list[RecordedEvent]:
+        """Events retention moved to the archive, `from_version` to `to_version`; without a
+        limit, all of them."""
         out: list[RecordedEvent] = []
         while True:
             page_size = PAGE if limit is None else min(PAGE, limit - len(out))
-            data = self._call("GET", f"/streams/{stream_id}/archive",
-                              params={"from_version": from_version, "limit": page_size})
+            params: dict[str, Any] = {"from_version": from_version, "limit": page_size}
+            if to_version is not None:
+                params["to_version"] = to_version
+            data = self._call("GET", f"/streams/{stream_id}/archive", params=params)
             page = [event_from_dict(e) for e in data["events"]]
             out.extend(page)
             if len(page) < page_size or (limit is not None and len(out) >= limit):

@@ -13,7 +13,7 @@ from fastapi.responses import Response
 from eventstore.events import RecordedEvent
 from eventstore.server.pages import encode_page
 from eventstore.server.routing import ERRORS, State, StreamId
-from eventstore.server.wire import BIGINT, MAX_PAGE, StreamOut, event_to_dict
+from eventstore.server.wire import BIGINT, MAX_PAGE, StreamOut, StreamVersionOut, event_to_dict
 from eventstore.store.encoding import check_read_stream
 
 router = APIRouter(tags=["streams"])
@@ -69,10 +69,19 @@ def read_archive(
     stream_id: StreamId,
     state: State,
     from_version: Annotated[int, Query(ge=1, le=BIGINT)] = 1,
+    to_version: Annotated[int | None, Query(ge=1, le=BIGINT)] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
 ) -> StreamOut:
-    # The store reads a stream's whole archive; the page bounds the reply.
-    events = [e for e in state.services.store.read_archived_stream(stream_id)
-              if e.version >= from_version][:limit]
+    events = state.services.store.read_archived_stream(stream_id, from_version,
+                                                       to_version=to_version, limit=limit)
     return StreamOut.model_validate({"stream_id": stream_id,
                                      "events": [event_to_dict(e) for e in events]})
+
+
+@router.get("/streams/{stream_id}/version", summary="A stream's current version",
+            responses=ERRORS)
+def stream_version(stream_id: StreamId, state: State) -> StreamVersionOut:
+    """Counts events retention archived: a stream whose every event is archived still has
+    its version (reading its newest event would find none)."""
+    return StreamVersionOut(stream_id=stream_id,
+                            version=state.services.store.stream_version(stream_id))

@@ -84,6 +84,12 @@ class StreamOut(BaseModel):
                                      "(as to_version when reading backwards) to read on.")
 
 
+class StreamVersionOut(BaseModel):
+    stream_id: str
+    version: int = Field(description="The stream's current version, its archived events "
+                                     "counted; 0 when it does not exist.")
+
+
 class SnapshotIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 

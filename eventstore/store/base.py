@@ -177,8 +177,11 @@ class EventStore(abc.ABC):
         """The consumer's stored position, or None when it has none yet."""
 
     @abc.abstractmethod
-    def read_archived_stream(self, stream_id: str) -> list[RecordedEvent]:
-        """Events of a stream that retention moved to the archive, in version order."""
+    def read_archived_stream(self, stream_id: str, from_version: int = 1, *,
+                             to_version: int | None = None, limit: int | None = None
+                             ) -> list[RecordedEvent]:
+        """Events of a stream that retention moved to the archive, in version order: those
+        from `from_version` to `to_version` (inclusive), at most `limit` of them."""
 
     @abc.abstractmethod
     def archive_stream(self, stream_id: str, up_to_version: int, older_than: datetime) -> int:

@@ -374,10 +374,13 @@ class PostgresEventStore(EventStore):
             stream_id, from_version=from_version, to_version=to_version,
             as_of=None if as_of is None else _aware(as_of), backwards=backwards, limit=limit)
 
-    def read_archived_stream(self, stream_id: str) -> list[RecordedEvent]:
+    def read_archived_stream(self, stream_id: str, from_version: int = 1, *,
+                             to_version: int | None = None, limit: int | None = None
+                             ) -> list[RecordedEvent]:
         """Events of a stream that retention moved to the archive table."""
-        validate_stream_id(stream_id)
-        return self.datastore.read_archived_stream(stream_id)
+        check_read_stream(stream_id, from_version, to_version, limit)
+        return self.datastore.read_archived_stream(stream_id, from_version,
+                                                   to_version=to_version, limit=limit)
 
     def archive_stream(self, stream_id: str, up_to_version: int, older_than: datetime) -> int:
         validate_stream_id(stream_id)

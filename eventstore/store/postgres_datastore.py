@@ -288,12 +288,23 @@ class PostgresDatastore:
             rows = conn.execute(" ".join(sql).encode(), params).fetchall()
         return [row_to_event(r) for r in rows]
 
-    def read_archived_stream(self, stream_id: str) -> list[RecordedEvent]:
-        """A checked stream's events that retention moved to the archive, in version order."""
+    def read_archived_stream(self, stream_id: str, from_version: int = 1, *,
+                             to_version: int | None = None, limit: int | None = None
+                             ) -> list[RecordedEvent]:
+        """A checked range of a stream's events that retention moved to the archive, in
+        version order (on the archive's UNIQUE (stream_id, version) index)."""
+        sql = [f"SELECT {EVENT_COLUMNS} FROM es_events_archive WHERE stream_id = %s"
+               " AND version >= %s"]
+        params: list[Any] = [stream_id, from_version]
+        if to_version is not None:
+            sql.append("AND version <= %s")
+            params.append(to_version)
+        sql.append("ORDER BY version")
+        if limit is not None:
+            sql.append("LIMIT %s")
+            params.append(limit)
         with self.connection() as conn:
-            rows = conn.execute(
-                f"SELECT {EVENT_COLUMNS} FROM es_events_archive WHERE stream_id = %s "
-                "ORDER BY version".encode(), (stream_id,)).fetchall()
+            rows = conn.execute(" ".join(sql).encode(), params).fetchall()
         return [row_to_event(r) for r in rows]
 
     # -- the global log ----------------------------------------------------------------

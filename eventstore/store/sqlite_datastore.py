@@ -201,11 +201,21 @@ class SQLiteDatastore:
             params.append(limit)
         return [row_to_event(r) for r in self.execute(sql, tuple(params))]
 
-    def read_archived_stream(self, stream_id: str) -> list[RecordedEvent]:
-        """A checked stream's events that retention moved to the archive, in version order."""
-        rows = self.execute(f"SELECT {EVENT_COLUMNS} FROM es_events_archive WHERE stream_id = ? "
-                            "ORDER BY version", (stream_id,))
-        return [row_to_event(r) for r in rows]
+    def read_archived_stream(self, stream_id: str, from_version: int = 1, *,
+                             to_version: int | None = None, limit: int | None = None
+                             ) -> list[RecordedEvent]:
+        """A checked range of a stream's events that retention moved to the archive, in
+        version order (on the archive's UNIQUE (stream_id, version) index)."""
+        sql = f"SELECT {EVENT_COLUMNS} FROM es_events_archive WHERE stream_id = ? AND version >= ?"
+        params: list[Any] = [stream_id, from_version]
+        if to_version is not None:
+            sql += " AND version <= ?"
+            params.append(to_version)
+        sql += " ORDER BY version"
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(limit)
+        return [row_to_event(r) for r in self.execute(sql, tuple(params))]
 
     def read_log(self, query: LogQuery) -> list[RecordedEvent]:
         """A checked page of the global log (EventStore.read_all). SQLite commits in

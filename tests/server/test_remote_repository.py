@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from eventstore import NewEvent, Repository
+from eventstore import EventStore, NewEvent, Repository
 from eventstore.events import AGGREGATE_TYPE_KEY
 from eventstore.examples.bank import Account
 from eventstore.server.client import EventStoreClient
@@ -113,3 +114,23 @@ def test_numbers_survive_the_http_round_trip(store: EventStoreClient) -> None:
         assert read.metadata == {"trace": 10**20}
         assert sorted((k, repr(v)) for k, v in read.payload.items()) == sorted(
             (k, repr(v)) for k, v in numbers.items())
+
+
+def test_a_wholly_archived_stream_loads_over_http(store: EventStoreClient, postgres_url: str
+                                                  ) -> None:
+    """Retention archived every event of the stream: the client still finds them (its
+    stream_version counted only live events, so such a load found no aggregate)."""
+    repo = Repository(store, Account)
+    account = Account("acc-old")
+    account.open("ada")
+    for amount in range(1, 6):
+        account.deposit(amount)
+    repo.save(account)
+    with EventStore.connect(postgres_url) as library:
+        assert library.archive_stream("acc-old", 6, datetime.now(UTC) + timedelta(days=1)) == 6
+    assert store.read_stream("acc-old") == [] and store.stream_version("acc-old") == 6
+    assert store.stream_version("nobody") == 0
+    loaded, info = repo.load_with_info("acc-old")  # no snapshot: the server takes them at 100
+    assert (loaded.balance, loaded.version, info.snapshot_version) == (15, 6, None)
+    assert repo.load("acc-old", at_version=3).balance == 3
+    assert [e.version for e in store.read_archived_stream("acc-old", 2, to_version=4)] == [2, 3, 4]
