@@ -92,6 +92,33 @@ def connection_kwargs(statement_timeout: float | None, connect_timeout: float) -
     return {"autocommit": True, "options": options, **liveness_kwargs(connect_timeout)}
 
 
+#: Appends are acknowledged once their COMMIT returns, which means durable only when
+#: synchronous_commit is not off. A server, database or role default of off (a tuning
+#: some DBAs apply) would acknowledge appends that a crash can still lose, so a pool
+#: connection that starts with off is set to on; stronger settings (remote_write,
+#: remote_apply) and local are kept. Projection batches still turn it off for their own
+#: transaction (SET LOCAL), and the coalesced NOTIFY on its dedicated connection.
+_SYNCHRONOUS_COMMIT = b"SHOW synchronous_commit"
+_DURABLE = b"SET synchronous_commit = on"
+
+
+def configure_connection(conn: psycopg.Connection[Any]) -> None:
+    """The sync pool's `configure`: durable commits (above), stored JSON decoded by
+    jsonb.loads."""
+    row = conn.execute(_SYNCHRONOUS_COMMIT).fetchone()
+    if row is not None and row[0] == "off":
+        conn.execute(_DURABLE)
+    jsonb.decode_with_loads(conn)
+
+
+async def configure_async_connection(conn: psycopg.AsyncConnection[Any]) -> None:
+    """`configure_connection` for the async (append) pool."""
+    row = await (await conn.execute(_SYNCHRONOUS_COMMIT)).fetchone()
+    if row is not None and row[0] == "off":
+        await conn.execute(_DURABLE)
+    await jsonb.decode_with_loads_async(conn)
+
+
 def safe_url(url: str) -> str:
     """The URL without its password, for messages and logs."""
     try:
@@ -137,7 +164,7 @@ class PostgresDatastore:
         return ConnectionPool(
             self.url, min_size=self.pool_sizes[0], max_size=self.pool_sizes[1],
             kwargs=connection_kwargs(self.statement_timeout, self.pool_timeout),
-            configure=jsonb.decode_with_loads, open=False, name="eventstore",
+            configure=configure_connection, open=False, name="eventstore",
             # How long a call waits for a connection: while the database is down, callers
             # get StoreUnavailable after this instead of hanging.
             timeout=self.pool_timeout)
@@ -256,7 +283,7 @@ class PostgresDatastore:
         appends (the append side opens, uses and replaces it)."""
         return AsyncConnectionPool(
             self.url, min_size=max_size, max_size=max_size, open=False, timeout=timeout,
-            name="eventstore-async", configure=jsonb.decode_with_loads_async,
+            name="eventstore-async", configure=configure_async_connection,
             kwargs=connection_kwargs(self.statement_timeout, self.pool_timeout))
 
     def close(self) -> None:
