@@ -192,7 +192,10 @@ def serve_in_foreground(server: S, announce: Callable[[S], None]) -> None:
     # SIGTERM behaves like Ctrl-C, so `finally` closes the server in both cases, also during
     # start-up. Not by blocking the signals for sigwait: the server inherits the signal
     # mask, would then ignore the stop signal too, and be SIGKILLed after stop_timeout.
+    # SIGINT gets the handler too: Python leaves it ignored when it started ignored (a
+    # shell's background job: `make pg-up &`), and then Ctrl-C or kill -INT did nothing.
     signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
     try:
         server.start()
         announce(server)
