@@ -41,6 +41,9 @@ class LoadInfo:
     snapshot_ignored: str | None = None
 
 
+#: Archived events read at a time when a load looks for the version at a past time.
+ARCHIVE_PAGE = 1000
+
 class AggregateStore(Protocol):
     """What a Repository needs of a store: a library `EventStore`, or the HTTP
     `EventStoreClient` (so `Repository(EventStoreClient(url, token), Account)` works)."""
@@ -121,14 +124,13 @@ class Repository(Generic[A]):
             # Resolve the time to a version with the store's own clock, so that snapshot
             # choice never depends on clock skew between this process and the database.
             last = self.store.read_stream(aggregate_id, as_of=as_of, backwards=True, limit=1)
-            if not last:  # perhaps retention archived the events of that time
-                last = [e for e in self.store.read_archived_stream(aggregate_id)
-                        if e.timestamp <= as_of][-1:]
-            if not last:
+            # None: perhaps retention archived the events of that time.
+            version_then = last[0].version if last else self._archived_version_at(
+                aggregate_id, as_of)
+            if version_then is None:
                 raise AggregateNotFound(
                     f"{self.aggregate_cls.__name__} {aggregate_id!r} has no events at or "
                     f"before {as_of.isoformat()}")
-            version_then = last[0].version
             target = version_then if target is None else min(target, version_then)
 
         aggregate = self.aggregate_cls(aggregate_id)
@@ -170,6 +172,20 @@ class Repository(Generic[A]):
         merged = {e.version: e for e in archived} | {e.version: e for e in events}
         self._check_replay(aggregate_id, from_version, len(merged), max_replay)
         return [merged[version] for version in sorted(merged)]
+
+    def _archived_version_at(self, aggregate_id: str, as_of: datetime) -> int | None:
+        """The newest version among the archived events recorded at or before `as_of` (as
+        the live read's as_of picks it), reading ARCHIVE_PAGE events at a time: a long
+        stream's archive is never held whole."""
+        found: int | None = None
+        from_version = 1
+        while True:
+            page = self.store.read_archived_stream(aggregate_id, from_version,
+                                                   limit=ARCHIVE_PAGE)
+            found = max([e.version for e in page if e.timestamp <= as_of], default=found)
+            if len(page) < ARCHIVE_PAGE:
+                return found
+            from_version = page[-1].version + 1
 
     def _check_replay(self, aggregate_id: str, from_version: int, count: int,
                       max_replay: int | None) -> None:

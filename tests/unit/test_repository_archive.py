@@ -99,3 +99,42 @@ def test_archived_reads_take_a_range(store: EventStore) -> None:
     assert [e.version for e in store.read_archived_stream("acc", 3, to_version=6)] == [3, 4, 5, 6]
     assert [e.version for e in store.read_archived_stream("acc", 8, limit=2)] == [8, 9]
     assert store.read_archived_stream("acc", 11) == []
+
+
+class _ArchiveReads:
+    """The store, recording the `limit` of every archive read that has no `to_version`
+    (those look for a time; the others read the events a load replays)."""
+
+    def __init__(self, store: EventStore) -> None:
+        self.store = store
+        self.limits: list[int | None] = []
+
+    def read_archived_stream(self, stream_id: str, from_version: int = 1, *,
+                             to_version: int | None = None, limit: int | None = None
+                             ) -> list[RecordedEvent]:
+        if to_version is None:
+            self.limits.append(limit)
+        return self.store.read_archived_stream(stream_id, from_version, to_version=to_version,
+                                               limit=limit)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.store, name)
+
+
+def test_a_time_in_the_archive_is_found_a_page_at_a_time(
+        store: EventStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    repo = Repository(store, Account)
+    _account(store, 2)
+    times = []
+    for n in range(3, 9):  # one append each: versions 4..9, each with its own time
+        time.sleep(0.005)
+        repo.execute("acc", lambda a, n=n: a.deposit(n))  # type: ignore[misc]
+        times.append(datetime.now(UTC))
+    store.archive_stream("acc", 9, FUTURE)
+    monkeypatch.setattr("eventstore.repository.ARCHIVE_PAGE", 2)
+    reads = _ArchiveReads(store)
+    paged = Repository(reads, Account)  # type: ignore[arg-type]
+    for n, moment in zip(range(3, 9), times, strict=True):
+        loaded = paged.load("acc", as_of=moment)
+        assert (loaded.version, loaded.balance) == (n + 1, sum(range(1, n + 1)))
+    assert reads.limits and all(limit is not None and limit <= 2 for limit in reads.limits)
