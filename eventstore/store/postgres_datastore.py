@@ -30,7 +30,7 @@ from eventstore.errors import StoreUnavailable, ValidationError
 from eventstore.events import Checkpoint, RecordedEvent, validate_checkpoint
 from eventstore.store import jsonb
 from eventstore.store.encoding import LogQuery
-from eventstore.store.rows import EVENT_COLUMNS, row_to_event
+from eventstore.store.rows import EVENT_COLUMNS, StreamTable, row_to_event
 from eventstore.store.translate import postgres_connection_lost, postgres_error
 
 log = logging.getLogger(__name__)
@@ -296,10 +296,12 @@ class PostgresDatastore:
     # -- one stream ----------------------------------------------------------------------
 
     def read_stream(self, stream_id: str, *, from_version: int, to_version: int | None,
-                    as_of: datetime | None, backwards: bool, limit: int | None
-                    ) -> list[RecordedEvent]:
-        """A checked read of one stream (EventStore.read_stream; `as_of` aware)."""
-        sql = [f"SELECT {EVENT_COLUMNS} FROM es_events WHERE stream_id = %s AND version >= %s"]
+                    as_of: datetime | None, backwards: bool, limit: int | None,
+                    table: StreamTable = "es_events") -> list[RecordedEvent]:
+        """A checked read of one stream (EventStore.read_stream; `as_of` aware), from the
+        log or, with `table="es_events_archive"`, from the archive (both are read on their
+        UNIQUE (stream_id, version) index)."""
+        sql = [f"SELECT {EVENT_COLUMNS} FROM {table} WHERE stream_id = %s AND version >= %s"]
         params: list[Any] = [stream_id, from_version]
         if to_version is not None:
             sql.append("AND version <= %s")
@@ -319,20 +321,10 @@ class PostgresDatastore:
                              to_version: int | None = None, limit: int | None = None
                              ) -> list[RecordedEvent]:
         """A checked range of a stream's events that retention moved to the archive, in
-        version order (on the archive's UNIQUE (stream_id, version) index)."""
-        sql = [f"SELECT {EVENT_COLUMNS} FROM es_events_archive WHERE stream_id = %s"
-               " AND version >= %s"]
-        params: list[Any] = [stream_id, from_version]
-        if to_version is not None:
-            sql.append("AND version <= %s")
-            params.append(to_version)
-        sql.append("ORDER BY version")
-        if limit is not None:
-            sql.append("LIMIT %s")
-            params.append(limit)
-        with self.connection() as conn:
-            rows = conn.execute(" ".join(sql).encode(), params).fetchall()
-        return [row_to_event(r) for r in rows]
+        version order."""
+        return self.read_stream(stream_id, from_version=from_version, to_version=to_version,
+                                as_of=None, backwards=False, limit=limit,
+                                table="es_events_archive")
 
     # -- the global log ----------------------------------------------------------------
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 from uuid import UUID
 
 from eventstore.events import RecordedEvent
@@ -18,6 +18,9 @@ from eventstore.store.jsonb import loads
 #: The columns of an event row, in the order `row_to_event` reads them.
 EVENT_COLUMNS = ("position, id, stream_id, version, type, schema_version, payload, metadata, "
                  "recorded_at")
+
+#: The two tables that hold events: the log, and the archive retention moves them to.
+StreamTable = Literal["es_events", "es_events_archive"]
 
 
 def row_to_event(row: Sequence[Any]) -> RecordedEvent:

@@ -21,7 +21,7 @@ from eventstore.errors import StoreUnavailable
 from eventstore.events import RecordedEvent
 from eventstore.store.encoding import LogQuery
 from eventstore.store.postgres_schema import PROJECTION_PARTITIONS
-from eventstore.store.rows import EVENT_COLUMNS, row_to_event
+from eventstore.store.rows import EVENT_COLUMNS, StreamTable, row_to_event
 from eventstore.store.translate import sqlite_error
 
 #: The next events of a partition (see read_partition); parameters: partition, position,
@@ -176,10 +176,12 @@ class SQLiteDatastore:
             return conn.execute(sql, params).fetchall()
 
     def read_stream(self, stream_id: str, *, from_version: int, to_version: int | None,
-                    as_of: datetime | None, backwards: bool, limit: int | None
-                    ) -> list[RecordedEvent]:
-        """A checked read of one stream (EventStore.read_stream; `as_of` aware)."""
-        sql = f"SELECT {EVENT_COLUMNS} FROM es_events WHERE stream_id = ? AND version >= ?"
+                    as_of: datetime | None, backwards: bool, limit: int | None,
+                    table: StreamTable = "es_events") -> list[RecordedEvent]:
+        """A checked read of one stream (EventStore.read_stream; `as_of` aware), from the
+        log or, with `table="es_events_archive"`, from the archive (both are read on their
+        UNIQUE (stream_id, version) index)."""
+        sql = f"SELECT {EVENT_COLUMNS} FROM {table} WHERE stream_id = ? AND version >= ?"
         params: list[Any] = [stream_id, from_version]
         if to_version is not None:
             sql += " AND version <= ?"
@@ -205,17 +207,10 @@ class SQLiteDatastore:
                              to_version: int | None = None, limit: int | None = None
                              ) -> list[RecordedEvent]:
         """A checked range of a stream's events that retention moved to the archive, in
-        version order (on the archive's UNIQUE (stream_id, version) index)."""
-        sql = f"SELECT {EVENT_COLUMNS} FROM es_events_archive WHERE stream_id = ? AND version >= ?"
-        params: list[Any] = [stream_id, from_version]
-        if to_version is not None:
-            sql += " AND version <= ?"
-            params.append(to_version)
-        sql += " ORDER BY version"
-        if limit is not None:
-            sql += " LIMIT ?"
-            params.append(limit)
-        return [row_to_event(r) for r in self.execute(sql, tuple(params))]
+        version order."""
+        return self.read_stream(stream_id, from_version=from_version, to_version=to_version,
+                                as_of=None, backwards=False, limit=limit,
+                                table="es_events_archive")
 
     def read_log(self, query: LogQuery) -> list[RecordedEvent]:
         """A checked page of the global log (EventStore.read_all). SQLite commits in
