@@ -98,24 +98,20 @@ def connection_kwargs(statement_timeout: float | None, connect_timeout: float) -
 #: connection that starts with off is set to on; stronger settings (remote_write,
 #: remote_apply) and local are kept. Projection batches still turn it off for their own
 #: transaction (SET LOCAL), and the coalesced NOTIFY on its dedicated connection.
-_SYNCHRONOUS_COMMIT = b"SHOW synchronous_commit"
-_DURABLE = b"SET synchronous_commit = on"
+_DURABLE = (b"SELECT set_config('synchronous_commit', 'on', false)"
+            b" WHERE current_setting('synchronous_commit') = 'off'")
 
 
 def configure_connection(conn: psycopg.Connection[Any]) -> None:
     """The sync pool's `configure`: durable commits (above), stored JSON decoded by
     jsonb.loads."""
-    row = conn.execute(_SYNCHRONOUS_COMMIT).fetchone()
-    if row is not None and row[0] == "off":
-        conn.execute(_DURABLE)
+    conn.execute(_DURABLE)
     jsonb.decode_with_loads(conn)
 
 
 async def configure_async_connection(conn: psycopg.AsyncConnection[Any]) -> None:
     """`configure_connection` for the async (append) pool."""
-    row = await (await conn.execute(_SYNCHRONOUS_COMMIT)).fetchone()
-    if row is not None and row[0] == "off":
-        await conn.execute(_DURABLE)
+    await conn.execute(_DURABLE)
     await jsonb.decode_with_loads_async(conn)
 
 
