@@ -44,6 +44,7 @@ class LoadInfo:
 #: Archived events read at a time when a load looks for the version at a past time.
 ARCHIVE_PAGE = 1000
 
+
 class AggregateStore(Protocol):
     """What a Repository needs of a store: a library `EventStore`, or the HTTP
     `EventStoreClient` (so `Repository(EventStoreClient(url, token), Account)` works)."""

@@ -5,9 +5,7 @@ two pages of the read (as it can under the HTTP client)."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 
@@ -17,14 +15,6 @@ from eventstore.events import RecordedEvent
 from eventstore.examples.bank import Account
 
 FUTURE = datetime.now(UTC) + timedelta(days=1)
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[EventStore]:
-    store = EventStore.connect(f"sqlite:///{tmp_path / 'events.db'}")
-    store.migrate()
-    yield store
-    store.close()
 
 
 def _account(store: EventStore, deposits: int, account_id: str = "acc") -> None:
